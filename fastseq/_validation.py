@@ -1,0 +1,91 @@
+"""Input checks shared by the layers and estimators.
+
+Every check raises ``ValueError`` or ``TypeError`` naming the argument, before
+any compiled kernel can see the data.
+"""
+
+import numbers
+
+import numpy as np
+
+from ._config import INDEX_DTYPE
+
+
+def check_real_array(a, name, dtype=None, ndim=None):
+    """Return ``a`` as a real-valued ndarray (cast to ``dtype`` if given).
+
+    Raises ``TypeError`` for complex, string, object or boolean-free garbage and
+    ``ValueError`` for the wrong number of dimensions.
+    """
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    return arr
+
+
+def check_finite(a, name, where=""):
+    """Raise ``ValueError`` if ``a`` holds NaN or infinity."""
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinity{where}")
+
+
+def check_lengths(lengths, batch, steps, name="lengths"):
+    """Validate per-sequence lengths: integers (B,) in ``1..T``; return int64 array."""
+    if lengths is None:
+        return np.full(batch, steps, dtype=INDEX_DTYPE)
+    arr = np.asarray(lengths)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"{name} must hold whole numbers, got {arr!r}")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) (one per sequence), got {arr.shape}")
+    arr = arr.astype(INDEX_DTYPE)
+    if batch and (arr.min() < 1 or arr.max() > steps):
+        raise ValueError(
+            f"{name} must lie in 1..{steps} (the number of time steps), "
+            f"got values from {arr.min()} to {arr.max()}"
+        )
+    return arr
+
+
+def check_state(state, name, shape, dtype):
+    """Validate an initial state (or its gradient) of exactly ``shape``."""
+    arr = check_real_array(state, name, dtype=dtype)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    check_finite(arr, name)
+    return arr
+
+
+def check_positive_int(value, name, minimum=1):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_fraction(value, name):
+    """A probability in [0, 1) (dropout rates)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1), got {value!r}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must lie in [0, 1), got {value}")
+    return float(value)
+
+
+def check_choice(value, name, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value

@@ -1,0 +1,415 @@
+"""``Recurrent``: a stacked, optionally bidirectional RNN/LSTM/GRU layer.
+
+The layer owns its parameters (one flat vector with PyTorch-named views),
+packs padded batches, runs one kernel per layer and direction, and keeps what
+the backward pass needs.  It does no math of its own beyond the large matrix
+products around the kernels (input projections before the time loop, weight
+gradients after it).
+"""
+
+import numpy as np
+
+from .. import kernels as K
+from .._config import DEFAULT_DTYPE, resolve_dtype
+from .._data import Packing
+from .._validation import (
+    check_choice, check_finite, check_fraction, check_lengths, check_positive_int,
+    check_real_array, check_state,
+)
+from ..init import get_initializer
+
+CELLS = ("rnn", "lstm", "gru")
+NONLINEARITIES = ("tanh", "relu")
+#: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
+INIT_PRESETS = {
+    "pytorch": ("pytorch", "pytorch", "pytorch", False),
+    "keras": ("glorot_uniform", "orthogonal", "zeros", True),
+}
+
+
+class Recurrent:
+    """Stacked, optionally bidirectional Elman RNN / LSTM / GRU over padded batches.
+
+    Parameters
+    ----------
+    cell : {"rnn", "lstm", "gru"}
+    input_size : int
+        F, features per step.
+    hidden_size : int
+        H, units per direction.
+    num_layers : int, default 1
+    bidirectional : bool, default False
+        D = 2 directions when True; the reverse one starts at each sequence's
+        own last valid step.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        Activation of the Elman RNN (ignored by LSTM and GRU).
+    bias : bool, default True
+        Without bias the layer has only ``weight_ih``/``weight_hh`` (as PyTorch).
+    dropout : float in [0, 1), default 0
+        Dropout on the inputs of layers 2..num_layers while ``training``
+        (PyTorch's ``dropout``).
+    recurrent_dropout : float in [0, 1), default 0
+        Variational dropout on ``h_{t-1}`` inside the recurrent product: one mask
+        per sequence, layer and direction, constant over time (Keras's
+        ``recurrent_dropout``), while ``training``.
+    dtype : {"float32", "float64"}, default "float32"
+    random_state : None, int or numpy Generator
+        Seeds the initialisation and the dropout masks.
+    init : {"pytorch", "keras"}, default "pytorch"
+        Preset of initialisers: PyTorch's uniform(+-1/sqrt(H)) everywhere, or
+        Keras's glorot_uniform / orthogonal / zeros with unit forget bias.
+    kernel_initializer, recurrent_initializer, bias_initializer : str or callable
+        Override the preset for input weights, recurrent weights and biases
+        (names in :mod:`fastseq.init`).
+    unit_forget_bias : bool, optional
+        LSTM only: forget gate bias 1 (overrides the preset).
+
+    Attributes
+    ----------
+    params : dict of str -> ndarray
+        PyTorch ``state_dict`` names and shapes, views into :attr:`flat`:
+        ``weight_ih_l{k}[_reverse]`` (G*H, in), ``weight_hh_l{k}[_reverse]``
+        (G*H, H), ``bias_ih_l{k}[_reverse]`` (G*H,), ``bias_hh_l{k}[_reverse]``
+        (G*H,); G = 1 (rnn), 3 (gru: r, z, n), 4 (lstm: i, f, g, o).
+    flat : (P,) ndarray
+        All parameters in one vector.
+    d_h0, d_c0 : (num_layers*D, B, H) ndarray
+        After :meth:`backward`: gradients with respect to the initial states.
+    training : bool
+        Dropout applies only while True (see :meth:`train`, :meth:`eval`).
+    """
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 nonlinearity="tanh", bias=True, dropout=0.0, recurrent_dropout=0.0,
+                 dtype=DEFAULT_DTYPE, random_state=None, init="pytorch",
+                 kernel_initializer=None, recurrent_initializer=None,
+                 bias_initializer=None, unit_forget_bias=None):
+        self.cell = check_choice(cell, "cell", CELLS)
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        self.bidirectional = bool(bidirectional)
+        self.nonlinearity = check_choice(nonlinearity, "nonlinearity", NONLINEARITIES)
+        self.bias = bool(bias)
+        self.dropout = check_fraction(dropout, "dropout")
+        self.recurrent_dropout = check_fraction(recurrent_dropout, "recurrent_dropout")
+        self.dtype = resolve_dtype(dtype)
+        self.training = True
+        self._rng = np.random.default_rng(random_state)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.num_gates = K.NUM_GATES[self.cell]
+        self._layout = self._param_layout()
+        self.n_params = sum(int(np.prod(s)) for _, s in self._layout)
+        self.bind(np.zeros(self.n_params, dtype=self.dtype), copy=False)
+        check_choice(init, "init", tuple(INIT_PRESETS))
+        preset = INIT_PRESETS[init]
+        self.reset_parameters(
+            kernel_initializer or preset[0],
+            recurrent_initializer or preset[1],
+            bias_initializer or preset[2],
+            preset[3] if unit_forget_bias is None else bool(unit_forget_bias),
+        )
+        self._cache = None
+        self.d_h0 = self.d_c0 = None
+
+    # ------------------------------------------------------------------ params
+    def _suffix(self, k, d):
+        return f"_l{k}" + ("_reverse" if d == 1 else "")
+
+    def _layer_input_size(self, k):
+        return self.input_size if k == 0 else self.hidden_size * self.num_directions
+
+    def _param_layout(self):
+        GH, H = self.num_gates * self.hidden_size, self.hidden_size
+        layout = []
+        for k in range(self.num_layers):
+            for d in range(self.num_directions):
+                s = self._suffix(k, d)
+                layout.append(("weight_ih" + s, (GH, self._layer_input_size(k))))
+                layout.append(("weight_hh" + s, (GH, H)))
+                if self.bias:
+                    layout.append(("bias_ih" + s, (GH,)))
+                    layout.append(("bias_hh" + s, (GH,)))
+        return layout
+
+    def _views(self, flat):
+        views, pos = {}, 0
+        for name, shape in self._layout:
+            size = int(np.prod(shape))
+            views[name] = flat[pos:pos + size].reshape(shape)
+            pos += size
+        return views
+
+    def bind(self, flat, copy=True):
+        """Make the parameters views into ``flat`` (P,), e.g. a slice of a model's
+        single parameter vector.  With ``copy`` the current values move along."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.n_params,) or flat.dtype != self.dtype:
+            raise ValueError(
+                f"flat must be a ({self.n_params},) {self.dtype} array, got {flat.shape} {flat.dtype}"
+            )
+        if copy:
+            flat[...] = self.flat
+        self.flat = flat
+        self.params = self._views(flat)
+        return self
+
+    def reset_parameters(self, kernel_initializer="pytorch", recurrent_initializer="pytorch",
+                         bias_initializer="pytorch", unit_forget_bias=False):
+        """Draw fresh parameters from the named initialisers (see :mod:`fastseq.init`)."""
+        f_in = get_initializer(kernel_initializer, "kernel_initializer")
+        f_rec = get_initializer(recurrent_initializer, "recurrent_initializer")
+        f_b = get_initializer(bias_initializer, "bias_initializer")
+        H, G = self.hidden_size, self.num_gates
+        for name, shape in self._layout:
+            if name.startswith("weight_ih"):
+                value = f_in(shape, self._rng, shape[1], shape[0], H)
+            elif name.startswith("weight_hh"):
+                value = f_rec(shape, self._rng, H, G * H, H)
+            else:
+                value = f_b(shape, self._rng, H, G * H, H)
+                if unit_forget_bias and self.cell == "lstm":
+                    value[H:2 * H] = 1.0 if name.startswith("bias_ih") else 0.0
+            self.params[name][...] = value
+        return self
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def _weights(self, k, d):
+        s, p = self._suffix(k, d), self.params
+        if self.bias:
+            return p["weight_ih" + s], p["weight_hh" + s], p["bias_ih" + s], p["bias_hh" + s]
+        return p["weight_ih" + s], p["weight_hh" + s], None, None
+
+    # ----------------------------------------------------------------- checks
+    def _check_states(self, h0, B):
+        L = self.num_layers * self.num_directions
+        shape = (L, B, self.hidden_size)
+        c0 = None
+        if self.cell == "lstm" and h0 is not None:
+            if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
+                raise TypeError("h0 must be a tuple (h0, c0) for an LSTM, or None")
+            h0, c0 = h0
+            c0 = check_state(c0, "c0", shape, self.dtype)
+        if h0 is not None:
+            h0 = check_state(h0, "h0", shape, self.dtype)
+        return h0, c0
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, X, lengths=None, h0=None):
+        """Run the layer over a padded batch.
+
+        Parameters
+        ----------
+        X : (B, T, F) array
+            Batch-first input.  Steps at or past a sequence's length are never
+            read (they may hold anything, NaN included).
+        lengths : (B,) int, optional
+            Valid steps per sequence, in ``1..T``; default all T.
+        h0 : (num_layers*D, B, H) array, or a tuple (h0, c0) for an LSTM, optional
+            Initial states, PyTorch's order; default zeros.
+
+        Returns
+        -------
+        out : (B, T, D*H) ndarray
+            Top layer's hidden states, [forward, reverse] concatenated; zero at
+            padded steps.
+        h_n : (num_layers*D, B, H) ndarray, or a tuple (h_n, c_n) for an LSTM
+            Each sequence's state at its own last valid step.
+        """
+        X = check_real_array(X, "X", ndim=3)
+        B, T, F = X.shape
+        if B < 1 or T < 1:
+            raise ValueError(f"X must have at least one sequence and one time step, got shape {X.shape}")
+        if F != self.input_size:
+            raise ValueError(f"X has {F} features per step, but the layer expects input_size={self.input_size}")
+        lengths = check_lengths(lengths, B, T)
+        h0, c0 = self._check_states(h0, B)
+        pk = Packing(lengths)
+        inp = pk.pack(X, self.dtype)
+        check_finite(inp, "X", " at valid (unpadded) steps")
+        return self._forward_packed(pk, inp, h0, c0, T)
+
+    def _forward_packed(self, pk, inp, h0, c0, T):
+        H, D, dt = self.hidden_size, self.num_directions, self.dtype
+        B = pk.B
+        L = self.num_layers * D
+        h_n = np.zeros((L, B, H), dtype=dt)
+        c_n = np.zeros((L, B, H), dtype=dt) if self.cell == "lstm" else None
+        layers = []
+        for k in range(self.num_layers):
+            drop = None
+            if k > 0 and self.dropout > 0 and self.training:
+                keep = 1.0 - self.dropout
+                drop = (self._rng.random(inp.shape) < keep).astype(dt) / dt.type(keep)
+                inp = inp * drop
+            dirs = []
+            for d in range(D):
+                idx = k * D + d
+                inp_d = inp if d == 0 else np.ascontiguousarray(inp[pk.rev])
+                h0s = pk.sort(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
+                c0s = None
+                if self.cell == "lstm":
+                    c0s = pk.sort(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
+                if self.recurrent_dropout > 0 and self.training:
+                    keep = 1.0 - self.recurrent_dropout
+                    mask = (self._rng.random((B, H)) < keep).astype(dt) / dt.type(keep)
+                else:
+                    mask = np.empty((0, H), dtype=dt)
+                state = self._run_direction(k, d, pk, inp_d, h0s, c0s, mask)
+                out_h = state["out_h"]
+                h_n[idx] = pk.unsort(out_h[pk.last], h_n[idx])
+                if c_n is not None:
+                    c_n[idx] = pk.unsort(state["out_c"][pk.last], c_n[idx])
+                dirs.append(state)
+            outs = [dirs[0]["out_h"]] + ([dirs[1]["out_h"][pk.rev]] if D == 2 else [])
+            layers.append({"drop": drop, "dirs": dirs})
+            inp = np.concatenate(outs, axis=1) if D == 2 else outs[0]
+        self._cache = {"pk": pk, "layers": layers, "T": T}
+        out = pk.unpack(inp, T)
+        if self.cell == "lstm":
+            return out, (h_n, c_n)
+        return out, h_n
+
+    def _run_direction(self, k, d, pk, inp_d, h0s, c0s, mask):
+        """One layer, one direction: input projection, then the time-loop kernel."""
+        W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
+        H, dt = self.hidden_size, self.dtype
+        xp = inp_d @ W_ih.T
+        w_hh_t = np.ascontiguousarray(W_hh.T)
+        state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
+        N = pk.N
+        out_h = np.empty((N, H), dtype=dt)
+        if self.cell == "gru":
+            if self.bias:
+                xp += b_ih
+                xp[:, :2 * H] += b_hh[:2 * H]
+                b_hn = np.ascontiguousarray(b_hh[2 * H:])
+            else:
+                b_hn = np.zeros(H, dtype=dt)
+            gates = np.empty((N, 4 * H), dtype=dt)
+            K.gru_sequence_forward(xp, w_hh_t, b_hn, h0s, pk.batch_sizes, mask, out_h, gates)
+            state["gates"] = gates
+        else:
+            if self.bias:
+                xp += b_ih + b_hh
+            if self.cell == "lstm":
+                out_c = np.empty((N, H), dtype=dt)
+                gates = np.empty((N, 4 * H), dtype=dt)
+                K.lstm_sequence_forward(xp, w_hh_t, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates)
+                state["out_c"], state["gates"] = out_c, gates
+            else:
+                relu = 1 if self.nonlinearity == "relu" else 0
+                K.rnn_sequence_forward(xp, w_hh_t, h0s, pk.batch_sizes, mask, relu, out_h)
+        state["out_h"] = out_h
+        return state
+
+    __call__ = forward
+
+    # --------------------------------------------------------------- backward
+    def backward(self, d_out, d_h_n=None, d_c_n=None, out=None):
+        """Backpropagate through the last :meth:`forward`.
+
+        Parameters
+        ----------
+        d_out : (B, T, D*H) array
+            Gradient of the loss with respect to ``out``; padded steps are ignored.
+        d_h_n, d_c_n : (num_layers*D, B, H) array, optional
+            Gradients with respect to ``h_n`` and (LSTM) ``c_n``; default zero.
+        out : (P,) array, optional
+            Flat gradient vector to fill (overwritten, not accumulated);
+            a new one by default.
+
+        Returns
+        -------
+        dX : (B, T, F) ndarray
+            Gradient with respect to ``X`` (zero at padded steps).
+        grads : dict of str -> ndarray
+            Keyed and shaped like :attr:`params`, views into one flat vector
+            (``out`` when given).  Gradients with respect to the initial states
+            are left in :attr:`d_h0` and :attr:`d_c0`.
+        """
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        cache = self._cache
+        pk, T = cache["pk"], cache["T"]
+        H, D, dt = self.hidden_size, self.num_directions, self.dtype
+        B = pk.B
+        L = self.num_layers * D
+        d_out = check_real_array(d_out, "d_out", ndim=3)
+        if d_out.shape != (B, T, D * H):
+            raise ValueError(f"d_out must have shape {(B, T, D * H)} (like out), got {d_out.shape}")
+        d_layer = pk.pack(d_out, dt)
+        check_finite(d_layer, "d_out", " at valid (unpadded) steps")
+        shape = (L, B, H)
+        d_h_n = None if d_h_n is None else check_state(d_h_n, "d_h_n", shape, dt)
+        if d_c_n is not None:
+            if self.cell != "lstm":
+                raise ValueError("d_c_n is only defined for cell='lstm'")
+            d_c_n = check_state(d_c_n, "d_c_n", shape, dt)
+        if out is None:
+            flat = np.zeros(self.n_params, dtype=dt)
+        else:
+            flat = out
+            if not (isinstance(flat, np.ndarray) and flat.shape == (self.n_params,) and flat.dtype == dt):
+                raise ValueError(f"out must be a ({self.n_params},) {dt} array")
+        grads = self._views(flat)
+        self.d_h0 = np.zeros(shape, dtype=dt)
+        self.d_c0 = np.zeros(shape, dtype=dt) if self.cell == "lstm" else None
+        for k in range(self.num_layers - 1, -1, -1):
+            layer = cache["layers"][k]
+            d_inp = np.zeros((pk.N, self._layer_input_size(k)), dtype=dt)
+            for d in range(D):
+                idx = k * D + d
+                dd = d_layer[:, d * H:(d + 1) * H]
+                dd = np.ascontiguousarray(dd[pk.rev] if d == 1 else dd)
+                dh = pk.sort(d_h_n[idx]) if d_h_n is not None else np.zeros((B, H), dtype=dt)
+                dc = None
+                if self.cell == "lstm":
+                    dc = pk.sort(d_c_n[idx]) if d_c_n is not None else np.zeros((B, H), dtype=dt)
+                dx = self._backward_direction(k, d, pk, layer["dirs"][d], dd, dh, dc, grads)
+                d_inp += dx[pk.rev] if d == 1 else dx
+                pk.unsort(dh, self.d_h0[idx])
+                if dc is not None:
+                    pk.unsort(dc, self.d_c0[idx])
+            if layer["drop"] is not None:
+                d_inp *= layer["drop"]
+            d_layer = d_inp
+        return pk.unpack(d_layer, T), grads
+
+    def _backward_direction(self, k, d, pk, st, dd, dh, dc, grads):
+        """One layer, one direction: the time-loop kernel, then weight gradients
+        as matrix products over all packed rows.  Returns the input gradient."""
+        W_ih, W_hh, _, _ = self._weights(k, d)
+        s = self._suffix(k, d)
+        N, H, dt = pk.N, self.hidden_size, self.dtype
+        GH = self.num_gates * H
+        mask = st["mask"]
+        dgx = np.empty((N, GH), dtype=dt)
+        w_hh = np.ascontiguousarray(W_hh)
+        if self.cell == "lstm":
+            K.lstm_sequence_backward(dd, w_hh, st["c0"], st["out_c"], st["gates"],
+                                     pk.batch_sizes, mask, dh, dc, dgx)
+            dgh = dgx
+        elif self.cell == "gru":
+            dgh = np.empty((N, GH), dtype=dt)
+            K.gru_sequence_backward(dd, w_hh, st["h0"], st["out_h"], st["gates"],
+                                    pk.batch_sizes, mask, dh, dgx, dgh)
+        else:
+            relu = 1 if self.nonlinearity == "relu" else 0
+            K.rnn_sequence_backward(dd, w_hh, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx)
+            dgh = dgx
+        h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
+        if mask.shape[0]:
+            h_prev *= mask[pk.row_b]
+        np.matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
+        np.matmul(dgh.T, h_prev, out=grads["weight_hh" + s])
+        if self.bias:
+            grads["bias_ih" + s][...] = dgx.sum(axis=0)
+            grads["bias_hh" + s][...] = dgh.sum(axis=0)
+        return dgx @ W_ih
