@@ -1,0 +1,118 @@
+"""Each kernel called directly on packed arrays, against the naive reference.
+
+Outputs are pre-filled with NaN: a kernel that read a row before writing it
+(e.g. ``h[t-1]`` at t = 0, which silently wraps to the last row in compiled
+code) would leave NaN behind.
+"""
+
+import numpy as np
+import pytest
+
+from fastseq import kernels as K
+from fastseq._data import Packing
+from reference import run_direction
+
+LENGTHS = [5, 1, 3, 5, 2]
+
+
+def _setup(cell, dtype=np.float64, F=3, H=4, seed=0):
+    rng = np.random.default_rng(seed)
+    G = K.NUM_GATES[cell]
+    W_ih = rng.uniform(-0.6, 0.6, (G * H, F))
+    W_hh = rng.uniform(-0.6, 0.6, (G * H, H))
+    b_ih = rng.uniform(-0.3, 0.3, G * H)
+    b_hh = rng.uniform(-0.3, 0.3, G * H)
+    pk = Packing(np.array(LENGTHS))
+    seqs = [rng.standard_normal((n, F)) for n in LENGTHS]
+    X = np.zeros((len(LENGTHS), max(LENGTHS), F))
+    for b, s in enumerate(seqs):
+        X[b, :len(s)] = s
+    inp = pk.pack(X, dtype)
+    h0 = rng.standard_normal((len(LENGTHS), H)) * 0.5
+    c0 = rng.standard_normal((len(LENGTHS), H)) * 0.5
+    return dict(W_ih=W_ih, W_hh=W_hh, b_ih=b_ih, b_hh=b_hh, pk=pk, seqs=seqs, inp=inp, h0=h0, c0=c0,
+                H=H, G=G, dtype=dtype)
+
+
+def _nan(shape, dtype):
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+def _forward(cell, s, relu=0):
+    pk, H, G, dt = s["pk"], s["H"], s["G"], s["dtype"]
+    xp = (s["inp"] @ s["W_ih"].T + s["b_ih"]).astype(dt)
+    if cell != "gru":
+        xp += s["b_hh"].astype(dt)
+    else:
+        xp[:, :2 * H] += s["b_hh"][:2 * H].astype(dt)
+    w_hh_t = np.ascontiguousarray(s["W_hh"].T, dtype=dt)
+    h0, c0 = pk.sort(s["h0"]).astype(dt), pk.sort(s["c0"]).astype(dt)
+    mask = np.empty((0, H), dtype=dt)
+    out_h = _nan((pk.N, H), dt)
+    extra = {}
+    if cell == "lstm":
+        extra["out_c"], extra["gates"] = _nan((pk.N, H), dt), _nan((pk.N, 4 * H), dt)
+        K.lstm_sequence_forward(xp, w_hh_t, h0, c0, pk.batch_sizes, mask, out_h, extra["out_c"], extra["gates"])
+    elif cell == "gru":
+        extra["gates"] = _nan((pk.N, 4 * H), dt)
+        b_hn = s["b_hh"][2 * H:].astype(dt)
+        K.gru_sequence_forward(xp, w_hh_t, b_hn, h0, pk.batch_sizes, mask, out_h, extra["gates"])
+    else:
+        K.rnn_sequence_forward(xp, w_hh_t, h0, pk.batch_sizes, mask, relu, out_h)
+    return out_h, h0, c0, mask, extra
+
+
+@pytest.mark.parametrize("cell,relu", [("rnn", 0), ("rnn", 1), ("lstm", 0), ("gru", 0)])
+def test_forward_kernel_matches_reference(cell, relu):
+    s = _setup(cell)
+    out_h, _, _, _, extra = _forward(cell, s, relu)
+    pk = s["pk"]
+    assert np.all(np.isfinite(out_h))
+    for sorted_b, b in enumerate(pk.order):
+        rows = pk.offsets[:LENGTHS[b]] + sorted_b
+        ref, _, ref_c = run_direction(cell, s["seqs"][b], s["h0"][b], s["c0"][b] if cell == "lstm" else None,
+                                      s["W_ih"], s["W_hh"], s["b_ih"], s["b_hh"], "relu" if relu else "tanh")
+        np.testing.assert_allclose(out_h[rows], ref, rtol=1e-13, atol=1e-13)
+        if cell == "lstm":
+            np.testing.assert_allclose(extra["out_c"][rows[-1]], ref_c, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell,relu", [("rnn", 0), ("rnn", 1), ("lstm", 0), ("gru", 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_kernel_writes_every_row_and_state(cell, relu, dtype):
+    s = _setup(cell, dtype=dtype)
+    out_h, h0, c0, mask, extra = _forward(cell, s, relu)
+    pk, H, G = s["pk"], s["H"], s["G"]
+    rng = np.random.default_rng(1)
+    d_out = rng.standard_normal((pk.N, H)).astype(dtype)
+    dh = rng.standard_normal((pk.B, H)).astype(dtype)
+    w_hh = np.ascontiguousarray(s["W_hh"], dtype=dtype)
+    dg = _nan((pk.N, G * H), dtype)
+    if cell == "lstm":
+        dc = rng.standard_normal((pk.B, H)).astype(dtype)
+        K.lstm_sequence_backward(d_out, w_hh, c0, extra["out_c"], extra["gates"], pk.batch_sizes, mask, dh, dc, dg)
+        assert np.all(np.isfinite(dc))
+    elif cell == "gru":
+        dgh = _nan((pk.N, G * H), dtype)
+        K.gru_sequence_backward(d_out, w_hh, h0, out_h, extra["gates"], pk.batch_sizes, mask, dh, dg, dgh)
+        assert np.all(np.isfinite(dgh))
+    else:
+        K.rnn_sequence_backward(d_out, w_hh, out_h, pk.batch_sizes, mask, relu, dh, dg)
+    assert np.all(np.isfinite(dg)) and np.all(np.isfinite(dh))
+
+
+def test_packing_maps():
+    pk = Packing(np.array([2, 4, 1]))
+    np.testing.assert_array_equal(pk.order, [1, 0, 2])
+    np.testing.assert_array_equal(pk.batch_sizes, [3, 2, 1, 1])
+    np.testing.assert_array_equal(pk.offsets, [0, 3, 5, 6, 7])
+    # row (t, sorted b): rows of sequence 1 (sorted 0) are 0, 3, 5, 6
+    np.testing.assert_array_equal(pk.rev[[0, 3, 5, 6]], [6, 5, 3, 0])
+    np.testing.assert_array_equal(pk.rev[pk.rev], np.arange(pk.N))
+    np.testing.assert_array_equal(pk.last, [6, 4, 2])
+    np.testing.assert_array_equal(pk.prev, [0, 1, 3, 5])
+    X = np.arange(3 * 4).reshape(3, 4, 1).astype(float)
+    back = pk.unpack(pk.pack(X), 4)
+    np.testing.assert_array_equal(back[1], X[1])
+    np.testing.assert_array_equal(back[0, :2], X[0, :2])
+    assert np.all(back[0, 2:] == 0) and np.all(back[2, 1:] == 0)

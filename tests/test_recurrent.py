@@ -1,0 +1,289 @@
+"""The Recurrent layer against the naive reference, padding, states, checks."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastseq import kernels
+from fastseq.nn import Recurrent
+from reference import recurrent_sequence, sigmoid
+from conftest import ragged_batch
+
+CASES = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+def _states(rng, layer, B):
+    L = layer.num_layers * layer.num_directions
+    h0 = rng.standard_normal((L, B, layer.hidden_size)) * 0.5
+    c0 = rng.standard_normal((L, B, layer.hidden_size)) * 0.5
+    return h0, c0
+
+
+@pytest.mark.parametrize("cell,nl", CASES)
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_padded_batch_equals_per_sequence_reference(rng, cell, nl, num_layers, bidirectional, bias):
+    B, T, F, H = 5, 7, 3, 4
+    layer = Recurrent(cell, F, H, num_layers=num_layers, bidirectional=bidirectional,
+                      nonlinearity=nl, bias=bias, dtype="float64", random_state=0)
+    X, lengths = ragged_batch(rng, B, T, F, lengths=[7, 2, 5, 1, 7])
+    h0, c0 = _states(rng, layer, B)
+    res = layer.forward(X, lengths, (h0, c0) if cell == "lstm" else h0)
+    out, h_n = (res[0], res[1][0]) if cell == "lstm" else res
+    assert out.shape == (B, T, layer.num_directions * H)
+    assert np.all(np.isfinite(out))
+    for b in range(B):
+        n = lengths[b]
+        ref_out, ref_h, ref_c = recurrent_sequence(layer.params, cell, X[b, :n], num_layers, bidirectional,
+                                                   h0[:, b], c0[:, b], nl)
+        np.testing.assert_allclose(out[b, :n], ref_out, rtol=1e-12, atol=1e-12)
+        assert np.all(out[b, n:] == 0.0), "padded steps of out must be zero"
+        np.testing.assert_allclose(h_n[:, b], ref_h, rtol=1e-12, atol=1e-12)
+        if cell == "lstm":
+            np.testing.assert_allclose(res[1][1][:, b], ref_c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell,nl", CASES)
+def test_float32_matches_float64_reference(rng, cell, nl):
+    B, T, F, H = 4, 9, 5, 6
+    layer = Recurrent(cell, F, H, num_layers=2, bidirectional=True, nonlinearity=nl, random_state=1)
+    assert layer.flat.dtype == np.float32
+    X, lengths = ragged_batch(rng, B, T, F)
+    out, _ = layer.forward(X, lengths)
+    assert out.dtype == np.float32
+    p64 = {k: v.astype(np.float64) for k, v in layer.params.items()}
+    for b in range(B):
+        ref, _, _ = recurrent_sequence(p64, cell, X[b, :lengths[b]].astype(np.float32), 2, True, nonlinearity=nl)
+        np.testing.assert_allclose(out[b, :lengths[b]], ref, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("cell,nl", CASES)
+def test_batch_of_one_step_one_unit(cell, nl):
+    layer = Recurrent(cell, 1, 1, nonlinearity=nl, dtype="float64", random_state=3)
+    X = np.array([[[0.7]]])
+    res = layer.forward(X)
+    out = res[0]
+    ref, _, _ = recurrent_sequence(layer.params, cell, X[0], nonlinearity=nl)
+    np.testing.assert_allclose(out[0], ref, rtol=1e-14)
+    dX, grads = layer.backward(np.ones_like(out))
+    assert dX.shape == (1, 1, 1) and set(grads) == set(layer.params)
+
+
+def test_lstm_gate_order_is_i_f_g_o():
+    assert kernels.LSTM_GATES == ("input", "forget", "cell", "output")
+    layer = Recurrent("lstm", 1, 1, dtype="float64")
+    layer.flat[:] = 0.0
+    # pre-activations i=2, f=-1, g=0.5, o=1 come from bias_ih only
+    layer.params["bias_ih_l0"][:] = [2.0, -1.0, 0.5, 1.0]
+    c0 = np.array([[[0.3]]])
+    out, (h, c) = layer.forward(np.zeros((1, 1, 1)), h0=(np.zeros((1, 1, 1)), c0))
+    c_expect = sigmoid(-1.0) * 0.3 + sigmoid(2.0) * np.tanh(0.5)
+    assert c[0, 0, 0] == pytest.approx(c_expect, rel=1e-14)
+    assert h[0, 0, 0] == pytest.approx(sigmoid(1.0) * np.tanh(c_expect), rel=1e-14)
+
+
+def test_gru_gate_order_is_r_z_n():
+    assert kernels.GRU_GATES == ("reset", "update", "new")
+    layer = Recurrent("gru", 1, 1, dtype="float64")
+    layer.flat[:] = 0.0
+    layer.params["weight_hh_l0"][:, 0] = [0.0, 0.0, 0.8]   # W_hn
+    layer.params["bias_ih_l0"][:] = [-0.5, 1.5, 0.25]      # r, z, n pre-activations
+    layer.params["bias_hh_l0"][:] = [0.0, 0.0, 0.1]        # b_hn inside r * (...)
+    h0 = np.array([[[0.6]]])
+    _, h = layer.forward(np.zeros((1, 1, 1)), h0=h0)
+    r, z = sigmoid(-0.5), sigmoid(1.5)
+    n = np.tanh(0.25 + r * (0.8 * 0.6 + 0.1))
+    assert h[0, 0, 0] == pytest.approx((1 - z) * n + z * 0.6, rel=1e-14)
+
+
+def test_padding_costs_nothing_and_is_ignored_in_backward(rng):
+    layer = Recurrent("lstm", 2, 3, dtype="float64", random_state=0)
+    X, lengths = ragged_batch(rng, 3, 6, 2, lengths=[6, 2, 3])
+    out, _ = layer.forward(X, lengths)
+    d_out = rng.standard_normal(out.shape)
+    d_pad = d_out.copy()
+    for b, n in enumerate(lengths):
+        d_pad[b, n:] = 1e30   # anything at padded steps must be ignored
+    dX1, g1 = layer.backward(d_out)
+    layer.forward(X, lengths)
+    dX2, g2 = layer.backward(d_pad)
+    np.testing.assert_array_equal(dX1, dX2)
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+    for b, n in enumerate(lengths):
+        assert np.all(dX1[b, n:] == 0.0)
+    assert layer._cache["pk"].N == lengths.sum()
+
+
+def test_reverse_direction_starts_at_each_sequences_last_step(rng):
+    layer = Recurrent("gru", 2, 3, bidirectional=True, dtype="float64", random_state=0)
+    X, _ = ragged_batch(rng, 1, 5, 2, lengths=[5])
+    short, _ = layer.forward(X[:, :3], [3])
+    padded, _ = layer.forward(X, [3])
+    np.testing.assert_allclose(padded[:, :3], short, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
+    for dtype in ("float32", "float64"):
+        for rd in (0.0, 0.3):
+            layer = Recurrent(cell, 2, 3, recurrent_dropout=rd, dtype=dtype, random_state=0)
+            X, lengths = ragged_batch(rng, 3, 4, 2)
+            out = layer.forward(X, lengths)[0]
+            layer.backward(np.ones_like(out))
+    for name in (f"{cell}_sequence_forward", f"{cell}_sequence_backward"):
+        assert len(getattr(kernels, name).signatures) <= 2, getattr(kernels, name).signatures
+
+
+def test_import_compiles_nothing():
+    code = ("import fastseq, fastseq.nn, fastseq.kernels as K\n"
+            "jitted = [getattr(K, n) for n in K.__all__ if hasattr(getattr(K, n), 'signatures')]\n"
+            "assert len(jitted) >= 10, jitted\n"
+            "assert all(f.signatures == [] for f in jitted), [f for f in jitted if f.signatures]\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_dropout_only_in_training_and_reproducible(rng):
+    X, lengths = ragged_batch(rng, 4, 5, 3)
+    a = Recurrent("lstm", 3, 4, num_layers=2, dropout=0.5, recurrent_dropout=0.5, random_state=7)
+    b = Recurrent("lstm", 3, 4, num_layers=2, dropout=0.5, recurrent_dropout=0.5, random_state=7)
+    np.testing.assert_array_equal(a.flat, b.flat)
+    oa, ob = a.forward(X, lengths)[0], b.forward(X, lengths)[0]
+    np.testing.assert_array_equal(oa, ob)                       # same seed, same masks
+    a2 = a.forward(X, lengths)[0]
+    assert not np.array_equal(oa, a2)                           # fresh masks each call
+    a.eval()
+    e1, e2 = a.forward(X, lengths)[0], a.forward(X, lengths)[0]
+    np.testing.assert_array_equal(e1, e2)
+    plain = Recurrent("lstm", 3, 4, num_layers=2, random_state=7)
+    np.testing.assert_array_equal(e1, plain.forward(X, lengths)[0])
+
+
+# --------------------------------------------------------------- bad input
+@pytest.fixture
+def lstm():
+    return Recurrent("lstm", 3, 4, num_layers=2)
+
+
+@pytest.mark.parametrize("X,exc,match", [
+    (np.zeros((2, 3)), ValueError, "X must be 3-dimensional"),
+    (np.zeros((2, 3, 5)), ValueError, "input_size=3"),
+    (np.zeros((0, 3, 3)), ValueError, "at least one sequence"),
+    (np.zeros((2, 0, 3)), ValueError, "at least one sequence"),
+    (np.zeros((2, 3, 3), dtype=complex), TypeError, "complex"),
+    (np.array([[["a", "b", "c"]]]), TypeError, "real numbers"),
+    (np.full((2, 3, 3), np.inf), ValueError, "NaN or infinity"),
+])
+def test_bad_X(lstm, X, exc, match):
+    with pytest.raises(exc, match=match):
+        lstm.forward(X)
+
+
+@pytest.mark.parametrize("lengths,exc,match", [
+    ([0, 3], ValueError, r"lengths must lie in 1\.\.3"),
+    ([4, 3], ValueError, r"lengths must lie in 1\.\.3"),
+    ([-1, 3], ValueError, r"lengths must lie in 1\.\.3"),
+    ([3], ValueError, r"shape \(2,\)"),
+    ([1.5, 3], ValueError, "whole numbers"),
+    (["a", "b"], TypeError, "integers"),
+])
+def test_bad_lengths(lstm, lengths, exc, match):
+    with pytest.raises(exc, match=match):
+        lstm.forward(np.zeros((2, 3, 3)), lengths)
+
+
+def test_nan_only_in_padding_is_fine_but_not_in_valid_steps(lstm):
+    X = np.zeros((2, 3, 3))
+    X[1, 2] = np.nan
+    lstm.forward(X, [3, 2])
+    with pytest.raises(ValueError, match="X contains NaN or infinity at valid"):
+        lstm.forward(X, [3, 3])
+
+
+def test_bad_states(lstm):
+    X = np.zeros((2, 3, 3))
+    good = np.zeros((2, 2, 4))
+    with pytest.raises(TypeError, match=r"tuple \(h0, c0\)"):
+        lstm.forward(X, h0=good)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 2, 4\)"):
+        lstm.forward(X, h0=(np.zeros((1, 2, 4)), good))
+    with pytest.raises(ValueError, match="c0 contains NaN"):
+        lstm.forward(X, h0=(good, np.full_like(good, np.nan)))
+    gru = Recurrent("gru", 3, 4)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(1, 2, 4\)"):
+        gru.forward(X, h0=np.zeros((1, 3, 4)))
+
+
+def test_backward_checks(lstm):
+    fresh = Recurrent("gru", 3, 4)
+    with pytest.raises(RuntimeError, match="forward"):
+        fresh.backward(np.zeros((1, 1, 4)))
+    out, _ = lstm.forward(np.zeros((2, 3, 3)))
+    with pytest.raises(ValueError, match="d_out must have shape"):
+        lstm.backward(np.zeros((2, 3, 5)))
+    with pytest.raises(ValueError, match="d_h_n must have shape"):
+        lstm.backward(out, d_h_n=np.zeros((1, 2, 4)))
+    with pytest.raises(ValueError, match="d_out contains NaN"):
+        lstm.backward(np.full_like(out, np.nan))
+    with pytest.raises(ValueError, match="out must be"):
+        lstm.backward(out, out=np.zeros(3))
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(cell="cnn"), ValueError, "cell must be one of"),
+    (dict(hidden_size=0), ValueError, "hidden_size must be >= 1"),
+    (dict(hidden_size=2.5), TypeError, "hidden_size must be an integer"),
+    (dict(num_layers=0), ValueError, "num_layers must be >= 1"),
+    (dict(dropout=1.0), ValueError, r"dropout must lie in \[0, 1\)"),
+    (dict(recurrent_dropout=-0.1), ValueError, r"recurrent_dropout must lie in \[0, 1\)"),
+    (dict(nonlinearity="sigmoid"), ValueError, "nonlinearity must be one of"),
+    (dict(dtype="float16"), ValueError, "dtype must be"),
+    (dict(init="he"), ValueError, "init must be one of"),
+    (dict(recurrent_initializer="nope"), ValueError, "recurrent_initializer must be one of"),
+])
+def test_bad_constructor_arguments(kwargs, exc, match):
+    args = dict(cell="lstm", input_size=3, hidden_size=4)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        Recurrent(**args)
+
+
+# ------------------------------------------------------------ initialisers
+def test_keras_initialisers():
+    H = 8
+    layer = Recurrent("lstm", 5, H, init="keras", dtype="float64", random_state=0)
+    W_hh = layer.params["weight_hh_l0"]            # (4H, H): orthonormal columns
+    np.testing.assert_allclose(W_hh.T @ W_hh, np.eye(H), atol=1e-12)
+    limit = np.sqrt(6.0 / (5 + 4 * H))
+    assert np.abs(layer.params["weight_ih_l0"]).max() <= limit
+    b = layer.params["bias_ih_l0"] + layer.params["bias_hh_l0"]
+    np.testing.assert_array_equal(b[H:2 * H], 1.0)  # unit forget bias
+    np.testing.assert_array_equal(np.delete(b, np.s_[H:2 * H]), 0.0)
+
+
+def test_pytorch_initialiser_bound_and_seed():
+    H = 16
+    a = Recurrent("gru", 3, H, random_state=42)
+    b = Recurrent("gru", 3, H, random_state=42)
+    c = Recurrent("gru", 3, H, random_state=43)
+    np.testing.assert_array_equal(a.flat, b.flat)
+    assert not np.array_equal(a.flat, c.flat)
+    assert np.abs(a.flat).max() <= 1 / np.sqrt(H)
+    assert np.abs(a.flat).max() > 0.9 / np.sqrt(H)
+
+
+def test_params_are_views_into_flat_and_bind_moves_them():
+    layer = Recurrent("lstm", 3, 4, num_layers=2, bidirectional=True)
+    names = list(layer.params)
+    assert names[:4] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    assert "weight_ih_l1_reverse" in names and layer.params["weight_ih_l1"].shape == (16, 8)
+    assert sum(v.size for v in layer.params.values()) == layer.n_params == layer.flat.size
+    before = layer.flat.copy()
+    big = np.zeros(layer.n_params + 10, dtype=np.float32)
+    layer.bind(big[5:5 + layer.n_params])
+    np.testing.assert_array_equal(big[5:5 + layer.n_params], before)
+    layer.params["bias_hh_l0"][:] = 9.0
+    assert np.count_nonzero(big == 9.0) == 16
