@@ -1,0 +1,337 @@
+"""Turning the user's input formats into validated sequences, padded batches
+and lengths (with length bucketing).
+
+Accepted ``X`` (see DESIGN.md):
+
+- a 3-D array ``(n, T, F)``;
+- a 2-D array ``(n, T)``: univariate, one feature per step;
+- a list of 2-D arrays ``(T_i, F)`` of different lengths (1-D ``(T_i,)`` items
+  count as univariate);
+- token sequences (lists of hashable tokens, or strings read as characters)
+  when the estimator embeds tokens.
+
+Everything is checked here, in Python, before any compiled kernel runs.
+"""
+
+import numbers
+
+import numpy as np
+
+from ._config import INDEX_DTYPE
+
+#: reserved token indices of every vocabulary
+PAD_INDEX = 0
+UNKNOWN_INDEX = 1
+N_RESERVED = 2
+
+
+# --------------------------------------------------------------------- checks
+def _check_real(a, name, dtype):
+    """``a`` as a real array cast to ``dtype`` (TypeError for strings, complex...)."""
+    if isinstance(a, str):
+        raise TypeError(f"{name} must hold real numbers, got a string {a!r}")
+    try:
+        arr = np.asarray(a)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must hold real numbers, got objects that are not numbers") from None
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return out
+
+
+def _is_token_seq(item):
+    return isinstance(item, str) or (
+        isinstance(item, (list, tuple, np.ndarray))
+        and len(item) > 0
+        and all(isinstance(t, (str, numbers.Integral)) and not isinstance(t, (bool, np.bool_))
+                for t in (item.tolist() if isinstance(item, np.ndarray) else item))
+    )
+
+
+class Sequences:
+    """Validated input sequences.
+
+    Either ``dense``: one C-contiguous array ``(n, T, F)`` (all lengths T), or
+    ``items``: a list of ``(T_i, F)`` float arrays, or of ``(T_i,)`` int64 token
+    index arrays when ``tokens``.
+
+    Attributes
+    ----------
+    n_samples : int
+    lengths : (n,) int64
+    n_features : int
+        F (0 for tokens).
+    """
+
+    def __init__(self, dense=None, items=None, tokens=False):
+        self.dense, self.items, self.tokens = dense, items, tokens
+        if dense is not None:
+            n, T, F = dense.shape
+            self.lengths = np.full(n, T, dtype=INDEX_DTYPE)
+            self.n_features = F
+        else:
+            self.lengths = np.array([len(s) for s in items], dtype=INDEX_DTYPE)
+            self.n_features = 0 if tokens else items[0].shape[1]
+        self.n_samples = len(self.lengths)
+
+    def take(self, idx):
+        idx = np.asarray(idx, dtype=INDEX_DTYPE)
+        if self.dense is not None:
+            return Sequences(dense=self.dense[idx])
+        return Sequences(items=[self.items[i] for i in idx], tokens=self.tokens)
+
+    def pad(self, idx):
+        """Padded batch of the samples ``idx``: ``X`` (B, T_max, F) float (or
+        (B, T_max) int64 token indices, padding = :data:`PAD_INDEX`) and
+        ``lengths`` (B,) int64."""
+        idx = np.asarray(idx, dtype=INDEX_DTYPE)
+        lengths = self.lengths[idx]
+        if self.dense is not None:
+            return np.ascontiguousarray(self.dense[idx]), lengths
+        T = int(lengths.max())
+        if self.tokens:
+            X = np.full((len(idx), T), PAD_INDEX, dtype=INDEX_DTYPE)
+        else:
+            X = np.zeros((len(idx), T, self.n_features), dtype=self.items[0].dtype)
+        for b, i in enumerate(idx):
+            X[b, :lengths[b]] = self.items[i]
+        return X, lengths
+
+
+def check_sequences(X, *, dtype, tokens=False, name="X"):
+    """Validate ``X`` in any accepted format; return :class:`Sequences` of raw
+    values (token sequences are returned as lists of Python objects in
+    ``items`` with ``tokens=True``; encode them with a :class:`Vocabulary`)."""
+    if X is None:
+        raise ValueError(f"{name} is None; expected an array or a list of sequences")
+    if isinstance(X, str):
+        raise TypeError(f"{name} must be an array or a list of sequences, got a string")
+    if tokens:
+        return _check_tokens(X, name)
+    if isinstance(X, np.ndarray) and X.dtype.kind != "O":
+        return _dense(X, name, dtype)
+    if hasattr(X, "__array__") and not isinstance(X, (list, tuple, np.ndarray)):
+        return _dense(np.asarray(X), name, dtype)
+    if not hasattr(X, "__len__"):
+        raise TypeError(f"{name} must be an array or a list of sequences, got {type(X).__name__}")
+    if len(X) == 0:
+        raise ValueError(f"{name} is empty: at least one sequence is required")
+    # a list: regular (lists of lists) or ragged
+    try:
+        arr = np.asarray(X)
+        regular = arr.dtype.kind != "O"
+    except ValueError:
+        regular = False
+    if regular:
+        return _dense(arr, name, dtype)
+    return _ragged(list(X), name, dtype)
+
+
+def _dense(arr, name, dtype):
+    if arr.dtype.kind in "US":
+        raise TypeError(
+            f"{name} must hold real numbers, got strings (dtype {arr.dtype}); "
+            "set embedding_dim to read token sequences"
+        )
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim != 3:
+        raise ValueError(
+            f"{name} must be 3-D (n_samples, n_timesteps, n_features), 2-D "
+            f"(n_samples, n_timesteps) or a list of 2-D arrays; got shape {arr.shape}"
+        )
+    n, T, F = arr.shape
+    if n == 0:
+        raise ValueError(f"{name} is empty: got shape {arr.shape}, at least one sequence is required")
+    if T == 0:
+        raise ValueError(f"{name} has zero time steps (shape {arr.shape})")
+    if F == 0:
+        raise ValueError(f"{name} has zero features per step (shape {arr.shape})")
+    return Sequences(dense=_check_real(arr, name, dtype))
+
+
+def _ragged(items, name, dtype):
+    out, F = [], None
+    for i, s in enumerate(items):
+        a = _check_real(s, f"{name}[{i}]", dtype)
+        if a.ndim == 1:
+            a = a[:, None]
+        if a.ndim != 2:
+            raise ValueError(
+                f"{name}[{i}] must be a 2-D array (n_timesteps, n_features), got shape {a.shape}"
+            )
+        if a.shape[0] == 0:
+            raise ValueError(f"{name}[{i}] is a zero-length sequence; every sequence needs >= 1 step")
+        if a.shape[1] == 0:
+            raise ValueError(f"{name}[{i}] has zero features per step")
+        if F is None:
+            F = a.shape[1]
+        elif a.shape[1] != F:
+            raise ValueError(
+                f"{name} mixes feature counts: {name}[0] has {F} features per step, "
+                f"{name}[{i}] has {a.shape[1]}"
+            )
+        out.append(np.ascontiguousarray(a))
+    return Sequences(items=out)
+
+
+def _check_tokens(X, name):
+    if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "iu":
+        X = list(X)
+    if not hasattr(X, "__len__"):
+        raise TypeError(f"{name} must be a list of token sequences, got {type(X).__name__}")
+    if len(X) == 0:
+        raise ValueError(f"{name} is empty: at least one sequence is required")
+    items = []
+    for i, s in enumerate(X):
+        if isinstance(s, str):
+            seq = list(s)
+        elif isinstance(s, (list, tuple, np.ndarray)):
+            seq = s.tolist() if isinstance(s, np.ndarray) else list(s)
+        else:
+            raise TypeError(
+                f"{name}[{i}] must be a token sequence (a string or a list of ints/strings), "
+                f"got {type(s).__name__}"
+            )
+        if len(seq) == 0:
+            raise ValueError(f"{name}[{i}] is a zero-length sequence; every sequence needs >= 1 token")
+        for t in seq:
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (str, numbers.Integral)):
+                raise TypeError(
+                    f"{name}[{i}] holds {t!r} of type {type(t).__name__}; tokens must be ints or strings"
+                )
+        items.append([int(t) if isinstance(t, numbers.Integral) else t for t in seq])
+    return Sequences(items=items, tokens=True)
+
+
+class Vocabulary:
+    """Token -> index map built at fit: 0 pads, 1 is every unseen token, known
+    tokens take 2.. in order of first appearance (deterministic)."""
+
+    def __init__(self, tokens=()):
+        self.index = {}
+        for t in tokens:
+            if t not in self.index:
+                self.index[t] = len(self.index) + N_RESERVED
+
+    @classmethod
+    def build(cls, seqs):
+        return cls(t for s in seqs.items for t in s)
+
+    def __len__(self):
+        return len(self.index) + N_RESERVED
+
+    def encode(self, seqs):
+        """Raw token :class:`Sequences` -> index :class:`Sequences` (int64)."""
+        get = self.index.get
+        items = [np.fromiter((get(t, UNKNOWN_INDEX) for t in s), dtype=INDEX_DTYPE, count=len(s))
+                 for s in seqs.items]
+        return Sequences(items=items, tokens=True)
+
+    def to_json(self):
+        return [[type(t).__name__, t] for t in self.index]
+
+    @classmethod
+    def from_json(cls, data):
+        conv = {"int": int, "str": str}
+        toks = []
+        for kind, value in data:
+            if kind not in conv:
+                raise ValueError(f"corrupt vocabulary entry of kind {kind!r}")
+            toks.append(conv[kind](value))
+        return cls(toks)
+
+
+# ------------------------------------------------------------------- batching
+def iter_batches(lengths, batch_size, rng=None, shuffle=False, bucket=32):
+    """Index arrays of mini-batches over samples with these ``lengths``.
+
+    Equal lengths: plain (shuffled) consecutive batches.  Ragged: samples are
+    sorted by length within buckets of ``bucket * batch_size`` (after a
+    shuffle, when ``shuffle``) so that a batch holds similar lengths and padding
+    costs little; the order of the batches is then shuffled.  Without shuffle,
+    all samples are sorted by length (stable) - use for prediction, then
+    scatter the results back by index.
+    """
+    n = len(lengths)
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    ragged = n > 0 and lengths.min() != lengths.max()
+    if ragged:
+        if shuffle:
+            chunk = max(1, bucket * batch_size)
+            parts = [order[i:i + chunk] for i in range(0, n, chunk)]
+            order = np.concatenate([p[np.argsort(-lengths[p], kind="stable")] for p in parts])
+        else:
+            order = order[np.argsort(-lengths[order], kind="stable")]
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if shuffle and ragged:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+class Batch:
+    """One padded mini-batch: ``X`` (B, T, F) or token indices (B, T), ``lengths``
+    (B,) int64, target ``y`` (model-specific, or None), ``index`` (B,) positions
+    in the dataset."""
+
+    __slots__ = ("X", "lengths", "y", "index")
+
+    def __init__(self, X, lengths, y=None, index=None):
+        self.X, self.lengths, self.y, self.index = X, lengths, y, index
+
+    @property
+    def size(self):
+        return len(self.lengths)
+
+
+class Dataset:
+    """Sequences plus aligned targets: the data protocol of the training loop.
+
+    ``y`` is None, an array indexed along axis 0, or a list of per-sequence
+    arrays (padded per batch with ``y_pad``; then ``Batch.y`` is (B, T_max, ...)).
+    """
+
+    def __init__(self, X, y=None, y_pad=None):
+        self.X, self.y, self.y_pad = X, y, y_pad
+
+    @property
+    def n_samples(self):
+        return self.X.n_samples
+
+    @property
+    def lengths(self):
+        return self.X.lengths
+
+    def take(self, idx):
+        idx = np.asarray(idx, dtype=INDEX_DTYPE)
+        y = self.y
+        if isinstance(y, np.ndarray):
+            y = y[idx]
+        elif y is not None:
+            y = [y[i] for i in idx]
+        return Dataset(self.X.take(idx), y, self.y_pad)
+
+    def batch(self, idx):
+        idx = np.asarray(idx, dtype=INDEX_DTYPE)
+        X, lengths = self.X.pad(idx)
+        y = self.y
+        if isinstance(y, np.ndarray):
+            y = y[idx]
+        elif y is not None:
+            T = int(lengths.max())
+            first = y[idx[0]]
+            out = np.full((len(idx), T) + first.shape[1:], self.y_pad, dtype=first.dtype)
+            for b, i in enumerate(idx):
+                out[b, :len(y[i])] = y[i]
+            y = out
+        return Batch(X, lengths, y, idx)

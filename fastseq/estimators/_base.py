@@ -1,0 +1,570 @@
+"""The shared training loop of every fastseq estimator.
+
+Model protocol
+==============
+
+The loop trains any *model* object that provides:
+
+``flat`` : (P,) ndarray
+    Every parameter in one C-contiguous vector (float32 or float64).  Layers
+    hold views into it, so the optimiser, clipping, best-weight snapshots and
+    persistence touch this one array.  The loop writes into it in place
+    (``model.flat[...] = ...``); it never rebinds it.
+``train()`` / ``eval()``
+    Switch dropout on / off.  The loop calls ``train()`` before an epoch and
+    ``eval()`` after it; a fitted model is always left in eval mode, so
+    prediction never switches modes (safe from several threads).
+``loss_and_grad(batch, grad) -> float``
+    Mean data loss of a :class:`fastseq._input.Batch` (without the L2 term),
+    and its gradient written into ``grad`` (P,) (overwritten, not
+    accumulated).
+``loss(batch) -> float``
+    The same mean loss, no gradient (used for the validation loss).
+``predict_batch(X, lengths)``
+    Raw outputs for a padded batch (eval mode; no state is written that a
+    concurrent call could read), one row per sequence.
+``summary_rows() -> list of (name, type, output shape, n_params)``
+    For :meth:`BaseRNN.summary`.
+``clear_cache()``
+    Drop forward caches (before pickling).
+
+And the *data* it iterates is a :class:`fastseq._input.Dataset`-like object:
+``n_samples``, ``lengths`` (n,) int64 (for length bucketing), ``take(idx)``
+(a subset) and ``batch(idx)`` (a padded :class:`~fastseq._input.Batch`).
+
+Estimator hooks
+===============
+
+A concrete estimator subclasses :class:`BaseRNN` and implements:
+
+``_prepare_fit(X, y, reset) -> Dataset``
+    Validate ``X``/``y`` (set ``n_features_in_``, ``classes_``, vocabulary...
+    when ``reset``; check consistency with them otherwise).
+``_build_model(data, rng) -> model``
+    A fresh model following the protocol above.
+``_validation_score(data) -> float``
+    Higher is better (accuracy, R^2...); used by early stopping.
+``_score_name`` : str
+    Label of that score in progress bars and plots.
+
+It may override ``_split_validation(data, rng)`` (stratified for classifiers).
+``fit`` and ``partial_fit`` are thin doors into ``_fit(incremental=...)``; the
+loop is split into small named steps (``_init_training``, ``_run_epochs``,
+``_train_epoch``, ``_apply_update``, ``_end_epoch``).
+"""
+
+import numbers
+import time
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from .. import kernels as K
+from .._config import resolve_dtype
+from .._input import iter_batches
+from .._threads import limit
+from ..network.recurrent import CELLS
+
+
+class NumericalWarning(RuntimeWarning):
+    """A non-finite loss or gradient: the update was skipped."""
+
+
+class FitInterruptedWarning(UserWarning):
+    """``fit`` was stopped by KeyboardInterrupt; the best weights so far are kept."""
+
+
+# ----------------------------------------------------------------- optimisers
+class Adam:
+    """Adam over one flat vector (``torch.optim.Adam``; L2 as weight decay)."""
+
+    def __init__(self, n, dtype, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.m = np.zeros(n, dtype=dtype)
+        self.v = np.zeros(n, dtype=dtype)
+        self.t = 0
+
+    def reset(self):
+        self.m[...] = 0
+        self.v[...] = 0
+        self.t = 0
+
+    def step(self, params, grad, weight_decay):
+        self.t += 1
+        K.adam_update(params, grad, self.m, self.v, self.t, self.lr, self.beta1,
+                      self.beta2, self.eps, weight_decay)
+
+
+class SGD:
+    """SGD with (Nesterov) momentum over one flat vector (``torch.optim.SGD``)."""
+
+    def __init__(self, n, dtype, lr, momentum=0.9, nesterov=False):
+        self.lr, self.momentum, self.nesterov = lr, momentum, bool(nesterov)
+        self.velocity = np.zeros(n, dtype=dtype)
+
+    def reset(self):
+        self.velocity[...] = 0
+
+    def step(self, params, grad, weight_decay):
+        K.sgd_update(params, grad, self.velocity, self.lr, self.momentum, self.nesterov,
+                     weight_decay)
+
+
+def make_optimizer(est, n, dtype):
+    if est.optimizer == "adam":
+        return Adam(n, dtype, est.learning_rate, est.beta_1, est.beta_2, est.epsilon)
+    return SGD(n, dtype, est.learning_rate, est.momentum, est.nesterovs_momentum)
+
+
+# ------------------------------------------------------------------ estimator
+class BaseRNN(BaseEstimator):
+    """Base of the recurrent estimators: parameters, training loop, reporting.
+
+    Parameters
+    ----------
+    cell : {"rnn", "lstm", "gru"}, default "lstm"
+    hidden_size : int, default 64
+        H, units per direction and layer.
+    num_layers : int, default 1
+    bidirectional : bool, default False
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        Activation of the Elman RNN.
+    dropout : float in [0, 1), default 0
+        Dropout on the inputs of recurrent layers 2.. and on the features fed to
+        the output layer.
+    recurrent_dropout : float in [0, 1), default 0
+        Variational dropout on the recurrent state (one mask per sequence).
+    embedding_dim : int or None, default None
+        When set, X holds token sequences (ints, or strings read as characters)
+        embedded by a learned table; the vocabulary is built at fit and unseen
+        tokens map to a reserved index.
+    pretrained_embeddings : dict token -> vector, optional
+        Initial vectors (length ``embedding_dim``) for the tokens they name.
+    pooling : {"last", "mean", "max"}, default "last"
+        Many-to-one estimators: read the last valid state of each sequence
+        (both directions when bidirectional), or pool ``out`` over valid steps.
+    optimizer : {"adam", "sgd"}, default "adam"
+    learning_rate : float, default 1e-3
+    momentum : float, default 0.9 (SGD)
+    nesterovs_momentum : bool, default False (SGD)
+    beta_1, beta_2, epsilon : float (Adam)
+    batch_size : int, default 32
+    max_iter : int, default 100
+        Epochs.
+    clip_norm : float or None, default 5.0
+        Rescale the gradient when its global norm exceeds this.
+    clip_value : float or None, default None
+        Clamp every gradient entry to ``[-clip_value, clip_value]``.
+    alpha : float, default 0
+        L2 penalty: ``alpha / 2 * ||w||^2`` added to the loss (weight decay).
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the training data, stop when its
+        score stops improving and restore the best weights.
+    validation_fraction : float, default 0.1
+    validation_holdout : {"random", "tail"}, default "random"
+        "tail" holds out the last samples (time-ordered data).
+    n_iter_no_change : int, default 10
+    tol : float, default 1e-4
+    shuffle : bool, default True
+    random_state : None, int or RandomState
+    warm_start : bool, default False
+    verbose : bool or int, default False
+        Progress bar per epoch (tqdm) with loss, validation score and speed.
+    n_jobs : int or None, default None
+        Threads of the compiled code and BLAS during the call (restored after).
+    dtype : {"float32", "float64"}, default "float32"
+    """
+
+    _parameter_constraints = {
+        "cell": [StrOptions(set(CELLS))],
+        "hidden_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "num_layers": [Interval(numbers.Integral, 1, None, closed="left")],
+        "bidirectional": ["boolean"],
+        "nonlinearity": [StrOptions({"tanh", "relu"})],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "recurrent_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "embedding_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "pretrained_embeddings": [dict, None],
+        "pooling": [StrOptions({"last", "mean", "max"})],
+        "optimizer": [StrOptions({"adam", "sgd"})],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
+        "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
+        "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "clip_value": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "validation_holdout": [StrOptions({"random", "tail"})],
+        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left")],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "n_jobs": [numbers.Integral, None],
+        "dtype": [StrOptions({"float32", "float64"})],
+    }
+
+    def __init__(self, *, cell="lstm", hidden_size=64, num_layers=1, bidirectional=False,
+                 nonlinearity="tanh", dropout=0.0, recurrent_dropout=0.0, embedding_dim=None,
+                 pretrained_embeddings=None, pooling="last", optimizer="adam",
+                 learning_rate=1e-3, momentum=0.9, nesterovs_momentum=False, beta_1=0.9,
+                 beta_2=0.999, epsilon=1e-8, batch_size=32, max_iter=100, clip_norm=5.0,
+                 clip_value=None, alpha=0.0, early_stopping=False, validation_fraction=0.1,
+                 validation_holdout="random", n_iter_no_change=10, tol=1e-4, shuffle=True,
+                 random_state=None, warm_start=False, verbose=False, n_jobs=None,
+                 dtype="float32"):
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.nonlinearity = nonlinearity
+        self.dropout = dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.embedding_dim = embedding_dim
+        self.pretrained_embeddings = pretrained_embeddings
+        self.pooling = pooling
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.clip_norm = clip_norm
+        self.clip_value = clip_value
+        self.alpha = alpha
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.validation_holdout = validation_holdout
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.n_jobs = n_jobs
+        self.dtype = dtype
+
+    # ------------------------------------------------------------ sklearn API
+    def fit(self, X, y):
+        """Train from scratch (or from the current weights when ``warm_start``)
+        for up to ``max_iter`` epochs.  Returns ``self``."""
+        self._validate_params()
+        return self._fit(X, y, incremental=False)
+
+    def _partial_fit(self, X, y):
+        if not hasattr(self, "model_"):
+            self._validate_params()
+        return self._fit(X, y, incremental=True)
+
+    def _check_fitted(self):
+        check_is_fitted(self, "model_")
+
+    @property
+    def _dtype(self):
+        return resolve_dtype(self.dtype)
+
+    # ------------------------------------------------------------- the loop
+    def _fit(self, X, y, incremental):
+        start = time.perf_counter()
+        with limit(self.n_jobs):
+            first = not (hasattr(self, "model_") and (incremental or self.warm_start))
+            data = self._prepare_fit(X, y, reset=first)
+            if first:
+                self._init_training(data)
+            if incremental:
+                train, val, epochs = data, None, 1
+            else:
+                train, val = self._split_validation(data, self._rng)
+                epochs = self.max_iter
+            self._run_epochs(train, val, epochs, incremental)
+        self.fit_time_ = getattr(self, "fit_time_", 0.0) * (not first) + time.perf_counter() - start
+        return self
+
+    def _init_training(self, data):
+        """Fresh model, optimiser, random streams and history."""
+        rs = np.random.RandomState(self.random_state) if not isinstance(
+            self.random_state, np.random.RandomState) else self.random_state
+        seeds = rs.randint(0, 2**31 - 1, size=2)
+        self._rng = np.random.default_rng(seeds[0])
+        self.model_ = self._build_model(data, np.random.default_rng(seeds[1]))
+        self.model_.eval()
+        self._optimizer = make_optimizer(self, self.model_.flat.shape[0], self.model_.flat.dtype)
+        self.loss_curve_ = []
+        self.validation_loss_curve_ = []
+        self.validation_scores_ = []
+        self.grad_norm_curve_ = []
+        self.best_loss_ = np.inf
+        self.best_validation_score_ = None
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_skipped_updates_ = 0
+        self._no_improvement = 0
+
+    def _split_validation(self, data, rng):
+        """(train, validation) datasets; validation is None without early stopping."""
+        if not self.early_stopping:
+            return data, None
+        n = data.n_samples
+        n_val = int(round(self.validation_fraction * n))
+        if n_val < 1 or n - n_val < 1:
+            raise ValueError(
+                f"early_stopping needs at least one training and one validation sample: "
+                f"validation_fraction={self.validation_fraction} of {n} samples gives {n_val}"
+            )
+        if self.validation_holdout == "tail":
+            idx = np.arange(n)
+            return data.take(idx[:n - n_val]), data.take(idx[n - n_val:])
+        perm = rng.permutation(n)
+        return data.take(np.sort(perm[n_val:])), data.take(np.sort(perm[:n_val]))
+
+    def _run_epochs(self, train, val, epochs, incremental):
+        model = self.model_
+        flat = model.flat
+        self._grad = np.zeros_like(flat)
+        self._backup = np.empty_like(flat)
+        self._warned_nonfinite = False
+        best_flat = flat.copy() if val is not None else None
+        if val is not None:
+            self.best_validation_score_ = -np.inf
+        self._no_improvement = 0
+        stopped = interrupted = False
+        try:
+            for epoch in range(epochs):
+                loss, norm = self._train_epoch(train, epoch, epochs)
+                stopped = self._end_epoch(loss, norm, val, best_flat)
+                if stopped:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            if not np.all(np.isfinite(flat)):
+                flat[...] = self._backup
+            warnings.warn("fit interrupted (KeyboardInterrupt): keeping the best weights so far",
+                          FitInterruptedWarning, stacklevel=3)
+        finally:
+            model.eval()
+            model.clear_cache()
+        if val is not None and np.isfinite(self.best_validation_score_):
+            flat[...] = best_flat
+        if not (stopped or interrupted or incremental):
+            warnings.warn(
+                f"{type(self).__name__}: maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
+        if not np.all(np.isfinite(flat)):  # cannot happen: every update is checked
+            raise FloatingPointError("the weights became non-finite during fit")
+        del self._grad, self._backup
+
+    def _progress(self, n, epoch, epochs):
+        if not self.verbose:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=n, desc=f"epoch {self.n_iter_ + 1}/{self.n_iter_ - epoch + epochs}",
+                    unit="seq", leave=True)
+
+    def _train_epoch(self, train, epoch, epochs):
+        """One pass over ``train`` in shuffled, length-bucketed mini-batches.
+        Returns the mean training loss and mean gradient norm."""
+        model = self.model_
+        bar = self._progress(train.n_samples, epoch, epochs)
+        total = count = 0.0
+        norms = []
+        model.train()
+        try:
+            for idx in iter_batches(train.lengths, self.batch_size, self._rng, self.shuffle):
+                batch = train.batch(idx)
+                loss = self._apply_update(batch)
+                if loss is None:
+                    continue
+                total += loss * batch.size
+                count += batch.size
+                norms.append(self._last_norm)
+                if bar is not None:
+                    bar.update(batch.size)
+                    bar.set_postfix(loss=f"{total / count:.4g}", refresh=False)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        finally:
+            model.eval()
+        self._bar = bar
+        mean_loss = total / count if count else np.nan
+        return mean_loss, (float(np.mean(norms)) if norms else np.nan)
+
+    def _apply_update(self, batch):
+        """Loss and gradient of one batch, clipping, one optimiser step.
+
+        A non-finite loss, gradient or updated weights skip the step (weights
+        restored, optimiser state reset) with one warning per fit; returns the
+        batch loss (with the L2 term), or None when skipped.
+        """
+        model, grad, flat = self.model_, self._grad, self.model_.flat
+        loss = model.loss_and_grad(batch, grad)
+        ok = np.isfinite(loss)
+        if ok and self.clip_value is not None:
+            ok = K.clip_grad_value(grad, float(self.clip_value))
+        if ok:
+            if self.clip_norm is not None:
+                norm = K.clip_grad_norm(grad, float(self.clip_norm))
+            else:
+                norm = K.grad_norm(grad)
+            ok = np.isfinite(norm)
+        if ok:
+            self._backup[...] = flat
+            self._optimizer.step(flat, grad, float(self.alpha))
+            ok = np.all(np.isfinite(flat))
+            if not ok:
+                flat[...] = self._backup
+                self._optimizer.reset()
+        if not ok:
+            self.n_skipped_updates_ += 1
+            if not self._warned_nonfinite:
+                self._warned_nonfinite = True
+                warnings.warn(
+                    "non-finite loss or gradient: skipping the update and keeping the last "
+                    "good weights (lower learning_rate, set clip_norm, or scale the inputs)",
+                    NumericalWarning, stacklevel=5)
+            return None
+        self.t_ += 1
+        self._last_norm = float(norm)
+        if self.alpha:
+            loss += 0.5 * self.alpha * float(np.dot(flat, flat))
+        return float(loss)
+
+    def _end_epoch(self, loss, norm, val, best_flat):
+        """Record the epoch; return True when training should stop."""
+        self.n_iter_ += 1
+        self.loss_curve_.append(float(loss))
+        self.grad_norm_curve_.append(float(norm))
+        post = {"loss": f"{loss:.4g}"}
+        if val is not None:
+            vloss, score = self._evaluate(val)
+            self.validation_loss_curve_.append(vloss)
+            self.validation_scores_.append(score)
+            post.update(val_loss=f"{vloss:.4g}", **{f"val_{self._score_name}": f"{score:.4g}"})
+            improved = score > self.best_validation_score_ + self.tol
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                best_flat[...] = self.model_.flat
+        else:
+            improved = loss < self.best_loss_ - self.tol
+        if np.isfinite(loss):
+            self.best_loss_ = min(self.best_loss_, float(loss))
+        self._no_improvement = 0 if improved else self._no_improvement + 1
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            bar.set_postfix(post)
+            bar.close()
+            self._bar = None
+        return self._no_improvement >= self.n_iter_no_change
+
+    def _evaluate(self, data):
+        """Mean validation loss and validation score (higher is better)."""
+        total = 0.0
+        for idx in iter_batches(data.lengths, max(self.batch_size, 256)):
+            b = data.batch(idx)
+            total += self.model_.loss(b) * b.size
+        return total / data.n_samples, float(self._validation_score(data))
+
+    # ------------------------------------------------------------ reporting
+    def summary(self, print_fn=print):
+        """Print the layers with their output shapes and parameter counts
+        (like Keras's ``model.summary()``)."""
+        self._check_fitted()
+        rows = [("Layer (type)", "Output shape", "Param #")]
+        for name, kind, shape, n in self.model_.summary_rows():
+            rows.append((f"{name} ({kind})", str(shape), f"{n:,}"))
+        w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
+        line = "=" * sum(w)
+        lines = [f'Model: "{type(self).__name__}"', line,
+                 "".join(c.ljust(w[i]) for i, c in enumerate(rows[0])), line]
+        lines += ["".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows[1:]]
+        lines += [line, f"Total params: {self.model_.flat.shape[0]:,}",
+                  f"dtype: {self.model_.flat.dtype}"]
+        text = "\n".join(lines)
+        print_fn(text)
+        return None
+
+    def plot_history(self, ax=None):
+        """Plot the loss curves (training, validation) and the validation score
+        per epoch; returns the matplotlib Figure (``fig.savefig(path)``)."""
+        self._check_fitted()
+        try:
+            import matplotlib
+            import matplotlib.pyplot as plt  # noqa: F401
+        except ImportError as exc:  # pragma: no cover
+            raise ImportError("plot_history needs matplotlib (pip install matplotlib)") from exc
+        from matplotlib.figure import Figure
+        del matplotlib
+        fig = Figure(figsize=(10, 4))
+        ax1, ax2 = fig.subplots(1, 2)
+        ep = np.arange(1, len(self.loss_curve_) + 1)
+        ax1.plot(ep, self.loss_curve_, label="training loss")
+        if self.validation_loss_curve_:
+            ax1.plot(np.arange(1, len(self.validation_loss_curve_) + 1),
+                     self.validation_loss_curve_, label="validation loss")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("loss")
+        ax1.legend()
+        ax1.set_title("loss")
+        if self.validation_scores_:
+            ax2.plot(np.arange(1, len(self.validation_scores_) + 1), self.validation_scores_,
+                     label=f"validation {self._score_name}", color="C1")
+            ax2.legend()
+        else:
+            ax2.text(0.5, 0.5, "no validation data\n(set early_stopping=True)",
+                     ha="center", va="center", transform=ax2.transAxes)
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel(self._score_name)
+        ax2.set_title(f"validation {self._score_name}")
+        fig.tight_layout()
+        return fig
+
+    # ---------------------------------------------------------- persistence
+    def save(self, path):
+        """Save to ``path`` (arrays + JSON metadata, versioned; loading runs no
+        code).  Load with :func:`fastseq.load`."""
+        from ..persistence import save
+        save(self, path)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for k in ("_grad", "_backup", "_bar"):
+            state.pop(k, None)
+        if "model_" in state:
+            state["model_"].clear_cache()
+        return state
+
+    # ------------------------------------------------------------- helpers
+    def _predict_raw(self, seqs):
+        """Model output for every sample of :class:`Sequences` ``seqs``, in
+        input order (batched by length; each sequence's result does not depend
+        on its batch)."""
+        model = self.model_
+        outs = [None] * seqs.n_samples
+        for idx in iter_batches(seqs.lengths, max(self.batch_size, 256)):
+            X, lengths = seqs.pad(idx)
+            res = model.predict_batch(X, lengths)
+            for j, i in enumerate(idx):
+                outs[i] = res[j] if not isinstance(res, list) else res[j]
+        return outs
+
+
+def not_fitted_error(est):
+    return NotFittedError(
+        f"This {type(est).__name__} instance is not fitted yet. Call 'fit' with "
+        "appropriate arguments before using this estimator."
+    )
