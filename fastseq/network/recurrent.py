@@ -195,7 +195,8 @@ class Recurrent:
             if not (isinstance(h0, (tuple, list)) and len(h0) == 2):
                 raise TypeError("h0 must be a tuple (h0, c0) for an LSTM, or None")
             h0, c0 = h0
-            c0 = check_state(c0, "c0", shape, self.dtype)
+            if c0 is not None:
+                c0 = check_state(c0, "c0", shape, self.dtype)
         if h0 is not None:
             h0 = check_state(h0, "h0", shape, self.dtype)
         return h0, c0
@@ -212,7 +213,8 @@ class Recurrent:
         lengths : (B,) int, optional
             Valid steps per sequence, in ``1..T``; default all T.
         h0 : (num_layers*D, B, H) array, or a tuple (h0, c0) for an LSTM, optional
-            Initial states, PyTorch's order; default zeros.
+            Initial states, PyTorch's order; default zeros (also for a None
+            member of the LSTM tuple).
 
         Returns
         -------
