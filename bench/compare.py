@@ -1,0 +1,640 @@
+"""fastseq against PyTorch (and ONNX Runtime for inference), side by side.
+
+Run from the repository root::
+
+    python -m bench.compare                 # full comparison (a few minutes on 2 cores)
+    python -m bench.compare --quick         # a small subset (smoke test, ~30 s)
+    python bench/compare.py --threads 1 --only lstm --json out.json --png out.png
+
+Every case is float32, both libraries limited to the same number of threads
+(``--threads``, default 2: ``torch.set_num_threads`` for torch, threadpoolctl
+plus :func:`fastseq._threads.limit` for fastseq and the BLAS it calls, and
+``intra_op_num_threads`` for ONNX Runtime).  Weights are copied from the torch
+module with :func:`fastseq.interop.from_torch`.  The engines are timed
+alternately (fastseq, torch, ORT, fastseq, ...) after a warm-up and the median
+of the repeats is reported, so that a load change hits all of them alike and
+the *ratios* stay meaningful on a shared machine.
+
+Modes per case
+--------------
+``infer``  forward only: torch under ``torch.inference_mode()``, fastseq with
+           ``layer.eval()`` and ``forward(..., need_grad=False)`` when the layer
+           has it, ORT on the torch model exported with ``torch.onnx.export``.
+``train``  forward, loss ``sum(out * G)`` for a fixed random ``G`` (so
+           ``d_out = G``), backward, global-norm clipping (max norm 1) and one
+           Adam step; the input needs no gradient in either library.
+
+GFLOP/s count only the matrix products (2 G H (I + H) per row forward, three
+times that for a training step) and are compared with this machine's float32
+matrix-multiply peak, measured at start-up (the best of numpy's BLAS and torch
+on a 2048^3 product at the same thread count).  Peak memory is measured in a
+fresh subprocess per case and engine (peak RSS of one training step above the
+RSS before it, after a warm-up on a smaller batch), for the training cases.
+Cold start runs ``bench.compare --_cold`` twice in fresh interpreters sharing
+an initially empty ``NUMBA_CACHE_DIR``.
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+if __package__ in (None, ""):  # python bench/compare.py
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+TORCH_PATH = {"lstm": "oneDNN", "gru": "native", "rnn": "native"}
+
+
+# --------------------------------------------------------------------- cases
+@dataclass
+class Case:
+    name: str
+    group: str
+    cell: str
+    B: int
+    T: int
+    I: int
+    H: int
+    modes: tuple = ("infer", "train")
+    memory: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def flops(self, mode):
+        """Matrix-product flops of one call (forward, or a training step)."""
+        f = 2.0 * GATES[self.cell] * self.H * (self.I + self.H) * self.B * self.T
+        return f if mode == "infer" else 3.0 * f
+
+
+def all_cases():
+    cases = []
+    for cell in ("rnn", "lstm", "gru"):
+        for B in (1, 4, 16):
+            for H in (32, 64, 128, 256):
+                for T in (32, 128):
+                    cases.append(Case(f"latency/{cell}/B{B}/H{H}/T{T}", "latency", cell, B, T, H, H))
+    cases.append(Case("small-train/gru/B32/T64/I32/H64", "small-train", "gru", 32, 64, 32, 64, memory=True))
+    for cell in ("rnn", "lstm", "gru"):
+        cases.append(Case(f"mnist-rows/{cell}/B128/T28/I28/H256", "mnist-rows", cell, 128, 28, 28, 256, memory=True))
+    for cell in ("rnn", "lstm", "gru"):
+        cases.append(Case(f"weather/{cell}/B1024/T48/I5/H64", "weather", cell, 1024, 48, 5, 64, memory=True))
+    cases.append(Case("matrix/lstm/B64/T50/I500/H500", "matrix", "lstm", 64, 50, 500, 500, memory=True))
+    cases.append(Case("matrix/lstm/B64/T25/I1024/H1024", "matrix", "lstm", 64, 25, 1024, 1024, memory=True))
+    for B in (1, 16):
+        for S in (32, 128):
+            for H in (128, 256):
+                cases.append(Case(f"decoder/gru/B{B}/S{S}/H{H}", "decoder", "gru", B, 32, H, H,
+                                  modes=("infer",), extra={"S": S}))
+    return cases
+
+
+QUICK = {
+    "latency/lstm/B1/H64/T32", "latency/gru/B1/H64/T32", "latency/rnn/B1/H64/T32",
+    "latency/lstm/B16/H128/T32", "small-train/gru/B32/T64/I32/H64",
+    "mnist-rows/lstm/B128/T28/I28/H256", "weather/gru/B1024/T48/I5/H64",
+}
+
+
+# ------------------------------------------------------------------ engines
+def make_torch(case, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
+    return cls(case.I, case.H, batch_first=True).float()
+
+
+class FastseqTrainer:
+    """fastseq training step: forward, backward, clip_grad_norm, adam_update."""
+
+    def __init__(self, layer, lr=1e-3):
+        from fastseq import kernels as K
+
+        self.K, self.layer, self.lr = K, layer, lr
+        self.grad = np.zeros_like(layer.flat)
+        self.m = np.zeros_like(layer.flat)
+        self.v = np.zeros_like(layer.flat)
+        self.step_count = 0
+        self.input_grad = _accepts(layer.backward, "need_input_grad")
+
+    def step(self, X, G):
+        layer = self.layer
+        layer.forward(X)
+        if self.input_grad:
+            layer.backward(G, out=self.grad, need_input_grad=False)
+        else:
+            layer.backward(G, out=self.grad)
+        self.K.clip_grad_norm(self.grad, 1.0)
+        self.step_count += 1
+        self.K.adam_update(layer.flat, self.grad, self.m, self.v, self.step_count,
+                           self.lr, 0.9, 0.999, 1e-8, 0.0)
+
+
+def _accepts(fn, name):
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class TorchTrainer:
+    def __init__(self, module, lr=1e-3):
+        import torch
+
+        self.torch, self.module = torch, module
+        self.params = list(module.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=lr)
+
+    def step(self, X, G):
+        out, _ = self.module(X)
+        loss = (out * G).sum()
+        loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+_ONNX_CACHE = {}
+
+
+def make_ort(case, module, threads):
+    """ONNX Runtime session of ``module`` (exported once per cell and size)."""
+    import io
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    key = (case.cell, case.I, case.H)
+    if key not in _ONNX_CACHE:
+        buf = io.BytesIO()
+        x = torch.zeros(1, 3, case.I)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), buf, dynamo=False, input_names=["x"],
+                              output_names=["out", "h_n"] if case.cell != "lstm" else ["out", "h_n", "c_n"],
+                              dynamic_axes={"x": {0: "B", 1: "T"}, "out": {0: "B", 1: "T"}})
+        _ONNX_CACHE[key] = buf.getvalue()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(_ONNX_CACHE[key], so, providers=["CPUExecutionProvider"])
+
+
+# ----------------------------------------------------------------- timing
+def _calibrate(fn, min_time):
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    return max(1, int(min_time / max(dt, 1e-7)))
+
+
+def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.005):
+    """Median seconds per call of each of ``fns`` (a dict), timed in turn.
+
+    Each sample runs one engine ``inner`` times (calibrated to about
+    ``min_time``); a short untimed ``pause`` between engines lets the worker
+    threads of the previous one (ORT, OpenMP and OpenBLAS spin-wait after a
+    parallel region) go idle, so that they do not steal a core from the next.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    inner = {k: _calibrate(fn, min_time) for k, fn in fns.items()}
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            n = inner[k]
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[k].append((time.perf_counter() - t0) / n)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def matmul_peak(threads, n=2048, repeats=5):
+    """Best float32 GFLOP/s of an n^3 matrix product (numpy's BLAS and torch)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty_like(a)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    tc = torch.empty_like(ta)
+    ts = time_alternating({"numpy": lambda: np.matmul(a, b, out=c),
+                           "torch": lambda: torch.mm(ta, tb, out=tc)},
+                          repeats, warmup=1, min_time=0.0)
+    flops = 2.0 * n ** 3
+    return {k: flops / v / 1e9 for k, v in ts.items()}
+
+
+# ------------------------------------------------------------- one case
+def run_case(case, threads, repeats, use_ort=True):
+    import torch
+
+    from fastseq.interop import from_torch
+
+    module = make_torch(case)
+    layer = from_torch(module, dtype="float32")
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((case.B, case.T, case.I), dtype=np.float32)
+    G = rng.standard_normal((case.B, case.T, case.H), dtype=np.float32)
+    tX, tG = torch.from_numpy(X), torch.from_numpy(G)
+    res = {"case": case.name, "group": case.group, "cell": case.cell,
+           "B": case.B, "T": case.T, "I": case.I, "H": case.H,
+           "torch_path": TORCH_PATH[case.cell]}
+    # correctness guard: the two forwards must agree (a benchmark of a wrong
+    # result is worthless)
+    layer.eval()
+    fwd_kw = {"need_grad": False} if _accepts(layer.forward, "need_grad") else {}
+    out_f = layer.forward(X, **fwd_kw)[0]
+    with torch.inference_mode():
+        out_t = module(tX)[0].numpy()
+    res["max_abs_diff"] = float(np.abs(out_f - out_t).max())
+
+    if "infer" in case.modes:
+        fns = {"fastseq": lambda: layer.forward(X, **fwd_kw)}
+
+        def torch_infer():
+            with torch.inference_mode():
+                module(tX)
+        fns["torch"] = torch_infer
+        if use_ort:
+            try:
+                sess = make_ort(case, module, threads)
+                feeds = {"x": X}
+                fns["ort"] = lambda: sess.run(None, feeds)
+            except Exception as exc:  # pragma: no cover - depends on the install
+                res["ort_error"] = repr(exc)
+        ts = time_alternating(fns, repeats)
+        for k, v in ts.items():
+            res[f"infer_{k}_ms"] = v * 1e3
+            res[f"infer_{k}_gflops"] = case.flops("infer") / v / 1e9
+        res["infer_speedup_torch"] = ts["torch"] / ts["fastseq"]
+        if "ort" in ts:
+            res["infer_speedup_ort"] = ts["ort"] / ts["fastseq"]
+
+    if "train" in case.modes:
+        layer.train()
+        ft = FastseqTrainer(layer)
+        tt = TorchTrainer(module)
+        ts = time_alternating({"fastseq": lambda: ft.step(X, G), "torch": lambda: tt.step(tX, tG)},
+                              repeats)
+        for k, v in ts.items():
+            res[f"train_{k}_ms"] = v * 1e3
+            res[f"train_{k}_gflops"] = case.flops("train") / v / 1e9
+        res["train_speedup_torch"] = ts["torch"] / ts["fastseq"]
+    return res
+
+
+def check_determinism(threads):
+    """Two fresh training runs of the same seed give bit-identical weights."""
+    from fastseq.nn import Recurrent
+
+    outs = []
+    for _ in range(2):
+        layer = Recurrent("lstm", 16, 48, random_state=3)
+        tr = FastseqTrainer(layer)
+        rng = np.random.default_rng(5)
+        X = rng.standard_normal((37, 20, 16), dtype=np.float32)
+        G = rng.standard_normal((37, 20, 48), dtype=np.float32)
+        for _ in range(3):
+            tr.step(X, G)
+        outs.append(layer.flat.copy())
+    return bool(np.array_equal(outs[0], outs[1]))
+
+
+# ------------------------------------------------------- decoder (guarded)
+def run_decoder_case(case, threads, repeats):
+    """Greedy decoding with the attention decoder, when it exists."""
+    try:
+        from fastseq.network import seq2seq  # noqa: F401
+    except Exception:
+        return None
+    return {"case": case.name, "group": case.group, "cell": case.cell, "skipped":
+            "seq2seq decoder present but not yet wired into bench.compare"}
+
+
+# ------------------------------------------------------------ subprocesses
+MEMORY_SNIPPET = r"""
+import gc, json, os, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+from bench.compare import Case, make_torch, FastseqTrainer, TorchTrainer, set_threads
+case = Case(**json.loads({case!r}))
+engine = {engine!r}
+set_threads({threads})
+import torch
+module = make_torch(case)
+def build(B):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((B, case.T, case.I), dtype=np.float32)
+    G = rng.standard_normal((B, case.T, case.H), dtype=np.float32)
+    if engine == "torch":
+        return TorchTrainer(module), torch.from_numpy(X), torch.from_numpy(G)
+    from fastseq.interop import from_torch
+    return FastseqTrainer(from_torch(module, dtype="float32")), X, G
+tr, X, G = build(2)
+tr.step(X, G); tr.step(X, G)
+tr, X, G = build(case.B)
+del module
+gc.collect()
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base = status("VmRSS:")
+tr.step(X, G)
+tr.step(X, G)
+print(json.dumps({{"peak": status("VmHWM:") - base}}))
+"""
+
+
+def measure_memory(case, engine, threads):
+    code = MEMORY_SNIPPET.format(root=ROOT, case=json.dumps(asdict(case)), engine=engine,
+                                 threads=threads)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1])["peak"]
+
+
+COLD_SNIPPET = r"""
+import time
+t0 = time.perf_counter()
+import sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import fastseq
+t_import = time.perf_counter() - t0
+from fastseq import kernels as K
+from fastseq.nn import Recurrent
+rng = np.random.default_rng(0)
+X = rng.standard_normal((8, 10, 3)).astype(np.float32)
+y = rng.standard_normal(8).astype(np.float32)
+est = getattr(fastseq, "RNNRegressor", None)
+if est is not None:
+    est(cell="lstm", hidden_size=8, max_iter=2, batch_size=4, random_state=0).fit(X, y)
+    how = "RNNRegressor(cell='lstm').fit"
+else:
+    for cell in ("lstm", "gru", "rnn"):
+        layer = Recurrent(cell, 3, 8, random_state=0)
+        g = np.zeros_like(layer.flat); m = np.zeros_like(g); v = np.zeros_like(g)
+        for step in range(1, 3):
+            out, _ = layer.forward(X)
+            layer.backward(np.ones_like(out), out=g)
+            K.clip_grad_norm(g, 1.0)
+            K.adam_update(layer.flat, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8, 0.0)
+        layer.eval(); layer.forward(X)
+    how = "Recurrent lstm+gru+rnn: 2 training steps + predict each"
+import json
+print(json.dumps({{"import_s": t_import, "total_s": time.perf_counter() - t0, "how": how}}))
+"""
+
+
+def measure_cold_start():
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        res = {}
+        for label in ("cold", "warm"):
+            t0 = time.perf_counter()
+            p = subprocess.run([sys.executable, "-c", COLD_SNIPPET.format(root=ROOT)],
+                               capture_output=True, text=True, env=env, timeout=600)
+            wall = time.perf_counter() - t0
+            if p.returncode != 0:
+                res[label] = {"error": p.stderr[-2000:]}
+                continue
+            d = json.loads(p.stdout.strip().splitlines()[-1])
+            d["process_wall_s"] = wall
+            res[label] = d
+        return res
+
+
+# ------------------------------------------------------------------ output
+def set_threads(n):
+    """Limit torch, every BLAS/OpenMP pool and fastseq to ``n`` threads."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    from fastseq import _threads
+
+    _threads._local.n = n  # what fastseq._threads.limit(n) sets, for the whole run
+    return threadpool_limits(limits=n)
+
+
+def machine_info(threads):
+    import numba
+    import torch
+
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "numpy": np.__version__, "numba": numba.__version__, "torch": torch.__version__,
+            "threads": threads, "cores": os.cpu_count()}
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+        info["llvm_cpu"] = __import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_name()
+    except Exception:
+        pass
+    info["load_avg"] = os.getloadavg()
+    return info
+
+
+def geomean(xs):
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def summarize(results, peak):
+    rows = [r for r in results if "skipped" not in r]
+    s = {}
+    inf = [r for r in rows if "infer_speedup_torch" in r]
+    tr = [r for r in rows if "train_speedup_torch" in r]
+    s["infer_geomean_vs_torch"] = geomean([r["infer_speedup_torch"] for r in inf])
+    s["infer_geomean_vs_ort"] = geomean([r.get("infer_speedup_ort") for r in inf])
+    b1 = [r for r in inf if r["B"] == 1]
+    s["infer_batch1_geomean_vs_torch"] = geomean([r["infer_speedup_torch"] for r in b1])
+    s["infer_batch1_min_vs_torch"] = min((r["infer_speedup_torch"] for r in b1), default=float("nan"))
+    s["infer_min_vs_ort"] = min((r.get("infer_speedup_ort", float("inf")) for r in inf), default=float("nan"))
+    s["infer_cases_behind_ort"] = [r["case"] for r in inf if r.get("infer_speedup_ort", 1.0) < 1.0]
+    s["train_geomean_vs_torch"] = geomean([r["train_speedup_torch"] for r in tr])
+    s["train_min_vs_torch"] = min((r["train_speedup_torch"] for r in tr), default=float("nan"))
+    s["train_cases_below_1x"] = [r["case"] for r in tr if r["train_speedup_torch"] < 1.0]
+    best = max(peak.values())
+    s["matmul_peak_gflops"] = best
+    s["matrix_bound_pct_of_peak"] = {
+        r["case"]: {m: 100.0 * r[f"{m}_fastseq_gflops"] / best for m in ("infer", "train")
+                    if f"{m}_fastseq_gflops" in r}
+        for r in rows if r["group"] == "matrix"}
+    mem = [r for r in rows if r.get("train_mem_fastseq_mb") and r.get("train_mem_torch_mb")]
+    s["train_memory_cases_above_torch"] = [r["case"] for r in mem
+                                           if r["train_mem_fastseq_mb"] > r["train_mem_torch_mb"]]
+    return s
+
+
+def print_table(results):
+    hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'ort':>8s} {'x torch':>7s} "
+           f"{'x ort':>6s} {'trn fs ms':>9s} {'torch':>8s} {'x torch':>7s} {'GF/s fs':>8s} "
+           f"{'mem fs':>7s} {'torch':>6s}")
+    print(hdr)
+    print("-" * len(hdr))
+
+    def f(r, k, fmt):
+        v = r.get(k)
+        return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(len(format(0.0, fmt)))
+    for r in results:
+        if "skipped" in r:
+            print(f"{r['case']:40s} skipped: {r['skipped']}")
+            continue
+        gf = r.get("train_fastseq_gflops", r.get("infer_fastseq_gflops"))
+        print(f"{r['case']:40s} {r['torch_path']:7s} {f(r, 'infer_fastseq_ms', '9.3f')} "
+              f"{f(r, 'infer_torch_ms', '8.3f')} {f(r, 'infer_ort_ms', '8.3f')} "
+              f"{f(r, 'infer_speedup_torch', '7.2f')} {f(r, 'infer_speedup_ort', '6.2f')} "
+              f"{f(r, 'train_fastseq_ms', '9.3f')} {f(r, 'train_torch_ms', '8.3f')} "
+              f"{f(r, 'train_speedup_torch', '7.2f')} {format(gf, '8.1f') if gf else '-':>8s} "
+              f"{f(r, 'train_mem_fastseq_mb', '7.1f')} {f(r, 'train_mem_torch_mb', '6.1f')}")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if "skipped" not in r]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(rows)), 9), sharex=True)
+    x = np.arange(len(rows))
+    w = 0.4
+    ax = axes[0]
+    ax.bar(x - w / 2, [r.get("infer_speedup_torch", 0) for r in rows], w, label="vs torch")
+    ax.bar(x + w / 2, [r.get("infer_speedup_ort", 0) for r in rows], w, label="vs ONNX Runtime")
+    ax.set_ylabel("inference speed-up (x)")
+    ax = axes[1]
+    ax.bar(x, [r.get("train_speedup_torch", 0) for r in rows], w, label="vs torch", color="C2")
+    ax.set_ylabel("training-step speed-up (x)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.legend(loc="upper right")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels([r["case"] for r in rows], rotation=90, fontsize=6)
+    fig.suptitle("fastseq speed-up, float32 (higher is better; >1 = fastseq faster)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--quick", action="store_true", help="a small subset of cases")
+    p.add_argument("--only", default=None,
+                   help="run only cases whose name contains this string (comma-separated: any)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 7, quick 3)")
+    p.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
+    p.add_argument("--png", default=os.path.join(ROOT, "bench", "results.png"))
+    p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
+    p.add_argument("--memory-all", action="store_true", help="measure memory for every training case")
+    p.add_argument("--_cold", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    cases = all_cases()
+    if args.quick:
+        cases = [c for c in cases if c.name in QUICK]
+    if args.only:
+        keys = args.only.split(",")
+        cases = [c for c in cases if any(k in c.name for k in keys)]
+    use_ort = not args.no_ort
+    if use_ort:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            print("onnxruntime not installed: skipping ONNX Runtime")
+            use_ort = False
+    t_start = time.perf_counter()
+    limits = set_threads(args.threads)
+    info = machine_info(args.threads)
+    print("machine:", json.dumps(info))
+    peak = matmul_peak(args.threads, n=512 if args.quick else 2048, repeats=3 if args.quick else 5)
+    print(f"float32 matmul peak ({args.threads} threads): "
+          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
+    results = []
+    for case in cases:
+        if case.group == "decoder":
+            r = run_decoder_case(case, args.threads, repeats)
+            if r is None:
+                continue
+        else:
+            r = run_case(case, args.threads, repeats, use_ort=use_ort)
+            if not args.no_memory and "train" in case.modes and (case.memory or args.memory_all):
+                for eng in ("fastseq", "torch"):
+                    m = measure_memory(case, eng, args.threads)
+                    r[f"train_mem_{eng}_mb"] = None if m is None else m / 2 ** 20
+        results.append(r)
+        gc.collect()
+        print(f"  {r['case']}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()
+                                             if k.endswith(("speedup_torch", "speedup_ort"))), flush=True)
+    limits.restore_original_limits()
+    summary = summarize(results, peak)
+    summary["deterministic_fixed_threads"] = check_determinism(args.threads)
+    if not args.no_cold:
+        summary["cold_start"] = measure_cold_start()
+    summary["bench_wall_s"] = time.perf_counter() - t_start
+    print()
+    print_table(results)
+    print()
+    print(json.dumps(summary, indent=2))
+    out = {"machine": info, "matmul_peak_gflops": peak, "summary": summary, "results": results,
+           "argv": sys.argv[1:] if argv is None else list(argv)}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    if args.png and results:
+        try:
+            plot(results, args.png)
+        except ImportError:
+            print("matplotlib not installed: no chart")
+    return out
+
+
+if __name__ == "__main__":
+    main()
