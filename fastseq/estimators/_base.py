@@ -65,7 +65,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .. import kernels as K
 from .._config import resolve_dtype
-from .._input import iter_batches
+from .._input import Vocabulary, check_sequences, iter_batches
 from .._threads import limit
 from ..network.recurrent import CELLS
 
@@ -272,6 +272,9 @@ class BaseRNN(BaseEstimator):
 
     def _check_fitted(self):
         check_is_fitted(self, "model_")
+
+    def _limit(self):
+        return limit(self.n_jobs)
 
     @property
     def _dtype(self):
@@ -486,7 +489,7 @@ class BaseRNN(BaseEstimator):
         self._check_fitted()
         rows = [("Layer (type)", "Output shape", "Param #")]
         for name, kind, shape, n in self.model_.summary_rows():
-            rows.append((f"{name} ({kind})", str(shape), f"{n:,}"))
+            rows.append((f"{name} ({kind})", str(shape).replace("'", ""), f"{n:,}"))
         w = [max(len(r[i]) for r in rows) + 2 for i in range(3)]
         line = "=" * sum(w)
         lines = [f'Model: "{type(self).__name__}"', line,
@@ -549,6 +552,72 @@ class BaseRNN(BaseEstimator):
         return state
 
     # ------------------------------------------------------------- helpers
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.allow_nan = False
+        return tags
+
+    @classmethod
+    def _expected_failed_checks(cls):
+        """scikit-learn checks that cannot hold for sequence models, with reasons
+        (give to ``parametrize_with_checks(expected_failed_checks=...)``)."""
+        reason = ("a 2-D X is a batch of univariate series: its columns are time steps, "
+                  "any number of which is valid at predict; n_features_in_ counts "
+                  "features per step (1 here)")
+        return {"check_n_features_in": reason,
+                "check_n_features_in_after_fitting": reason}
+
+    def _check_X(self, X, reset):
+        """Validate X in any accepted format -> :class:`Sequences` (token indices
+        when ``embedding_dim`` is set); set or check the fitted input shape."""
+        tokens = self.embedding_dim is not None if reset else getattr(self, "vocabulary_", None) is not None
+        seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype,
+                               tokens=tokens)
+        if tokens:
+            if reset:
+                self.vocabulary_ = Vocabulary.build(seqs)
+                self.n_features_in_ = 1
+            return self.vocabulary_.encode(seqs)
+        if reset:
+            self.vocabulary_ = None
+            self.n_features_in_ = seqs.n_features
+        elif seqs.n_features != self.n_features_in_:
+            raise ValueError(
+                f"X has {seqs.n_features} features per step, but {type(self).__name__} "
+                f"is expecting {self.n_features_in_} features as input (as at fit)")
+        return seqs
+
+    def _model_config(self, n_outputs, loss, pooling=None):
+        cfg = dict(
+            n_features=int(self.n_features_in_), embedding_dim=self.embedding_dim,
+            vocab_size=len(self.vocabulary_) if self.vocabulary_ is not None else 0,
+            cell=self.cell, hidden_size=int(self.hidden_size), num_layers=int(self.num_layers),
+            bidirectional=bool(self.bidirectional), nonlinearity=self.nonlinearity,
+            dropout=float(self.dropout), recurrent_dropout=float(self.recurrent_dropout),
+            pooling=pooling or self.pooling, n_outputs=int(n_outputs), loss=loss,
+            dtype=str(self._dtype))
+        return cfg
+
+    def _new_model(self, config, rng):
+        from ._model import SequenceModel
+        model = SequenceModel(config, rng)
+        if self.pretrained_embeddings and model.emb is not None:
+            W = model.emb.params["weight"]
+            for tok, vec in self.pretrained_embeddings.items():
+                i = self.vocabulary_.index.get(tok)
+                if i is None:
+                    continue
+                vec = np.asarray(vec, dtype=W.dtype)
+                if vec.shape != (W.shape[1],):
+                    raise ValueError(
+                        f"pretrained_embeddings[{tok!r}] must have length embedding_dim="
+                        f"{W.shape[1]}, got shape {vec.shape}")
+                if not np.all(np.isfinite(vec)):
+                    raise ValueError(f"pretrained_embeddings[{tok!r}] contains NaN or infinity")
+                W[i] = vec
+        return model
+
     def _predict_raw(self, seqs):
         """Model output for every sample of :class:`Sequences` ``seqs``, in
         input order (batched by length; each sequence's result does not depend
@@ -559,7 +628,7 @@ class BaseRNN(BaseEstimator):
             X, lengths = seqs.pad(idx)
             res = model.predict_batch(X, lengths)
             for j, i in enumerate(idx):
-                outs[i] = res[j] if not isinstance(res, list) else res[j]
+                outs[i] = res[j]
         return outs
 
 

@@ -1,0 +1,182 @@
+"""``SequenceModel``: [Embedding] -> Recurrent -> (pooling) -> dropout -> Dense,
+with a softmax or squared-error loss.  Follows the model protocol of
+:mod:`fastseq.estimators._base`.
+
+Readouts (``pooling``):
+
+- ``"last"``: the state at each sequence's own last valid step (``h_n`` of the
+  top layer; for the reverse direction that is its state after reading the
+  whole sequence back to step 0), [forward, reverse] concatenated;
+- ``"mean"`` / ``"max"``: mean / max of ``out`` over the valid steps;
+- ``"sequence"``: one output per valid step (many-to-many, the tagger).
+"""
+
+import numpy as np
+
+from ..network.dense import LOSSES, Dense
+from ..network.embedding import Embedding
+from ..network.recurrent import Recurrent
+
+CONFIG_KEYS = ("n_features", "vocab_size", "embedding_dim", "cell", "hidden_size", "num_layers",
+               "bidirectional", "nonlinearity", "dropout", "recurrent_dropout", "pooling",
+               "n_outputs", "loss", "dtype")
+
+
+class SequenceModel:
+    def __init__(self, config, rng):
+        self.config = {k: config[k] for k in CONFIG_KEYS}
+        c = self.config
+        dt = np.dtype(c["dtype"])
+        self.rng = rng
+        self.training = False
+        self.emb = None
+        if c["embedding_dim"]:
+            self.emb = Embedding(c["vocab_size"], c["embedding_dim"], dt, rng)
+            in_size = c["embedding_dim"]
+        else:
+            in_size = c["n_features"]
+        self.rnn = Recurrent(c["cell"], in_size, c["hidden_size"], c["num_layers"],
+                             c["bidirectional"], c["nonlinearity"], dropout=c["dropout"],
+                             recurrent_dropout=c["recurrent_dropout"], dtype=dt, random_state=rng)
+        self.D = 2 if c["bidirectional"] else 1
+        self.feat_size = self.D * c["hidden_size"]
+        self.head = Dense(self.feat_size, c["n_outputs"], dt, rng)
+        self.loss_fn = LOSSES[c["loss"]]
+        layers = ([self.emb] if self.emb is not None else []) + [self.rnn, self.head]
+        self.flat = np.zeros(sum(l.n_params for l in layers), dtype=dt)
+        self._slices, pos = [], 0
+        for layer in layers:
+            sl = slice(pos, pos + layer.n_params)
+            layer.bind(self.flat[sl], copy=True)
+            self._slices.append(sl)
+            pos += layer.n_params
+        self._emb_sl = self._slices[0] if self.emb is not None else None
+        self._rnn_sl, self._head_sl = self._slices[-2], self._slices[-1]
+
+    # --------------------------------------------------------------- modes
+    def train(self, mode=True):
+        self.training = bool(mode)
+        self.rnn.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def clear_cache(self):
+        self.rnn._cache = None
+
+    def __getstate__(self):
+        return {"config": self.config, "flat": self.flat, "rng": self.rng,
+                "training": self.training}
+
+    def __setstate__(self, state):
+        self.__init__(state["config"], np.random.default_rng(0))
+        self.flat[...] = state["flat"]
+        self.rng = self.rnn._rng = state["rng"]
+        self.train(state["training"])
+
+    # ------------------------------------------------------------- forward
+    def _forward(self, X, lengths, training):
+        """Outputs (rows: samples, or valid steps for "sequence") and a cache."""
+        c = self.config
+        B, T = X.shape[:2]
+        inp = self.emb.forward(X) if self.emb is not None else X
+        out, h_n = self.rnn.forward(inp, lengths)
+        rnn_cache = self.rnn._cache
+        if isinstance(h_n, tuple):
+            h_n = h_n[0]
+        pooling = c["pooling"]
+        arg = None
+        if pooling == "last":
+            feat = np.ascontiguousarray(h_n[-self.D:].transpose(1, 0, 2).reshape(B, self.feat_size))
+        elif pooling == "mean":
+            feat = out.sum(axis=1) / lengths[:, None].astype(out.dtype)
+        elif pooling == "max":
+            valid = np.arange(T)[None, :] < lengths[:, None]
+            masked = np.where(valid[:, :, None], out, -np.inf)
+            arg = masked.argmax(axis=1)
+            feat = np.take_along_axis(out, arg[:, None, :], axis=1)[:, 0]
+        else:  # sequence
+            valid = np.arange(T)[None, :] < lengths[:, None]
+            feat = out[valid]
+        mask = None
+        if training and c["dropout"] > 0:
+            keep = 1.0 - c["dropout"]
+            dt = feat.dtype
+            mask = (self.rng.random(feat.shape) < keep).astype(dt) / dt.type(keep)
+            feat = feat * mask
+        y = self.head.forward(feat)
+        cache = {"X": X, "lengths": lengths, "B": B, "T": T, "feat": feat, "mask": mask,
+                 "arg": arg, "rnn": rnn_cache}
+        return y, cache
+
+    def predict_batch(self, X, lengths):
+        """Eval-mode outputs: (B, V) rows, or a list of (T_i, V) for "sequence"."""
+        y, _ = self._forward(X, lengths, training=False)
+        if self.config["pooling"] == "sequence":
+            return np.split(y, np.cumsum(lengths)[:-1])
+        return y
+
+    def _targets(self, batch):
+        y = batch.y
+        if self.config["pooling"] == "sequence":
+            valid = np.arange(batch.X.shape[1])[None, :] < batch.lengths[:, None]
+            y = y[valid]
+        return y
+
+    def loss(self, batch):
+        y, _ = self._forward(batch.X, batch.lengths, training=False)
+        return self.loss_fn(y, self._targets(batch), need_grad=False)[0]
+
+    def loss_and_grad(self, batch, grad):
+        out, cache = self._forward(batch.X, batch.lengths, training=self.training)
+        loss, dy = self.loss_fn(out, self._targets(batch))
+        dfeat = self.head.backward(dy, cache["feat"], grad[self._head_sl])
+        if cache["mask"] is not None:
+            dfeat *= cache["mask"]
+        B, T, lengths = cache["B"], cache["T"], cache["lengths"]
+        H, D = self.config["hidden_size"], self.D
+        dt = self.flat.dtype
+        d_out = np.zeros((B, T, self.feat_size), dtype=dt)
+        d_h_n = None
+        pooling = self.config["pooling"]
+        if pooling == "last":
+            d_h_n = np.zeros((self.config["num_layers"] * D, B, H), dtype=dt)
+            d_h_n[-D:] = dfeat.reshape(B, D, H).transpose(1, 0, 2)
+        elif pooling == "mean":
+            d_out += (dfeat / lengths[:, None].astype(dt))[:, None, :]
+        elif pooling == "max":
+            np.put_along_axis(d_out, cache["arg"][:, None, :], dfeat[:, None, :], axis=1)
+        else:
+            valid = np.arange(T)[None, :] < lengths[:, None]
+            d_out[valid] = dfeat
+        self.rnn._cache = cache["rnn"]
+        dX, _ = self.rnn.backward(d_out, d_h_n, out=grad[self._rnn_sl])
+        if self.emb is not None:
+            valid = np.arange(T)[None, :] < lengths[:, None]
+            self.emb.backward(dX[valid], cache["X"][valid], grad[self._emb_sl])
+        return loss
+
+    # ------------------------------------------------------------- summary
+    def summary_rows(self):
+        c = self.config
+        rows = []
+        T = "T"
+        if self.emb is not None:
+            rows.append(("embedding", "Embedding", (None, T, c["embedding_dim"]),
+                         self.emb.n_params))
+        kind = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[c["cell"]]
+        if c["bidirectional"]:
+            kind = f"Bidirectional {kind}"
+        if c["num_layers"] > 1:
+            kind = f"{kind} x{c['num_layers']}"
+        rows.append(("recurrent", kind, (None, T, self.feat_size), self.rnn.n_params))
+        if c["pooling"] != "sequence":
+            rows.append((f"{c['pooling']}_state", "Readout", (None, self.feat_size), 0))
+        if c["dropout"] > 0:
+            rows.append(("dropout", f"Dropout({c['dropout']})",
+                         (None, self.feat_size) if c["pooling"] != "sequence"
+                         else (None, T, self.feat_size), 0))
+        shape = (None, c["n_outputs"]) if c["pooling"] != "sequence" else (None, T, c["n_outputs"])
+        rows.append(("output", "Dense", shape, self.head.n_params))
+        return rows

@@ -1,0 +1,125 @@
+"""``RNNClassifier``: many-to-one sequence classification (binary, multiclass)."""
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+
+from .._input import Dataset
+from ..network.dense import softmax
+from ._base import BaseRNN
+
+
+def check_labels(y, n, name="y"):
+    """1-D label array of length ``n`` (numbers or strings); ValueError/TypeError
+    naming the problem."""
+    if y is None:
+        raise ValueError(f"{name} is None; this estimator requires a target y")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one label per sequence), got shape {y.shape}")
+    if y.dtype.kind == "c":
+        raise TypeError(f"{name} must hold class labels, got complex numbers")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    if len(y) != n:
+        raise ValueError(f"X and y have different lengths: {n} sequences but {len(y)} labels")
+    return y
+
+
+class RNNClassifier(ClassifierMixin, BaseRNN):
+    """Recurrent many-to-one classifier (think ``MLPClassifier`` over sequences).
+
+    The encoder (any cell, stacked, bidirectional, optional token embedding)
+    reads each sequence; its last valid state (or pooled states, see
+    ``pooling``) feeds a softmax output layer trained with cross-entropy.
+    All parameters are those of :class:`fastseq.estimators._base.BaseRNN`.
+
+    Attributes
+    ----------
+    classes_ : (n_classes,) ndarray
+    n_features_in_ : int
+        Features per time step (1 for 2-D or token input).
+    vocabulary_ : Vocabulary or None
+    n_iter_, t_, loss_curve_, validation_loss_curve_, validation_scores_,
+    best_loss_, best_validation_score_, grad_norm_curve_, fit_time_,
+    n_skipped_updates_
+        Training history (see the base class).
+    """
+
+    _score_name = "accuracy"
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y) from the current weights.  ``classes`` (all
+        labels) is needed at the first call unless y holds every class."""
+        self._partial_classes = classes
+        try:
+            return self._partial_fit(X, y)
+        finally:
+            self._partial_classes = None
+
+    def _prepare_fit(self, X, y, reset):
+        seqs = self._check_X(X, reset)
+        y = check_labels(y, seqs.n_samples)
+        check_classification_targets(y)
+        if reset:
+            classes = getattr(self, "_partial_classes", None)
+            self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
+            if len(self.classes_) < 2:
+                raise ValueError(
+                    f"y has a single class ({self.classes_[0]!r}); a classifier needs at "
+                    "least 2 classes")
+        codes = np.searchsorted(self.classes_, y)
+        codes = np.clip(codes, 0, len(self.classes_) - 1)
+        unknown = self.classes_[codes] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y holds labels not seen at the first fit: {np.unique(y[unknown])[:5].tolist()}; "
+                f"known classes are {self.classes_.tolist()}")
+        return Dataset(seqs, codes.astype(np.int64))
+
+    def _build_model(self, data, rng):
+        return self._new_model(self._model_config(len(self.classes_), "softmax"), rng)
+
+    def _split_validation(self, data, rng):
+        if not self.early_stopping or self.validation_holdout == "tail":
+            return super()._split_validation(data, rng)
+        from sklearn.model_selection import StratifiedShuffleSplit
+        y = data.y
+        n = data.n_samples
+        n_val = int(round(self.validation_fraction * n))
+        counts = np.bincount(y)
+        if n_val >= len(self.classes_) and n - n_val >= len(self.classes_) and counts[counts > 0].min() >= 2:
+            sss = StratifiedShuffleSplit(1, test_size=n_val, random_state=int(rng.integers(2**31 - 1)))
+            tr, va = next(sss.split(np.zeros(n), y))
+            return data.take(np.sort(tr)), data.take(np.sort(va))
+        return super()._split_validation(data, rng)
+
+    def _validation_score(self, data):
+        logits = np.stack(self._predict_raw(data.X))
+        return float(np.mean(logits.argmax(axis=1) == data.y))
+
+    def _logits(self, X):
+        self._check_fitted()
+        return np.stack(self._predict_raw(self._check_X(X, reset=False)))
+
+    def decision_function(self, X):
+        """Logits (n, n_classes); for binary problems the (n,) difference of the
+        two logits (positive means ``classes_[1]``)."""
+        with self._limit():
+            z = self._logits(X)
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
+
+    def predict_proba(self, X):
+        """Class probabilities (n, n_classes), columns ordered as ``classes_``."""
+        with self._limit():
+            return softmax(self._logits(X))
+
+    def predict_log_proba(self, X):
+        return np.log(self.predict_proba(X))
+
+    def predict(self, X):
+        """Labels (n,) from ``classes_``."""
+        with self._limit():
+            return self.classes_[self._logits(X).argmax(axis=1)]

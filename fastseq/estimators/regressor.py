@@ -1,0 +1,88 @@
+"""``RNNRegressor``: many-to-one regression, multi-output and direct
+multi-horizon forecasts."""
+
+import numpy as np
+from sklearn.base import RegressorMixin
+
+from .._input import Dataset
+from ._base import BaseRNN
+
+
+def check_targets(y, n, dtype, name="y"):
+    if y is None:
+        raise ValueError(f"{name} is None; this estimator requires a target y")
+    if isinstance(y, str):
+        raise TypeError(f"{name} must hold real numbers, got a string")
+    try:
+        arr = np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+    if arr.dtype.kind not in "fiub":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}") from None
+    if arr.ndim not in (1, 2, 3):
+        raise ValueError(f"{name} must have shape (n,), (n, k) or (n, horizon, k), got {arr.shape}")
+    if len(arr) != n:
+        raise ValueError(f"X and y have different lengths: {n} sequences but {len(arr)} targets")
+    if arr.ndim > 1 and 0 in arr.shape[1:]:
+        raise ValueError(f"{name} has no outputs (shape {arr.shape})")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+class RNNRegressor(RegressorMixin, BaseRNN):
+    """Recurrent many-to-one regressor.
+
+    y may be (n,), (n, k) (multi-output) or (n, horizon, k) (direct multi-step
+    forecasts); predictions keep y's shape.  Targets are standardised
+    internally (``y_mean_``, ``y_scale_``) and the loss is the mean squared
+    error on that scale; predictions are mapped back.  Parameters are those of
+    :class:`fastseq.estimators._base.BaseRNN`.
+    """
+
+    _score_name = "r2"
+
+    def partial_fit(self, X, y):
+        """One epoch over (X, y) from the current weights."""
+        return self._partial_fit(X, y)
+
+    def _prepare_fit(self, X, y, reset):
+        seqs = self._check_X(X, reset)
+        y = check_targets(y, seqs.n_samples, self._dtype)
+        if reset:
+            self.y_shape_ = tuple(int(s) for s in y.shape[1:])
+            flat = y.reshape(len(y), -1)
+            self.y_mean_ = flat.mean(axis=0)
+            scale = flat.std(axis=0)
+            self.y_scale_ = np.where(scale > 1e-12 * np.maximum(1.0, np.abs(self.y_mean_)), scale, 1.0)
+        elif tuple(y.shape[1:]) != self.y_shape_:
+            raise ValueError(f"y has shape {y.shape[1:]} per sample, but the first fit had {self.y_shape_}")
+        z = (y.reshape(len(y), -1) - self.y_mean_) / self.y_scale_
+        return Dataset(seqs, np.ascontiguousarray(z, dtype=self.model_.flat.dtype
+                                                  if not reset else self._dtype))
+
+    def _build_model(self, data, rng):
+        n_out = int(np.prod(self.y_shape_)) if self.y_shape_ else 1
+        return self._new_model(self._model_config(n_out, "squared_error"), rng)
+
+    def _validation_score(self, data):
+        z = np.stack(self._predict_raw(data.X)).astype(np.float64)
+        y = data.y.astype(np.float64)
+        ss_res = ((y - z) ** 2).sum(axis=0)
+        ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+        r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+        return float(np.mean(r2))
+
+    def predict(self, X):
+        """Predictions shaped like y: (n,), (n, k) or (n, horizon, k)."""
+        with self._limit():
+            self._check_fitted()
+            z = np.stack(self._predict_raw(self._check_X(X, reset=False)))
+        y = z.astype(np.float64) * self.y_scale_ + self.y_mean_
+        return y.reshape((len(y),) + self.y_shape_)

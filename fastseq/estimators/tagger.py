@@ -1,0 +1,111 @@
+"""``SequenceTagger``: many-to-many of equal length, one label per step."""
+
+import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+
+from .._input import Dataset
+from ._base import BaseRNN
+
+
+class SequenceTagger(BaseRNN):
+    """Recurrent sequence labeller (part-of-speech tagging, event detection...).
+
+    ``y`` is a list of label sequences (or a 2-D array for a 2-D/3-D X), one
+    label per time step of the matching sequence of X; ``predict`` returns a
+    list of label arrays of the input lengths.  The softmax cross-entropy is
+    averaged over valid steps (padding is masked out).  A bidirectional
+    encoder lets each label see the whole sequence.  Parameters are those of
+    :class:`fastseq.estimators._base.BaseRNN` (``pooling`` is not used).
+    """
+
+    _score_name = "accuracy"
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch over (X, y) from the current weights."""
+        self._partial_classes = classes
+        try:
+            return self._partial_fit(X, y)
+        finally:
+            self._partial_classes = None
+
+    def _prepare_fit(self, X, y, reset):
+        seqs = self._check_X(X, reset)
+        if y is None:
+            raise ValueError("y is None; SequenceTagger requires one label sequence per sequence of X")
+        if isinstance(y, np.ndarray) and y.ndim == 2:
+            y = list(y)
+        if isinstance(y, str) or not hasattr(y, "__len__"):
+            raise TypeError("y must be a list of label sequences")
+        if len(y) != seqs.n_samples:
+            raise ValueError(f"X and y have different lengths: {seqs.n_samples} sequences "
+                             f"but {len(y)} label sequences")
+        ys = []
+        for i, yi in enumerate(y):
+            a = np.asarray(list(yi) if isinstance(yi, str) else yi)
+            if a.ndim != 1:
+                raise ValueError(f"y[{i}] must be 1-D (one label per step), got shape {a.shape}")
+            if len(a) != seqs.lengths[i]:
+                raise ValueError(f"y[{i}] has {len(a)} labels but X[{i}] has {seqs.lengths[i]} steps")
+            if a.dtype.kind == "c":
+                raise TypeError(f"y[{i}] must hold labels, got complex numbers")
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise ValueError(f"y[{i}] contains NaN or infinity")
+            ys.append(a)
+        allv = np.concatenate(ys)
+        check_classification_targets(allv)
+        if reset:
+            classes = getattr(self, "_partial_classes", None)
+            self.classes_ = np.unique(allv) if classes is None else np.unique(np.asarray(classes))
+            if len(self.classes_) < 2:
+                raise ValueError(f"y has a single class ({self.classes_[0]!r}); a tagger needs "
+                                 "at least 2 classes")
+        codes = []
+        for a in ys:
+            c = np.clip(np.searchsorted(self.classes_, a), 0, len(self.classes_) - 1)
+            if np.any(self.classes_[c] != a):
+                raise ValueError(f"y holds labels not seen at the first fit; known classes are "
+                                 f"{self.classes_.tolist()}")
+            codes.append(c.astype(np.int64))
+        return Dataset(seqs, codes, y_pad=0)
+
+    def _build_model(self, data, rng):
+        return self._new_model(self._model_config(len(self.classes_), "softmax", "sequence"), rng)
+
+    def _validation_score(self, data):
+        pred = self._predict_raw(data.X)
+        hit = sum(int(np.sum(p.argmax(axis=1) == t)) for p, t in zip(pred, data.y))
+        return hit / float(data.lengths.sum())
+
+    def _step_logits(self, X):
+        self._check_fitted()
+        return self._predict_raw(self._check_X(X, reset=False))
+
+    def predict_proba(self, X):
+        """List of (T_i, n_classes) probabilities."""
+        from ..network.dense import softmax
+        with self._limit():
+            return [softmax(z) for z in self._step_logits(X)]
+
+    def predict(self, X):
+        """List of label arrays (T_i,), one per sequence."""
+        with self._limit():
+            return [self.classes_[z.argmax(axis=1)] for z in self._step_logits(X)]
+
+    def score(self, X, y):
+        """Accuracy over all time steps."""
+        pred = self.predict(X)
+        if len(y) != len(pred):
+            raise ValueError(f"X and y have different lengths: {len(pred)} and {len(y)}")
+        hit = total = 0
+        for p, t in zip(pred, y):
+            t = np.asarray(list(t) if isinstance(t, str) else t)
+            if len(t) != len(p):
+                raise ValueError("each label sequence of y must match its sequence's length")
+            hit += int(np.sum(p == t))
+            total += len(t)
+        return hit / total
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
