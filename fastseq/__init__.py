@@ -4,5 +4,7 @@ scikit-learn estimators."""
 __version__ = "0.1.0"
 
 from .network.recurrent import Recurrent  # noqa: E402
+from .estimators import RNNClassifier, RNNRegressor, SequenceTagger  # noqa: E402
+from .persistence import load  # noqa: E402
 
-__all__ = ["Recurrent", "__version__"]
+__all__ = ["Recurrent", "RNNClassifier", "RNNRegressor", "SequenceTagger", "load", "__version__"]
