@@ -1,0 +1,265 @@
+"""Attention decoder: one step, the whole time loop, and its backward pass.
+
+Glossary as in :mod:`fastseq.kernels.attention`; also T output steps, M size
+of a decoder input (an embedding, or the previous output vector), R = G*Q the
+stacked gate rows of the decoder cell (Q its hidden size), V outputs per step
+(vocabulary or output features).
+
+Layout
+------
+Time-major: ``cache`` arrays are (T, B, ...) or (T+1, B, ...) with index 0
+holding the initial state.  The encoder memory is batch-major (B, S, A), see
+:mod:`fastseq.kernels.attention`.  All B sequences run all T steps; shorter
+targets are masked in the loss, which makes their later steps' gradients zero.
+
+Notes
+-----
+One step ``t`` (``feed_t`` is the decoder input, ``s``/``c`` decoder states,
+``ctx`` contexts, ``o_t`` the outputs)::
+
+    query-before kinds (BAHDANAU, NONE):
+        ctx_t = attend(s_{t-1});   x_t = [feed_t, ctx_t]
+    query-after kinds (LUONG, DOT, COSINE), Luong's input feeding:
+        x_t = [feed_t, ctx_{t-1}]  (ctx_0 = 0)
+    s_t = cell(x_t, s_{t-1})       (RNN, GRU or LSTM, PyTorch's equations)
+    query-after kinds:  ctx_t = attend(s_t)
+    o_t = W_os s_t + W_oc ctx_t + b_out
+
+``feed_t`` is the teacher's (``feed_true[t]``) where ``use_truth[t, b]`` is
+set, otherwise the model's own: ``emb[argmax o_{t-1}]`` for token outputs
+(``emb`` has rows) or ``o_{t-1}`` itself for vector outputs (``emb`` empty,
+M = V).  The model's own feed is treated as a constant by the backward pass
+(no gradient through the argmax or the fed-back vector); gradients with
+respect to every ``feed_t`` are returned so the caller can route them to an
+embedding.
+
+Cell codes: :data:`CELL_CODES`.  The per-step cell math is that of the packed
+sequence kernels (:mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``), called on a
+one-step batch.
+"""
+
+import numpy as np
+from numba import njit
+
+from .._config import JIT
+from .attention import BAHDANAU, NONE, attention_backward, attention_forward
+from .gru import gru_sequence_backward, gru_sequence_forward
+from .lstm import lstm_sequence_backward, lstm_sequence_forward
+from .rnn import rnn_sequence_backward, rnn_sequence_forward
+
+RNN_TANH = 0
+RNN_RELU = 1
+GRU = 2
+LSTM = 3
+#: codes in the ``fed`` cache array besides token indices
+FED_TEACHER = -1
+FED_OWN_VECTOR = -2
+#: (cell, nonlinearity) -> code passed to the kernels
+CELL_CODES = {("rnn", "tanh"): RNN_TANH, ("rnn", "relu"): RNN_RELU, ("gru", "tanh"): GRU,
+              ("gru", "relu"): GRU, ("lstm", "tanh"): LSTM, ("lstm", "relu"): LSTM}
+
+
+@njit(**JIT)
+def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
+    """One decoder step for a batch (see the module Notes).
+
+    Parameters
+    ----------
+    cell : int
+        Code from :data:`CELL_CODES`.
+    kind : int
+        Attention code from :data:`fastseq.kernels.attention.ATTENTION_KINDS`.
+    w : tuple of float arrays
+        ``(w_e_t (M, R), w_c_t (A, R), b_x (R,), w_hh_t (Q, R), b_hn (Q,),
+        w_os_t (Q, V), w_oc_t (A, V), b_out (V,))``: transposed input weights
+        for the feed and the context, input bias (``b_ih + b_hh``; for the GRU
+        ``b_ih + [b_hr, b_hz, 0]``), transposed recurrent weights, the GRU's
+        ``b_hn`` (ignored by other cells), and the output layer.
+    att : tuple
+        As :func:`fastseq.kernels.attention.attention_forward`.
+    mem, keys, src_len :
+        (B, S, A), (B, S, K) float and (B,) int64, as ``attention_forward``.
+    feed : (B, M) float
+        Decoder inputs of this step.
+    prev : tuple ``(s (B, Q), c (B, Q), ctx (B, A))``
+        States and context of the previous step (``c`` unused but for LSTM).
+    out : tuple ``(s (B, Q), c (B, Q), gates (B, 4Q), ctx (B, A), weights (B, S), o (B, V))``
+        Filled with this step's states, cell cache, context, attention weights
+        and outputs.
+    """
+    w_e_t, w_c_t, b_x, w_hh_t, b_hn, w_os_t, w_oc_t, b_out = w
+    s_prev, c_prev, ctx_prev = prev
+    s_new, c_new, gates, ctx_new, weights, o = out
+    B = feed.shape[0]
+    R = b_x.shape[0]
+    before = kind == BAHDANAU or kind == NONE
+    if before:
+        attention_forward(kind, s_prev, keys, mem, src_len, att, weights, ctx_new)
+        ctx_in = ctx_new
+    else:
+        ctx_in = ctx_prev
+    xp = np.empty((B, R), dtype=feed.dtype)
+    xc = np.empty((B, R), dtype=feed.dtype)
+    np.dot(feed, w_e_t, xp)
+    np.dot(ctx_in, w_c_t, xc)
+    for b in range(B):
+        for j in range(R):
+            xp[b, j] += xc[b, j] + b_x[j]
+    bs = np.full(1, B, dtype=np.int64)
+    no_mask = np.empty((0, s_prev.shape[1]), dtype=feed.dtype)
+    if cell == LSTM:
+        lstm_sequence_forward(xp, w_hh_t, s_prev, c_prev, bs, no_mask, s_new, c_new, gates)
+    elif cell == GRU:
+        gru_sequence_forward(xp, w_hh_t, b_hn, s_prev, bs, no_mask, s_new, gates)
+    else:
+        rnn_sequence_forward(xp, w_hh_t, s_prev, bs, no_mask, 1 if cell == RNN_RELU else 0, s_new)
+    if not before:
+        attention_forward(kind, s_new, keys, mem, src_len, att, weights, ctx_new)
+    V = o.shape[1]
+    oc = np.empty((B, V), dtype=feed.dtype)
+    np.dot(s_new, w_os_t, o)
+    np.dot(ctx_new, w_oc_t, oc)
+    for b in range(B):
+        for j in range(V):
+            o[b, j] += oc[b, j] + b_out[j]
+
+
+@njit(**JIT)
+def decoder_forward(cell, kind, w, att, emb, mem, keys, src_len, feed_true, use_truth, cache):
+    """Run the decoder over T steps, teacher-forced where ``use_truth`` says.
+
+    Parameters
+    ----------
+    cell, kind, w, att, mem, keys, src_len :
+        As :func:`decoder_step`.
+    emb : (E, M) float
+        Output-token embedding for the model's own feed (token outputs), or a
+        (0, M) array for vector outputs (then M = V and ``o_{t-1}`` is fed).
+    feed_true : (T, B, M) float
+        The teacher's inputs (row 0: the begin input).
+    use_truth : (T, B) int64
+        1 where the teacher's input is used (always at t = 0), 0 for the
+        model's own.
+    cache : tuple, filled
+        ``(s (T+1, B, Q), c (T+1, B, Q), gates (T, B, 4Q), ctx (T+1, B, A),
+        weights (T, B, S), feed (T, B, M), o (T, B, V), fed (T, B) int64)``:
+        index 0 of ``s``, ``c`` hold the initial states (set by the caller),
+        ``ctx[0]`` is set to 0; ``feed`` the inputs actually used; ``fed`` the
+        token fed back by the model, :data:`FED_OWN_VECTOR` where a vector model
+        fed back its own output, :data:`FED_TEACHER` where the teacher's input
+        was used.
+    """
+    s, c, gates, ctx, weights, feed, o, fed = cache
+    T, B, M = feed_true.shape
+    tokens = emb.shape[0] > 0
+    ctx[0, :, :] = 0.0
+    for t in range(T):
+        for b in range(B):
+            if use_truth[t, b] != 0 or t == 0:
+                fed[t, b] = FED_TEACHER
+                for j in range(M):
+                    feed[t, b, j] = feed_true[t, b, j]
+            elif tokens:
+                k = np.argmax(o[t - 1, b])
+                fed[t, b] = k
+                for j in range(M):
+                    feed[t, b, j] = emb[k, j]
+            else:
+                fed[t, b] = FED_OWN_VECTOR
+                for j in range(M):
+                    feed[t, b, j] = o[t - 1, b, j]
+        decoder_step(cell, kind, w, att, mem, keys, src_len, feed[t],
+                     (s[t], c[t], ctx[t]),
+                     (s[t + 1], c[t + 1], gates[t], ctx[t + 1], weights[t], o[t]))
+
+
+@njit(**JIT)
+def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, grads):
+    """Backpropagate through :func:`decoder_forward`.
+
+    Parameters
+    ----------
+    cell, kind, att, mem, keys, src_len, cache :
+        As given to (and filled by) :func:`decoder_forward`.
+    w_b : tuple of float arrays
+        Untransposed weights ``(w_e (R, M), w_c (R, A), w_hh (R, Q),
+        w_os (V, Q), w_oc (V, A))``.
+    io_d_o : (T, B, V) float
+        In: gradient of the loss with respect to the outputs.  Out: plus the
+        gradient through the outputs a vector model fed back to itself (what
+        the output layer's weight gradients need).
+    grads : tuple of float arrays, filled
+        ``(d_x (T, B, R), d_h (T, B, R), d_feed (T, B, M), d_s0 (B, Q),
+        d_c0 (B, Q), d_keys (B, S, K), d_mem (B, S, A), d_qp (T, B, U),
+        d_v (U,), d_g (1,))``.  ``d_x`` and ``d_h`` are the gradients of the
+        gates' input and recurrent pre-activations (equal but for the GRU's
+        candidate): ``dW_ih = d_x.T @ x``, ``dW_hh = d_h.T @ s_prev``,
+        ``db_ih = d_x.sum``, ``db_hh = d_h.sum``.  ``d_keys``, ``d_mem``,
+        ``d_v``, ``d_g`` are overwritten (zeroed first); ``d_qp`` gives
+        ``dW2 = d_qp.T @ query``.
+    """
+    s, c, gates, ctx, weights, feed, o, fed = cache
+    d_o = io_d_o
+    w_e, w_c, w_hh, w_os, w_oc = w_b
+    d_x, d_h, d_feed, d_s0, d_c0, d_keys, d_mem, d_qp, d_v, d_g = grads
+    T, B, Q = d_x.shape[0], s.shape[1], s.shape[2]
+    A = mem.shape[2]
+    before = kind == BAHDANAU or kind == NONE
+    dt = mem.dtype
+    d_keys[...] = 0.0
+    d_mem[...] = 0.0
+    d_v[...] = 0.0
+    d_g[...] = 0.0
+    ds = np.zeros((B, Q), dtype=dt)
+    dc = np.zeros((B, Q), dtype=dt)
+    dh_prev = np.empty((B, Q), dtype=dt)
+    d_ctx = np.empty((B, A), dtype=dt)
+    d_ctx_next = np.zeros((B, A), dtype=dt)
+    d_ctx_in = np.empty((B, A), dtype=dt)
+    tmp_q = np.empty((B, Q), dtype=dt)
+    bs = np.full(1, B, dtype=np.int64)
+    no_mask = np.empty((0, Q), dtype=dt)
+    for t in range(T - 1, -1, -1):
+        d_qp[t, :, :] = 0.0
+        # output layer: o_t = W_os s_t + W_oc ctx_t + b
+        np.dot(d_o[t], w_oc, d_ctx)
+        np.dot(d_o[t], w_os, tmp_q)
+        for b in range(B):
+            for j in range(A):
+                d_ctx[b, j] += d_ctx_next[b, j]
+            for j in range(Q):
+                ds[b, j] += tmp_q[b, j]
+        grads_att = (ds, d_keys, d_mem, d_qp[t], d_v, d_g)
+        if not before:
+            attention_backward(kind, d_ctx, s[t + 1], keys, mem, src_len, att, weights[t], grads_att)
+        # the cell: ds is the gradient with respect to s_t
+        dh_prev[...] = 0.0
+        if cell == LSTM:
+            lstm_sequence_backward(ds, w_hh, c[t], c[t + 1], gates[t], bs, no_mask,
+                                   dh_prev, dc, d_x[t])
+            d_h[t, :, :] = d_x[t]
+        elif cell == GRU:
+            gru_sequence_backward(ds, w_hh, s[t], s[t + 1], gates[t], bs, no_mask,
+                                  dh_prev, d_x[t], d_h[t])
+        else:
+            rnn_sequence_backward(ds, w_hh, s[t + 1], bs, no_mask, 1 if cell == RNN_RELU else 0,
+                                  dh_prev, d_x[t])
+            d_h[t, :, :] = d_x[t]
+        np.dot(d_x[t], w_e, d_feed[t])
+        np.dot(d_x[t], w_c, d_ctx_in)
+        if t > 0:
+            for b in range(B):
+                if fed[t, b] == FED_OWN_VECTOR:
+                    for j in range(d_o.shape[2]):
+                        d_o[t - 1, b, j] += d_feed[t, b, j]
+        ds[...] = dh_prev
+        if before:
+            for b in range(B):
+                for j in range(A):
+                    d_ctx[b, j] += d_ctx_in[b, j]
+            attention_backward(kind, d_ctx, s[t], keys, mem, src_len, att, weights[t],
+                               (ds, d_keys, d_mem, d_qp[t], d_v, d_g))
+        else:
+            d_ctx_next[...] = d_ctx_in
+    d_s0[...] = ds
+    d_c0[...] = dc
