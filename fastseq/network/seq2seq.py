@@ -183,6 +183,17 @@ class Seq2Seq:
         self._cache = None
         self.encoder._cache = None
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        state.pop("params")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.params = self._views(self.flat)
+        self.encoder.bind(self.params["encoder"], copy=False)
+
     def summary_rows(self):
         rows = [("encoder", f"Recurrent[{self.cell}]", f"(B, S, {self.A})", self.encoder.n_params)]
         for name, shape in self._layout[1:]:
