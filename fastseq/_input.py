@@ -35,12 +35,14 @@ def _check_real(a, name, dtype):
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
     if arr.dtype.kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+        raise ValueError(f"{name}: Complex data not supported (dtype {arr.dtype}); "
+                         "fastseq needs real numbers")
     if arr.dtype.kind == "O":
         try:
             arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must hold real numbers, got objects that are not numbers") from None
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must hold real numbers: argument must be a string or a "
+                            f"real number, not the objects given ({exc})") from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     out = np.ascontiguousarray(arr, dtype=dtype)
@@ -116,8 +118,13 @@ def check_sequences(X, *, dtype, tokens=False, name="X"):
         raise ValueError(f"{name} is None; expected an array or a list of sequences")
     if isinstance(X, str):
         raise TypeError(f"{name} must be an array or a list of sequences, got a string")
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"{name} is a sparse matrix/array: sparse input is not supported; "
+                        "pass a dense array or a list of sequences")
     if tokens:
         return _check_tokens(X, name)
+    if isinstance(X, np.ndarray) and X.dtype.kind == "O" and X.ndim >= 2:
+        return _dense(_check_real(X, name, np.float64), name, dtype)
     if isinstance(X, np.ndarray) and X.dtype.kind != "O":
         return _dense(X, name, dtype)
     if hasattr(X, "__array__") and not isinstance(X, (list, tuple, np.ndarray)):
@@ -143,18 +150,21 @@ def _dense(arr, name, dtype):
             f"{name} must hold real numbers, got strings (dtype {arr.dtype}); "
             "set embedding_dim to read token sequences"
         )
+    shape = arr.shape
     if arr.ndim == 2:
         arr = arr[:, :, None]
     elif arr.ndim != 3:
         raise ValueError(
             f"{name} must be 3-D (n_samples, n_timesteps, n_features), 2-D "
-            f"(n_samples, n_timesteps) or a list of 2-D arrays; got shape {arr.shape}"
+            f"(n_samples, n_timesteps) or a list of 2-D arrays; got shape {arr.shape}. "
+            "Reshape your data: a single univariate sequence is X.reshape(1, -1)"
         )
     n, T, F = arr.shape
     if n == 0:
-        raise ValueError(f"{name} is empty: got shape {arr.shape}, at least one sequence is required")
+        raise ValueError(f"{name} is empty: got shape {shape}, at least one sequence is required")
     if T == 0:
-        raise ValueError(f"{name} has zero time steps (shape {arr.shape})")
+        raise ValueError(f"{name} has zero time steps: 0 feature(s) (shape={shape}) while a "
+                         "minimum of 1 is required.")
     if F == 0:
         raise ValueError(f"{name} has zero features per step (shape {arr.shape})")
     return Sequences(dense=_check_real(arr, name, dtype))

@@ -3,6 +3,7 @@
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 
 from .._input import Dataset
 from ..network.dense import softmax
@@ -13,10 +14,10 @@ def check_labels(y, n, name="y"):
     """1-D label array of length ``n`` (numbers or strings); ValueError/TypeError
     naming the problem."""
     if y is None:
-        raise ValueError(f"{name} is None; this estimator requires a target y")
+        raise ValueError(f"{name} is None: this estimator requires y to be passed, but the target y is None")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
+        y = column_or_1d(y, warn=True)
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D (one label per sequence), got shape {y.shape}")
     if y.dtype.kind == "c":
@@ -68,7 +69,7 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
             self.classes_ = np.unique(y) if classes is None else np.unique(np.asarray(classes))
             if len(self.classes_) < 2:
                 raise ValueError(
-                    f"y has a single class ({self.classes_[0]!r}); a classifier needs at "
+                    f"y has 1 class ({self.classes_[0]!r}); a classifier needs at "
                     "least 2 classes")
         codes = np.searchsorted(self.classes_, y)
         codes = np.clip(codes, 0, len(self.classes_) - 1)
@@ -122,4 +123,5 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
     def predict(self, X):
         """Labels (n,) from ``classes_``."""
         with self._limit():
-            return self.classes_[self._logits(X).argmax(axis=1)]
+            z = self._logits(X)
+        return self.classes_[z.argmax(axis=1)]

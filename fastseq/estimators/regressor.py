@@ -10,7 +10,7 @@ from ._base import BaseRNN
 
 def check_targets(y, n, dtype, name="y"):
     if y is None:
-        raise ValueError(f"{name} is None; this estimator requires a target y")
+        raise ValueError(f"{name} is None: this estimator requires y to be passed, but the target y is None")
     if isinstance(y, str):
         raise TypeError(f"{name} must hold real numbers, got a string")
     try:
@@ -18,7 +18,7 @@ def check_targets(y, n, dtype, name="y"):
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
     if arr.dtype.kind == "c":
-        raise TypeError(f"{name} must hold real numbers, got complex dtype {arr.dtype}")
+        raise ValueError(f"{name}: Complex data not supported (dtype {arr.dtype})")
     if arr.dtype.kind not in "fiub":
         try:
             arr = arr.astype(np.float64)
@@ -78,6 +78,11 @@ class RNNRegressor(RegressorMixin, BaseRNN):
         ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
         return float(np.mean(r2))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
 
     def predict(self, X):
         """Predictions shaped like y: (n,), (n, k) or (n, horizon, k)."""
