@@ -20,8 +20,8 @@ def main(max_iter=100, n_samples=None, hidden_size=128, cell="lstm", plot="digit
     X = (X / 16.0).reshape(-1, 8, 8).astype(np.float32)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
     clf = RNNClassifier(cell=cell, hidden_size=hidden_size, bidirectional=True, batch_size=32,
-                        learning_rate=3e-3, max_iter=max_iter, early_stopping=True,
-                        validation_fraction=0.1, n_iter_no_change=10, dropout=0.2,
+                        learning_rate=2e-3, max_iter=max_iter, early_stopping=True,
+                        validation_fraction=0.1, n_iter_no_change=25, dropout=0.2,
                         random_state=random_state, verbose=verbose)
     clf.fit(X_tr, y_tr)
     score = clf.score(X_te, y_te)

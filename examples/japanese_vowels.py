@@ -31,8 +31,8 @@ def main(max_iter=150, n_samples=None, hidden_size=64, plot="japanese_vowels.png
     X_tr = [(x - mu) / sd for x in X_tr]
     X_te = [(x - mu) / sd for x in X_te]
     clf = RNNClassifier(cell="lstm", hidden_size=hidden_size, bidirectional=True, batch_size=16,
-                        learning_rate=3e-3, max_iter=max_iter, early_stopping=True,
-                        validation_fraction=0.15, n_iter_no_change=15, dropout=0.3,
+                        learning_rate=2e-3, max_iter=max_iter, early_stopping=True,
+                        validation_fraction=0.15, n_iter_no_change=30, dropout=0.3,
                         random_state=random_state, verbose=verbose)
     clf.fit(X_tr, y_tr)
     score = clf.score(X_te, y_te)

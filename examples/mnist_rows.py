@@ -25,7 +25,7 @@ def main(cell="rnn", max_iter=30, n_samples=5000, hidden_size=256, plot="mnist_r
     lr = 1e-3 if cell != "rnn" else 5e-4
     clf = RNNClassifier(cell=cell, hidden_size=hidden_size, dropout=0.2, batch_size=128,
                         learning_rate=lr, max_iter=max_iter, early_stopping=True,
-                        validation_fraction=0.1, n_iter_no_change=8, random_state=random_state,
+                        validation_fraction=0.1, n_iter_no_change=10, random_state=random_state,
                         verbose=verbose)
     clf.fit(X_tr, y_tr)
     score = clf.score(X_te, y_te)

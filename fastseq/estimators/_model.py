@@ -131,7 +131,11 @@ class SequenceModel:
     def loss_and_grad(self, batch, grad):
         out, cache = self._forward(batch.X, batch.lengths, training=self.training)
         loss, dy = self.loss_fn(out, self._targets(batch))
+        if not np.isfinite(loss):  # overflow: the loop skips this update
+            return loss
         dfeat = self.head.backward(dy, cache["feat"], grad[self._head_sl])
+        if not np.all(np.isfinite(dfeat)):
+            return float("nan")
         if cache["mask"] is not None:
             dfeat *= cache["mask"]
         B, T, lengths = cache["B"], cache["T"], cache["lengths"]
