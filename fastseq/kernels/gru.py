@@ -23,6 +23,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import sigmoid, tanh
+from .matmul import step_matmul
 
 
 @njit(**JIT)
@@ -43,44 +44,70 @@ def gru_sequence_forward(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out
     rec_mask : (B, H) or (0, H) float
     out_h : (N, H) float
         Filled with ``h_t``.
-    out_gates : (N, 4H) float
+    out_gates : (N, 4H) or (0, 4H) float
         Filled with (r, z, n, a): the activated gates and ``a_t``, the
-        recurrent candidate term before the reset gate.
+        recurrent candidate term before the reset gate; an empty array for
+        inference (nothing stored).
     """
-    B, H = h0.shape
+    gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, 0, h0.shape[0])
+
+
+@njit(**JIT)
+def gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, b0, b1):
+    """:func:`gru_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
+    (disjoint slices may run in parallel threads)."""
+    H = h0.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
-    hm = np.empty((B, H), dtype=xp.dtype)
-    hp = np.empty((B, 3 * H), dtype=xp.dtype)
+    store = out_gates.shape[0] > 0
+    n = max(b1 - b0, 0)
+    hm = np.empty((n, H), dtype=xp.dtype)
+    hp = np.empty((n, 3 * H), dtype=xp.dtype)
     off = 0
     prev = 0
     for t in range(T):
-        nb = batch_sizes[t]
+        bs = batch_sizes[t]
+        nb = min(bs, b1) - b0
+        if nb <= 0:
+            break
         if t == 0:
-            h_prev = h0[:nb]
+            h_prev = h0[b0:b0 + nb]
         else:
-            h_prev = out_h[prev:prev + nb]
+            h_prev = out_h[prev + b0:prev + b0 + nb]
         if use_mask:
             for b in range(nb):
                 for j in range(H):
-                    hm[b, j] = h_prev[b, j] * rec_mask[b, j]
-            np.dot(hm[:nb], w_hh_t, hp[:nb])
+                    hm[b, j] = h_prev[b, j] * rec_mask[b0 + b, j]
+            step_matmul(hm[:nb], w_hh_t, hp[:nb])
         else:
-            np.dot(h_prev, w_hh_t, hp[:nb])
+            step_matmul(h_prev, w_hh_t, hp[:nb])
         for b in range(nb):
-            r = off + b
-            for j in range(H):
-                gr = sigmoid(xp[r, j] + hp[b, j])
-                gz = sigmoid(xp[r, H + j] + hp[b, H + j])
-                a = hp[b, 2 * H + j] + b_hn[j]
-                gn = tanh(xp[r, 2 * H + j] + gr * a)
-                out_h[r, j] = (1.0 - gz) * gn + gz * h_prev[b, j]
-                out_gates[r, j] = gr
-                out_gates[r, H + j] = gz
-                out_gates[r, 2 * H + j] = gn
-                out_gates[r, 3 * H + j] = a
+            r = off + b0 + b
+            x = xp[r]
+            p = hp[b]
+            hb = h_prev[b]
+            oh = out_h[r]
+            if store:
+                g = out_gates[r]
+                for j in range(H):
+                    gr = sigmoid(x[j] + p[j])
+                    gz = sigmoid(x[H + j] + p[H + j])
+                    a = p[2 * H + j] + b_hn[j]
+                    gn = tanh(x[2 * H + j] + gr * a)
+                    oh[j] = gn + gz * (hb[j] - gn)
+                    g[j] = gr
+                    g[H + j] = gz
+                    g[2 * H + j] = gn
+                    g[3 * H + j] = a
+            else:
+                for j in range(H):
+                    gr = sigmoid(x[j] + p[j])
+                    gz = sigmoid(x[H + j] + p[H + j])
+                    a = p[2 * H + j] + b_hn[j]
+                    gn = tanh(x[2 * H + j] + gr * a)
+                    oh[j] = gn + gz * (hb[j] - gn)
         prev = off
-        off += nb
+        off += bs
 
 
 @njit(**JIT)
@@ -108,43 +135,66 @@ def gru_sequence_backward(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_ma
         Filled with the gradients of the recurrent products (r, z, a):
         ``dW_hh = out_dgh.T @ (m * h_prev)``, ``db_hh = out_dgh.sum(0)``.
     """
-    B, H = io_dh.shape
+    gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
+                       io_dh, out_dgx, out_dgh, 0, io_dh.shape[0])
+
+
+@njit(**JIT)
+def gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
+                       io_dh, out_dgx, out_dgh, b0, b1):
+    """:func:`gru_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
+    H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
     offsets = np.zeros(T + 1, dtype=batch_sizes.dtype)
     for t in range(T):
         offsets[t + 1] = offsets[t] + batch_sizes[t]
-    tmp = np.empty((B, H), dtype=d_out.dtype)
-    carry = np.empty((B, H), dtype=d_out.dtype)
+    n = max(b1 - b0, 0)
+    tmp = np.empty((n, H), dtype=d_out.dtype)
+    carry = np.empty((n, H), dtype=d_out.dtype)
+    one = np.ones(1, dtype=d_out.dtype)[0]
     for t in range(T - 1, -1, -1):
-        nb = batch_sizes[t]
+        nb = min(batch_sizes[t], b1) - b0
+        if nb <= 0:
+            continue
         off = offsets[t]
         for b in range(nb):
-            r = off + b
+            r = off + b0 + b
+            if t == 0:
+                hpr = h0[b0 + b]
+            else:
+                hpr = out_h[offsets[t - 1] + b0 + b]
+            g = out_gates[r]
+            dgx = out_dgx[r]
+            dgh = out_dgh[r]
+            dor = d_out[r]
+            dhb = io_dh[b0 + b]
+            cb = carry[b]
             for j in range(H):
-                if t == 0:
-                    hprev = h0[b, j]
-                else:
-                    hprev = out_h[offsets[t - 1] + b, j]
-                gr = out_gates[r, j]
-                gz = out_gates[r, H + j]
-                gn = out_gates[r, 2 * H + j]
-                a = out_gates[r, 3 * H + j]
-                dh = io_dh[b, j] + d_out[r, j]
-                dn = dh * (1.0 - gz) * (1.0 - gn * gn)
-                dz = dh * (hprev - gn) * gz * (1.0 - gz)
-                dr = dn * a * gr * (1.0 - gr)
-                out_dgx[r, j] = dr
-                out_dgx[r, H + j] = dz
-                out_dgx[r, 2 * H + j] = dn
-                out_dgh[r, j] = dr
-                out_dgh[r, H + j] = dz
-                out_dgh[r, 2 * H + j] = dn * gr
-                carry[b, j] = dh * gz
-        np.dot(out_dgh[off:off + nb], w_hh, tmp[:nb])
+                gr = g[j]
+                gz = g[H + j]
+                gn = g[2 * H + j]
+                a = g[3 * H + j]
+                dh = dhb[j] + dor[j]
+                dn = dh * (one - gz) * (one - gn * gn)
+                dz = dh * (hpr[j] - gn) * gz * (one - gz)
+                dr = dn * a * gr * (one - gr)
+                dgx[j] = dr
+                dgx[H + j] = dz
+                dgx[2 * H + j] = dn
+                dgh[j] = dr
+                dgh[H + j] = dz
+                dgh[2 * H + j] = dn * gr
+                cb[j] = dh * gz
+        step_matmul(out_dgh[off + b0:off + b0 + nb], w_hh, tmp[:nb])
         for b in range(nb):
-            for j in range(H):
-                if use_mask:
-                    io_dh[b, j] = carry[b, j] + tmp[b, j] * rec_mask[b, j]
-                else:
-                    io_dh[b, j] = carry[b, j] + tmp[b, j]
+            dhb = io_dh[b0 + b]
+            tb = tmp[b]
+            cb = carry[b]
+            if use_mask:
+                mb = rec_mask[b0 + b]
+                for j in range(H):
+                    dhb[j] = cb[j] + tb[j] * mb[j]
+            else:
+                for j in range(H):
+                    dhb[j] = cb[j] + tb[j]

@@ -32,6 +32,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import sigmoid, tanh
+from .matmul import step_matmul
 
 
 @njit(**JIT)
@@ -52,47 +53,80 @@ def lstm_sequence_forward(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_
         Recurrent dropout mask applied to ``h_{t-1}``; an empty array for none.
     out_h, out_c : (N, H) float
         Filled with ``h_t`` and ``c_t`` of every row.
-    out_gates : (N, 4H) float
-        Filled with the activated gates (i, f, g, o), kept for the backward pass.
+    out_gates : (N, 4H) or (0, 4H) float
+        Filled with the activated gates (i, f, g, o), kept for the backward
+        pass; an empty array for inference (nothing stored).
     """
-    B, H = h0.shape
+    lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates,
+                       0, h0.shape[0])
+
+
+@njit(**JIT)
+def lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates, b0, b1):
+    """:func:`lstm_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only.
+
+    Slices of one batch are independent: threads may run disjoint slices of
+    the same call side by side (each writes only its own rows).
+    """
+    H = h0.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
-    hm = np.empty((B, H), dtype=xp.dtype)
-    hp = np.empty((B, 4 * H), dtype=xp.dtype)
+    store = out_gates.shape[0] > 0
+    n = max(b1 - b0, 0)
+    hm = np.empty((n, H), dtype=xp.dtype)
+    hp = np.empty((n, 4 * H), dtype=xp.dtype)
     off = 0
     prev = 0
     for t in range(T):
-        nb = batch_sizes[t]
+        bs = batch_sizes[t]
+        nb = min(bs, b1) - b0
+        if nb <= 0:
+            break
         if t == 0:
-            h_prev = h0[:nb]
-            c_prev = c0[:nb]
+            h_prev = h0[b0:b0 + nb]
+            c_prev = c0[b0:b0 + nb]
         else:
-            h_prev = out_h[prev:prev + nb]
-            c_prev = out_c[prev:prev + nb]
+            h_prev = out_h[prev + b0:prev + b0 + nb]
+            c_prev = out_c[prev + b0:prev + b0 + nb]
         if use_mask:
             for b in range(nb):
                 for j in range(H):
-                    hm[b, j] = h_prev[b, j] * rec_mask[b, j]
-            np.dot(hm[:nb], w_hh_t, hp[:nb])
+                    hm[b, j] = h_prev[b, j] * rec_mask[b0 + b, j]
+            step_matmul(hm[:nb], w_hh_t, hp[:nb])
         else:
-            np.dot(h_prev, w_hh_t, hp[:nb])
+            step_matmul(h_prev, w_hh_t, hp[:nb])
         for b in range(nb):
-            r = off + b
-            for j in range(H):
-                gi = sigmoid(xp[r, j] + hp[b, j])
-                gf = sigmoid(xp[r, H + j] + hp[b, H + j])
-                gg = tanh(xp[r, 2 * H + j] + hp[b, 2 * H + j])
-                go = sigmoid(xp[r, 3 * H + j] + hp[b, 3 * H + j])
-                c = gf * c_prev[b, j] + gi * gg
-                out_c[r, j] = c
-                out_h[r, j] = go * tanh(c)
-                out_gates[r, j] = gi
-                out_gates[r, H + j] = gf
-                out_gates[r, 2 * H + j] = gg
-                out_gates[r, 3 * H + j] = go
+            r = off + b0 + b
+            x = xp[r]
+            p = hp[b]
+            cp = c_prev[b]
+            oc = out_c[r]
+            oh = out_h[r]
+            if store:
+                g = out_gates[r]
+                for j in range(H):
+                    gi = sigmoid(x[j] + p[j])
+                    gf = sigmoid(x[H + j] + p[H + j])
+                    gg = tanh(x[2 * H + j] + p[2 * H + j])
+                    go = sigmoid(x[3 * H + j] + p[3 * H + j])
+                    c = gf * cp[j] + gi * gg
+                    oc[j] = c
+                    oh[j] = go * tanh(c)
+                    g[j] = gi
+                    g[H + j] = gf
+                    g[2 * H + j] = gg
+                    g[3 * H + j] = go
+            else:
+                for j in range(H):
+                    gi = sigmoid(x[j] + p[j])
+                    gf = sigmoid(x[H + j] + p[H + j])
+                    gg = tanh(x[2 * H + j] + p[2 * H + j])
+                    go = sigmoid(x[3 * H + j] + p[3 * H + j])
+                    c = gf * cp[j] + gi * gg
+                    oc[j] = c
+                    oh[j] = go * tanh(c)
         prev = off
-        off += nb
+        off += bs
 
 
 @njit(**JIT)
@@ -120,39 +154,61 @@ def lstm_sequence_backward(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_m
         Filled with the gradients of the gate pre-activations; the weight
         gradients are ``out_dgates.T @ inputs`` and ``out_dgates.T @ h_prev``.
     """
-    B, H = io_dh.shape
+    lstm_backward_slice(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask,
+                        io_dh, io_dc, out_dgates, 0, io_dh.shape[0])
+
+
+@njit(**JIT)
+def lstm_backward_slice(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask,
+                        io_dh, io_dc, out_dgates, b0, b1):
+    """:func:`lstm_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
+    H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
     offsets = np.zeros(T + 1, dtype=batch_sizes.dtype)
     for t in range(T):
         offsets[t + 1] = offsets[t] + batch_sizes[t]
-    tmp = np.empty((B, H), dtype=d_out.dtype)
+    n = max(b1 - b0, 0)
+    tmp = np.empty((n, H), dtype=d_out.dtype)
+    one = np.ones(1, dtype=d_out.dtype)[0]
     for t in range(T - 1, -1, -1):
-        nb = batch_sizes[t]
+        nb = min(batch_sizes[t], b1) - b0
+        if nb <= 0:
+            continue
         off = offsets[t]
         for b in range(nb):
-            r = off + b
+            r = off + b0 + b
+            if t == 0:
+                cpr = c0[b0 + b]
+            else:
+                cpr = out_c[offsets[t - 1] + b0 + b]
+            g = out_gates[r]
+            dg = out_dgates[r]
+            cr = out_c[r]
+            dor = d_out[r]
+            dhb = io_dh[b0 + b]
+            dcb = io_dc[b0 + b]
             for j in range(H):
-                if t == 0:
-                    cp = c0[b, j]
-                else:
-                    cp = out_c[offsets[t - 1] + b, j]
-                gi = out_gates[r, j]
-                gf = out_gates[r, H + j]
-                gg = out_gates[r, 2 * H + j]
-                go = out_gates[r, 3 * H + j]
-                tc = tanh(out_c[r, j])
-                dh = io_dh[b, j] + d_out[r, j]
-                dc = io_dc[b, j] + dh * go * (1.0 - tc * tc)
-                out_dgates[r, j] = dc * gg * gi * (1.0 - gi)
-                out_dgates[r, H + j] = dc * cp * gf * (1.0 - gf)
-                out_dgates[r, 2 * H + j] = dc * gi * (1.0 - gg * gg)
-                out_dgates[r, 3 * H + j] = dh * tc * go * (1.0 - go)
-                io_dc[b, j] = dc * gf
-        np.dot(out_dgates[off:off + nb], w_hh, tmp[:nb])
+                gi = g[j]
+                gf = g[H + j]
+                gg = g[2 * H + j]
+                go = g[3 * H + j]
+                tc = tanh(cr[j])
+                dh = dhb[j] + dor[j]
+                dc = dcb[j] + dh * go * (one - tc * tc)
+                dg[j] = dc * gg * gi * (one - gi)
+                dg[H + j] = dc * cpr[j] * gf * (one - gf)
+                dg[2 * H + j] = dc * gi * (one - gg * gg)
+                dg[3 * H + j] = dh * tc * go * (one - go)
+                dcb[j] = dc * gf
+        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh, tmp[:nb])
         for b in range(nb):
-            for j in range(H):
-                if use_mask:
-                    io_dh[b, j] = tmp[b, j] * rec_mask[b, j]
-                else:
-                    io_dh[b, j] = tmp[b, j]
+            dhb = io_dh[b0 + b]
+            tb = tmp[b]
+            if use_mask:
+                mb = rec_mask[b0 + b]
+                for j in range(H):
+                    dhb[j] = tb[j] * mb[j]
+            else:
+                for j in range(H):
+                    dhb[j] = tb[j]

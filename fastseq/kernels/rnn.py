@@ -17,6 +17,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import tanh
+from .matmul import step_matmul
 
 
 @njit(**JIT)
@@ -38,37 +39,52 @@ def rnn_sequence_forward(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h):
     out_h : (N, H) float
         Filled with ``h_t``.
     """
-    B, H = h0.shape
+    rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, 0, h0.shape[0])
+
+
+@njit(**JIT)
+def rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
+    """:func:`rnn_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
+    (disjoint slices may run in parallel threads)."""
+    H = h0.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
-    hm = np.empty((B, H), dtype=xp.dtype)
-    hp = np.empty((B, H), dtype=xp.dtype)
+    n = max(b1 - b0, 0)
+    hm = np.empty((n, H), dtype=xp.dtype)
+    hp = np.empty((n, H), dtype=xp.dtype)
+    zero = np.zeros(1, dtype=xp.dtype)[0]
     off = 0
     prev = 0
     for t in range(T):
-        nb = batch_sizes[t]
+        bs = batch_sizes[t]
+        nb = min(bs, b1) - b0
+        if nb <= 0:
+            break
         if t == 0:
-            h_prev = h0[:nb]
+            h_prev = h0[b0:b0 + nb]
         else:
-            h_prev = out_h[prev:prev + nb]
+            h_prev = out_h[prev + b0:prev + b0 + nb]
         if use_mask:
             for b in range(nb):
                 for j in range(H):
-                    hm[b, j] = h_prev[b, j] * rec_mask[b, j]
-            np.dot(hm[:nb], w_hh_t, hp[:nb])
+                    hm[b, j] = h_prev[b, j] * rec_mask[b0 + b, j]
+            step_matmul(hm[:nb], w_hh_t, hp[:nb])
         else:
-            np.dot(h_prev, w_hh_t, hp[:nb])
+            step_matmul(h_prev, w_hh_t, hp[:nb])
         for b in range(nb):
-            r = off + b
+            r = off + b0 + b
+            x = xp[r]
+            p = hp[b]
+            oh = out_h[r]
             if relu:
                 for j in range(H):
-                    v = xp[r, j] + hp[b, j]
-                    out_h[r, j] = v if v > 0.0 else 0.0
+                    v = x[j] + p[j]
+                    oh[j] = v if v > zero else zero
             else:
                 for j in range(H):
-                    out_h[r, j] = tanh(xp[r, j] + hp[b, j])
+                    oh[j] = tanh(x[j] + p[j])
         prev = off
-        off += nb
+        off += bs
 
 
 @njit(**JIT)
@@ -92,29 +108,50 @@ def rnn_sequence_backward(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh
     out_dgates : (N, H) float
         Filled with the gradients of the pre-activations.
     """
-    B, H = io_dh.shape
+    rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates,
+                       0, io_dh.shape[0])
+
+
+@njit(**JIT)
+def rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, b0, b1):
+    """:func:`rnn_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
+    H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
     offsets = np.zeros(T + 1, dtype=batch_sizes.dtype)
     for t in range(T):
         offsets[t + 1] = offsets[t] + batch_sizes[t]
-    tmp = np.empty((B, H), dtype=d_out.dtype)
+    n = max(b1 - b0, 0)
+    tmp = np.empty((n, H), dtype=d_out.dtype)
+    one = np.ones(1, dtype=d_out.dtype)[0]
+    zero = np.zeros(1, dtype=d_out.dtype)[0]
     for t in range(T - 1, -1, -1):
-        nb = batch_sizes[t]
+        nb = min(batch_sizes[t], b1) - b0
+        if nb <= 0:
+            continue
         off = offsets[t]
         for b in range(nb):
-            r = off + b
-            for j in range(H):
-                h = out_h[r, j]
-                dh = io_dh[b, j] + d_out[r, j]
-                if relu:
-                    out_dgates[r, j] = dh if h > 0.0 else 0.0
-                else:
-                    out_dgates[r, j] = dh * (1.0 - h * h)
-        np.dot(out_dgates[off:off + nb], w_hh, tmp[:nb])
+            r = off + b0 + b
+            hr = out_h[r]
+            dor = d_out[r]
+            dhb = io_dh[b0 + b]
+            dg = out_dgates[r]
+            if relu:
+                for j in range(H):
+                    dh = dhb[j] + dor[j]
+                    dg[j] = dh if hr[j] > zero else zero
+            else:
+                for j in range(H):
+                    h = hr[j]
+                    dg[j] = (dhb[j] + dor[j]) * (one - h * h)
+        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh, tmp[:nb])
         for b in range(nb):
-            for j in range(H):
-                if use_mask:
-                    io_dh[b, j] = tmp[b, j] * rec_mask[b, j]
-                else:
-                    io_dh[b, j] = tmp[b, j]
+            dhb = io_dh[b0 + b]
+            tb = tmp[b]
+            if use_mask:
+                mb = rec_mask[b0 + b]
+                for j in range(H):
+                    dhb[j] = tb[j] * mb[j]
+            else:
+                for j in range(H):
+                    dhb[j] = tb[j]
