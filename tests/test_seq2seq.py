@@ -196,3 +196,18 @@ def test_greedy_vectors_shapes():
 def test_unknown_attention_name_raises():
     with pytest.raises(ValueError, match="attention"):
         Seq2Seq(3, src_vocab=4, attention="additive")
+
+
+def test_bad_target_lengths_raise():
+    rng = np.random.default_rng(8)
+    m = make_model("dot")
+    X, lengths, Y, _ = make_batch(rng, m)
+    for bad in ([0, 1, 1], [5, 1, 1], [1, 1]):
+        with pytest.raises(ValueError, match="y_len"):
+            m.forward_loss(X, lengths, Y, np.array(bad))
+
+
+def test_config_rebuilds_same_architecture():
+    m = make_model("bahdanau", bidirectional=True)
+    m2 = Seq2Seq.from_config(m.config)
+    assert m2.n_params == m.n_params and m2._layout == m._layout

@@ -200,3 +200,13 @@ def test_regressor_ragged_2d_y_and_teacher_forcing():
 def test_regressor_bad_targets(no_kernels, y, match):
     with pytest.raises(ValueError, match=match):
         Seq2SeqRegressor(max_iter=1).fit(np.zeros((4, 3, 2)), y)
+
+
+@pytest.mark.xfail(reason="fastseq.persistence rebuilds only SequenceModel; needs the "
+                          "model_class='Seq2Seq' hook (Seq2Seq.from_config)", strict=False)
+def test_save_load_round_trip(fitted_clf, tmp_path):
+    import fastseq
+    est, X, _ = fitted_clf
+    est.save(tmp_path / "m.npz")
+    est2 = fastseq.load(tmp_path / "m.npz")
+    assert list(est2.predict(X[:5])) == list(est.predict(X[:5]))

@@ -18,6 +18,7 @@ from .._config import INDEX_DTYPE
 from .._input import Batch, Vocabulary, check_sequences, iter_batches
 from .._threads import limit
 from ..network.seq2seq import Seq2Seq
+from ..persistence import register
 from ._base import BaseRNN
 
 #: target-side reserved indices (the source side uses fastseq._input's PAD/UNKNOWN)
@@ -177,6 +178,7 @@ class _Seq2SeqBase(BaseRNN):
         return ax.figure if fig is None else fig
 
 
+@register
 class Seq2SeqClassifier(_Seq2SeqBase):
     """Sequence-to-token-sequence model with attention (translation,
     normalisation).
@@ -217,8 +219,8 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         Target tokens, in index order.
     vocabulary_ : Vocabulary
         Source tokens.
-    target_vocabulary_ : Vocabulary
-        Target tokens (indices 0 and 1 are the begin and end tokens).
+        Target token ``classes_[i]`` has index ``i + 2`` (0 and 1 are the begin
+        and end tokens).
     max_target_length_ : int
     n_features_in_, n_iter_, loss_curve_, validation_scores_, best_loss_, ...
         As the other estimators.
@@ -241,22 +243,31 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         ys = check_sequences(y, dtype=None, tokens=True, name="y")
         self._check_pair_counts(seqs, ys.n_samples)
         if reset:
-            self.target_vocabulary_ = Vocabulary.build(ys)
-            self.classes_ = np.array(list(self.target_vocabulary_.index), dtype=object)
+            toks = list(Vocabulary.build(ys).index)
+            if all(isinstance(t, numbers.Integral) for t in toks):
+                self.classes_ = np.array(toks, dtype=np.int64)
+            else:
+                self.classes_ = np.empty(len(toks), dtype=object)
+                self.classes_[:] = toks
             self.y_is_str_ = all(isinstance(s, str) for s in (y if not isinstance(y, np.ndarray) else y.tolist()))
             self.max_target_length_ = int(ys.lengths.max())
         else:
-            unseen = {t for s in ys.items for t in s} - set(self.target_vocabulary_.index)
+            unseen = {t for s in ys.items for t in s} - set(self._target_vocabulary.index)
             if unseen:
                 raise ValueError(
                     f"y holds target tokens not seen at the first fit: {sorted(map(repr, unseen))[:5]}")
             self.max_target_length_ = max(self.max_target_length_, int(ys.lengths.max()))
-        enc = self.target_vocabulary_.encode(ys)
+        enc = self._target_vocabulary.encode(ys)
         targets = [np.append(t, END_INDEX).astype(INDEX_DTYPE) for t in enc.items]
         return _PairData(seqs, targets)
 
+    @property
+    def _target_vocabulary(self):
+        """Target token -> index (from ``classes_``; 0 begin, 1 end)."""
+        return Vocabulary(self.classes_.tolist())
+
     def _build_model(self, data, rng):
-        return Seq2Seq(len(self.target_vocabulary_), outputs="tokens",
+        return Seq2Seq(len(self._target_vocabulary), outputs="tokens",
                        src_vocab=len(self.vocabulary_), embedding_dim=int(self.embedding_dim),
                        begin_index=BEGIN_INDEX, end_index=END_INDEX, random_state=rng,
                        **self._model_kwargs())
@@ -295,8 +306,8 @@ class Seq2SeqClassifier(_Seq2SeqBase):
             return list(zip(t, a))
         return self._decode_batches(seqs, run)
 
-    def _to_tokens(self, idx):
-        toks = [self.classes_[i - 2] for i in idx if i >= 2]
+    def _to_tokens(self, idx, classes):
+        toks = [classes[i - 2] for i in idx if i >= 2]
         return "".join(map(str, toks)) if self.y_is_str_ else list(toks)
 
     def predict(self, X, return_attention=False):
@@ -314,7 +325,8 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         with limit(self.n_jobs):
             seqs = self._check_X(X, reset=False)
             res = self._decode_indices(seqs)
-        preds = [self._to_tokens(t) for t, _ in res]
+        classes = self.classes_.tolist()
+        preds = [self._to_tokens(t, classes) for t, _ in res]
         if self.y_is_str_:
             out = np.empty(len(preds), dtype=object)
             out[:] = preds
@@ -346,6 +358,7 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         return self._plot_matrix(att[0], xs, ylabels, ax, "attention")
 
 
+@register
 class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
     """Sequence-to-vector-sequence model with attention (forecasting).
 

@@ -67,6 +67,9 @@ class Seq2Seq:
 
     Attributes
     ----------
+    config : dict
+        The constructor's arguments (JSON-safe, ``model_class="Seq2Seq"``);
+        ``Seq2Seq.from_config(config)`` builds the same architecture.
     flat : (P,) ndarray
         Every parameter; ``params`` are named views into it (``encoder.*`` are
         the :class:`Recurrent` names).
@@ -78,6 +81,15 @@ class Seq2Seq:
                  decoder_cell=None, attention="bahdanau", attention_units=None,
                  cosine_sharpness=None, teacher_forcing=1.0, begin_index=0, end_index=1,
                  dtype=DEFAULT_DTYPE, random_state=None):
+        self.config = dict(
+            model_class="Seq2Seq", n_outputs=n_outputs, outputs=outputs, input_size=input_size,
+            src_vocab=src_vocab, embedding_dim=embedding_dim, cell=cell,
+            hidden_size=hidden_size, num_layers=num_layers, bidirectional=bool(bidirectional),
+            nonlinearity=nonlinearity, dropout=float(dropout),
+            recurrent_dropout=float(recurrent_dropout), decoder_cell=decoder_cell,
+            attention=attention, attention_units=attention_units,
+            cosine_sharpness=cosine_sharpness, teacher_forcing=float(teacher_forcing),
+            begin_index=int(begin_index), end_index=int(end_index), dtype=str(np.dtype(dtype)))
         self.outputs = check_choice(outputs, "outputs", ("tokens", "vectors"))
         self.n_outputs = check_positive_int(n_outputs, "n_outputs")
         self.attention = check_choice(attention, "attention", ATTENTIONS)
@@ -119,6 +131,12 @@ class Seq2Seq:
         self._init_params()
         self.training = False
         self._cache = None
+
+    @classmethod
+    def from_config(cls, config, random_state=None):
+        """A fresh model from :attr:`config` (a JSON-safe dict; persistence)."""
+        cfg = {k: v for k, v in config.items() if k != "model_class"}
+        return cls(random_state=random_state, **cfg)
 
     # ------------------------------------------------------------ parameters
     def _param_layout(self):
@@ -310,8 +328,13 @@ class Seq2Seq:
         use_truth : (T, B) int64, optional (default: all teacher-forced).
         """
         B, T = Y.shape[:2]
+        y_len = np.asarray(y_len, dtype=np.int64)
+        if y_len.shape != (B,) or (B and (y_len.min() < 1 or y_len.max() > T)):
+            raise ValueError(f"y_len must be ({B},) integers in 1..{T}, got {y_len!r}")
         if use_truth is None:
             use_truth = np.ones((T, B), dtype=np.int64)
+        elif use_truth.shape != (T, B):
+            raise ValueError(f"use_truth must have shape {(T, B)}, got {use_truth.shape}")
         feed_true, prev_tok = self._feed_true(Y)
         st = self._run(X, lengths, feed_true, use_truth)
         o = st["cache"][6]
