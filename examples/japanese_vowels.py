@@ -21,7 +21,7 @@ def load():
             [np.asarray(x).T for x in X_te], np.asarray(y_te))
 
 
-def main(max_iter=150, n_samples=None, hidden_size=64, plot="japanese_vowels.png",
+def main(max_iter=60, n_samples=None, hidden_size=64, plot="japanese_vowels.png",
          verbose=False, random_state=0):
     X_tr, y_tr, X_te, y_te = load()
     if n_samples:
@@ -31,8 +31,7 @@ def main(max_iter=150, n_samples=None, hidden_size=64, plot="japanese_vowels.png
     X_tr = [(x - mu) / sd for x in X_tr]
     X_te = [(x - mu) / sd for x in X_te]
     clf = RNNClassifier(cell="lstm", hidden_size=hidden_size, bidirectional=True, batch_size=16,
-                        learning_rate=2e-3, max_iter=max_iter, early_stopping=True,
-                        validation_fraction=0.15, n_iter_no_change=30, dropout=0.3,
+                        learning_rate=2e-3, max_iter=max_iter, dropout=0.3,
                         random_state=random_state, verbose=verbose)
     clf.fit(X_tr, y_tr)
     score = clf.score(X_te, y_te)
@@ -45,6 +44,6 @@ def main(max_iter=150, n_samples=None, hidden_size=64, plot="japanese_vowels.png
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--max-iter", type=int, default=150)
+    p.add_argument("--max-iter", type=int, default=60)
     a = p.parse_args()
     main(a.max_iter, verbose=True)
