@@ -18,7 +18,6 @@ import datetime as dt
 import random
 import time
 
-import numpy as np
 
 from fastseq import Seq2SeqClassifier
 

@@ -164,7 +164,8 @@ class _Seq2SeqBase(BaseRNN):
         from matplotlib.figure import Figure
         fig = None
         if ax is None:
-            fig = Figure(figsize=(max(4, 0.35 * len(xlabels) + 2), max(3, 0.35 * len(ylabels) + 1.5)))
+            fig = Figure(figsize=(max(4, 0.35 * len(xlabels) + 2),
+                                  max(3, 0.35 * len(ylabels) + 1.5)))
             ax = fig.subplots()
         im = ax.imshow(A, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1e-12, float(A.max())))
         ax.set_xticks(range(len(xlabels)))
@@ -249,13 +250,15 @@ class Seq2SeqClassifier(_Seq2SeqBase):
             else:
                 self.classes_ = np.empty(len(toks), dtype=object)
                 self.classes_[:] = toks
-            self.y_is_str_ = all(isinstance(s, str) for s in (y if not isinstance(y, np.ndarray) else y.tolist()))
+            items = y.tolist() if isinstance(y, np.ndarray) else y
+            self.y_is_str_ = all(isinstance(s, str) for s in items)
             self.max_target_length_ = int(ys.lengths.max())
         else:
             unseen = {t for s in ys.items for t in s} - set(self._target_vocabulary.index)
             if unseen:
                 raise ValueError(
-                    f"y holds target tokens not seen at the first fit: {sorted(map(repr, unseen))[:5]}")
+                    "y holds target tokens not seen at the first fit: "
+                    f"{sorted(map(repr, unseen))[:5]}")
             self.max_target_length_ = max(self.max_target_length_, int(ys.lengths.max()))
         enc = self._target_vocabulary.encode(ys)
         targets = [np.append(t, END_INDEX).astype(INDEX_DTYPE) for t in enc.items]
@@ -403,7 +406,8 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
         if arr.ndim != 3:
             raise ValueError(f"y must have shape (n, T_out, k) or (n, T_out), got {arr.shape}")
         if len(arr) != n:
-            raise ValueError(f"X and y have different lengths: {n} sequences but {len(arr)} targets")
+            raise ValueError(
+                f"X and y have different lengths: {n} sequences but {len(arr)} targets")
         if arr.shape[1] == 0 or arr.shape[2] == 0:
             raise ValueError(f"y has empty target sequences (shape {arr.shape})")
         if not np.all(np.isfinite(arr)):
@@ -421,7 +425,8 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
             sc = flat.std(axis=0)
             self.y_scale_ = np.where(sc > 1e-12, sc, 1.0)
         elif arr.shape[2] != self.n_outputs_:
-            raise ValueError(f"y has {arr.shape[2]} outputs per step, the first fit had {self.n_outputs_}")
+            raise ValueError(
+                f"y has {arr.shape[2]} outputs per step, the first fit had {self.n_outputs_}")
         dt = self._dtype if reset else self.model_.flat.dtype
         z = ((arr - self.y_mean_) / self.y_scale_).astype(dt)
         return _PairData(seqs, list(z))
@@ -431,7 +436,9 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
                        random_state=rng, **self._model_kwargs())
 
     def _steps(self):
-        return int(self.max_output_length) if self.max_output_length is not None else self.output_length_
+        if self.max_output_length is not None:
+            return int(self.max_output_length)
+        return self.output_length_
 
     def _predict_z(self, seqs, steps):
         def run(X, lengths):

@@ -217,8 +217,10 @@ def attention_backward(kind, d_ctx, query, keys, mem, src_len, att, weights, gra
                 d_g[0] += da[s] * cos
                 dc = da[s] * g
                 for j in range(K):
-                    d_query[b, j] += dc * (keys[b, s, j] / (nq * nk) - cos * query[b, j] / (nq * nq))
-                    d_keys[b, s, j] += dc * (query[b, j] / (nq * nk) - cos * keys[b, s, j] / (nk * nk))
+                    qj = query[b, j]
+                    kj = keys[b, s, j]
+                    d_query[b, j] += dc * (kj / (nq * nk) - cos * qj / (nq * nq))
+                    d_keys[b, s, j] += dc * (qj / (nq * nk) - cos * kj / (nk * nk))
         else:
             for s in range(L):
                 de = da[s]

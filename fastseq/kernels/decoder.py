@@ -231,7 +231,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
                 ds[b, j] += tmp_q[b, j]
         grads_att = (ds, d_keys, d_mem, d_qp[t], d_v, d_g)
         if not before:
-            attention_backward(kind, d_ctx, s[t + 1], keys, mem, src_len, att, weights[t], grads_att)
+            attention_backward(kind, d_ctx, s[t + 1], keys, mem, src_len, att, weights[t],
+                               grads_att)
         # the cell: ds is the gradient with respect to s_t
         dh_prev[...] = 0.0
         if cell == LSTM:

@@ -117,7 +117,8 @@ class Seq2Seq:
         D = self.encoder.num_directions
         self.H = hidden_size
         self.A = self.Q = D * hidden_size
-        self.U = check_positive_int(attention_units, "attention_units") if attention_units else self.Q
+        self.U = (check_positive_int(attention_units, "attention_units")
+                  if attention_units else self.Q)
         self.kind = ATTENTION_KINDS[self.attention]
         self.cell_code = CELL_CODES[(self.decoder_cell, nonlinearity)]
         self.G = {"rnn": 1, "gru": 3, "lstm": 4}[self.decoder_cell]
