@@ -12,6 +12,8 @@ import os
 import threading
 from contextlib import contextmanager
 
+import numpy as np
+
 from threadpoolctl import threadpool_limits
 
 _local = threading.local()
@@ -53,3 +55,157 @@ def limit(n_jobs):
             yield n
     finally:
         _local.n = old
+
+
+# ------------------------------------------------------------------------
+# Batch splitting: nogil kernels on disjoint slices of a sorted batch, for the
+# whole sequence (never a per-step split), BLAS at one thread inside.
+
+#: least work (multiply-adds of the recurrent products of a call) worth a split
+MIN_SPLIT_WORK = 1_000_000
+#: least sequences per thread in a split
+MIN_SPLIT_ROWS = 4
+
+_pools = {}
+_pools_pid = None
+_pools_lock = threading.Lock()
+_blas = None
+
+
+def _pool(workers):
+    """A persistent executor with ``workers`` threads (recreated after fork)."""
+    global _pools_pid
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _pools_lock:
+        if _pools_pid != os.getpid():
+            _pools.clear()  # threads do not survive fork: start afresh in a child
+            _pools_pid = os.getpid()
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fastseq")
+        return pool
+
+
+def _blas_controllers():
+    global _blas
+    if _blas is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls)
+        from threadpoolctl import ThreadpoolController
+
+        _blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    return _blas
+
+
+_blas_lock = threading.Lock()
+_blas_depth = 0
+_blas_saved = None
+
+
+def _reset_after_fork():
+    global _blas_lock, _blas_depth
+    _blas_lock = threading.Lock()
+    if _blas_depth and _blas_saved is not None and _blas is not None:
+        for c, n in zip(_blas, _blas_saved):
+            c.set_num_threads(n)
+    _blas_depth = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+@contextmanager
+def blas_single_thread():
+    """Every BLAS at one thread while any fastseq call is inside such a block.
+
+    fastseq's own parallelism is its batch split (:func:`run_sliced`) and row
+    blocks of its large products (:func:`parallel_matmul`), each running
+    single-threaded BLAS.  This keeps results independent of BLAS threading
+    (OpenBLAS rounds differently with different thread counts), so they are
+    identical for a fixed ``n_jobs`` even with concurrent callers, and it
+    avoids waking BLAS threads for the small per-step products.  The setting
+    is reference-counted: it changes only when no fastseq call is active.
+    """
+    global _blas_depth, _blas_saved
+    ctrls = _blas_controllers()
+    with _blas_lock:
+        if _blas_depth == 0:
+            _blas_saved = [c.get_num_threads() for c in ctrls]
+            for c, n in zip(ctrls, _blas_saved):
+                if n != 1:
+                    c.set_num_threads(1)
+        _blas_depth += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_depth -= 1
+            if _blas_depth == 0:
+                for c, n in zip(ctrls, _blas_saved):
+                    if n != 1:
+                        c.set_num_threads(n)
+
+
+def split_bounds(lengths_sorted, n):
+    """``n`` contiguous slices ``[(b0, b1), ...]`` of a batch sorted by
+    decreasing length, balanced by total steps (deterministic)."""
+    B = len(lengths_sorted)
+    total = float(sum(int(v) for v in lengths_sorted))
+    bounds, b0, acc, k = [], 0, 0.0, 1
+    for b in range(B):
+        acc += int(lengths_sorted[b])
+        if k < n and acc >= total * k / n and b + 1 < B:
+            bounds.append((b0, b + 1))
+            b0, k = b + 1, k + 1
+    bounds.append((b0, B))
+    return bounds
+
+
+def run_sliced(kernel, args, lengths_sorted, work):
+    """Run ``kernel(*args, b0, b1)`` over the whole sorted batch: in one call, or
+    on :func:`get_num_threads` slices in parallel threads when the batch and
+    the ``work`` are large enough.  BLAS is held at one thread meanwhile."""
+    n = get_num_threads()
+    B = len(lengths_sorted)
+    n = min(n, B // MIN_SPLIT_ROWS)
+    with blas_single_thread():
+        if n <= 1 or work < MIN_SPLIT_WORK:
+            kernel(*args, 0, B)
+            return
+        bounds = split_bounds(lengths_sorted, n)
+        pool = _pool(len(bounds) - 1)
+        futures = [pool.submit(kernel, *args, b0, b1) for b0, b1 in bounds[1:]]
+        try:
+            kernel(*args, *bounds[0])
+        finally:
+            for f in futures:
+                f.result()
+
+
+
+#: least multiply-adds of a matrix product worth splitting across threads
+MIN_MATMUL_SPLIT = 2_000_000
+
+
+def parallel_matmul(a, b, out=None):
+    """``a @ b`` (2-D) on :func:`get_num_threads` row blocks of ``a`` in
+    threads (numpy releases the GIL), single-threaded BLAS in each; the row
+    blocks depend only on the thread count (deterministic)."""
+    m = a.shape[0]
+    if out is None:
+        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
+    n = min(get_num_threads(), m // 8)
+    if n <= 1 or m * a.shape[1] * b.shape[1] < MIN_MATMUL_SPLIT:
+        return np.matmul(a, b, out=out)
+    step = -(-m // n)
+    chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
+    pool = _pool(len(chunks) - 1)
+    futures = [pool.submit(np.matmul, a[i:j], b, out=out[i:j]) for i, j in chunks[1:]]
+    try:
+        i, j = chunks[0]
+        np.matmul(a[i:j], b, out=out[i:j])
+    finally:
+        for f in futures:
+            f.result()
+    return out

@@ -10,6 +10,10 @@ gradients after it).
 import numpy as np
 
 from .. import kernels as K
+from .._threads import blas_single_thread, parallel_matmul, run_sliced
+from ..kernels.gru import gru_backward_slice, gru_forward_slice
+from ..kernels.lstm import lstm_backward_slice, lstm_forward_slice
+from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, resolve_dtype
 from .._data import Packing
 from .._validation import (
@@ -202,7 +206,7 @@ class Recurrent:
         return h0, c0
 
     # ---------------------------------------------------------------- forward
-    def forward(self, X, lengths=None, h0=None):
+    def forward(self, X, lengths=None, h0=None, need_grad=True):
         """Run the layer over a padded batch.
 
         Parameters
@@ -215,6 +219,9 @@ class Recurrent:
         h0 : (num_layers*D, B, H) array, or a tuple (h0, c0) for an LSTM, optional
             Initial states, PyTorch's order; default zeros (also for a None
             member of the LSTM tuple).
+        need_grad : bool, default True
+            False for inference: the gates are not stored and nothing is kept
+            for :meth:`backward` (less memory traffic; ``backward`` then raises).
 
         Returns
         -------
@@ -235,9 +242,10 @@ class Recurrent:
         pk = Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
-        return self._forward_packed(pk, inp, h0, c0, T)
+        with blas_single_thread():
+            return self._forward_packed(pk, inp, h0, c0, T, need_grad)
 
-    def _forward_packed(self, pk, inp, h0, c0, T):
+    def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True):
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         B = pk.B
         L = self.num_layers * D
@@ -263,7 +271,7 @@ class Recurrent:
                     mask = (self._rng.random((B, H)) < keep).astype(dt) / dt.type(keep)
                 else:
                     mask = np.empty((0, H), dtype=dt)
-                state = self._run_direction(k, d, pk, inp_d, h0s, c0s, mask)
+                state = self._run_direction(k, d, pk, inp_d, h0s, c0s, mask, need_grad)
                 out_h = state["out_h"]
                 h_n[idx] = pk.unsort(out_h[pk.last], h_n[idx])
                 if c_n is not None:
@@ -272,17 +280,22 @@ class Recurrent:
             outs = [dirs[0]["out_h"]] + ([dirs[1]["out_h"][pk.rev]] if D == 2 else [])
             layers.append({"drop": drop, "dirs": dirs})
             inp = np.concatenate(outs, axis=1) if D == 2 else outs[0]
-        self._cache = {"pk": pk, "layers": layers, "T": T}
+        self._cache = {"pk": pk, "layers": layers, "T": T} if need_grad else None
         out = pk.unpack(inp, T)
         if self.cell == "lstm":
             return out, (h_n, c_n)
         return out, h_n
 
-    def _run_direction(self, k, d, pk, inp_d, h0s, c0s, mask):
-        """One layer, one direction: input projection, then the time-loop kernel."""
+    def _run_direction(self, k, d, pk, inp_d, h0s, c0s, mask, need_grad=True):
+        """One layer, one direction: input projection, then the time-loop kernel
+        (on batch slices in parallel threads when :func:`fastseq._threads.get_num_threads`
+        allows and the batch is large enough)."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
         H, dt = self.hidden_size, self.dtype
-        xp = inp_d @ W_ih.T
+        xp = parallel_matmul(inp_d, W_ih.T)
+        work = pk.N * self.num_gates * H * H
+        ls = pk.lengths_sorted
+        NG = pk.N if need_grad else 0
         w_hh_t = np.ascontiguousarray(W_hh.T)
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
         N = pk.N
@@ -294,27 +307,30 @@ class Recurrent:
                 b_hn = np.ascontiguousarray(b_hh[2 * H:])
             else:
                 b_hn = np.zeros(H, dtype=dt)
-            gates = np.empty((N, 4 * H), dtype=dt)
-            K.gru_sequence_forward(xp, w_hh_t, b_hn, h0s, pk.batch_sizes, mask, out_h, gates)
+            gates = np.empty((NG, 4 * H), dtype=dt)
+            run_sliced(gru_forward_slice,
+                       (xp, w_hh_t, b_hn, h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
             state["gates"] = gates
         else:
             if self.bias:
                 xp += b_ih + b_hh
             if self.cell == "lstm":
                 out_c = np.empty((N, H), dtype=dt)
-                gates = np.empty((N, 4 * H), dtype=dt)
-                K.lstm_sequence_forward(xp, w_hh_t, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates)
+                gates = np.empty((NG, 4 * H), dtype=dt)
+                run_sliced(lstm_forward_slice,
+                           (xp, w_hh_t, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates), ls, work)
                 state["out_c"], state["gates"] = out_c, gates
             else:
                 relu = 1 if self.nonlinearity == "relu" else 0
-                K.rnn_sequence_forward(xp, w_hh_t, h0s, pk.batch_sizes, mask, relu, out_h)
+                run_sliced(rnn_forward_slice, (xp, w_hh_t, h0s, pk.batch_sizes, mask, relu, out_h),
+                           ls, work)
         state["out_h"] = out_h
         return state
 
     __call__ = forward
 
     # --------------------------------------------------------------- backward
-    def backward(self, d_out, d_h_n=None, d_c_n=None, out=None):
+    def backward(self, d_out, d_h_n=None, d_c_n=None, out=None, need_input_grad=True):
         """Backpropagate through the last :meth:`forward`.
 
         Parameters
@@ -326,18 +342,22 @@ class Recurrent:
         out : (P,) array, optional
             Flat gradient vector to fill (overwritten, not accumulated);
             a new one by default.
+        need_input_grad : bool, default True
+            False when nothing needs ``dX`` (raw features into the first
+            layer): its matrix product is skipped and ``dX`` is None.
 
         Returns
         -------
-        dX : (B, T, F) ndarray
-            Gradient with respect to ``X`` (zero at padded steps).
+        dX : (B, T, F) ndarray or None
+            Gradient with respect to ``X`` (zero at padded steps); None when
+            ``need_input_grad`` is False.
         grads : dict of str -> ndarray
             Keyed and shaped like :attr:`params`, views into one flat vector
             (``out`` when given).  Gradients with respect to the initial states
             are left in :attr:`d_h0` and :attr:`d_c0`.
         """
         if self._cache is None:
-            raise RuntimeError("backward() needs a forward() first")
+            raise RuntimeError("backward() needs a forward() with need_grad=True first")
         cache = self._cache
         pk, T = cache["pk"], cache["T"]
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
@@ -360,31 +380,34 @@ class Recurrent:
             flat = out
             if not (isinstance(flat, np.ndarray) and flat.shape == (self.n_params,) and flat.dtype == dt):
                 raise ValueError(f"out must be a ({self.n_params},) {dt} array")
-        grads = self._views(flat)
-        self.d_h0 = np.zeros(shape, dtype=dt)
-        self.d_c0 = np.zeros(shape, dtype=dt) if self.cell == "lstm" else None
-        for k in range(self.num_layers - 1, -1, -1):
-            layer = cache["layers"][k]
-            d_inp = np.zeros((pk.N, self._layer_input_size(k)), dtype=dt)
-            for d in range(D):
-                idx = k * D + d
-                dd = d_layer[:, d * H:(d + 1) * H]
-                dd = np.ascontiguousarray(dd[pk.rev] if d == 1 else dd)
-                dh = pk.sort(d_h_n[idx]) if d_h_n is not None else np.zeros((B, H), dtype=dt)
-                dc = None
-                if self.cell == "lstm":
-                    dc = pk.sort(d_c_n[idx]) if d_c_n is not None else np.zeros((B, H), dtype=dt)
-                dx = self._backward_direction(k, d, pk, layer["dirs"][d], dd, dh, dc, grads)
-                d_inp += dx[pk.rev] if d == 1 else dx
-                pk.unsort(dh, self.d_h0[idx])
-                if dc is not None:
-                    pk.unsort(dc, self.d_c0[idx])
-            if layer["drop"] is not None:
-                d_inp *= layer["drop"]
-            d_layer = d_inp
-        return pk.unpack(d_layer, T), grads
+        with blas_single_thread():
+            grads = self._views(flat)
+            self.d_h0 = np.zeros(shape, dtype=dt)
+            self.d_c0 = np.zeros(shape, dtype=dt) if self.cell == "lstm" else None
+            for k in range(self.num_layers - 1, -1, -1):
+                layer = cache["layers"][k]
+                want_dx = k > 0 or need_input_grad
+                d_inp = np.zeros((pk.N, self._layer_input_size(k)), dtype=dt) if want_dx else None
+                for d in range(D):
+                    idx = k * D + d
+                    dd = d_layer[:, d * H:(d + 1) * H]
+                    dd = np.ascontiguousarray(dd[pk.rev] if d == 1 else dd)
+                    dh = pk.sort(d_h_n[idx]) if d_h_n is not None else np.zeros((B, H), dtype=dt)
+                    dc = None
+                    if self.cell == "lstm":
+                        dc = pk.sort(d_c_n[idx]) if d_c_n is not None else np.zeros((B, H), dtype=dt)
+                    dx = self._backward_direction(k, d, pk, layer["dirs"][d], dd, dh, dc, grads, want_dx)
+                    if want_dx:
+                        d_inp += dx[pk.rev] if d == 1 else dx
+                    pk.unsort(dh, self.d_h0[idx])
+                    if dc is not None:
+                        pk.unsort(dc, self.d_c0[idx])
+                if layer["drop"] is not None and want_dx:
+                    d_inp *= layer["drop"]
+                d_layer = d_inp
+            return (pk.unpack(d_layer, T) if need_input_grad else None), grads
 
-    def _backward_direction(self, k, d, pk, st, dd, dh, dc, grads):
+    def _backward_direction(self, k, d, pk, st, dd, dh, dc, grads, want_dx=True):
         """One layer, one direction: the time-loop kernel, then weight gradients
         as matrix products over all packed rows.  Returns the input gradient."""
         W_ih, W_hh, _, _ = self._weights(k, d)
@@ -394,24 +417,27 @@ class Recurrent:
         mask = st["mask"]
         dgx = np.empty((N, GH), dtype=dt)
         w_hh = np.ascontiguousarray(W_hh)
+        work = N * self.num_gates * H * H
+        ls = pk.lengths_sorted
         if self.cell == "lstm":
-            K.lstm_sequence_backward(dd, w_hh, st["c0"], st["out_c"], st["gates"],
-                                     pk.batch_sizes, mask, dh, dc, dgx)
+            run_sliced(lstm_backward_slice, (dd, w_hh, st["c0"], st["out_c"], st["gates"],
+                                             pk.batch_sizes, mask, dh, dc, dgx), ls, work)
             dgh = dgx
         elif self.cell == "gru":
             dgh = np.empty((N, GH), dtype=dt)
-            K.gru_sequence_backward(dd, w_hh, st["h0"], st["out_h"], st["gates"],
-                                    pk.batch_sizes, mask, dh, dgx, dgh)
+            run_sliced(gru_backward_slice, (dd, w_hh, st["h0"], st["out_h"], st["gates"],
+                                            pk.batch_sizes, mask, dh, dgx, dgh), ls, work)
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
-            K.rnn_sequence_backward(dd, w_hh, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx)
+            run_sliced(rnn_backward_slice, (dd, w_hh, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx),
+                       ls, work)
             dgh = dgx
         h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
         if mask.shape[0]:
             h_prev *= mask[pk.row_b]
-        np.matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
-        np.matmul(dgh.T, h_prev, out=grads["weight_hh" + s])
+        parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
+        parallel_matmul(dgh.T, h_prev, out=grads["weight_hh" + s])
         if self.bias:
             grads["bias_ih" + s][...] = dgx.sum(axis=0)
             grads["bias_hh" + s][...] = dgh.sum(axis=0)
-        return dgx @ W_ih
+        return parallel_matmul(dgx, W_ih) if want_dx else None

@@ -1,0 +1,129 @@
+"""Batch splitting across Python threads (fastseq._threads.run_sliced).
+
+The kernels run on disjoint slices of a sorted batch in threads when
+``n_jobs > 1``: results must match the single-thread run (to rounding: the
+per-step recurrent product may take another code path for fewer rows), be
+bit-identical for a fixed thread count, survive ``fork`` and concurrent
+callers, and never start numba's threading layer.
+"""
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from fastseq import _threads
+from fastseq.nn import Recurrent
+
+
+def _run(cell, n_jobs, dtype="float32", seed=0, bidirectional=True):
+    layer = Recurrent(cell, 7, 48, num_layers=2, bidirectional=bidirectional, dtype=dtype,
+                      random_state=seed)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((45, 23, 7)).astype(dtype)
+    lengths = rng.integers(1, 24, 45)
+    lengths[3] = 23
+    with _threads.limit(n_jobs):
+        out, _ = layer.forward(X, lengths)
+        G = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+        dX, grads = layer.backward(G)
+        out_inf, _ = layer.forward(X, lengths, need_grad=False)
+    return out, dX, layer.d_h0.copy(), {k: v.copy() for k, v in grads.items()}, out_inf
+
+
+def test_split_bounds_cover_batch():
+    for n in (1, 2, 3, 4):
+        ls = np.sort(np.random.default_rng(n).integers(1, 50, 37))[::-1]
+        b = _threads.split_bounds(ls, n)
+        assert b[0][0] == 0 and b[-1][1] == 37
+        assert all(b[i][1] == b[i + 1][0] for i in range(len(b) - 1))
+        assert all(lo < hi for lo, hi in b) and len(b) <= n
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_matches_single_thread(cell, dtype):
+    one = _run(cell, 1, dtype)
+    two = _run(cell, 2, dtype)
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(one[:3], two[:3]):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for k in one[3]:
+        np.testing.assert_allclose(one[3][k], two[3][k], rtol=tol, atol=tol * 10)
+    np.testing.assert_allclose(one[4], two[4], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fixed_thread_count_is_deterministic(cell):
+    a = _run(cell, 2)
+    b = _run(cell, 2)
+    for x, y in zip(a[:3], b[:3]):
+        assert np.array_equal(x, y)
+    for k in a[3]:
+        assert np.array_equal(a[3][k], b[3][k])
+
+
+def test_inference_path_matches_training_forward_float32():
+    out, _, _, _, out_inf = _run("lstm", 1)
+    assert np.array_equal(out, out_inf)
+
+
+def test_backward_after_inference_forward_raises():
+    layer = Recurrent("gru", 3, 5)
+    layer.forward(np.zeros((2, 4, 3), np.float32), need_grad=False)
+    with pytest.raises(RuntimeError):
+        layer.backward(np.zeros((2, 4, 5), np.float32))
+
+
+def test_need_input_grad_false_same_weight_grads():
+    layer = Recurrent("lstm", 4, 6, num_layers=2, random_state=0)
+    X = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
+    out, _ = layer.forward(X)
+    G = np.ones_like(out)
+    dX, g1 = layer.backward(G)
+    g1 = {k: v.copy() for k, v in g1.items()}
+    layer.forward(X)
+    dX2, g2 = layer.backward(G, need_input_grad=False)
+    assert dX2 is None
+    for k in g1:
+        assert np.array_equal(g1[k], g2[k])
+
+
+def test_concurrent_callers_and_no_numba_threading_layer():
+    ref = _run("gru", 2)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = _run("gru", 2)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert np.array_equal(r[0], ref[0])
+    import numba
+
+    with pytest.raises(ValueError):
+        numba.threading_layer()  # never started: no parallel region anywhere
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "darwin", reason="needs fork")
+def test_split_after_fork():
+    ref = _run("lstm", 2)  # pool threads exist in the parent
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            out = _run("lstm", 2)
+            ok = np.array_equal(out[0], ref[0])
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert data == b"1"
