@@ -112,9 +112,23 @@ def load(path):
         raise ValueError(f"{path!r}: corrupt fastseq file ({type(exc).__name__}: {exc})") from None
 
 
+def _build_sequence_model(config):
+    from .estimators._model import SequenceModel
+    return SequenceModel(config, np.random.default_rng(0))
+
+
+def _build_seq2seq(config):
+    from .network.seq2seq import Seq2Seq
+    return Seq2Seq.from_config(config, random_state=0)
+
+
+#: model_class in the metadata -> builder from the JSON config (no code is
+#: loaded from the file: the class must be one of these)
+_MODEL_BUILDERS = {"SequenceModel": _build_sequence_model, "Seq2Seq": _build_seq2seq}
+
+
 def _rebuild(meta, files):
     from ._input import Vocabulary
-    from .estimators._model import SequenceModel
     reg = _registry()
     name = meta["class"]
     if name not in reg:
@@ -132,7 +146,7 @@ def _rebuild(meta, files):
         est.vocabulary_ = None if meta["vocabulary"] is None else Vocabulary.from_json(meta["vocabulary"])
     if "model" in meta:
         flat = files["model/flat"]
-        model = SequenceModel(meta["model"], np.random.default_rng(0))
+        model = _MODEL_BUILDERS[meta["model"].get("model_class", "SequenceModel")](meta["model"])
         if flat.shape != model.flat.shape or flat.dtype != model.flat.dtype:
             raise ValueError(f"parameter vector of shape {flat.shape} {flat.dtype} does not "
                              f"match the model ({model.flat.shape} {model.flat.dtype})")

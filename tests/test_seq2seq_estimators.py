@@ -202,11 +202,32 @@ def test_regressor_bad_targets(no_kernels, y, match):
         Seq2SeqRegressor(max_iter=1).fit(np.zeros((4, 3, 2)), y)
 
 
-@pytest.mark.xfail(reason="fastseq.persistence rebuilds only SequenceModel; needs the "
-                          "model_class='Seq2Seq' hook (Seq2Seq.from_config)", strict=False)
 def test_save_load_round_trip(fitted_clf, tmp_path):
     import fastseq
     est, X, _ = fitted_clf
     est.save(tmp_path / "m.npz")
     est2 = fastseq.load(tmp_path / "m.npz")
+    assert type(est2) is type(est)
     assert list(est2.predict(X[:5])) == list(est.predict(X[:5]))
+    est2.set_params(beam_width=3)
+    beam = clone_params_predict(est, X[:5], beam_width=3)
+    assert list(est2.predict(X[:5])) == beam
+
+
+def clone_params_predict(est, X, **params):
+    old = {k: getattr(est, k) for k in params}
+    est.set_params(**params)
+    try:
+        return list(est.predict(X))
+    finally:
+        est.set_params(**old)
+
+
+def test_regressor_save_load_round_trip(tmp_path):
+    import fastseq
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((12, 5, 2)), rng.standard_normal((12, 3, 1))
+    est = Seq2SeqRegressor(hidden_size=6, max_iter=2, attention="luong", random_state=0).fit(X, y)
+    est.save(tmp_path / "r.npz")
+    est2 = fastseq.load(tmp_path / "r.npz")
+    np.testing.assert_array_equal(est2.predict(X), est.predict(X))

@@ -3,7 +3,8 @@
 from ._base import BaseRNN, FitInterruptedWarning, NumericalWarning
 from .classifier import RNNClassifier
 from .regressor import RNNRegressor
+from .seq2seq import Seq2SeqClassifier, Seq2SeqRegressor
 from .tagger import SequenceTagger
 
 __all__ = ["BaseRNN", "FitInterruptedWarning", "NumericalWarning", "RNNClassifier",
-           "RNNRegressor", "SequenceTagger"]
+           "RNNRegressor", "Seq2SeqClassifier", "Seq2SeqRegressor", "SequenceTagger"]
