@@ -287,3 +287,15 @@ def test_params_are_views_into_flat_and_bind_moves_them():
     np.testing.assert_array_equal(big[5:5 + layer.n_params], before)
     layer.params["bias_hh_l0"][:] = 9.0
     assert np.count_nonzero(big == 9.0) == 16
+
+
+def test_pickle_keeps_params_as_views_into_flat(rng):
+    import pickle
+    layer = Recurrent("lstm", 3, 4, num_layers=2, bidirectional=True, random_state=0)
+    X, lengths = ragged_batch(rng, 3, 5, 3)
+    out = layer.forward(X, lengths)[0]
+    copy = pickle.loads(pickle.dumps(layer))
+    assert copy._cache is None
+    np.testing.assert_array_equal(copy.forward(X, lengths)[0], out)
+    copy.flat[:] = 0.0
+    assert all(np.all(v == 0.0) for v in copy.params.values())

@@ -177,6 +177,18 @@ class Recurrent:
             self.params[name][...] = value
         return self
 
+    def __getstate__(self):
+        # params are views into flat: pickle flat only, rebuild the views on
+        # load (pickle would otherwise store independent copies); drop caches
+        state = self.__dict__.copy()
+        state.pop("params")
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.params = self._views(self.flat)
+
     def train(self, mode=True):
         self.training = bool(mode)
         return self
