@@ -3,9 +3,10 @@
 The kernels hold no parallel region of their own (no ``prange``), so numba's
 threading layer (fork-unsafe OpenMP here, workqueue that aborts under
 concurrent callers) is never started: fastseq is safe after ``fork`` and from
-several Python threads.  Parallelism comes from BLAS (limited here with
-threadpoolctl) and from running nogil kernels on slices of a batch in Python
-threads (:func:`get_num_threads` says how many).
+several Python threads.  Parallelism comes from running the nogil kernels
+on slices of a batch, for the whole sequence, and large matrix products on
+row blocks, in Python threads (:func:`get_num_threads` says how many), with
+every BLAS held at one thread (threadpoolctl) while fastseq works.
 """
 
 import os
@@ -14,7 +15,6 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from threadpoolctl import threadpool_limits
 
 _local = threading.local()
 
@@ -45,13 +45,21 @@ def get_num_threads():
 
 @contextmanager
 def limit(n_jobs):
-    """Use ``n_jobs`` threads (scikit-learn convention) inside the block, for
-    fastseq's own batch splitting and for every BLAS library; restore after."""
+    """Use ``n_jobs`` threads (scikit-learn convention) inside the block; restore after.
+
+    fastseq's parallelism is its own: the batch split of the kernels
+    (:func:`run_sliced`) and row blocks of its large matrix products
+    (:func:`parallel_matmul`), ``n_jobs`` threads in all.  Every BLAS library
+    is held at one thread meanwhile (:func:`blas_single_thread`), so there is
+    no oversubscription, and results depend on ``n_jobs`` only, never on what
+    BLAS threading another thread sets (OpenBLAS rounds differently with
+    different thread counts).
+    """
     n = resolve_n_jobs(n_jobs)
     old = get_num_threads()
     _local.n = n
     try:
-        with threadpool_limits(limits=n):
+        with blas_single_thread():
             yield n
     finally:
         _local.n = old
