@@ -570,7 +570,8 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
     p.add_argument("--memory-all", action="store_true", help="measure memory for every training case")
-    p.add_argument("--_cold", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="n of the n^3 float32 product that measures the peak (default 2048, quick 512)")
     return p.parse_args(argv)
 
 
@@ -594,7 +595,8 @@ def main(argv=None):
     limits = set_threads(args.threads)
     info = machine_info(args.threads)
     print("machine:", json.dumps(info))
-    peak = matmul_peak(args.threads, n=512 if args.quick else 2048, repeats=3 if args.quick else 5)
+    n_mm = args.matmul_size or (512 if args.quick else 2048)
+    peak = matmul_peak(args.threads, n=n_mm, repeats=3 if args.quick else 5)
     print(f"float32 matmul peak ({args.threads} threads): "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     results = []

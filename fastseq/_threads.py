@@ -201,11 +201,11 @@ def parallel_matmul(a, b, out=None):
     threads (numpy releases the GIL), single-threaded BLAS in each; the row
     blocks depend only on the thread count (deterministic)."""
     m = a.shape[0]
-    if out is None:
-        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
     n = min(get_num_threads(), m // 8)
     if n <= 1 or m * a.shape[1] * b.shape[1] < MIN_MATMUL_SPLIT:
-        return np.matmul(a, b, out=out)
+        return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
     step = -(-m // n)
     chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
     pool = _pool(len(chunks) - 1)
