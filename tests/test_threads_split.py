@@ -134,3 +134,38 @@ def test_split_after_fork():
     data = os.read(r, 1)
     os.waitpid(pid, 0)
     assert data == b"1"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("B", [1, 4])
+def test_uniform_length_fast_path_matches_general_packing(cell, B, monkeypatch):
+    """Full-length batches skip the sort/index maps; results, gradients and
+    the caller's arrays (never modified) are as with the general Packing."""
+    from fastseq._data import Packing
+    from fastseq.network import recurrent
+
+    def run():
+        layer = Recurrent(cell, 3, 5, num_layers=2, bidirectional=True, dtype="float64",
+                          random_state=0)
+        rng = np.random.default_rng(2)
+        X = rng.standard_normal((B, 6, 3))
+        h0 = rng.standard_normal((4, B, 5))
+        state = (h0, h0.copy()) if cell == "lstm" else h0
+        out, hn = layer.forward(X, None, state)
+        G = rng.standard_normal(out.shape)
+        dhn = rng.standard_normal((4, B, 5))
+        copies = [a.copy() for a in (X, h0, G, dhn)]
+        kw = {"d_c_n": dhn.copy()} if cell == "lstm" else {}
+        dX, grads = layer.backward(G, dhn, **kw)
+        for a, c in zip((X, h0, G, dhn), copies):
+            assert np.array_equal(a, c)
+        return out, dX, layer.d_h0, layer.flat.copy(), {k: v.copy() for k, v in grads.items()}
+
+    fast = run()
+    monkeypatch.setattr(recurrent, "_UniformPacking",
+                        lambda B, T: Packing(np.full(B, T, dtype=np.int64)))
+    slow = run()
+    for a, b in zip(fast[:4], slow[:4]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for k in fast[4]:
+        np.testing.assert_allclose(fast[4][k], slow[4][k], rtol=1e-12, atol=1e-14)

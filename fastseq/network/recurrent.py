@@ -14,7 +14,7 @@ from .._threads import blas_single_thread, parallel_matmul, run_sliced
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.lstm import lstm_backward_slice, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
-from .._config import DEFAULT_DTYPE, resolve_dtype
+from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing
 from .._validation import (
     check_choice, check_finite, check_fraction, check_lengths, check_positive_int,
@@ -29,6 +29,70 @@ INIT_PRESETS = {
     "pytorch": ("pytorch", "pytorch", "pytorch", False),
     "keras": ("glorot_uniform", "orthogonal", "zeros", True),
 }
+
+
+class _UniformPacking(Packing):
+    """:class:`~fastseq._data.Packing` of a batch whose sequences all have T
+    steps (``lengths`` None or all equal): row ``t*B + b``, no sorting, and
+    the index maps built only when asked for (the per-call cost of a small
+    batch is mostly Python; this is the common case)."""
+
+    def __init__(self, B, T):  # noqa: D107 - no super().__init__: nothing to sort
+        self.B, self.T, self.N = B, T, B * T
+        self.lengths_sorted = np.full(B, T, dtype=INDEX_DTYPE)
+        self.batch_sizes = np.full(T, B, dtype=INDEX_DTYPE)
+
+    @property
+    def order(self):
+        return np.arange(self.B, dtype=INDEX_DTYPE)
+
+    @property
+    def offsets(self):
+        return np.arange(0, self.N + 1, self.B, dtype=INDEX_DTYPE)
+
+    @property
+    def row_t(self):
+        return np.repeat(np.arange(self.T, dtype=INDEX_DTYPE), self.B)
+
+    @property
+    def row_b(self):
+        return np.tile(np.arange(self.B, dtype=INDEX_DTYPE), self.T)
+
+    @property
+    def src_b(self):
+        return self.row_b
+
+    @property
+    def rev(self):
+        return ((self.T - 1 - self.row_t) * self.B + self.row_b).astype(INDEX_DTYPE)
+
+    @property
+    def last(self):
+        return (self.T - 1) * self.B + np.arange(self.B, dtype=INDEX_DTYPE)
+
+    @property
+    def prev(self):
+        return np.arange(self.N - self.B, dtype=INDEX_DTYPE)
+
+    def pack(self, X, dtype=None):
+        dtype = X.dtype if dtype is None else dtype
+        if self.B == 1:  # a copy, as Packing's: callers may modify it in place
+            return np.array(X[0], dtype=dtype, order="C", copy=True)
+        out = np.empty((self.T, self.B) + X.shape[2:], dtype=dtype)
+        out[...] = X.swapaxes(0, 1)
+        return out.reshape((self.N,) + X.shape[2:])
+
+    def unpack(self, rows, T):
+        out = np.zeros((self.B, T) + rows.shape[1:], dtype=rows.dtype)
+        out[:, :self.T] = rows.reshape((self.T, self.B) + rows.shape[1:]).swapaxes(0, 1)
+        return out
+
+    def sort(self, state):
+        return np.array(state, order="C", copy=True)  # kernels update it in place
+
+    def unsort(self, state_sorted, out):
+        out[...] = state_sorted
+        return out
 
 
 class Recurrent:
@@ -249,9 +313,12 @@ class Recurrent:
             raise ValueError(f"X must have at least one sequence and one time step, got shape {X.shape}")
         if F != self.input_size:
             raise ValueError(f"X has {F} features per step, but the layer expects input_size={self.input_size}")
+        uniform = lengths is None
         lengths = check_lengths(lengths, B, T)
+        if not uniform and lengths.min() == T:
+            uniform = True
         h0, c0 = self._check_states(h0, B)
-        pk = Packing(lengths)
+        pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
         with blas_single_thread():
