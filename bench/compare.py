@@ -323,14 +323,69 @@ def check_determinism(threads):
 
 
 # ------------------------------------------------------- decoder (guarded)
+DEC_F, DEC_V, DEC_M = 32, 64, 32  # source features, target vocabulary, embedding size
+
+
+def _torch_greedy(enc, emb, cell, out_lin, tX, steps):
+    """Greedy attention decoding in plain torch: GRU encoder, GRUCell decoder
+    fed [embedding, previous context], dot attention, linear output, argmax."""
+    import torch
+
+    mem, h = enc(tX)
+    h = h[0]
+    B = tX.shape[0]
+    ctx = torch.zeros(B, mem.shape[2])
+    y = torch.zeros(B, dtype=torch.long)
+    toks = []
+    for _ in range(steps):
+        h = cell(torch.cat([emb(y), ctx], dim=1), h)
+        w = torch.softmax(torch.bmm(mem, h[:, :, None]), dim=1)
+        ctx = (w * mem).sum(1)
+        y = out_lin(torch.cat([h, ctx], dim=1)).argmax(1)
+        toks.append(y)
+    return torch.stack(toks, 1)
+
+
 def run_decoder_case(case, threads, repeats):
-    """Greedy decoding with the attention decoder, when it exists."""
+    """Greedy decoding of ``case.T`` steps with the attention decoder
+    (fastseq's Seq2Seq, attention "dot", GRU) against the same-size loop in
+    torch; None when the seq2seq module is not there."""
     try:
-        from fastseq.network import seq2seq  # noqa: F401
+        from fastseq.network.seq2seq import Seq2Seq
     except Exception:
         return None
-    return {"case": case.name, "group": case.group, "cell": case.cell, "skipped":
-            "seq2seq decoder present but not yet wired into bench.compare"}
+    import torch
+
+    S, H, B = case.extra["S"], case.H, case.B
+    res = {"case": case.name, "group": case.group, "cell": case.cell, "B": B, "T": case.T,
+           "I": DEC_F, "H": H, "S": S, "torch_path": "native"}
+    try:
+        model = Seq2Seq(DEC_V, outputs="tokens", input_size=DEC_F, embedding_dim=DEC_M, cell="gru",
+                        hidden_size=H, attention="dot", random_state=0)
+        model.eval()
+    except Exception as exc:  # pragma: no cover - depends on the other engineer's API
+        res["skipped"] = f"Seq2Seq unavailable: {exc!r}"
+        return res
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((B, S, DEC_F), dtype=np.float32)
+    lengths = np.full(B, S, dtype=np.int64)
+    torch.manual_seed(0)
+    enc = torch.nn.GRU(DEC_F, H, batch_first=True)
+    emb = torch.nn.Embedding(DEC_V, DEC_M)
+    cell = torch.nn.GRUCell(DEC_M + H, H)
+    out_lin = torch.nn.Linear(2 * H, DEC_V)
+    tX = torch.from_numpy(X)
+
+    def torch_dec():
+        with torch.inference_mode():
+            _torch_greedy(enc, emb, cell, out_lin, tX, case.T)
+    ts = time_alternating({"fastseq": lambda: model.greedy(X, lengths, case.T), "torch": torch_dec},
+                          repeats)
+    for k, v in ts.items():
+        res[f"infer_{k}_ms"] = v * 1e3
+    res["infer_speedup_torch"] = ts["torch"] / ts["fastseq"]
+    res["note"] = "torch: hand-written greedy loop of the same sizes (GRU, dot attention); no ORT"
+    return res
 
 
 # ------------------------------------------------------------ subprocesses
@@ -342,6 +397,8 @@ from bench.compare import Case, make_torch, FastseqTrainer, TorchTrainer, set_th
 case = Case(**json.loads({case!r}))
 engine = {engine!r}
 set_threads({threads})
+from fastseq import _threads
+_threads.limit({threads}).__enter__()
 import torch
 module = make_torch(case)
 def build(B):
@@ -433,14 +490,14 @@ def measure_cold_start():
 
 # ------------------------------------------------------------------ output
 def set_threads(n):
-    """Limit torch, every BLAS/OpenMP pool and fastseq to ``n`` threads."""
+    """Limit torch and every BLAS/OpenMP pool to ``n`` threads; returns the
+    threadpoolctl limiter.  fastseq runs inside ``fastseq._threads.limit(n)``
+    (what its estimators do with ``n_jobs=n``): its own ``n`` threads, BLAS
+    held at one thread inside."""
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
-    from fastseq import _threads
-
-    _threads._local.n = n  # what fastseq._threads.limit(n) sets, for the whole run
     return threadpool_limits(limits=n)
 
 
@@ -600,6 +657,10 @@ def main(argv=None):
     print(f"float32 matmul peak ({args.threads} threads): "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     results = []
+    from fastseq import _threads
+
+    fs_limit = _threads.limit(args.threads)
+    fs_limit.__enter__()
     for case in cases:
         if case.group == "decoder":
             r = run_decoder_case(case, args.threads, repeats)
@@ -615,9 +676,10 @@ def main(argv=None):
         gc.collect()
         print(f"  {r['case']}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()
                                              if k.endswith(("speedup_torch", "speedup_ort"))), flush=True)
-    limits.restore_original_limits()
     summary = summarize(results, peak)
     summary["deterministic_fixed_threads"] = check_determinism(args.threads)
+    fs_limit.__exit__(None, None, None)
+    limits.restore_original_limits()
     if not args.no_cold:
         summary["cold_start"] = measure_cold_start()
     summary["bench_wall_s"] = time.perf_counter() - t_start

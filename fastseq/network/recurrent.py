@@ -37,6 +37,8 @@ class _UniformPacking(Packing):
     the index maps built only when asked for (the per-call cost of a small
     batch is mostly Python; this is the common case)."""
 
+    uniform = True
+
     def __init__(self, B, T):  # noqa: D107 - no super().__init__: nothing to sort
         self.B, self.T, self.N = B, T, B * T
         self.lengths_sorted = np.full(B, T, dtype=INDEX_DTYPE)
@@ -511,11 +513,18 @@ class Recurrent:
             run_sliced(rnn_backward_slice, (dd, w_hh, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx),
                        ls, work)
             dgh = dgx
-        h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
-        if mask.shape[0]:
-            h_prev *= mask[pk.row_b]
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
-        parallel_matmul(dgh.T, h_prev, out=grads["weight_hh" + s])
+        B = pk.B
+        if mask.shape[0] == 0 and getattr(pk, "uniform", False):
+            # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
+            dW = grads["weight_hh" + s]
+            parallel_matmul(dgh[B:].T, st["out_h"][:N - B], out=dW)
+            dW += dgh[:B].T @ st["h0"]
+        else:
+            h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
+            if mask.shape[0]:
+                h_prev *= mask[pk.row_b]
+            parallel_matmul(dgh.T, h_prev, out=grads["weight_hh" + s])
         if self.bias:
             grads["bias_ih" + s][...] = dgx.sum(axis=0)
             grads["bias_hh" + s][...] = dgh.sum(axis=0)
