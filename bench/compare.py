@@ -582,6 +582,33 @@ def print_table(results):
               f"{f(r, 'train_mem_fastseq_mb', '7.1f')} {f(r, 'train_mem_torch_mb', '6.1f')}")
 
 
+def markdown(out):
+    """The run as Markdown (machine, summary, one table): for bench/RESULTS.md."""
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    m, s = out["machine"], out["summary"]
+    lines = ["Command: `python -m bench.compare " + " ".join(out["argv"]) + "`", "",
+             "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), "",
+             "float32 matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s"
+                                                 for k, v in out["matmul_peak_gflops"].items()), "",
+             "```", json.dumps(s, indent=1), "```", "",
+             "| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
+             "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) | mem fastseq MB | mem torch MB |",
+             "|" + "---|" * 13]
+    for r in out["results"]:
+        if "skipped" in r:
+            lines.append(f"| {r['case']} | skipped: {r['skipped']} |" + " |" * 11)
+            continue
+        lines.append("| " + " | ".join([
+            r["case"], r.get("torch_path", "-"), f(r.get("infer_fastseq_ms"), ".3f"),
+            f(r.get("infer_torch_ms"), ".3f"), f(r.get("infer_ort_ms"), ".3f"),
+            f(r.get("infer_speedup_torch"), ".2f"), f(r.get("infer_speedup_ort"), ".2f"),
+            f(r.get("train_fastseq_ms"), ".3f"), f(r.get("train_torch_ms"), ".3f"),
+            f(r.get("train_speedup_torch"), ".2f"), f(r.get("train_fastseq_gflops"), ".1f"),
+            f(r.get("train_mem_fastseq_mb"), ".1f"), f(r.get("train_mem_torch_mb"), ".1f")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(results, path):
     import matplotlib
 
@@ -623,6 +650,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 7, quick 3)")
     p.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     p.add_argument("--png", default=os.path.join(ROOT, "bench", "results.png"))
+    p.add_argument("--md", default=os.path.join(ROOT, "bench", "results.md"),
+                   help="Markdown summary and table (for bench/RESULTS.md); '' for none")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
@@ -692,6 +721,9 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(markdown(out))
     if args.png and results:
         try:
             plot(results, args.png)

@@ -18,7 +18,7 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "all_cases", lambda: [tiny])
     out_json = tmp_path / "r.json"
     res = compare.main(["--threads", "1", "--repeats", "1", "--no-cold", "--no-memory",
-                        "--json", str(out_json), "--png", "", "--matmul-size", "64"])
+                        "--json", str(out_json), "--png", "", "--md", "", "--matmul-size", "64"])
     r = res["results"][0]
     assert r["case"] == tiny.name
     assert r["max_abs_diff"] < 1e-4
