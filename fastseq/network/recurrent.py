@@ -505,9 +505,10 @@ class Recurrent:
                                              pk.batch_sizes, mask, dh, dc, dgx), ls, work)
             dgh = dgx
         elif self.cell == "gru":
-            dgh = np.empty((N, GH), dtype=dt)
+            dgn = np.empty((N, H), dtype=dt)  # the n-third of dgh; r, z thirds are dgx's
             run_sliced(gru_backward_slice, (dd, w_hh, st["h0"], st["out_h"], st["gates"],
-                                            pk.batch_sizes, mask, dh, dgx, dgh), ls, work)
+                                            pk.batch_sizes, mask, dh, dgx, dgn), ls, work)
+            dgh = None
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
             run_sliced(rnn_backward_slice, (dd, w_hh, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx),
@@ -515,17 +516,24 @@ class Recurrent:
             dgh = dgx
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
         B = pk.B
+        if dgh is None:  # GRU: rows r, z of dW_hh from dgx, rows n from dgn
+            parts = [(dgx[:, :2 * H], slice(0, 2 * H)), (dgn, slice(2 * H, 3 * H))]
+        else:
+            parts = [(dgh, slice(0, GH))]
+        dW, db = grads["weight_hh" + s], grads.get("bias_hh" + s)
         if mask.shape[0] == 0 and getattr(pk, "uniform", False):
             # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
-            dW = grads["weight_hh" + s]
-            parallel_matmul(dgh[B:].T, st["out_h"][:N - B], out=dW)
-            dW += dgh[:B].T @ st["h0"]
+            for g, rows in parts:
+                parallel_matmul(g[B:].T, st["out_h"][:N - B], out=dW[rows])
+                dW[rows] += g[:B].T @ st["h0"]
         else:
             h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
             if mask.shape[0]:
                 h_prev *= mask[pk.row_b]
-            parallel_matmul(dgh.T, h_prev, out=grads["weight_hh" + s])
+            for g, rows in parts:
+                parallel_matmul(g.T, h_prev, out=dW[rows])
         if self.bias:
             grads["bias_ih" + s][...] = dgx.sum(axis=0)
-            grads["bias_hh" + s][...] = dgh.sum(axis=0)
+            for g, rows in parts:
+                db[rows] = g.sum(axis=0)
         return parallel_matmul(dgx, W_ih) if want_dx else None
