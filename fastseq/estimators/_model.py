@@ -76,12 +76,14 @@ class SequenceModel:
         self.train(state["training"])
 
     # ------------------------------------------------------------- forward
-    def _forward(self, X, lengths, training):
-        """Outputs (rows: samples, or valid steps for "sequence") and a cache."""
+    def _forward(self, X, lengths, training, need_grad=True):
+        """Outputs (rows: samples, or valid steps for "sequence") and a cache.
+        ``need_grad=False`` (prediction, validation loss) keeps nothing for a
+        backward pass and writes no layer state."""
         c = self.config
         B, T = X.shape[:2]
         inp = self.emb.forward(X) if self.emb is not None else X
-        out, h_n = self.rnn.forward(inp, lengths)
+        out, h_n = self.rnn.forward(inp, lengths, need_grad=need_grad)
         rnn_cache = self.rnn._cache
         if isinstance(h_n, tuple):
             h_n = h_n[0]
@@ -112,7 +114,7 @@ class SequenceModel:
 
     def predict_batch(self, X, lengths):
         """Eval-mode outputs: (B, V) rows, or a list of (T_i, V) for "sequence"."""
-        y, _ = self._forward(X, lengths, training=False)
+        y, _ = self._forward(X, lengths, training=False, need_grad=False)
         if self.config["pooling"] == "sequence":
             return np.split(y, np.cumsum(lengths)[:-1])
         return y
@@ -125,7 +127,7 @@ class SequenceModel:
         return y
 
     def loss(self, batch):
-        y, _ = self._forward(batch.X, batch.lengths, training=False)
+        y, _ = self._forward(batch.X, batch.lengths, training=False, need_grad=False)
         return self.loss_fn(y, self._targets(batch), need_grad=False)[0]
 
     def loss_and_grad(self, batch, grad):
@@ -155,7 +157,8 @@ class SequenceModel:
             valid = np.arange(T)[None, :] < lengths[:, None]
             d_out[valid] = dfeat
         self.rnn._cache = cache["rnn"]
-        dX, _ = self.rnn.backward(d_out, d_h_n, out=grad[self._rnn_sl])
+        dX, _ = self.rnn.backward(d_out, d_h_n, out=grad[self._rnn_sl],
+                                  need_input_grad=self.emb is not None)
         if self.emb is not None:
             valid = np.arange(T)[None, :] < lengths[:, None]
             self.emb.backward(dX[valid], cache["X"][valid], grad[self._emb_sl])

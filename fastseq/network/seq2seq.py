@@ -18,6 +18,7 @@ the previous vector).
 import numpy as np
 
 from .._config import DEFAULT_DTYPE, resolve_dtype
+from .._threads import blas_single_thread
 from .._validation import check_choice, check_positive_int
 from ..kernels.attention import ATTENTION_KINDS, BAHDANAU, COSINE, LUONG, NONE
 from ..kernels.decoder import CELL_CODES, decoder_backward, decoder_forward, decoder_step
@@ -250,14 +251,15 @@ class Seq2Seq:
         return w, w_b, att
 
     # ------------------------------------------------------------ encoder
-    def _encode(self, X, lengths):
-        """Encoder states and the decoder's start: (mem, keys, src_len, s0, c0)."""
+    def _encode(self, X, lengths, need_grad=True):
+        """Encoder states and the decoder's start: (mem, keys, src_len, s0, c0).
+        ``need_grad=False`` (decoding) keeps nothing for a backward pass."""
         dt = self.dtype
         if self.src_vocab is not None:
             inp = self.params["src_embedding"][X]
         else:
             inp = X
-        out, hn = self.encoder.forward(inp, lengths)
+        out, hn = self.encoder.forward(inp, lengths, need_grad=need_grad)
         if self.encoder.cell == "lstm":
             h_n, c_n = hn
         else:
@@ -306,8 +308,8 @@ class Seq2Seq:
                 np.zeros((T, B, S), dt), np.zeros((T, B, self.M), dt),
                 np.zeros((T, B, self.n_outputs), dt), np.zeros((T, B), np.int64))
 
-    def _run(self, X, lengths, feed_true, use_truth):
-        mem, keys, src_len, s0, c0 = self._encode(X, lengths)
+    def _run(self, X, lengths, feed_true, use_truth, need_grad=True):
+        mem, keys, src_len, s0, c0 = self._encode(X, lengths, need_grad)
         T, B = use_truth.shape
         cache = self._alloc_cache(T, B, mem.shape[1])
         cache[0][0] = s0
@@ -490,7 +492,8 @@ class Seq2Seq:
             feed_true = np.zeros((T, B, self.M), self.dtype)
         use_truth = np.zeros((T, B), dtype=np.int64)
         use_truth[0] = 1
-        st = self._run(X, lengths, feed_true, use_truth)
+        with blas_single_thread():
+            st = self._run(X, lengths, feed_true, use_truth, need_grad=False)
         o, weights = st["cache"][6], st["cache"][4]
         W = np.swapaxes(weights, 0, 1)
         if self.outputs == "vectors":
@@ -520,7 +523,8 @@ class Seq2Seq:
             raise ValueError("beam search needs token outputs")
         Kw, T, E = int(beam_width), int(max_length), self.end_index
         B = len(lengths)
-        mem, keys, src_len, s0, c0 = self._encode(X, lengths)
+        with blas_single_thread():
+            mem, keys, src_len, s0, c0 = self._encode(X, lengths, need_grad=False)
         w, _, att = self._weights()
         rep = lambda a: np.ascontiguousarray(np.repeat(a, Kw, axis=0))  # noqa: E731
         mem_r, keys_r, len_r = rep(mem), rep(keys), rep(src_len)
@@ -544,8 +548,9 @@ class Seq2Seq:
                    np.empty_like(ctx), np.empty((B * Kw, Sm), self.dtype),
                    np.empty((B * Kw, V), self.dtype))
             feed = np.ascontiguousarray(emb[last])
-            decoder_step(self.cell_code, self.kind, w, att, mem_r, keys_r, len_r, feed,
-                         (s, c, ctx), out)
+            with blas_single_thread():
+                decoder_step(self.cell_code, self.kind, w, att, mem_r, keys_r, len_r, feed,
+                             (s, c, ctx), out)
             lp = log_softmax(out[5].astype(np.float64)).reshape(B, Kw, V)
             # finished beams: one continuation, the end token at no cost
             lp[done] = -np.inf
