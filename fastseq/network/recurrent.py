@@ -16,6 +16,7 @@ from ..kernels.lstm import lstm_backward_slice, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing
+from ._flat import flat_views, layout_size
 from .._validation import (
     check_choice, check_finite, check_fraction, check_lengths, check_positive_int,
     check_real_array, check_state,
@@ -169,7 +170,7 @@ class Recurrent:
         self.num_directions = 2 if self.bidirectional else 1
         self.num_gates = K.NUM_GATES[self.cell]
         self._layout = self._param_layout()
-        self.n_params = sum(int(np.prod(s)) for _, s in self._layout)
+        self.n_params = layout_size(self._layout)
         self.bind(np.zeros(self.n_params, dtype=self.dtype), copy=False)
         check_choice(init, "init", tuple(INIT_PRESETS))
         preset = INIT_PRESETS[init]
@@ -203,12 +204,7 @@ class Recurrent:
         return layout
 
     def _views(self, flat):
-        views, pos = {}, 0
-        for name, shape in self._layout:
-            size = int(np.prod(shape))
-            views[name] = flat[pos:pos + size].reshape(shape)
-            pos += size
-        return views
+        return flat_views(self._layout, flat)
 
     def bind(self, flat, copy=True):
         """Make the parameters views into ``flat`` (P,), e.g. a slice of a model's

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._config import DEFAULT_DTYPE, resolve_dtype
 from .._threads import blas_single_thread
+from ._flat import flat_views, layout_size
 from .._validation import check_choice, check_positive_int
 from ..kernels.attention import ATTENTION_KINDS, BAHDANAU, COSINE, LUONG, NONE
 from ..kernels.decoder import CELL_CODES, decoder_backward, decoder_forward, decoder_step
@@ -126,7 +127,7 @@ class Seq2Seq:
         self.fixed_sharpness = None if cosine_sharpness is None else float(cosine_sharpness)
         self.M = self.embedding_dim if self.outputs == "tokens" else self.n_outputs
         self._layout = self._param_layout()
-        self.n_params = sum(int(np.prod(s)) for _, s in self._layout)
+        self.n_params = layout_size(self._layout)
         self.flat = np.zeros(self.n_params, dtype=self.dtype)
         self.params = self._views(self.flat)
         self.encoder.bind(self.params["encoder"], copy=True)
@@ -160,12 +161,7 @@ class Seq2Seq:
         return lay
 
     def _views(self, flat):
-        views, pos = {}, 0
-        for name, shape in self._layout:
-            size = int(np.prod(shape))
-            views[name] = flat[pos:pos + size].reshape(shape)
-            pos += size
-        return views
+        return flat_views(self._layout, flat)
 
     def _init_params(self):
         rng, p = self._rng, self.params
