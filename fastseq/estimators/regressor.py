@@ -4,35 +4,21 @@ multi-horizon forecasts."""
 import numpy as np
 from sklearn.base import RegressorMixin
 
-from .._input import Dataset
+from .._input import Dataset, _check_real
 from ._base import BaseRNN
 
 
 def check_targets(y, n, dtype, name="y"):
+    """Real, finite regression targets (n,), (n, k) or (n, horizon, k) as float64."""
     if y is None:
         raise ValueError(f"{name} is None: this estimator requires y to be passed, but the target y is None")
-    if isinstance(y, str):
-        raise TypeError(f"{name} must hold real numbers, got a string")
-    try:
-        arr = np.asarray(y)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
-    if arr.dtype.kind == "c":
-        raise ValueError(f"{name}: Complex data not supported (dtype {arr.dtype})")
-    if arr.dtype.kind not in "fiub":
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}") from None
+    arr = _check_real(y, name, np.float64)
     if arr.ndim not in (1, 2, 3):
         raise ValueError(f"{name} must have shape (n,), (n, k) or (n, horizon, k), got {arr.shape}")
     if len(arr) != n:
         raise ValueError(f"X and y have different lengths: {n} sequences but {len(arr)} targets")
     if arr.ndim > 1 and 0 in arr.shape[1:]:
         raise ValueError(f"{name} has no outputs (shape {arr.shape})")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinity")
     return arr
 
 
