@@ -49,7 +49,7 @@ def gru_sequence_forward(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out
         recurrent candidate term before the reset gate; an empty array for
         inference (nothing stored).
     """
-    gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, 0, h0.shape[0])
+    gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
@@ -138,7 +138,7 @@ def gru_sequence_backward(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_ma
     H = io_dh.shape[1]
     dgn = np.empty((out_dgx.shape[0], H), dtype=out_dgx.dtype)
     gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
-                       io_dh, out_dgx, dgn, 0, io_dh.shape[0])
+                       io_dh, out_dgx, dgn, np.int64(0), io_dh.shape[0])
     for r in range(out_dgx.shape[0]):
         for j in range(2 * H):
             out_dgh[r, j] = out_dgx[r, j]

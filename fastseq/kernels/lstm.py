@@ -58,7 +58,7 @@ def lstm_sequence_forward(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_
         pass; an empty array for inference (nothing stored).
     """
     lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates,
-                       0, h0.shape[0])
+                       np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
@@ -155,7 +155,7 @@ def lstm_sequence_backward(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_m
         gradients are ``out_dgates.T @ inputs`` and ``out_dgates.T @ h_prev``.
     """
     lstm_backward_slice(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask,
-                        io_dh, io_dc, out_dgates, 0, io_dh.shape[0])
+                        io_dh, io_dc, out_dgates, np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)

@@ -39,7 +39,7 @@ def rnn_sequence_forward(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h):
     out_h : (N, H) float
         Filled with ``h_t``.
     """
-    rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, 0, h0.shape[0])
+    rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
@@ -109,7 +109,7 @@ def rnn_sequence_backward(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh
         Filled with the gradients of the pre-activations.
     """
     rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates,
-                       0, io_dh.shape[0])
+                       np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
