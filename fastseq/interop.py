@@ -54,4 +54,8 @@ def to_torch_state_dict(layer):
     import torch
     from collections import OrderedDict
 
+    if not getattr(layer, "reset_after", True):
+        raise ValueError("a GRU with reset_after=False has no torch.nn.GRU equivalent "
+                         "(torch applies the reset gate after the recurrent product)")
+
     return OrderedDict((name, torch.from_numpy(np.array(value))) for name, value in layer.params.items())

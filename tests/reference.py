@@ -37,7 +37,7 @@ def lstm_cell(x, h, c, W_ih, W_hh, b_ih, b_hh, mask=None):
     return o * np.tanh(c_new), c_new
 
 
-def gru_cell(x, h, W_ih, W_hh, b_ih, b_hh, mask=None):
+def gru_cell(x, h, W_ih, W_hh, b_ih, b_hh, mask=None, reset_after=True):
     Wr, Wz, Wn = _split(W_ih, 3)
     Ur, Uz, Un = _split(W_hh, 3)
     br, bz, bn = _split(b_ih, 3)
@@ -45,11 +45,15 @@ def gru_cell(x, h, W_ih, W_hh, b_ih, b_hh, mask=None):
     hm = h if mask is None else h * mask
     r = sigmoid(Wr @ x + br + Ur @ hm + cr)
     z = sigmoid(Wz @ x + bz + Uz @ hm + cz)
-    n = np.tanh(Wn @ x + bn + r * (Un @ hm + cn))
+    if reset_after:
+        n = np.tanh(Wn @ x + bn + r * (Un @ hm + cn))
+    else:                                   # Cho et al. 2014, Keras reset_after=False
+        n = np.tanh(Wn @ x + bn + Un @ (r * hm) + cn)
     return (1.0 - z) * n + z * h
 
 
-def run_direction(cell, xs, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh", mask=None):
+def run_direction(cell, xs, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh", mask=None,
+                  reset_after=True):
     """One sequence (T, F) through one direction; returns (T, H) outputs, h_T, c_T."""
     GH = np.shape(W_hh)[0]
     if b_ih is None:
@@ -62,7 +66,7 @@ def run_direction(cell, xs, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh",
         if cell == "lstm":
             h, c = lstm_cell(x, h, c, W_ih, W_hh, b_ih, b_hh, mask)
         elif cell == "gru":
-            h = gru_cell(x, h, W_ih, W_hh, b_ih, b_hh, mask)
+            h = gru_cell(x, h, W_ih, W_hh, b_ih, b_hh, mask, reset_after)
         else:
             h = rnn_cell(x, h, W_ih, W_hh, b_ih, b_hh, nonlinearity, mask)
         outs.append(h)
@@ -70,7 +74,7 @@ def run_direction(cell, xs, h0, c0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh",
 
 
 def recurrent_sequence(params, cell, x, num_layers=1, bidirectional=False, h0=None, c0=None,
-                       nonlinearity="tanh"):
+                       nonlinearity="tanh", reset_after=True):
     """One unpadded sequence x (T, F) through a stacked (bi)directional layer.
 
     ``params`` uses PyTorch's state_dict names; ``h0``/``c0`` are
@@ -90,7 +94,8 @@ def recurrent_sequence(params, cell, x, num_layers=1, bidirectional=False, h0=No
             cc = (np.zeros(H) if c0 is None else c0[idx]) if cell == "lstm" else None
             seq = inp if d == 0 else inp[::-1]
             o, hT, cT = run_direction(cell, seq, hh, cc, params["weight_ih" + s], params["weight_hh" + s],
-                                      params.get("bias_ih" + s), params.get("bias_hh" + s), nonlinearity)
+                                      params.get("bias_ih" + s), params.get("bias_hh" + s), nonlinearity,
+                                      reset_after=reset_after)
             outs.append(o if d == 0 else o[::-1])
             h_n.append(hT)
             c_n.append(cT)

@@ -37,12 +37,12 @@ def _check(analytic, numeric, what):
 
 
 def _gradcheck(cell, nl, num_layers, bidirectional, bias, ragged, with_state, rec_dropout=0.0, dropout=0.0,
-               n_param_samples=6):
+               n_param_samples=6, reset_after=True):
     rng = np.random.default_rng(hash((cell, nl, num_layers, bidirectional, bias, ragged)) % 2**32)
     B, T, F, H = 3, 4, 2, 3
     layer = Recurrent(cell, F, H, num_layers=num_layers, bidirectional=bidirectional, nonlinearity=nl,
                       bias=bias, dropout=dropout, recurrent_dropout=rec_dropout, dtype="float64",
-                      random_state=0)
+                      random_state=0, reset_after=reset_after)
     X, lengths = ragged_batch(rng, B, T, F, lengths=[4, 2, 3] if ragged else [4, 4, 4])
     L = num_layers * layer.num_directions
     h0 = rng.standard_normal((L, B, H)) * 0.5 if with_state else None
@@ -96,3 +96,10 @@ def test_gradients_without_bias_full_length_zero_state(cell, nl):
 @pytest.mark.parametrize("cell,nl", CELLS)
 def test_gradients_with_dropout_masks(cell, nl):
     _gradcheck(cell, nl, 2, True, bias=True, ragged=True, with_state=True, rec_dropout=0.4, dropout=0.3)
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("bias,rec_dropout", [(True, 0.0), (False, 0.0), (True, 0.4)])
+def test_gradients_gru_reset_before(num_layers, bidirectional, bias, rec_dropout):
+    _gradcheck("gru", "tanh", num_layers, bidirectional, bias=bias, ragged=True, with_state=True,
+               rec_dropout=rec_dropout, reset_after=False)

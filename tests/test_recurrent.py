@@ -126,16 +126,22 @@ def test_reverse_direction_starts_at_each_sequences_last_step(rng):
     np.testing.assert_allclose(padded[:, :3], short, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "gru_rb"])
 def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
+    kw = {"reset_after": False} if cell == "gru_rb" else {}
     for dtype in ("float32", "float64"):
         for rd in (0.0, 0.3):
-            layer = Recurrent(cell, 2, 3, recurrent_dropout=rd, dtype=dtype, random_state=0)
+            layer = Recurrent("gru" if cell == "gru_rb" else cell, 2, 3, recurrent_dropout=rd, dtype=dtype, random_state=0, **kw)
             X, lengths = ragged_batch(rng, 3, 4, 2)
+            layer.forward(X, lengths, need_grad=False)
             out = layer.forward(X, lengths)[0]
             layer.backward(np.ones_like(out))
-    for name in (f"{cell}_sequence_forward", f"{cell}_sequence_backward"):
-        assert len(getattr(kernels, name).signatures) <= 2, getattr(kernels, name).signatures
+    import importlib
+    module = importlib.import_module("fastseq.kernels." + {"gru_rb": "gru_reset_before"}.get(cell, cell))
+    prefix = "gru_rb" if cell == "gru_rb" else cell
+    for name in (f"{prefix}_forward_slice", f"{prefix}_backward_slice"):
+        sigs = getattr(module, name).signatures
+        assert 1 <= len(sigs) <= 2, (name, sigs)       # used by the layer, one per dtype
 
 
 def test_import_compiles_nothing():
@@ -299,3 +305,31 @@ def test_pickle_keeps_params_as_views_into_flat(rng):
     np.testing.assert_array_equal(copy.forward(X, lengths)[0], out)
     copy.flat[:] = 0.0
     assert all(np.all(v == 0.0) for v in copy.params.values())
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+def test_gru_reset_before_matches_reference(rng, num_layers, bidirectional, bias, dtype, tol):
+    B, T, F, H = 4, 6, 3, 5
+    layer = Recurrent("gru", F, H, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
+                      reset_after=False, dtype=dtype, random_state=0)
+    X, lengths = ragged_batch(rng, B, T, F, lengths=[6, 2, 5, 1])
+    h0 = rng.standard_normal((layer.num_layers * layer.num_directions, B, H)) * 0.5
+    out, h_n = layer.forward(X, lengths, h0)
+    params = {k: v.astype(np.float64) for k, v in layer.params.items()}
+    after = Recurrent("gru", F, H, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
+                      dtype=dtype, random_state=0)
+    assert not np.allclose(after.forward(X, lengths, h0)[0], out)   # a different model
+    for b in range(B):
+        n = lengths[b]
+        Xb = X[b, :n].astype(dtype).astype(np.float64)
+        ref, ref_h, _ = recurrent_sequence(params, "gru", Xb, num_layers, bidirectional, h0[:, b].astype(dtype),
+                                           reset_after=False)
+        np.testing.assert_allclose(out[b, :n], ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(h_n[:, b], ref_h, rtol=tol, atol=tol)
+
+
+def test_reset_after_is_a_gru_option():
+    with pytest.raises(ValueError, match="reset_after=False is a GRU option"):
+        Recurrent("lstm", 2, 3, reset_after=False)

@@ -118,3 +118,8 @@ def test_from_torch_rejects_what_it_cannot_represent():
         from_torch(torch.nn.Linear(2, 3))
     with pytest.raises(ValueError, match="proj_size"):
         from_torch(torch.nn.LSTM(3, 4, proj_size=2))
+
+
+def test_reset_before_gru_has_no_torch_state_dict():
+    with pytest.raises(ValueError, match="no torch.nn.GRU equivalent"):
+        to_torch_state_dict(Recurrent("gru", 2, 3, reset_after=False))

@@ -12,6 +12,7 @@ import numpy as np
 from .. import kernels as K
 from .._threads import blas_single_thread, parallel_matmul, run_sliced
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
+from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.lstm import lstm_backward_slice, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
@@ -134,6 +135,12 @@ class Recurrent:
         (names in :mod:`fastseq.init`).
     unit_forget_bias : bool, optional
         LSTM only: forget gate bias 1 (overrides the preset).
+    reset_after : bool, default True
+        GRU only.  True: PyTorch's form, the reset gate applied after the
+        candidate's recurrent product, ``n = tanh(W_in x + b_in + r * (W_hn h +
+        b_hn))`` (Keras ``reset_after=True``).  False: the original form of Cho
+        et al. (2014), ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``
+        (Keras ``reset_after=False``); same parameter names and shapes.
 
     Attributes
     ----------
@@ -154,7 +161,7 @@ class Recurrent:
                  nonlinearity="tanh", bias=True, dropout=0.0, recurrent_dropout=0.0,
                  dtype=DEFAULT_DTYPE, random_state=None, init="pytorch",
                  kernel_initializer=None, recurrent_initializer=None,
-                 bias_initializer=None, unit_forget_bias=None):
+                 bias_initializer=None, unit_forget_bias=None, reset_after=True):
         self.cell = check_choice(cell, "cell", CELLS)
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
@@ -164,6 +171,9 @@ class Recurrent:
         self.bias = bool(bias)
         self.dropout = check_fraction(dropout, "dropout")
         self.recurrent_dropout = check_fraction(recurrent_dropout, "recurrent_dropout")
+        self.reset_after = bool(reset_after)
+        if not self.reset_after and self.cell != "gru":
+            raise ValueError(f"reset_after=False is a GRU option, got cell={self.cell!r}")
         self.dtype = resolve_dtype(dtype)
         self.training = True
         self._rng = np.random.default_rng(random_state)
@@ -377,7 +387,15 @@ class Recurrent:
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
         N = pk.N
         out_h = np.empty((N, H), dtype=dt)
-        if self.cell == "gru":
+        if self.cell == "gru" and not self.reset_after:
+            if self.bias:
+                xp += b_ih + b_hh
+            gates = np.empty((NG, 3 * H), dtype=dt)
+            run_sliced(gru_rb_forward_slice,
+                       (xp, np.ascontiguousarray(W_hh[:2 * H].T), np.ascontiguousarray(W_hh[2 * H:].T),
+                        h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
+            state["gates"] = gates
+        elif self.cell == "gru":
             if self.bias:
                 xp += b_ih
                 xp[:, :2 * H] += b_hh[:2 * H]
@@ -496,6 +514,8 @@ class Recurrent:
         w_hh = np.ascontiguousarray(W_hh)
         work = N * self.num_gates * H * H
         ls = pk.lengths_sorted
+        if self.cell == "gru" and not self.reset_after:
+            return self._backward_reset_before(k, d, pk, st, dd, dh, grads, want_dx)
         if self.cell == "lstm":
             run_sliced(lstm_backward_slice, (dd, w_hh, st["c0"], st["out_c"], st["gates"],
                                              pk.batch_sizes, mask, dh, dc, dgx), ls, work)
@@ -532,4 +552,27 @@ class Recurrent:
             grads["bias_ih" + s][...] = dgx.sum(axis=0)
             for g, rows in parts:
                 db[rows] = g.sum(axis=0)
+        return parallel_matmul(dgx, W_ih) if want_dx else None
+
+    def _backward_reset_before(self, k, d, pk, st, dd, dh, grads, want_dx):
+        """:meth:`_backward_direction` of the reset-before GRU: the candidate's
+        recurrent product acts on ``u = r * (m * h_prev)``, not on the state."""
+        W_ih, W_hh, _, _ = self._weights(k, d)
+        s = self._suffix(k, d)
+        N, H, dt = pk.N, self.hidden_size, self.dtype
+        mask = st["mask"]
+        dgx = np.empty((N, 3 * H), dtype=dt)
+        run_sliced(gru_rb_backward_slice,
+                   (dd, np.ascontiguousarray(W_hh[:2 * H]), np.ascontiguousarray(W_hh[2 * H:]),
+                    st["h0"], st["out_h"], st["gates"], pk.batch_sizes, mask, dh, dgx),
+                   pk.lengths_sorted, N * 3 * H * H)
+        parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
+        h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
+        if mask.shape[0]:
+            h_prev *= mask[pk.row_b]
+        dW = grads["weight_hh" + s]
+        parallel_matmul(dgx[:, :2 * H].T, h_prev, out=dW[:2 * H])
+        parallel_matmul(dgx[:, 2 * H:].T, st["gates"][:, :H] * h_prev, out=dW[2 * H:])
+        if self.bias:
+            grads["bias_ih" + s][...] = grads["bias_hh" + s][...] = dgx.sum(axis=0)
         return parallel_matmul(dgx, W_ih) if want_dx else None
