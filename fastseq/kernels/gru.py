@@ -23,6 +23,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import sigmoid, tanh
+from ._packed import masked_state, packed_offsets
 from .matmul import step_matmul
 
 
@@ -58,7 +59,6 @@ def gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_ga
     (disjoint slices may run in parallel threads)."""
     H = h0.shape[1]
     T = batch_sizes.shape[0]
-    use_mask = rec_mask.shape[0] > 0
     store = out_gates.shape[0] > 0
     n = max(b1 - b0, 0)
     hm = np.empty((n, H), dtype=xp.dtype)
@@ -74,13 +74,7 @@ def gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_ga
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        if use_mask:
-            for b in range(nb):
-                for j in range(H):
-                    hm[b, j] = h_prev[b, j] * rec_mask[b0 + b, j]
-            step_matmul(hm[:nb], w_hh_t, hp[:nb])
-        else:
-            step_matmul(h_prev, w_hh_t, hp[:nb])
+        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh_t, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -159,9 +153,7 @@ def gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
-    offsets = np.zeros(T + 1, dtype=batch_sizes.dtype)
-    for t in range(T):
-        offsets[t + 1] = offsets[t] + batch_sizes[t]
+    offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     carry = np.empty((n, H), dtype=d_out.dtype)

@@ -27,6 +27,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import sigmoid, tanh
+from ._packed import masked_state, packed_offsets
 from .matmul import step_matmul
 
 
@@ -55,7 +56,6 @@ def gru_rb_forward_slice(xp, w_rz_t, w_n_t, h0, batch_sizes, rec_mask, out_h, ou
     """
     H = h0.shape[1]
     T = batch_sizes.shape[0]
-    use_mask = rec_mask.shape[0] > 0
     store = out_gates.shape[0] > 0
     n = max(b1 - b0, 0)
     hm = np.empty((n, H), dtype=xp.dtype)
@@ -73,17 +73,15 @@ def gru_rb_forward_slice(xp, w_rz_t, w_n_t, h0, batch_sizes, rec_mask, out_h, ou
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        for b in range(nb):
-            for j in range(H):
-                hm[b, j] = h_prev[b, j] * rec_mask[b0 + b, j] if use_mask else h_prev[b, j]
-        step_matmul(hm[:nb], w_rz_t, hp[:nb])
+        hs = masked_state(h_prev, rec_mask, b0, hm[:nb])
+        step_matmul(hs, w_rz_t, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
                 gr = sigmoid(xp[r, j] + hp[b, j])
                 hp[b, j] = gr                       # keep r_t, then z_t, for the second pass
                 hp[b, H + j] = sigmoid(xp[r, H + j] + hp[b, H + j])
-                u[b, j] = gr * hm[b, j]
+                u[b, j] = gr * hs[b, j]
         step_matmul(u[:nb], w_n_t, hn[:nb])
         for b in range(nb):
             r = off + b0 + b
@@ -129,9 +127,7 @@ def gru_rb_backward_slice(d_out, w_rz, w_n, h0, out_h, out_gates, batch_sizes, r
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
-    offsets = np.zeros(T + 1, dtype=batch_sizes.dtype)
-    for t in range(T):
-        offsets[t + 1] = offsets[t] + batch_sizes[t]
+    offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
     dn = np.empty((n, H), dtype=d_out.dtype)
     du = np.empty((n, H), dtype=d_out.dtype)

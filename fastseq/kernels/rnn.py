@@ -17,6 +17,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import tanh
+from ._packed import masked_state, packed_offsets
 from .matmul import step_matmul
 
 
@@ -48,7 +49,6 @@ def rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, b0, b1
     (disjoint slices may run in parallel threads)."""
     H = h0.shape[1]
     T = batch_sizes.shape[0]
-    use_mask = rec_mask.shape[0] > 0
     n = max(b1 - b0, 0)
     hm = np.empty((n, H), dtype=xp.dtype)
     hp = np.empty((n, H), dtype=xp.dtype)
@@ -64,13 +64,7 @@ def rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, b0, b1
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        if use_mask:
-            for b in range(nb):
-                for j in range(H):
-                    hm[b, j] = h_prev[b, j] * rec_mask[b0 + b, j]
-            step_matmul(hm[:nb], w_hh_t, hp[:nb])
-        else:
-            step_matmul(h_prev, w_hh_t, hp[:nb])
+        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh_t, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -118,9 +112,7 @@ def rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, o
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
-    offsets = np.zeros(T + 1, dtype=batch_sizes.dtype)
-    for t in range(T):
-        offsets[t + 1] = offsets[t] + batch_sizes[t]
+    offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
