@@ -10,10 +10,13 @@ Every case is float32, both libraries limited to the same number of threads
 (``--threads``, default 2: ``torch.set_num_threads`` for torch, threadpoolctl
 plus :func:`fastseq._threads.limit` for fastseq and the BLAS it calls, and
 ``intra_op_num_threads`` for ONNX Runtime).  Weights are copied from the torch
-module with :func:`fastseq.interop.from_torch`.  The engines are timed
-alternately (fastseq, torch, ORT, fastseq, ...) after a warm-up and the median
-of the repeats is reported, so that a load change hits all of them alike and
-the *ratios* stay meaningful on a shared machine.
+module with :func:`fastseq.interop.from_torch`.  fastseq and torch are timed
+alternately (fastseq, torch, fastseq, ...) after a warm-up and the median of
+the repeats is reported, so that a load change hits both alike and the
+*ratios* stay meaningful on a shared machine.  ONNX Runtime is timed the same
+way but on its own, in a session that is closed before anything else runs: its
+spin-waiting worker threads (ORT's default) otherwise slow down whatever runs
+next in the process.
 
 Modes per case
 --------------
@@ -277,14 +280,21 @@ def run_case(case, threads, repeats, use_ort=True):
             with torch.inference_mode():
                 module(tX)
         fns["torch"] = torch_infer
+        ts = time_alternating(fns, repeats)
         if use_ort:
+            # timed on its own, its session closed before anything else runs:
+            # ORT's worker threads spin-wait (its default, kept: it is ORT's
+            # fastest setting) for a while after each run and, as long as the
+            # session lives, took a core from whichever engine ran next
+            # (fastseq LSTM B16/H256/T128 inference 19.6 ms alone, 27-41 ms
+            # timed in turn with a live session, even with 0.5 s pauses)
             try:
                 sess = make_ort(case, module, threads)
                 feeds = {"x": X}
-                fns["ort"] = lambda: sess.run(None, feeds)
+                ts.update(time_alternating({"ort": lambda: sess.run(None, feeds)}, repeats))
+                del sess
             except Exception as exc:  # pragma: no cover - depends on the install
                 res["ort_error"] = repr(exc)
-        ts = time_alternating(fns, repeats)
         for k, v in ts.items():
             res[f"infer_{k}_ms"] = v * 1e3
             res[f"infer_{k}_gflops"] = case.flops("infer") / v / 1e9

@@ -45,20 +45,20 @@ def _forward(cell, s, relu=0):
         xp += s["b_hh"].astype(dt)
     else:
         xp[:, :2 * H] += s["b_hh"][:2 * H].astype(dt)
-    w_hh_t = np.ascontiguousarray(s["W_hh"].T, dtype=dt)
+    w_hh = np.ascontiguousarray(s["W_hh"], dtype=dt)
     h0, c0 = pk.sort(s["h0"]).astype(dt), pk.sort(s["c0"]).astype(dt)
     mask = np.empty((0, H), dtype=dt)
     out_h = _nan((pk.N, H), dt)
     extra = {}
     if cell == "lstm":
         extra["out_c"], extra["gates"] = _nan((pk.N, H), dt), _nan((pk.N, 4 * H), dt)
-        K.lstm_sequence_forward(xp, w_hh_t, h0, c0, pk.batch_sizes, mask, out_h, extra["out_c"], extra["gates"])
+        K.lstm_sequence_forward(xp, w_hh, h0, c0, pk.batch_sizes, mask, out_h, extra["out_c"], extra["gates"])
     elif cell == "gru":
         extra["gates"] = _nan((pk.N, 4 * H), dt)
         b_hn = s["b_hh"][2 * H:].astype(dt)
-        K.gru_sequence_forward(xp, w_hh_t, b_hn, h0, pk.batch_sizes, mask, out_h, extra["gates"])
+        K.gru_sequence_forward(xp, w_hh, b_hn, h0, pk.batch_sizes, mask, out_h, extra["gates"])
     else:
-        K.rnn_sequence_forward(xp, w_hh_t, h0, pk.batch_sizes, mask, relu, out_h)
+        K.rnn_sequence_forward(xp, w_hh, h0, pk.batch_sizes, mask, relu, out_h)
     return out_h, h0, c0, mask, extra
 
 
@@ -86,18 +86,18 @@ def test_backward_kernel_writes_every_row_and_state(cell, relu, dtype):
     rng = np.random.default_rng(1)
     d_out = rng.standard_normal((pk.N, H)).astype(dtype)
     dh = rng.standard_normal((pk.B, H)).astype(dtype)
-    w_hh = np.ascontiguousarray(s["W_hh"], dtype=dtype)
+    w_hh_t = np.ascontiguousarray(s["W_hh"].T, dtype=dtype)
     dg = _nan((pk.N, G * H), dtype)
     if cell == "lstm":
         dc = rng.standard_normal((pk.B, H)).astype(dtype)
-        K.lstm_sequence_backward(d_out, w_hh, c0, extra["out_c"], extra["gates"], pk.batch_sizes, mask, dh, dc, dg)
+        K.lstm_sequence_backward(d_out, w_hh_t, c0, extra["out_c"], extra["gates"], pk.batch_sizes, mask, dh, dc, dg)
         assert np.all(np.isfinite(dc))
     elif cell == "gru":
         dgh = _nan((pk.N, G * H), dtype)
-        K.gru_sequence_backward(d_out, w_hh, h0, out_h, extra["gates"], pk.batch_sizes, mask, dh, dg, dgh)
+        K.gru_sequence_backward(d_out, w_hh_t, h0, out_h, extra["gates"], pk.batch_sizes, mask, dh, dg, dgh)
         assert np.all(np.isfinite(dgh))
     else:
-        K.rnn_sequence_backward(d_out, w_hh, out_h, pk.batch_sizes, mask, relu, dh, dg)
+        K.rnn_sequence_backward(d_out, w_hh_t, out_h, pk.batch_sizes, mask, relu, dh, dg)
     assert np.all(np.isfinite(dg)) and np.all(np.isfinite(dh))
 
 
@@ -116,3 +116,23 @@ def test_packing_maps():
     np.testing.assert_array_equal(back[1], X[1])
     np.testing.assert_array_equal(back[0, :2], X[0, :2])
     assert np.all(back[0, 2:] == 0) and np.all(back[2, 1:] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_matmul_every_blocking_path(dtype):
+    """Rows in blocks of 4, 2, 1 and BLAS; outputs in pairs, quads, singles and
+    several L2 column blocks: every element written, equal to a @ w.T."""
+    from fastseq.kernels.matmul import BLAS_MIN_ROWS, BLOCK_BYTES, step_matmul
+    rng = np.random.default_rng(3)
+    itemsize = np.dtype(dtype).itemsize
+    K_big = 2 * BLOCK_BYTES // (8 * itemsize)  # column block of 8 outputs
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for K, M in [(1, 1), (3, 2), (17, 5), (64, 9), (K_big, 19)]:
+        w = rng.standard_normal((M, K)).astype(dtype)
+        for n in (1, 2, 3, 4, 5, 6, 7, 9, BLAS_MIN_ROWS - 1, BLAS_MIN_ROWS, BLAS_MIN_ROWS + 3):
+            a = rng.standard_normal((n, K)).astype(dtype)
+            out = _nan((n, M), dtype)
+            step_matmul(a, w, out)
+            ref = a.astype(np.float64) @ w.astype(np.float64).T
+            np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(K) * 4,
+                                       err_msg=f"K={K} M={M} n={n}")

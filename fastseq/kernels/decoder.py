@@ -45,6 +45,7 @@ from .._config import JIT
 from .attention import BAHDANAU, NONE, attention_backward, attention_forward
 from .gru import gru_sequence_backward, gru_sequence_forward
 from .lstm import lstm_sequence_backward, lstm_sequence_forward
+from .matmul import step_matmul
 from .rnn import rnn_sequence_backward, rnn_sequence_forward
 
 RNN_TANH = 0
@@ -70,11 +71,12 @@ def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
     kind : int
         Attention code from :data:`fastseq.kernels.attention.ATTENTION_KINDS`.
     w : tuple of float arrays
-        ``(w_e_t (M, R), w_c_t (A, R), b_x (R,), w_hh_t (Q, R), b_hn (Q,),
-        w_os_t (Q, V), w_oc_t (A, V), b_out (V,))``: transposed input weights
-        for the feed and the context, input bias (``b_ih + b_hh``; for the GRU
-        ``b_ih + [b_hr, b_hz, 0]``), transposed recurrent weights, the GRU's
-        ``b_hn`` (ignored by other cells), and the output layer.
+        ``(w_e (R, M), w_c (R, A), b_x (R,), w_hh (R, Q), b_hn (Q,),
+        w_os (V, Q), w_oc (V, A), b_out (V,))``: the input weights for the
+        feed and the context, input bias (``b_ih + b_hh``; for the GRU
+        ``b_ih + [b_hr, b_hz, 0]``), recurrent weights, the GRU's ``b_hn``
+        (ignored by other cells), and the output layer, all untransposed and
+        C-contiguous (products by :func:`fastseq.kernels.matmul.step_matmul`).
     att : tuple
         As :func:`fastseq.kernels.attention.attention_forward`.
     mem, keys, src_len :
@@ -87,7 +89,7 @@ def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
         Filled with this step's states, cell cache, context, attention weights
         and outputs.
     """
-    w_e_t, w_c_t, b_x, w_hh_t, b_hn, w_os_t, w_oc_t, b_out = w
+    w_e, w_c, b_x, w_hh, b_hn, w_os, w_oc, b_out = w
     s_prev, c_prev, ctx_prev = prev
     s_new, c_new, gates, ctx_new, weights, o = out
     B = feed.shape[0]
@@ -100,25 +102,25 @@ def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
         ctx_in = ctx_prev
     xp = np.empty((B, R), dtype=feed.dtype)
     xc = np.empty((B, R), dtype=feed.dtype)
-    np.dot(feed, w_e_t, xp)
-    np.dot(ctx_in, w_c_t, xc)
+    step_matmul(feed, w_e, xp)
+    step_matmul(ctx_in, w_c, xc)
     for b in range(B):
         for j in range(R):
             xp[b, j] += xc[b, j] + b_x[j]
     bs = np.full(1, B, dtype=np.int64)
     no_mask = np.empty((0, s_prev.shape[1]), dtype=feed.dtype)
     if cell == LSTM:
-        lstm_sequence_forward(xp, w_hh_t, s_prev, c_prev, bs, no_mask, s_new, c_new, gates)
+        lstm_sequence_forward(xp, w_hh, s_prev, c_prev, bs, no_mask, s_new, c_new, gates)
     elif cell == GRU:
-        gru_sequence_forward(xp, w_hh_t, b_hn, s_prev, bs, no_mask, s_new, gates)
+        gru_sequence_forward(xp, w_hh, b_hn, s_prev, bs, no_mask, s_new, gates)
     else:
-        rnn_sequence_forward(xp, w_hh_t, s_prev, bs, no_mask, 1 if cell == RNN_RELU else 0, s_new)
+        rnn_sequence_forward(xp, w_hh, s_prev, bs, no_mask, 1 if cell == RNN_RELU else 0, s_new)
     if not before:
         attention_forward(kind, s_new, keys, mem, src_len, att, weights, ctx_new)
     V = o.shape[1]
     oc = np.empty((B, V), dtype=feed.dtype)
-    np.dot(s_new, w_os_t, o)
-    np.dot(ctx_new, w_oc_t, oc)
+    step_matmul(s_new, w_os, o)
+    step_matmul(ctx_new, w_oc, oc)
     for b in range(B):
         for j in range(V):
             o[b, j] += oc[b, j] + b_out[j]
@@ -182,8 +184,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
     cell, kind, att, mem, keys, src_len, cache :
         As given to (and filled by) :func:`decoder_forward`.
     w_b : tuple of float arrays
-        Untransposed weights ``(w_e (R, M), w_c (R, A), w_hh (R, Q),
-        w_os (V, Q), w_oc (V, A))``.
+        Transposed weights ``(w_e_t (M, R), w_c_t (A, R), w_hh_t (Q, R),
+        w_os_t (Q, V), w_oc_t (A, V))``, C-contiguous.
     io_d_o : (T, B, V) float
         In: gradient of the loss with respect to the outputs.  Out: plus the
         gradient through the outputs a vector model fed back to itself (what
@@ -200,7 +202,7 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
     """
     s, c, gates, ctx, weights, feed, o, fed = cache
     d_o = io_d_o
-    w_e, w_c, w_hh, w_os, w_oc = w_b
+    w_e_t, w_c_t, w_hh_t, w_os_t, w_oc_t = w_b
     d_x, d_h, d_feed, d_s0, d_c0, d_keys, d_mem, d_qp, d_v, d_g = grads
     T, B, Q = d_x.shape[0], s.shape[1], s.shape[2]
     A = mem.shape[2]
@@ -222,8 +224,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
     for t in range(T - 1, -1, -1):
         d_qp[t, :, :] = 0.0
         # output layer: o_t = W_os s_t + W_oc ctx_t + b
-        np.dot(d_o[t], w_oc, d_ctx)
-        np.dot(d_o[t], w_os, tmp_q)
+        step_matmul(d_o[t], w_oc_t, d_ctx)
+        step_matmul(d_o[t], w_os_t, tmp_q)
         for b in range(B):
             for j in range(A):
                 d_ctx[b, j] += d_ctx_next[b, j]
@@ -236,18 +238,18 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
         # the cell: ds is the gradient with respect to s_t
         dh_prev[...] = 0.0
         if cell == LSTM:
-            lstm_sequence_backward(ds, w_hh, c[t], c[t + 1], gates[t], bs, no_mask,
+            lstm_sequence_backward(ds, w_hh_t, c[t], c[t + 1], gates[t], bs, no_mask,
                                    dh_prev, dc, d_x[t])
             d_h[t, :, :] = d_x[t]
         elif cell == GRU:
-            gru_sequence_backward(ds, w_hh, s[t], s[t + 1], gates[t], bs, no_mask,
+            gru_sequence_backward(ds, w_hh_t, s[t], s[t + 1], gates[t], bs, no_mask,
                                   dh_prev, d_x[t], d_h[t])
         else:
-            rnn_sequence_backward(ds, w_hh, s[t + 1], bs, no_mask, 1 if cell == RNN_RELU else 0,
+            rnn_sequence_backward(ds, w_hh_t, s[t + 1], bs, no_mask, 1 if cell == RNN_RELU else 0,
                                   dh_prev, d_x[t])
             d_h[t, :, :] = d_x[t]
-        np.dot(d_x[t], w_e, d_feed[t])
-        np.dot(d_x[t], w_c, d_ctx_in)
+        step_matmul(d_x[t], w_e_t, d_feed[t])
+        step_matmul(d_x[t], w_c_t, d_ctx_in)
         if t > 0:
             for b in range(B):
                 if fed[t, b] == FED_OWN_VECTOR:

@@ -28,15 +28,15 @@ from .matmul import step_matmul
 
 
 @njit(**JIT)
-def gru_sequence_forward(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates):
+def gru_sequence_forward(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates):
     """Run a GRU over a packed batch.
 
     Parameters
     ----------
     xp : (N, 3H) float
         ``x_t W_ih^T + b_ih + [b_hr, b_hz, 0]`` of every packed row.
-    w_hh_t : (H, 3H) float
-        ``W_hh.T``, C-contiguous.
+    w_hh : (3H, H) float
+        Recurrent weights ``W_hh`` (not transposed), C-contiguous.
     b_hn : (H,) float
         Recurrent bias of the candidate gate (stays inside ``r * (...)``).
     h0 : (B, H) float
@@ -50,11 +50,11 @@ def gru_sequence_forward(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out
         recurrent candidate term before the reset gate; an empty array for
         inference (nothing stored).
     """
-    gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, np.int64(0), h0.shape[0])
+    gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, b0, b1):
+def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, b0, b1):
     """:func:`gru_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
     (disjoint slices may run in parallel threads)."""
     H = h0.shape[1]
@@ -74,7 +74,7 @@ def gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_ga
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh_t, hp[:nb])
+        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -105,7 +105,7 @@ def gru_forward_slice(xp, w_hh_t, b_hn, h0, batch_sizes, rec_mask, out_h, out_ga
 
 
 @njit(**JIT)
-def gru_sequence_backward(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
+def gru_sequence_backward(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
                           io_dh, out_dgx, out_dgh):
     """Backpropagate through a GRU run by :func:`gru_sequence_forward`.
 
@@ -113,8 +113,8 @@ def gru_sequence_backward(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_ma
     ----------
     d_out : (N, H) float
         Gradient with respect to every ``h_t`` (packed).
-    w_hh : (3H, H) float
-        Recurrent weights (not transposed).
+    w_hh_t : (H, 3H) float
+        ``W_hh.T``, C-contiguous.
     h0 : (B, H) float
     out_h, out_gates : (N, H), (N, 4H) float
         What the forward pass stored.
@@ -131,7 +131,7 @@ def gru_sequence_backward(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_ma
     """
     H = io_dh.shape[1]
     dgn = np.empty((out_dgx.shape[0], H), dtype=out_dgx.dtype)
-    gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
+    gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
                        io_dh, out_dgx, dgn, np.int64(0), io_dh.shape[0])
     for r in range(out_dgx.shape[0]):
         for j in range(2 * H):
@@ -141,7 +141,7 @@ def gru_sequence_backward(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_ma
 
 
 @njit(**JIT)
-def gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
+def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
                        io_dh, out_dgx, out_dgn, b0, b1):
     """:func:`gru_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
 
@@ -194,7 +194,7 @@ def gru_backward_slice(d_out, w_hh, h0, out_h, out_gates, batch_sizes, rec_mask,
                 dgh[2 * H + j] = dn * gr
                 dgn[j] = dn * gr
                 cb[j] = dh * gz
-        step_matmul(lhs[:nb], w_hh, tmp[:nb])
+        step_matmul(lhs[:nb], w_hh_t, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
             tb = tmp[b]

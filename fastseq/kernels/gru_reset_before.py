@@ -32,17 +32,17 @@ from .matmul import step_matmul
 
 
 @njit(**JIT)
-def gru_rb_forward_slice(xp, w_rz_t, w_n_t, h0, batch_sizes, rec_mask, out_h, out_gates, b0, b1):
+def gru_rb_forward_slice(xp, w_rz, w_n, h0, batch_sizes, rec_mask, out_h, out_gates, b0, b1):
     """Reset-before GRU forward for the sorted sequences ``b0 <= b < b1``.
 
     Parameters
     ----------
     xp : (N, 3H) float
         ``x_t W_ih^T + b_ih + b_hh`` of every packed row.
-    w_rz_t : (H, 2H) float
-        ``W_hh[:2H].T``, C-contiguous.
-    w_n_t : (H, H) float
-        ``W_hh[2H:].T``, C-contiguous.
+    w_rz : (2H, H) float
+        ``W_hh[:2H]``, C-contiguous.
+    w_n : (H, H) float
+        ``W_hh[2H:]``, C-contiguous.
     h0 : (B, H) float
         Initial state, sorted batch order.
     batch_sizes : (T,) int64
@@ -74,7 +74,7 @@ def gru_rb_forward_slice(xp, w_rz_t, w_n_t, h0, batch_sizes, rec_mask, out_h, ou
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
         hs = masked_state(h_prev, rec_mask, b0, hm[:nb])
-        step_matmul(hs, w_rz_t, hp[:nb])
+        step_matmul(hs, w_rz, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
@@ -82,7 +82,7 @@ def gru_rb_forward_slice(xp, w_rz_t, w_n_t, h0, batch_sizes, rec_mask, out_h, ou
                 hp[b, j] = gr                       # keep r_t, then z_t, for the second pass
                 hp[b, H + j] = sigmoid(xp[r, H + j] + hp[b, H + j])
                 u[b, j] = gr * hs[b, j]
-        step_matmul(u[:nb], w_n_t, hn[:nb])
+        step_matmul(u[:nb], w_n, hn[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
@@ -98,7 +98,7 @@ def gru_rb_forward_slice(xp, w_rz_t, w_n_t, h0, batch_sizes, rec_mask, out_h, ou
 
 
 @njit(**JIT)
-def gru_rb_backward_slice(d_out, w_rz, w_n, h0, out_h, out_gates, batch_sizes, rec_mask,
+def gru_rb_backward_slice(d_out, w_rz_t, w_n_t, h0, out_h, out_gates, batch_sizes, rec_mask,
                           io_dh, out_dgx, b0, b1):
     """Backpropagate through :func:`gru_rb_forward_slice` for ``b0 <= b < b1``.
 
@@ -106,10 +106,10 @@ def gru_rb_backward_slice(d_out, w_rz, w_n, h0, out_h, out_gates, batch_sizes, r
     ----------
     d_out : (N, H) float
         Gradient with respect to every ``h_t`` (packed).
-    w_rz : (2H, H) float
-        ``W_hh[:2H]``, C-contiguous.
-    w_n : (H, H) float
-        ``W_hh[2H:]``, C-contiguous.
+    w_rz_t : (H, 2H) float
+        ``W_hh[:2H].T``, C-contiguous.
+    w_n_t : (H, H) float
+        ``W_hh[2H:].T``, C-contiguous.
     h0 : (B, H) float
     out_h, out_gates : (N, H), (N, 3H) float
         What the forward pass stored.
@@ -154,7 +154,7 @@ def gru_rb_backward_slice(d_out, w_rz, w_n, h0, out_h, out_gates, batch_sizes, r
                 drz[b, H + j] = dz
                 out_dgx[r, H + j] = dz
                 carry[b, j] = dh * gz
-        step_matmul(dn[:nb], w_n, du[:nb])
+        step_matmul(dn[:nb], w_n_t, du[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
@@ -165,7 +165,7 @@ def gru_rb_backward_slice(d_out, w_rz, w_n, h0, out_h, out_gates, batch_sizes, r
                 drz[b, j] = dr
                 out_dgx[r, j] = dr
                 du[b, j] = du[b, j] * gr           # gradient reaching m * h_prev through u
-        step_matmul(drz[:nb], w_rz, tmp[:nb])
+        step_matmul(drz[:nb], w_rz_t, tmp[:nb])
         for b in range(nb):
             for j in range(H):
                 m = rec_mask[b0 + b, j] if use_mask else one

@@ -37,15 +37,15 @@ from .matmul import step_matmul
 
 
 @njit(**JIT)
-def lstm_sequence_forward(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates):
+def lstm_sequence_forward(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates):
     """Run an LSTM over a packed batch.
 
     Parameters
     ----------
     xp : (N, 4H) float
         Input projections ``x_t W_ih^T + b_ih + b_hh`` of every packed row.
-    w_hh_t : (H, 4H) float
-        Recurrent weights, transposed (``W_hh.T``, C-contiguous).
+    w_hh : (4H, H) float
+        Recurrent weights ``W_hh`` (not transposed), C-contiguous.
     h0, c0 : (B, H) float
         Initial states, in sorted batch order.
     batch_sizes : (T,) int64
@@ -58,12 +58,12 @@ def lstm_sequence_forward(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_
         Filled with the activated gates (i, f, g, o), kept for the backward
         pass; an empty array for inference (nothing stored).
     """
-    lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates,
+    lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates,
                        np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates, b0, b1):
+def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates, b0, b1):
     """:func:`lstm_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only.
 
     Slices of one batch are independent: threads may run disjoint slices of
@@ -88,7 +88,7 @@ def lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, 
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
             c_prev = out_c[prev + b0:prev + b0 + nb]
-        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh_t, hp[:nb])
+        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -124,7 +124,7 @@ def lstm_forward_slice(xp, w_hh_t, h0, c0, batch_sizes, rec_mask, out_h, out_c, 
 
 
 @njit(**JIT)
-def lstm_sequence_backward(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask,
+def lstm_sequence_backward(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
                            io_dh, io_dc, out_dgates):
     """Backpropagate through an LSTM run by :func:`lstm_sequence_forward`.
 
@@ -132,8 +132,8 @@ def lstm_sequence_backward(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_m
     ----------
     d_out : (N, H) float
         Gradient of the loss with respect to every ``h_t`` (packed).
-    w_hh : (4H, H) float
-        Recurrent weights (not transposed).
+    w_hh_t : (H, 4H) float
+        Recurrent weights, transposed (``W_hh.T``, C-contiguous).
     c0 : (B, H) float
         Initial cell state of the forward pass.
     out_c, out_gates : (N, H), (N, 4H) float
@@ -148,12 +148,12 @@ def lstm_sequence_backward(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_m
         Filled with the gradients of the gate pre-activations; the weight
         gradients are ``out_dgates.T @ inputs`` and ``out_dgates.T @ h_prev``.
     """
-    lstm_backward_slice(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask,
+    lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
                         io_dh, io_dc, out_dgates, np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
-def lstm_backward_slice(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask,
+def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
                         io_dh, io_dc, out_dgates, b0, b1):
     """:func:`lstm_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
     H = io_dh.shape[1]
@@ -193,7 +193,7 @@ def lstm_backward_slice(d_out, w_hh, c0, out_c, out_gates, batch_sizes, rec_mask
                 dg[2 * H + j] = dc * gi * (one - gg * gg)
                 dg[3 * H + j] = dh * tc * go * (one - go)
                 dcb[j] = dc * gf
-        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh, tmp[:nb])
+        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
             tb = tmp[b]

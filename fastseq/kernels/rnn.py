@@ -22,15 +22,15 @@ from .matmul import step_matmul
 
 
 @njit(**JIT)
-def rnn_sequence_forward(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h):
+def rnn_sequence_forward(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h):
     """Run an Elman RNN over a packed batch.
 
     Parameters
     ----------
     xp : (N, H) float
         ``x_t W_ih^T + b_ih + b_hh`` of every packed row.
-    w_hh_t : (H, H) float
-        ``W_hh.T``, C-contiguous.
+    w_hh : (H, H) float
+        Recurrent weights ``W_hh`` (not transposed), C-contiguous.
     h0 : (B, H) float
         Initial state, sorted batch order.
     batch_sizes : (T,) int64
@@ -40,11 +40,11 @@ def rnn_sequence_forward(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h):
     out_h : (N, H) float
         Filled with ``h_t``.
     """
-    rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, np.int64(0), h0.shape[0])
+    rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
+def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
     """:func:`rnn_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
     (disjoint slices may run in parallel threads)."""
     H = h0.shape[1]
@@ -64,7 +64,7 @@ def rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, b0, b1
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh_t, hp[:nb])
+        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -82,15 +82,15 @@ def rnn_forward_slice(xp, w_hh_t, h0, batch_sizes, rec_mask, relu, out_h, b0, b1
 
 
 @njit(**JIT)
-def rnn_sequence_backward(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates):
+def rnn_sequence_backward(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates):
     """Backpropagate through an Elman RNN run by :func:`rnn_sequence_forward`.
 
     Parameters
     ----------
     d_out : (N, H) float
         Gradient with respect to every ``h_t`` (packed).
-    w_hh : (H, H) float
-        Recurrent weights (not transposed).
+    w_hh_t : (H, H) float
+        ``W_hh.T``, C-contiguous.
     out_h : (N, H) float
         What the forward pass stored.
     batch_sizes : (T,) int64
@@ -102,12 +102,12 @@ def rnn_sequence_backward(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh
     out_dgates : (N, H) float
         Filled with the gradients of the pre-activations.
     """
-    rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates,
+    rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates,
                        np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
-def rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, b0, b1):
+def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, b0, b1):
     """:func:`rnn_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
@@ -136,7 +136,7 @@ def rnn_backward_slice(d_out, w_hh, out_h, batch_sizes, rec_mask, relu, io_dh, o
                 for j in range(H):
                     h = hr[j]
                     dg[j] = (dhb[j] + dor[j]) * (one - h * h)
-        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh, tmp[:nb])
+        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
             tb = tmp[b]

@@ -383,7 +383,7 @@ class Recurrent:
         work = pk.N * self.num_gates * H * H
         ls = pk.lengths_sorted
         NG = pk.N if need_grad else 0
-        w_hh_t = np.ascontiguousarray(W_hh.T)
+        w_hh = np.ascontiguousarray(W_hh)  # already contiguous: a view, no copy
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
         N = pk.N
         out_h = np.empty((N, H), dtype=dt)
@@ -392,7 +392,7 @@ class Recurrent:
                 xp += b_ih + b_hh
             gates = np.empty((NG, 3 * H), dtype=dt)
             run_sliced(gru_rb_forward_slice,
-                       (xp, np.ascontiguousarray(W_hh[:2 * H].T), np.ascontiguousarray(W_hh[2 * H:].T),
+                       (xp, np.ascontiguousarray(W_hh[:2 * H]), np.ascontiguousarray(W_hh[2 * H:]),
                         h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
             state["gates"] = gates
         elif self.cell == "gru":
@@ -404,7 +404,7 @@ class Recurrent:
                 b_hn = np.zeros(H, dtype=dt)
             gates = np.empty((NG, 4 * H), dtype=dt)
             run_sliced(gru_forward_slice,
-                       (xp, w_hh_t, b_hn, h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
+                       (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
             state["gates"] = gates
         else:
             if self.bias:
@@ -413,11 +413,11 @@ class Recurrent:
                 out_c = np.empty((N, H), dtype=dt)
                 gates = np.empty((NG, 4 * H), dtype=dt)
                 run_sliced(lstm_forward_slice,
-                           (xp, w_hh_t, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates), ls, work)
+                           (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates), ls, work)
                 state["out_c"], state["gates"] = out_c, gates
             else:
                 relu = 1 if self.nonlinearity == "relu" else 0
-                run_sliced(rnn_forward_slice, (xp, w_hh_t, h0s, pk.batch_sizes, mask, relu, out_h),
+                run_sliced(rnn_forward_slice, (xp, w_hh, h0s, pk.batch_sizes, mask, relu, out_h),
                            ls, work)
         state["out_h"] = out_h
         return state
@@ -511,23 +511,23 @@ class Recurrent:
         GH = self.num_gates * H
         mask = st["mask"]
         dgx = np.empty((N, GH), dtype=dt)
-        w_hh = np.ascontiguousarray(W_hh)
+        w_hh_t = np.ascontiguousarray(W_hh.T)
         work = N * self.num_gates * H * H
         ls = pk.lengths_sorted
         if self.cell == "gru" and not self.reset_after:
             return self._backward_reset_before(k, d, pk, st, dd, dh, grads, want_dx)
         if self.cell == "lstm":
-            run_sliced(lstm_backward_slice, (dd, w_hh, st["c0"], st["out_c"], st["gates"],
+            run_sliced(lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
                                              pk.batch_sizes, mask, dh, dc, dgx), ls, work)
             dgh = dgx
         elif self.cell == "gru":
             dgn = np.empty((N, H), dtype=dt)  # the n-third of dgh; r, z thirds are dgx's
-            run_sliced(gru_backward_slice, (dd, w_hh, st["h0"], st["out_h"], st["gates"],
+            run_sliced(gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
                                             pk.batch_sizes, mask, dh, dgx, dgn), ls, work)
             dgh = None
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
-            run_sliced(rnn_backward_slice, (dd, w_hh, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx),
+            run_sliced(rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx),
                        ls, work)
             dgh = dgx
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
@@ -563,7 +563,7 @@ class Recurrent:
         mask = st["mask"]
         dgx = np.empty((N, 3 * H), dtype=dt)
         run_sliced(gru_rb_backward_slice,
-                   (dd, np.ascontiguousarray(W_hh[:2 * H]), np.ascontiguousarray(W_hh[2 * H:]),
+                   (dd, np.ascontiguousarray(W_hh[:2 * H].T), np.ascontiguousarray(W_hh[2 * H:].T),
                     st["h0"], st["out_h"], st["gates"], pk.batch_sizes, mask, dh, dgx),
                    pk.lengths_sorted, N * 3 * H * H)
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])

@@ -218,7 +218,7 @@ class Seq2Seq:
 
     # ------------------------------------------------------------ weights
     def _weights(self):
-        """(w, w_b, att) tuples for the kernels (transposed copies)."""
+        """(w, w_b, att) tuples for the kernels (contiguous copies; ``w_b`` transposed)."""
         p, M, Q, dt = self.params, self.M, self.Q, self.dtype
         W_ih, W_hh = p["decoder.weight_ih"], p["decoder.weight_hh"]
         b_ih, b_hh = p["decoder.bias_ih"], p["decoder.bias_hh"]
@@ -233,8 +233,8 @@ class Seq2Seq:
         W_o = p["output.weight"]
         W_os, W_oc = W_o[:, :Q], W_o[:, Q:]
         c = np.ascontiguousarray
-        w = (c(W_e.T), c(W_c.T), c(b_x), c(W_hh.T), b_hn, c(W_os.T), c(W_oc.T), c(p["output.bias"]))
-        w_b = (c(W_e), c(W_c), c(W_hh), c(W_os), c(W_oc))
+        w = (c(W_e), c(W_c), c(b_x), c(W_hh), b_hn, c(W_os), c(W_oc), c(p["output.bias"]))
+        w_b = (c(W_e.T), c(W_c.T), c(W_hh.T), c(W_os.T), c(W_oc.T))
         if self.kind == BAHDANAU:
             att = (c(p["attention.W2"].T), c(p["attention.v"]), np.ones(1, dt))
         else:
