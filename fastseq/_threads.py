@@ -123,8 +123,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-@contextmanager
-def blas_single_thread():
+class _BlasSingleThread:
     """Every BLAS at one thread while any fastseq call is inside such a block.
 
     fastseq's own parallelism is its batch split (:func:`run_sliced`) and row
@@ -134,25 +133,40 @@ def blas_single_thread():
     identical for a fixed ``n_jobs`` even with concurrent callers, and it
     avoids waking BLAS threads for the small per-step products.  The setting
     is reference-counted: it changes only when no fastseq call is active.
+    (A class, not a generator: it is entered on every call, a few times.)
     """
-    global _blas_depth, _blas_saved
-    ctrls = _blas_controllers()
-    with _blas_lock:
-        if _blas_depth == 0:
-            _blas_saved = [c.get_num_threads() for c in ctrls]
-            for c, n in zip(ctrls, _blas_saved):
-                if n != 1:
-                    c.set_num_threads(1)
-        _blas_depth += 1
-    try:
-        yield
-    finally:
+
+    __slots__ = ()
+
+    def __enter__(self):
+        global _blas_depth, _blas_saved
+        with _blas_lock:
+            if _blas_depth == 0:
+                ctrls = _blas_controllers()
+                _blas_saved = [c.get_num_threads() for c in ctrls]
+                for c, n in zip(ctrls, _blas_saved):
+                    if n != 1:
+                        c.set_num_threads(1)
+            _blas_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _blas_depth
         with _blas_lock:
             _blas_depth -= 1
             if _blas_depth == 0:
-                for c, n in zip(ctrls, _blas_saved):
+                for c, n in zip(_blas_controllers(), _blas_saved):
                     if n != 1:
                         c.set_num_threads(n)
+        return False
+
+
+_BLAS_SINGLE = _BlasSingleThread()
+
+
+def blas_single_thread():
+    """Context manager: :class:`_BlasSingleThread` (re-entrant, thread-safe)."""
+    return _BLAS_SINGLE
 
 
 def split_bounds(lengths_sorted, n):
@@ -168,6 +182,17 @@ def split_bounds(lengths_sorted, n):
             b0, k = b + 1, k + 1
     bounds.append((b0, B))
     return bounds
+
+
+def splits(B, work):
+    """Whether :func:`run_sliced` would split a batch of ``B`` sequences and
+    ``work`` multiply-adds across threads."""
+    return min(get_num_threads(), B // MIN_SPLIT_ROWS) > 1 and work >= MIN_SPLIT_WORK
+
+
+def matmul_splits(m, k, n):
+    """Whether :func:`parallel_matmul` would split an (m, k) @ (k, n) product."""
+    return min(get_num_threads(), m // 8) > 1 and m * k * n >= MIN_MATMUL_SPLIT
 
 
 def run_sliced(kernel, args, lengths_sorted, work):

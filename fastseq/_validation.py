@@ -34,7 +34,7 @@ def check_real_array(a, name, dtype=None, ndim=None):
 
 def check_finite(a, name, where=""):
     """Raise ``ValueError`` if ``a`` holds NaN or infinity."""
-    if not np.all(np.isfinite(a)):
+    if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinity{where}")
 
 

@@ -136,12 +136,77 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
             layer.forward(X, lengths, need_grad=False)
             out = layer.forward(X, lengths)[0]
             layer.backward(np.ones_like(out))
+            layer.eval()
+            X = np.nan_to_num(X)                          # (NaN padding): all steps valid
+            layer.forward(X, need_grad=False)             # the one-call inference path
+            layer.forward(X, need_grad=False, h0=np.zeros((1, 3, 3)) if cell != "lstm" else None)
     import importlib
     module = importlib.import_module("fastseq.kernels." + {"gru_rb": "gru_reset_before"}.get(cell, cell))
     prefix = "gru_rb" if cell == "gru_rb" else cell
-    for name in (f"{prefix}_forward_slice", f"{prefix}_backward_slice"):
+    names = [f"{prefix}_forward_slice", f"{prefix}_backward_slice"]
+    for name in names:
         sigs = getattr(module, name).signatures
         assert 1 <= len(sigs) <= 2, (name, sigs)       # used by the layer, one per dtype
+    if cell != "gru_rb":
+        sigs = getattr(kernels, f"{cell}_infer").signatures
+        assert 1 <= len(sigs) <= 2, sigs
+
+
+@pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, True)])
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-13)])
+def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, cell, nl, num_layers, bidirectional,
+                                                   dtype, tol):
+    kw = {"nonlinearity": nl} if cell == "rnn" else {}
+    D = 2 if bidirectional else 1
+    for bias in (True, False):
+        layer = Recurrent(cell, 4, 5, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
+                          dtype=dtype, random_state=2, **kw).eval()
+        X = rng.standard_normal((3, 6, 4))
+        h = rng.standard_normal((num_layers * D, 3, 5))
+        for h0 in (None, (h, h[::-1].copy()) if cell == "lstm" else h):
+            fast = layer.forward(X, h0=h0, need_grad=False)
+            packed = layer.forward(X, h0=h0)              # need_grad: the packed path
+            with monkeypatch.context() as m:
+                m.setattr(Recurrent, "_one_call_inference", lambda *a: False)
+                packed_inf = layer.forward(X, h0=h0, need_grad=False)
+            for f, p, q in zip(_flat(fast), _flat(packed), _flat(packed_inf)):
+                assert f.dtype == np.dtype(dtype) and f.shape == p.shape and f.flags.c_contiguous
+                np.testing.assert_allclose(f, p, rtol=tol, atol=tol)
+                np.testing.assert_allclose(f, q, rtol=tol, atol=tol)
+            with pytest.raises(RuntimeError, match="backward"):
+                layer.backward(np.ones_like(fast[0]))    # nothing kept for backward
+
+
+def _flat(result):
+    out, state = result
+    return [out] + (list(state) if isinstance(state, tuple) else [state])
+
+
+def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
+    from fastseq import _threads
+    calls = []
+    real = Recurrent._forward_infer
+    monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: calls.append(1) or real(self, *a))
+    small = Recurrent("lstm", 3, 4, random_state=0)
+    X = np.zeros((2, 5, 3))
+    small.forward(X)                                      # need_grad: packed
+    small.forward(X, [5, 4], need_grad=False)             # ragged: packed
+    assert calls == []
+    small.forward(X, [5, 5], need_grad=False)             # full lengths: one call
+    assert calls == [1]
+    rd = Recurrent("gru", 3, 4, recurrent_dropout=0.5, random_state=0)
+    rd.forward(X, need_grad=False)                        # training with dropout: packed
+    rb = Recurrent("gru", 3, 4, reset_after=False, random_state=0).eval()
+    rb.forward(X, need_grad=False)                        # reset-before GRU: packed
+    assert calls == [1]
+    big = Recurrent("lstm", 64, 64, random_state=0).eval()
+    Xb = np.zeros((64, 30, 64), np.float32)
+    with _threads.limit(2):
+        big.forward(Xb, need_grad=False)                  # split across threads: packed
+    assert calls == [1]
+    big.forward(Xb, need_grad=False)                      # one thread: one call
+    assert calls == [1, 1]
 
 
 def test_import_compiles_nothing():
@@ -207,6 +272,8 @@ def test_nan_only_in_padding_is_fine_but_not_in_valid_steps(lstm):
     lstm.forward(X, [3, 2])
     with pytest.raises(ValueError, match="X contains NaN or infinity at valid"):
         lstm.forward(X, [3, 3])
+    with pytest.raises(ValueError, match="X contains NaN or infinity at valid"):
+        lstm.forward(X, need_grad=False)                  # the one-call inference path
 
 
 def test_bad_states(lstm):

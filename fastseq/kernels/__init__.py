@@ -8,6 +8,7 @@ first call (``cache=True``); importing this package compiles nothing.
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .gru import gru_sequence_backward, gru_sequence_forward
 from .gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
+from .infer import gru_infer, lstm_infer, rnn_infer
 from .lstm import lstm_sequence_backward, lstm_sequence_forward
 from .optim import adam_update, sgd_update
 from .rnn import rnn_sequence_backward, rnn_sequence_forward
@@ -26,6 +27,7 @@ __all__ = [
     "gru_sequence_forward", "gru_sequence_backward",
     "gru_rb_forward_slice", "gru_rb_backward_slice",
     "rnn_sequence_forward", "rnn_sequence_backward",
+    "lstm_infer", "gru_infer", "rnn_infer",
     "grad_norm", "clip_grad_norm", "clip_grad_value",
     "adam_update", "sgd_update",
 ]

@@ -10,8 +10,9 @@ gradients after it).
 import numpy as np
 
 from .. import kernels as K
-from .._threads import blas_single_thread, parallel_matmul, run_sliced
+from .._threads import blas_single_thread, matmul_splits, parallel_matmul, run_sliced, splits
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
+from ..kernels.infer import gru_infer, lstm_infer, rnn_infer
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.lstm import lstm_backward_slice, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -326,11 +327,71 @@ class Recurrent:
         if not uniform and lengths.min() == T:
             uniform = True
         h0, c0 = self._check_states(h0, B)
+        if uniform and not need_grad and self._one_call_inference(B, T):
+            return self._forward_infer(X, h0, c0)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
         with blas_single_thread():
             return self._forward_packed(pk, inp, h0, c0, T, need_grad)
+
+    def _one_call_inference(self, B, T):
+        """Whether :meth:`_forward_infer` applies: no dropout active, the
+        reset-after cell, and a batch too small for the threaded split of the
+        time loop or of any input projection."""
+        if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
+            return False
+        if self.cell == "gru" and not self.reset_after:
+            return False
+        N, GH = B * T, self.num_gates * self.hidden_size
+        if splits(B, N * GH * self.hidden_size):
+            return False
+        return not any(matmul_splits(N, F, GH)
+                       for F in {self.input_size, self.num_directions * self.hidden_size})
+
+    def _forward_infer(self, X, h0, c0):
+        """Inference of a full-length batch, each layer and direction in one
+        compiled call (:mod:`fastseq.kernels.infer`): the same arithmetic as
+        the packed path, without its per-call Python (most of a small call)."""
+        B, T, F = X.shape
+        H, D, dt = self.hidden_size, self.num_directions, self.dtype
+        N = B * T
+        inp = np.empty((T, B, F), dtype=dt)
+        inp[...] = X.swapaxes(0, 1)
+        inp = inp.reshape(N, F)
+        check_finite(inp, "X", " at valid (unpadded) steps")
+        L = self.num_layers * D
+        h_n = np.empty((L, B, H), dtype=dt)
+        c_n = np.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
+        no_bias = np.empty(0, dtype=dt)
+        relu = 1 if self.nonlinearity == "relu" else 0
+        with blas_single_thread():
+            for k in range(self.num_layers):
+                out = np.empty((N, D * H), dtype=dt)
+                for d in range(D):
+                    idx = k * D + d
+                    W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
+                    if b_ih is None:
+                        b_ih = b_hh = no_bias
+                    xp = np.matmul(inp, W_ih.T)
+                    w_hh = np.ascontiguousarray(W_hh)
+                    h0s = np.ascontiguousarray(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
+                    out_h = np.empty((N, H), dtype=dt) if D == 2 else out
+                    if self.cell == "lstm":
+                        c0s = np.ascontiguousarray(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
+                        lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
+                    elif self.cell == "gru":
+                        gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
+                    else:
+                        rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
+                    if D == 2:
+                        out[:, d * H:(d + 1) * H] = out_h
+                inp = out
+        self._cache = None
+        out = np.ascontiguousarray(inp.reshape(T, B, D * H).swapaxes(0, 1))
+        if self.cell == "lstm":
+            return out, (h_n, c_n)
+        return out, h_n
 
     def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True):
         H, D, dt = self.hidden_size, self.num_directions, self.dtype

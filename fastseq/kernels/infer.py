@@ -1,0 +1,110 @@
+"""One-call inference of one layer and direction over a full-length batch.
+
+For a small batch most of a forward call used to be Python around the time
+loop (packing maps, state arrays, bias additions, reversal, picking the last
+states; about 70 us of a 95 us LSTM B=1 H=32 T=32 call).  These entry points
+take the input projection ``xp`` (rows ``t*B + b``, all sequences T steps)
+and do the rest in one compiled call: bias, optional time reversal, the time
+loop of the packed sequence kernels (nothing stored for a backward pass), and
+the final states.  The arithmetic is that of the packed kernels, row for row.
+"""
+
+import numpy as np
+from numba import njit
+
+from .._config import JIT
+from .gru import gru_forward_slice
+from .lstm import lstm_forward_slice
+from .rnn import rnn_forward_slice
+
+
+@njit(**JIT)
+def _prepare(xp, b_ih, b_hh, n_hh, B, reverse):
+    """``xp += b_ih + b_hh[:n_hh]`` in place (no bias when ``b_ih`` is empty);
+    returns it, or a copy with the steps in reverse order when ``reverse``."""
+    N, GH = xp.shape
+    if b_ih.shape[0] > 0:
+        bias = b_ih.copy()
+        for j in range(n_hh):
+            bias[j] = b_ih[j] + b_hh[j]
+        for r in range(N):
+            xr = xp[r]
+            for j in range(GH):
+                xr[j] += bias[j]
+    if not reverse:
+        return xp
+    T = N // B
+    out = np.empty_like(xp)
+    for t in range(T):
+        out[t * B:(t + 1) * B] = xp[(T - 1 - t) * B:(T - t) * B]
+    return out
+
+
+@njit(**JIT)
+def _finish(run_h, B, reverse, out_h, h_n):
+    """Last states into ``h_n``; the run's rows into ``out_h`` in input step order."""
+    N = run_h.shape[0]
+    h_n[...] = run_h[N - B:]
+    if reverse:
+        T = N // B
+        for t in range(T):
+            out_h[t * B:(t + 1) * B] = run_h[(T - 1 - t) * B:(T - t) * B]
+
+
+@njit(**JIT)
+def lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
+    """LSTM inference of one direction over B sequences of T = N / B steps.
+
+    Parameters
+    ----------
+    xp : (N, 4H) float
+        ``x_t W_ih^T`` of row ``t*B + b``; overwritten.
+    b_ih, b_hh : (4H,) float, or empty for no bias
+    w_hh : (4H, H) float
+        Recurrent weights (untransposed, C-contiguous).
+    h0, c0 : (B, H) float
+        Initial states (read only).
+    reverse : bool
+        Run from step T-1 down to 0 (the reverse direction).
+    out_h : (N, H) float
+        Filled with ``h_t`` of row ``t*B + b`` (input step order either way).
+    h_n, c_n : (B, H) float
+        Filled with the states after the last step run.
+    """
+    B, H = h0.shape
+    N = xp.shape[0]
+    x = _prepare(xp, b_ih, b_hh, 4 * H, B, reverse)
+    run_h = np.empty_like(out_h) if reverse else out_h
+    run_c = np.empty((N, H), dtype=xp.dtype)
+    lstm_forward_slice(x, w_hh, h0, c0, np.full(N // B, B, dtype=np.int64),
+                       np.empty((0, H), dtype=xp.dtype), run_h, run_c,
+                       np.empty((0, 4 * H), dtype=xp.dtype), np.int64(0), B)
+    c_n[...] = run_c[N - B:]
+    _finish(run_h, B, reverse, out_h, h_n)
+
+
+@njit(**JIT)
+def gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
+    """GRU (reset after the product) inference; as :func:`lstm_infer` with
+    (3H,) biases, ``b_hh``'s n-third kept inside the reset product."""
+    B, H = h0.shape
+    N = xp.shape[0]
+    x = _prepare(xp, b_ih, b_hh, 2 * H, B, reverse)
+    b_hn = b_hh[2 * H:].copy() if b_hh.shape[0] > 0 else np.zeros(H, dtype=xp.dtype)
+    run_h = np.empty_like(out_h) if reverse else out_h
+    gru_forward_slice(x, w_hh, b_hn, h0, np.full(N // B, B, dtype=np.int64),
+                      np.empty((0, H), dtype=xp.dtype), run_h,
+                      np.empty((0, 4 * H), dtype=xp.dtype), np.int64(0), B)
+    _finish(run_h, B, reverse, out_h, h_n)
+
+
+@njit(**JIT)
+def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
+    """Elman RNN inference (``relu`` 1 for ReLU, 0 for tanh); as :func:`lstm_infer`."""
+    B, H = h0.shape
+    N = xp.shape[0]
+    x = _prepare(xp, b_ih, b_hh, H, B, reverse)
+    run_h = np.empty_like(out_h) if reverse else out_h
+    rnn_forward_slice(x, w_hh, h0, np.full(N // B, B, dtype=np.int64),
+                      np.empty((0, H), dtype=xp.dtype), relu, run_h, np.int64(0), B)
+    _finish(run_h, B, reverse, out_h, h_n)
