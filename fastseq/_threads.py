@@ -217,6 +217,55 @@ def run_sliced(kernel, args, lengths_sorted, work):
 
 
 
+# ------------------------------------------------------------------------
+# Unit split: the threads of one call share every step, each computing its
+# own hidden units (kernels ``*_infer_part``), a barrier between steps.
+
+_unit_lock = threading.Lock()
+#: a flag value that releases every barrier (a thread that failed sets it)
+_RELEASE_ALL = 2 ** 62
+
+
+def unit_bounds(H, n):
+    """``n`` contiguous ranges of the hidden units ``0..H``, cut at multiples
+    of 8 where possible (whole vectors per thread)."""
+    cuts = [0] + [min(H, max(0, int(round(H * k / n / 8.0)) * 8)) for k in range(1, n)] + [H]
+    return [(cuts[k], cuts[k + 1]) for k in range(n)]
+
+
+@contextmanager
+def unit_split_slot():
+    """Yields True when this call may run a unit split now (one at a time in
+    the process: two of them interleaved on a shared pool could each hold a
+    worker spinning for a part queued behind the other's), else False."""
+    got = _unit_lock.acquire(blocking=False)
+    try:
+        yield got
+    finally:
+        if got:
+            _unit_lock.release()
+
+
+def run_units(part, n, flags, stride):
+    """``part(tid)`` for ``tid`` in ``0..n-1`` at once: 0 on the calling thread,
+    the others on the pool.  A part that raises first releases the barriers
+    (``flags``) so that the others finish; the first exception is re-raised."""
+    def guarded(tid):
+        try:
+            part(tid)
+        except BaseException:
+            flags[tid * stride] = _RELEASE_ALL
+            raise
+    with blas_single_thread():
+        pool = _pool(n - 1)
+        futures = [pool.submit(guarded, tid) for tid in range(1, n)]
+        try:
+            guarded(0)
+        finally:
+            for f in futures:
+                f.result()
+
+
 #: least multiply-adds of a matrix product worth splitting across threads
 MIN_MATMUL_SPLIT = 2_000_000
 

@@ -168,7 +168,7 @@ def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, cell, nl, n
             fast = layer.forward(X, h0=h0, need_grad=False)
             packed = layer.forward(X, h0=h0)              # need_grad: the packed path
             with monkeypatch.context() as m:
-                m.setattr(Recurrent, "_one_call_inference", lambda *a: False)
+                m.setattr(Recurrent, "_inference_plan", lambda *a: None)
                 packed_inf = layer.forward(X, h0=h0, need_grad=False)
             for f, p, q in zip(_flat(fast), _flat(packed), _flat(packed_inf)):
                 assert f.dtype == np.dtype(dtype) and f.shape == p.shape and f.flags.c_contiguous
@@ -187,26 +187,26 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     from fastseq import _threads
     calls = []
     real = Recurrent._forward_infer
-    monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: calls.append(1) or real(self, *a))
+    monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: calls.append(a[-1]) or real(self, *a))
     small = Recurrent("lstm", 3, 4, random_state=0)
     X = np.zeros((2, 5, 3))
     small.forward(X)                                      # need_grad: packed
     small.forward(X, [5, 4], need_grad=False)             # ragged: packed
     assert calls == []
     small.forward(X, [5, 5], need_grad=False)             # full lengths: one call
-    assert calls == [1]
+    assert calls == ["one"]
     rd = Recurrent("gru", 3, 4, recurrent_dropout=0.5, random_state=0)
     rd.forward(X, need_grad=False)                        # training with dropout: packed
     rb = Recurrent("gru", 3, 4, reset_after=False, random_state=0).eval()
     rb.forward(X, need_grad=False)                        # reset-before GRU: packed
-    assert calls == [1]
+    assert calls == ["one"]
     big = Recurrent("lstm", 64, 64, random_state=0).eval()
     Xb = np.zeros((64, 30, 64), np.float32)
     with _threads.limit(2):
         big.forward(Xb, need_grad=False)                  # split across threads: packed
-    assert calls == [1]
+    assert calls == ["one"]
     big.forward(Xb, need_grad=False)                      # one thread: one call
-    assert calls == [1, 1]
+    assert calls == ["one", "one"]
 
 
 def test_import_compiles_nothing():

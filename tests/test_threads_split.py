@@ -169,3 +169,96 @@ def test_uniform_length_fast_path_matches_general_packing(cell, B, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     for k in fast[4]:
         np.testing.assert_allclose(fast[4][k], slow[4][k], rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------
+# Inference with the hidden units split across threads (a barrier per step)
+
+def _force_units(monkeypatch):
+    import fastseq.network.recurrent as R
+    monkeypatch.setattr(R, "UNIT_SPLIT_TIERS", {c: ((0, 10 ** 9),) for c in ("lstm", "gru", "rnn")})
+    monkeypatch.setattr(R, "UNIT_SPLIT_MIN_UNITS", 1)
+
+
+@pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
+@pytest.mark.parametrize("n_jobs", [2, 3])
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-12)])
+def test_unit_split_equals_the_packed_path(monkeypatch, cell, nl, n_jobs, dtype, tol):
+    _force_units(monkeypatch)
+    kw = {"nonlinearity": nl} if cell == "rnn" else {}
+    rng = np.random.default_rng(0)
+    for H, bias, layers, bi in [(7, True, 1, False), (33, False, 2, True), (16, True, 1, True)]:
+        layer = Recurrent(cell, 5, H, num_layers=layers, bidirectional=bi, bias=bias, dtype=dtype,
+                          random_state=1, **kw).eval()
+        X = rng.standard_normal((3, 6, 5))
+        D = 2 if bi else 1
+        h = rng.standard_normal((layers * D, 3, H))
+        h0 = (h, -h) if cell == "lstm" else h
+        ref = layer.forward(X, h0=h0)                     # packed, one thread
+        with _threads.limit(n_jobs):
+            assert layer._inference_plan(3, 6) == "units"
+            got = layer.forward(X, h0=h0, need_grad=False)
+            again = layer.forward(X, h0=h0, need_grad=False)
+        flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
+        for a, b, c in zip(flat(got), flat(ref), flat(again)):
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+            np.testing.assert_array_equal(a, c)           # deterministic for a thread count
+
+
+def test_unit_split_plan_follows_the_measured_tiers():
+    with _threads.limit(2):
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "units"
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 10) == "units"
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) is None       # batch split
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(4, 10) == "units"
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(16, 10) is None
+        assert Recurrent("lstm", 8, 64).eval()._inference_plan(1, 10) == "one"        # small W_hh
+    assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"           # one thread
+
+
+def test_unit_split_concurrent_callers_and_a_failing_part(monkeypatch):
+    """Two threads at once (one runs the split, the other falls back to one
+    thread: no deadlock), and a part that raises releases the barrier."""
+    _force_units(monkeypatch)
+    layer = Recurrent("lstm", 4, 40, random_state=0).eval()
+    X = np.random.default_rng(0).standard_normal((2, 50, 4)).astype(np.float32)
+    ref = layer.forward(X)[0]
+    results, errors = [], []
+
+    def work():
+        try:
+            with _threads.limit(2):
+                for _ in range(20):
+                    results.append(layer.forward(X, need_grad=False)[0])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "unit split deadlocked"
+    assert not errors and len(results) == 60
+    for r in results:
+        np.testing.assert_allclose(r, ref, rtol=1e-5, atol=1e-5)
+
+    import fastseq.network.recurrent as R
+    real = R.lstm_infer_part
+    def boom(x, w_hh, h0, c0, j0, j1, tid, *rest):
+        if tid == 1:
+            raise MemoryError("part 1 failed")
+        return real(x, w_hh, h0, c0, j0, j1, tid, *rest)
+    monkeypatch.setattr(R, "lstm_infer_part", boom)
+    done = []
+
+    def failing():
+        with _threads.limit(2):
+            try:
+                layer.forward(X, need_grad=False)
+            except MemoryError as exc:
+                done.append(str(exc))
+    t = threading.Thread(target=failing)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "a failing part left the other waiting at the barrier"
+    assert done == ["part 1 failed"]

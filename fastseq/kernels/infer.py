@@ -13,8 +13,11 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from ._sync import barrier
+from .activations import sigmoid, tanh
 from .gru import gru_forward_slice
 from .lstm import lstm_forward_slice
+from .matmul import step_matmul
 from .rnn import rnn_forward_slice
 
 
@@ -108,3 +111,140 @@ def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
     rnn_forward_slice(x, w_hh, h0, np.full(N // B, B, dtype=np.int64),
                       np.empty((0, H), dtype=xp.dtype), relu, run_h, np.int64(0), B)
     _finish(run_h, B, reverse, out_h, h_n)
+
+
+# ---------------------------------------------------------------------------
+# The same, split over the hidden units: thread ``tid`` computes units
+# ``j0 <= j < j1`` of every row from its own rows of W_hh (gate g's rows
+# ``g*H + j``, copied into a contiguous block that stays in its core's cache:
+# W_hh of an H = 256 LSTM is 1 MB, each half fits a 1 MB L2), then waits at a
+# barrier (:mod:`fastseq.kernels._sync`) until all threads have written
+# step t before anyone reads it as h_{t-1}.  For batches too small to split by
+# sequence (B = 1 cannot be split at all).  ``x`` comes from :func:`prepare`
+# (bias added, steps in run order); each thread writes only its own columns
+# of ``run_h`` and of the final states.
+
+
+@njit(**JIT)
+def prepare(xp, b_ih, b_hh, n_hh, B, reverse):
+    """:func:`_prepare` for callers outside this module."""
+    return _prepare(xp, b_ih, b_hh, n_hh, B, reverse)
+
+
+@njit(**JIT)
+def finish(run_h, B, reverse, out_h, h_n):
+    """:func:`_finish` for callers outside this module."""
+    _finish(run_h, B, reverse, out_h, h_n)
+
+
+@njit(inline="always", **JIT)
+def _own_rows(w_hh, G, j0, j1):
+    """(G*(j1-j0), H) copy of the rows ``g*H + j`` of ``w_hh``, ``j0 <= j < j1``."""
+    H = w_hh.shape[1]
+    nj = j1 - j0
+    w = np.empty((G * nj, H), dtype=w_hh.dtype)
+    for g in range(G):
+        for jj in range(nj):
+            src = w_hh[g * H + j0 + jj]
+            dst = w[g * nj + jj]
+            for k in range(H):
+                dst[k] = src[k]
+    return w
+
+
+@njit(**JIT)
+def lstm_infer_part(x, w_hh, h0, c0, j0, j1, tid, flags, run_h, c_n):
+    """Units ``j0..j1`` of an LSTM run over prepared ``x`` (N, 4H); thread
+    ``tid`` of ``flags.shape[0] // STRIDE``.  Writes ``run_h[:, j0:j1]`` and
+    ``c_n[:, j0:j1]``."""
+    B, H = h0.shape
+    T = x.shape[0] // B
+    nj = j1 - j0
+    w = _own_rows(w_hh, 4, j0, j1)
+    hp = np.empty((B, 4 * nj), dtype=x.dtype)
+    c = np.empty((B, nj), dtype=x.dtype)
+    for b in range(B):
+        for jj in range(nj):
+            c[b, jj] = c0[b, j0 + jj]
+    for t in range(T):
+        h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
+        step_matmul(h_prev, w, hp)
+        for b in range(B):
+            xr = x[t * B + b]
+            p = hp[b]
+            cb = c[b]
+            oh = run_h[t * B + b]
+            for jj in range(nj):
+                j = j0 + jj
+                gi = sigmoid(xr[j] + p[jj])
+                gf = sigmoid(xr[H + j] + p[nj + jj])
+                gg = tanh(xr[2 * H + j] + p[2 * nj + jj])
+                go = sigmoid(xr[3 * H + j] + p[3 * nj + jj])
+                cc = gf * cb[jj] + gi * gg
+                cb[jj] = cc
+                oh[j] = go * tanh(cc)
+        if t + 1 < T:
+            barrier(flags, tid, t + 1)
+    for b in range(B):
+        for jj in range(nj):
+            c_n[b, j0 + jj] = c[b, jj]
+
+
+@njit(**JIT)
+def gru_infer_part(x, w_hh, b_hh, h0, j0, j1, tid, flags, run_h):
+    """Units ``j0..j1`` of a GRU (reset after the product) run over prepared
+    ``x`` (N, 3H); ``b_hh`` (3H,) or empty.  Writes ``run_h[:, j0:j1]``."""
+    B, H = h0.shape
+    T = x.shape[0] // B
+    nj = j1 - j0
+    w = _own_rows(w_hh, 3, j0, j1)
+    b_hn = np.zeros(nj, dtype=x.dtype)
+    if b_hh.shape[0] > 0:
+        for jj in range(nj):
+            b_hn[jj] = b_hh[2 * H + j0 + jj]
+    hp = np.empty((B, 3 * nj), dtype=x.dtype)
+    for t in range(T):
+        h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
+        step_matmul(h_prev, w, hp)
+        for b in range(B):
+            xr = x[t * B + b]
+            p = hp[b]
+            hb = h_prev[b]
+            oh = run_h[t * B + b]
+            for jj in range(nj):
+                j = j0 + jj
+                gr = sigmoid(xr[j] + p[jj])
+                gz = sigmoid(xr[H + j] + p[nj + jj])
+                a = p[2 * nj + jj] + b_hn[jj]
+                gn = tanh(xr[2 * H + j] + gr * a)
+                oh[j] = gn + gz * (hb[j] - gn)
+        if t + 1 < T:
+            barrier(flags, tid, t + 1)
+
+
+@njit(**JIT)
+def rnn_infer_part(x, w_hh, h0, relu, j0, j1, tid, flags, run_h):
+    """Units ``j0..j1`` of an Elman RNN run over prepared ``x`` (N, H).
+    Writes ``run_h[:, j0:j1]``."""
+    B, H = h0.shape
+    T = x.shape[0] // B
+    nj = j1 - j0
+    w = _own_rows(w_hh, 1, j0, j1)
+    hp = np.empty((B, nj), dtype=x.dtype)
+    zero = np.zeros(1, dtype=x.dtype)[0]
+    for t in range(T):
+        h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
+        step_matmul(h_prev, w, hp)
+        for b in range(B):
+            xr = x[t * B + b]
+            p = hp[b]
+            oh = run_h[t * B + b]
+            if relu:
+                for jj in range(nj):
+                    v = xr[j0 + jj] + p[jj]
+                    oh[j0 + jj] = v if v > zero else zero
+            else:
+                for jj in range(nj):
+                    oh[j0 + jj] = tanh(xr[j0 + jj] + p[jj])
+        if t + 1 < T:
+            barrier(flags, tid, t + 1)

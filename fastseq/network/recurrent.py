@@ -10,9 +10,16 @@ gradients after it).
 import numpy as np
 
 from .. import kernels as K
-from .._threads import blas_single_thread, matmul_splits, parallel_matmul, run_sliced, splits
+from .._threads import (
+    blas_single_thread, get_num_threads, matmul_splits, parallel_matmul, run_sliced, run_units, splits,
+    unit_bounds, unit_split_slot,
+)
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
-from ..kernels.infer import gru_infer, lstm_infer, rnn_infer
+from ..kernels._sync import STRIDE as SYNC_STRIDE
+from ..kernels.infer import (
+    finish as infer_finish, gru_infer, gru_infer_part, lstm_infer, lstm_infer_part, prepare as infer_prepare,
+    rnn_infer, rnn_infer_part,
+)
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.lstm import lstm_backward_slice, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -26,6 +33,18 @@ from .._validation import (
 from ..init import get_initializer
 
 CELLS = ("rnn", "lstm", "gru")
+#: inference splits a layer's hidden units across threads (see
+#: :meth:`Recurrent._inference_plan`) when W_hh has at least ``[0]`` weights
+#: and the batch at most ``[1]`` sequences, with at least
+#: :data:`UNIT_SPLIT_MIN_UNITS` units per thread.  Measured on the 2-core
+#: znver3 machine (``python bench/unit_split.py``): the split wins for
+#: B <= 4 from 64K weights (LSTM H=128, GRU/RNN H=256), and for LSTM and RNN
+#: up to B = 32 from 256K weights (LSTM H=256, RNN H=512); the GRU's batch
+#: split stays faster from B = 16.
+UNIT_SPLIT_TIERS = {"lstm": ((64 * 1024, 4), (256 * 1024, 32)),
+                    "rnn": ((64 * 1024, 4), (256 * 1024, 32)),
+                    "gru": ((64 * 1024, 4),)}
+UNIT_SPLIT_MIN_UNITS = 32
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
 INIT_PRESETS = {
@@ -327,32 +346,45 @@ class Recurrent:
         if not uniform and lengths.min() == T:
             uniform = True
         h0, c0 = self._check_states(h0, B)
-        if uniform and not need_grad and self._one_call_inference(B, T):
-            return self._forward_infer(X, h0, c0)
+        if uniform and not need_grad:
+            plan = self._inference_plan(B, T)
+            if plan is not None:
+                return self._forward_infer(X, h0, c0, plan)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
         with blas_single_thread():
             return self._forward_packed(pk, inp, h0, c0, T, need_grad)
 
-    def _one_call_inference(self, B, T):
-        """Whether :meth:`_forward_infer` applies: no dropout active, the
-        reset-after cell, and a batch too small for the threaded split of the
-        time loop or of any input projection."""
+    def _inference_plan(self, B, T):
+        """How a full-length inference call runs (None: the packed path, for
+        active dropout, the reset-before GRU, and batches the threaded batch
+        split or input projection pays for): ``"one"``, each layer and
+        direction in one compiled call on this thread, or ``"units"``, its
+        hidden units split across :func:`fastseq._threads.get_num_threads`
+        threads that step together (a small batch with large recurrent
+        products: each thread keeps its share of W_hh in its own cache)."""
         if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
-            return False
+            return None
         if self.cell == "gru" and not self.reset_after:
-            return False
-        N, GH = B * T, self.num_gates * self.hidden_size
-        if splits(B, N * GH * self.hidden_size):
-            return False
-        return not any(matmul_splits(N, F, GH)
-                       for F in {self.input_size, self.num_directions * self.hidden_size})
+            return None
+        H = self.hidden_size
+        N, GH = B * T, self.num_gates * H
+        n = get_num_threads()
+        if n > 1 and H >= UNIT_SPLIT_MIN_UNITS * n and any(
+                GH * H >= weights and B <= batch for weights, batch in UNIT_SPLIT_TIERS[self.cell]):
+            return "units"
+        if splits(B, N * GH * H):
+            return None
+        if any(matmul_splits(N, F, GH) for F in {self.input_size, self.num_directions * H}):
+            return None
+        return "one"
 
-    def _forward_infer(self, X, h0, c0):
+    def _forward_infer(self, X, h0, c0, plan="one"):
         """Inference of a full-length batch, each layer and direction in one
-        compiled call (:mod:`fastseq.kernels.infer`): the same arithmetic as
-        the packed path, without its per-call Python (most of a small call)."""
+        compiled call (:mod:`fastseq.kernels.infer`), or in one call per thread
+        for ``plan="units"``: the same arithmetic as the packed path, without
+        its per-call Python (most of a small call)."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
@@ -365,7 +397,8 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
         no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
-        with blas_single_thread():
+        with blas_single_thread(), unit_split_slot() as free:
+            units = plan == "units" and free
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
                 for d in range(D):
@@ -373,12 +406,17 @@ class Recurrent:
                     W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
                     if b_ih is None:
                         b_ih = b_hh = no_bias
-                    xp = np.matmul(inp, W_ih.T)
+                    xp = parallel_matmul(inp, W_ih.T)
                     w_hh = np.ascontiguousarray(W_hh)
                     h0s = np.ascontiguousarray(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
-                    out_h = np.empty((N, H), dtype=dt) if D == 2 else out
+                    c0s = None
                     if self.cell == "lstm":
                         c0s = np.ascontiguousarray(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
+                    out_h = np.empty((N, H), dtype=dt) if D == 2 else out
+                    if units:
+                        self._run_units(xp, b_ih, b_hh, w_hh, h0s, c0s, relu, d == 1,
+                                        out_h, h_n[idx], None if c_n is None else c_n[idx])
+                    elif self.cell == "lstm":
                         lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
                     elif self.cell == "gru":
                         gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
@@ -392,6 +430,27 @@ class Recurrent:
         if self.cell == "lstm":
             return out, (h_n, c_n)
         return out, h_n
+
+    def _run_units(self, xp, b_ih, b_hh, w_hh, h0s, c0s, relu, reverse, out_h, h_n, c_n):
+        """One layer and direction with its hidden units split across threads."""
+        B, H = h0s.shape
+        n = get_num_threads()
+        G = self.num_gates
+        x = infer_prepare(xp, b_ih, b_hh, 2 * H if self.cell == "gru" else G * H, B, reverse)
+        run_h = np.empty_like(out_h) if reverse else out_h
+        bounds = unit_bounds(H, n)
+        flags = np.zeros(n * SYNC_STRIDE, dtype=np.int64)
+        if self.cell == "lstm":
+            def part(tid):
+                lstm_infer_part(x, w_hh, h0s, c0s, *bounds[tid], tid, flags, run_h, c_n)
+        elif self.cell == "gru":
+            def part(tid):
+                gru_infer_part(x, w_hh, b_hh, h0s, *bounds[tid], tid, flags, run_h)
+        else:
+            def part(tid):
+                rnn_infer_part(x, w_hh, h0s, relu, *bounds[tid], tid, flags, run_h)
+        run_units(part, n, flags, SYNC_STRIDE)
+        infer_finish(run_h, B, reverse, out_h, h_n)
 
     def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True):
         H, D, dt = self.hidden_size, self.num_directions, self.dtype

@@ -1,0 +1,61 @@
+"""GFLOP/s of one step's recurrent product: fastseq's ``step_matmul`` against
+BLAS (``np.dot`` inside a compiled loop, SciPy's OpenBLAS), one thread.
+
+Run from the repository root::
+
+    python bench/matmul_step.py
+
+``out (n, M) = a (n, K) @ w.T`` with w (M, K) = W_hh (M = 4H for an LSTM),
+n the rows of one step (the batch, or a thread's share of it).  The numbers
+quoted in ``fastseq/kernels/matmul.py`` come from this script.
+"""
+
+import time
+
+import numpy as np
+from numba import njit
+from threadpoolctl import threadpool_limits
+
+from fastseq._config import JIT
+from fastseq.kernels.matmul import step_matmul
+
+
+@njit(**JIT)
+def _repeat_fastseq(a, w, out, reps):
+    for _ in range(reps):
+        step_matmul(a, w, out)
+
+
+@njit(**JIT)
+def _repeat_blas(a, w_t, out, reps):
+    for _ in range(reps):
+        np.dot(a, w_t, out)
+
+
+def main():
+    rng = np.random.default_rng(0)
+    with threadpool_limits(1):
+        for H in (64, 128, 256, 512, 1024):
+            M = 4 * H
+            w = rng.standard_normal((M, H), dtype=np.float32)
+            w_t = np.ascontiguousarray(w.T)
+            for n in (1, 2, 4, 8, 16, 32, 64, 128):
+                a = rng.standard_normal((n, H), dtype=np.float32)
+                out = np.empty((n, M), dtype=np.float32)
+                row = []
+                for name, fn, ww in (("fastseq", _repeat_fastseq, w), ("blas", _repeat_blas, w_t)):
+                    fn(a, ww, out, 1)
+                    reps = max(1, int(2e8 / (2 * n * H * M)))
+                    best = min(_one(fn, a, ww, out, reps) for _ in range(3))
+                    row.append(f"{name} {2 * n * H * M / best / 1e9:6.1f}")
+                print(f"K=H={H:5d} M={M:5d} n={n:4d}  " + "  ".join(row) + "  GFLOP/s", flush=True)
+
+
+def _one(fn, a, w, out, reps):
+    t0 = time.perf_counter()
+    fn(a, w, out, reps)
+    return (time.perf_counter() - t0) / reps
+
+
+if __name__ == "__main__":
+    main()

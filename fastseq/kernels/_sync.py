@@ -1,0 +1,82 @@
+"""A per-step barrier between threads running parts of one time loop.
+
+Threads that split the *hidden units* of a layer (not the batch) must see
+each other's ``h_t`` before step ``t + 1``.  Each thread publishes the number
+of steps it has finished in its own slot of an int64 ``flags`` array (slots a
+cache line apart) with a release store, and waits for every other slot with
+acquire loads: what a thread wrote before its release store is visible to a
+thread whose acquire load saw the value.  Numba has no atomics, so the two
+accesses are LLVM intrinsics (a plain load could be hoisted out of the wait
+loop).  A waiting thread spins :data:`SPIN_LIMIT` times, then calls
+``sched_yield`` between polls, so that an oversubscribed machine still makes
+progress.  A barrier costs about 70 ns between two cores here.
+"""
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._config import JIT
+
+#: int64 slots between two threads' flags (64 bytes: one cache line each)
+STRIDE = 8
+#: polls before a waiting thread starts yielding its core
+SPIN_LIMIT = 4000
+
+
+def _item_pointer(context, builder, aty, arr, idx):
+    a = context.make_array(aty)(context, builder, arr)
+    return cgutils.get_item_pointer(context, builder, aty, a, [idx], wraparound=False)
+
+
+@intrinsic
+def load_acquire(typingctx, arr, idx):
+    """``arr[idx]`` (int64 array) as an acquire load."""
+    sig = types.int64(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, ordering="acquire", align=8)
+    return sig, codegen
+
+
+@intrinsic
+def store_release(typingctx, arr, idx, val):
+    """``arr[idx] = val`` (int64 array) as a release store."""
+    sig = types.void(arr, idx, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1])
+        val = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(val, ptr, ordering="release", align=8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def sched_yield(typingctx):
+    """libc's ``sched_yield()``: give the core to another runnable thread."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
+                                            "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(inline="always", **JIT)
+def barrier(flags, tid, value):
+    """Publish that thread ``tid`` finished step ``value`` and wait until every
+    thread (``flags.shape[0] // STRIDE`` of them) has."""
+    store_release(flags, tid * STRIDE, value)
+    for k in range(flags.shape[0] // STRIDE):
+        if k != tid:
+            spins = 0
+            while load_acquire(flags, k * STRIDE) < value:
+                spins += 1
+                if spins >= SPIN_LIMIT:
+                    sched_yield()
+                    spins = 0
