@@ -262,3 +262,35 @@ def test_unit_split_concurrent_callers_and_a_failing_part(monkeypatch):
     t.join(timeout=60)
     assert not t.is_alive(), "a failing part left the other waiting at the barrier"
     assert done == ["part 1 failed"]
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-11)])
+def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirectional, dtype, tol):
+    """Forward (gates stored) and backward with the units split: outputs,
+    final states, dX, d_h0, d_c0 and every weight gradient, on a ragged batch."""
+    import fastseq.network.recurrent as R
+    rng = np.random.default_rng(0)
+    layer = Recurrent("lstm", 5, 40, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
+                      random_state=1)
+    X = rng.standard_normal((3, 7, 5))
+    D = 2 if bidirectional else 1
+    G = rng.standard_normal((3, 7, D * 40))
+
+    def run():
+        out, (hn, cn) = layer.forward(X, [7, 4, 6])
+        dX, g = layer.backward(G, d_h_n=np.ones_like(hn), d_c_n=np.ones_like(cn))
+        return [out, hn, cn, dX, layer.d_h0.copy(), layer.d_c0.copy()] + [v.copy() for v in g.values()]
+    ref = run()
+    monkeypatch.setattr(R, "UNIT_SPLIT_TRAIN", (0, 100))
+    monkeypatch.setattr(R, "UNIT_SPLIT_MIN_UNITS", 1)
+    calls = []
+    real = R.run_units
+    monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))
+    with _threads.limit(2):
+        got = run()
+        again = run()
+    assert len(calls) == 4 * layers * D                  # forward and backward, twice
+    for a, b, c in zip(got, ref, again):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+        np.testing.assert_array_equal(a, c)

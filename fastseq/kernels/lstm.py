@@ -33,6 +33,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
+from ._sync import barrier
 from .matmul import step_matmul
 
 
@@ -204,3 +205,109 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
             else:
                 for j in range(H):
                     dhb[j] = tb[j]
+
+
+# ---------------------------------------------------------------------------
+# Training with the hidden units split across threads (see
+# :mod:`fastseq.kernels.infer` for the scheme): thread ``tid`` computes units
+# ``j0 <= j < j1`` of every row and step, a barrier
+# (:func:`fastseq.kernels._sync.barrier`) after each step.  No recurrent
+# dropout mask.
+
+
+@njit(**JIT)
+def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, out_c, out_gates):
+    """Units ``j0..j1`` of :func:`lstm_sequence_forward` (gates stored)."""
+    H = h0.shape[1]
+    T = batch_sizes.shape[0]
+    nj = j1 - j0
+    w = np.empty((4 * nj, H), dtype=w_hh.dtype)
+    for g in range(4):
+        for jj in range(nj):
+            w[g * nj + jj] = w_hh[g * H + j0 + jj]
+    hp = np.empty((batch_sizes[0], 4 * nj), dtype=xp.dtype)
+    off = 0
+    prev = 0
+    for t in range(T):
+        nb = batch_sizes[t]
+        if t == 0:
+            h_prev = h0[:nb]
+            c_prev = c0[:nb]
+        else:
+            h_prev = out_h[prev:prev + nb]
+            c_prev = out_c[prev:prev + nb]
+        step_matmul(h_prev, w, hp[:nb])
+        for b in range(nb):
+            r = off + b
+            x = xp[r]
+            p = hp[b]
+            cp = c_prev[b]
+            oc = out_c[r]
+            oh = out_h[r]
+            g = out_gates[r]
+            for jj in range(nj):
+                j = j0 + jj
+                gi = sigmoid(x[j] + p[jj])
+                gf = sigmoid(x[H + j] + p[nj + jj])
+                gg = tanh(x[2 * H + j] + p[2 * nj + jj])
+                go = sigmoid(x[3 * H + j] + p[3 * nj + jj])
+                c = gf * cp[j] + gi * gg
+                oc[j] = c
+                oh[j] = go * tanh(c)
+                g[j] = gi
+                g[H + j] = gf
+                g[2 * H + j] = gg
+                g[3 * H + j] = go
+        if t + 1 < T:
+            barrier(flags, tid, t + 1)
+        prev = off
+        off += nb
+
+
+@njit(**JIT)
+def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1, tid, flags,
+                       io_dh, io_dc, out_dgates):
+    """Units ``j0..j1`` of :func:`lstm_sequence_backward` (no mask): this
+    thread's gate gradients, a barrier, then its units of ``dh_{t-1}`` from
+    every gate gradient of the step (rows ``j0..j1`` of ``W_hh.T``)."""
+    H = io_dh.shape[1]
+    T = batch_sizes.shape[0]
+    offsets = packed_offsets(batch_sizes)
+    w = w_hh_t[j0:j1]
+    tmp = np.empty((batch_sizes[0], j1 - j0), dtype=d_out.dtype)
+    one = np.ones(1, dtype=d_out.dtype)[0]
+    for t in range(T - 1, -1, -1):
+        nb = batch_sizes[t]
+        off = offsets[t]
+        for b in range(nb):
+            r = off + b
+            if t == 0:
+                cpr = c0[b]
+            else:
+                cpr = out_c[offsets[t - 1] + b]
+            g = out_gates[r]
+            dg = out_dgates[r]
+            cr = out_c[r]
+            dor = d_out[r]
+            dhb = io_dh[b]
+            dcb = io_dc[b]
+            for j in range(j0, j1):
+                gi = g[j]
+                gf = g[H + j]
+                gg = g[2 * H + j]
+                go = g[3 * H + j]
+                tc = tanh(cr[j])
+                dh = dhb[j] + dor[j]
+                dc = dcb[j] + dh * go * (one - tc * tc)
+                dg[j] = dc * gg * gi * (one - gi)
+                dg[H + j] = dc * cpr[j] * gf * (one - gf)
+                dg[2 * H + j] = dc * gi * (one - gg * gg)
+                dg[3 * H + j] = dh * tc * go * (one - go)
+                dcb[j] = dc * gf
+        barrier(flags, tid, T - t)
+        step_matmul(out_dgates[off:off + nb], w, tmp[:nb])
+        for b in range(nb):
+            dhb = io_dh[b]
+            tb = tmp[b]
+            for jj in range(j1 - j0):
+                dhb[j0 + jj] = tb[jj]
