@@ -208,13 +208,16 @@ def _calibrate(fn, min_time):
     return max(1, int(min_time / max(dt, 1e-7)))
 
 
-def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.005):
+def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
     """Median seconds per call of each of ``fns`` (a dict), timed in turn.
 
     Each sample runs one engine ``inner`` times (calibrated to about
-    ``min_time``); a short untimed ``pause`` between engines lets the worker
-    threads of the previous one (ORT, OpenMP and OpenBLAS spin-wait after a
-    parallel region) go idle, so that they do not steal a core from the next.
+    ``min_time``) after an untimed ``pause`` and one untimed call.  The pause
+    lets the worker threads of the previous engine go idle (torch's OpenMP
+    threads spin about 9 ms after each call here, measured as CPU time used
+    during a sleep; on this machine's two hardware threads of one core a
+    spinning thread halves the other's speed); the untimed call refills the
+    caches the other engine evicted.  Both engines get the same treatment.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -225,6 +228,7 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.005):
         for k, fn in fns.items():
             n = inner[k]
             time.sleep(pause)
+            fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
