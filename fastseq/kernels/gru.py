@@ -148,11 +148,15 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     Instead of the (N, 3H) ``out_dgh`` it fills ``out_dgn`` (N, H) with its
     last third ``dn * r`` only: the first two thirds equal ``out_dgx``'s
     (``dW_hh = [out_dgx[:, :2H], out_dgn].T @ (m * h_prev)``), which saves
-    an (N, 2H) array in training.
+    an (N, 2H) array in training.  ``out_dgn`` may be empty (0, H): nothing
+    is written, and the caller forms ``dn * r`` from ``out_dgx`` and the
+    stored ``r`` itself (the layer does, in place, once ``out_dgx`` has served
+    the input-side gradients: no (N, H) array at all).
     """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
+    store_dgn = out_dgn.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
     tmp = np.empty((n, H), dtype=d_out.dtype)
@@ -172,7 +176,6 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
                 hpr = out_h[offsets[t - 1] + b0 + b]
             g = out_gates[r]
             dgx = out_dgx[r]
-            dgn = out_dgn[r]
             dgh = lhs[b]
             dor = d_out[r]
             dhb = io_dh[b0 + b]
@@ -192,8 +195,11 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
                 dgh[j] = dr
                 dgh[H + j] = dz
                 dgh[2 * H + j] = dn * gr
-                dgn[j] = dn * gr
                 cb[j] = dh * gz
+            if store_dgn:
+                dgn = out_dgn[r]
+                for j in range(H):
+                    dgn[j] = dgh[2 * H + j]
         step_matmul(lhs[:nb], w_hh_t, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]

@@ -346,6 +346,7 @@ class Recurrent:
             raise ValueError(f"X must have at least one sequence and one time step, got shape {X.shape}")
         if F != self.input_size:
             raise ValueError(f"X has {F} features per step, but the layer expects input_size={self.input_size}")
+        self._cache = None  # the last call's state goes now, not after this call has allocated its own
         uniform = lengths is None
         lengths = check_lengths(lengths, B, T)
         if not uniform and lengths.min() == T:
@@ -672,9 +673,11 @@ class Recurrent:
                                                      pk.batch_sizes, mask, dh, dc, dgx), ls, work)
             dgh = dgx
         elif self.cell == "gru":
-            dgn = np.empty((N, H), dtype=dt)  # the n-third of dgh; r, z thirds are dgx's
+            # the recurrent-side gate gradients dgh equal dgx but for the n-third,
+            # dn * r: formed in place in dgx below, after its input-side uses
             run_sliced(gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
-                                            pk.batch_sizes, mask, dh, dgx, dgn), ls, work)
+                                            pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt)),
+                       ls, work)
             dgh = None
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
@@ -682,11 +685,14 @@ class Recurrent:
                        ls, work)
             dgh = dgx
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
+        if self.bias:
+            grads["bias_ih" + s][...] = dgx.sum(axis=0)
+        d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
         B = pk.B
-        if dgh is None:  # GRU: rows r, z of dW_hh from dgx, rows n from dgn
-            parts = [(dgx[:, :2 * H], slice(0, 2 * H)), (dgn, slice(2 * H, 3 * H))]
-        else:
-            parts = [(dgh, slice(0, GH))]
+        if dgh is None:  # GRU: dgh = dgx with its n-third times r (dgx is done with)
+            dgx[:, 2 * H:] *= st["gates"][:, :H]
+            dgh = dgx
+        parts = [(dgh, slice(0, GH))]
         dW, db = grads["weight_hh" + s], grads.get("bias_hh" + s)
         if mask.shape[0] == 0 and getattr(pk, "uniform", False):
             # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
@@ -700,10 +706,9 @@ class Recurrent:
             for g, rows in parts:
                 parallel_matmul(g.T, h_prev, out=dW[rows])
         if self.bias:
-            grads["bias_ih" + s][...] = dgx.sum(axis=0)
             for g, rows in parts:
                 db[rows] = g.sum(axis=0)
-        return parallel_matmul(dgx, W_ih) if want_dx else None
+        return d_inp
 
     def _backward_reset_before(self, k, d, pk, st, dd, dh, grads, want_dx):
         """:meth:`_backward_direction` of the reset-before GRU: the candidate's
