@@ -37,6 +37,49 @@ from ._sync import barrier
 from .matmul import step_matmul
 
 
+@njit(inline="always", **JIT)
+def _cell_forward(x, p, cp, oc, oh, g, store, H, j0, j1):
+    """Units ``j0 <= j < j1`` of one row: gate pre-activations ``x[k*H + j] +
+    p[k*n + j - j0]`` (n = j1 - j0; the recurrent product holds just these
+    units), previous cell ``cp``; writes ``oc``, ``oh`` and, if ``store``, the
+    activated gates ``g``."""
+    n = j1 - j0
+    for j in range(j0, j1):
+        q = j - j0
+        gi = sigmoid(x[j] + p[q])
+        gf = sigmoid(x[H + j] + p[n + q])
+        gg = tanh(x[2 * H + j] + p[2 * n + q])
+        go = sigmoid(x[3 * H + j] + p[3 * n + q])
+        c = gf * cp[j] + gi * gg
+        oc[j] = c
+        oh[j] = go * tanh(c)
+        if store:
+            g[j] = gi
+            g[H + j] = gf
+            g[2 * H + j] = gg
+            g[3 * H + j] = go
+
+
+@njit(inline="always", **JIT)
+def _cell_backward(g, dg, cr, dor, cpr, dhb, dcb, H, j0, j1, one):
+    """Units ``j0 <= j < j1`` of one row's gate gradients ``dg`` from the
+    stored gates ``g``, cell ``cr``, previous cell ``cpr``, the output
+    gradient ``dor`` and the carried ``dhb``, ``dcb`` (``dcb`` updated)."""
+    for j in range(j0, j1):
+        gi = g[j]
+        gf = g[H + j]
+        gg = g[2 * H + j]
+        go = g[3 * H + j]
+        tc = tanh(cr[j])
+        dh = dhb[j] + dor[j]
+        dc = dcb[j] + dh * go * (one - tc * tc)
+        dg[j] = dc * gg * gi * (one - gi)
+        dg[H + j] = dc * cpr[j] * gf * (one - gf)
+        dg[2 * H + j] = dc * gi * (one - gg * gg)
+        dg[3 * H + j] = dh * tc * go * (one - go)
+        dcb[j] = dc * gf
+
+
 @njit(**JIT)
 def lstm_sequence_forward(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates):
     """Run an LSTM over a packed batch.
@@ -92,34 +135,10 @@ def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, ou
         step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
-            x = xp[r]
-            p = hp[b]
-            cp = c_prev[b]
-            oc = out_c[r]
-            oh = out_h[r]
             if store:
-                g = out_gates[r]
-                for j in range(H):
-                    gi = sigmoid(x[j] + p[j])
-                    gf = sigmoid(x[H + j] + p[H + j])
-                    gg = tanh(x[2 * H + j] + p[2 * H + j])
-                    go = sigmoid(x[3 * H + j] + p[3 * H + j])
-                    c = gf * cp[j] + gi * gg
-                    oc[j] = c
-                    oh[j] = go * tanh(c)
-                    g[j] = gi
-                    g[H + j] = gf
-                    g[2 * H + j] = gg
-                    g[3 * H + j] = go
+                _cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, 0, H)
             else:
-                for j in range(H):
-                    gi = sigmoid(x[j] + p[j])
-                    gf = sigmoid(x[H + j] + p[H + j])
-                    gg = tanh(x[2 * H + j] + p[2 * H + j])
-                    go = sigmoid(x[3 * H + j] + p[3 * H + j])
-                    c = gf * cp[j] + gi * gg
-                    oc[j] = c
-                    oh[j] = go * tanh(c)
+                _cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], hp[b], False, H, 0, H)
         prev = off
         off += bs
 
@@ -175,25 +194,8 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
                 cpr = c0[b0 + b]
             else:
                 cpr = out_c[offsets[t - 1] + b0 + b]
-            g = out_gates[r]
-            dg = out_dgates[r]
-            cr = out_c[r]
-            dor = d_out[r]
-            dhb = io_dh[b0 + b]
-            dcb = io_dc[b0 + b]
-            for j in range(H):
-                gi = g[j]
-                gf = g[H + j]
-                gg = g[2 * H + j]
-                go = g[3 * H + j]
-                tc = tanh(cr[j])
-                dh = dhb[j] + dor[j]
-                dc = dcb[j] + dh * go * (one - tc * tc)
-                dg[j] = dc * gg * gi * (one - gi)
-                dg[H + j] = dc * cpr[j] * gf * (one - gf)
-                dg[2 * H + j] = dc * gi * (one - gg * gg)
-                dg[3 * H + j] = dh * tc * go * (one - go)
-                dcb[j] = dc * gf
+            _cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b0 + b], io_dc[b0 + b],
+                           H, 0, H, one)
         step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
@@ -239,25 +241,7 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
         step_matmul(h_prev, w, hp[:nb])
         for b in range(nb):
             r = off + b
-            x = xp[r]
-            p = hp[b]
-            cp = c_prev[b]
-            oc = out_c[r]
-            oh = out_h[r]
-            g = out_gates[r]
-            for jj in range(nj):
-                j = j0 + jj
-                gi = sigmoid(x[j] + p[jj])
-                gf = sigmoid(x[H + j] + p[nj + jj])
-                gg = tanh(x[2 * H + j] + p[2 * nj + jj])
-                go = sigmoid(x[3 * H + j] + p[3 * nj + jj])
-                c = gf * cp[j] + gi * gg
-                oc[j] = c
-                oh[j] = go * tanh(c)
-                g[j] = gi
-                g[H + j] = gf
-                g[2 * H + j] = gg
-                g[3 * H + j] = go
+            _cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, j0, j1)
         if t + 1 < T:
             barrier(flags, tid, t + 1)
         prev = off
@@ -285,25 +269,8 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
                 cpr = c0[b]
             else:
                 cpr = out_c[offsets[t - 1] + b]
-            g = out_gates[r]
-            dg = out_dgates[r]
-            cr = out_c[r]
-            dor = d_out[r]
-            dhb = io_dh[b]
-            dcb = io_dc[b]
-            for j in range(j0, j1):
-                gi = g[j]
-                gf = g[H + j]
-                gg = g[2 * H + j]
-                go = g[3 * H + j]
-                tc = tanh(cr[j])
-                dh = dhb[j] + dor[j]
-                dc = dcb[j] + dh * go * (one - tc * tc)
-                dg[j] = dc * gg * gi * (one - gi)
-                dg[H + j] = dc * cpr[j] * gf * (one - gf)
-                dg[2 * H + j] = dc * gi * (one - gg * gg)
-                dg[3 * H + j] = dh * tc * go * (one - go)
-                dcb[j] = dc * gf
+            _cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b], io_dc[b],
+                           H, j0, j1, one)
         barrier(flags, tid, T - t)
         step_matmul(out_dgates[off:off + nb], w, tmp[:nb])
         for b in range(nb):
