@@ -16,6 +16,7 @@ from .._config import JIT
 from ._sync import barrier
 from .activations import sigmoid, tanh
 from .gru import gru_forward_slice
+from .lstm import cell_forward as lstm_cell_forward
 from .lstm import lstm_forward_slice
 from .matmul import step_matmul
 from .rnn import rnn_forward_slice
@@ -153,41 +154,27 @@ def _own_rows(w_hh, G, j0, j1):
 
 
 @njit(**JIT)
-def lstm_infer_part(x, w_hh, h0, c0, j0, j1, tid, flags, run_h, c_n):
+def lstm_infer_part(x, w_hh, h0, c0, j0, j1, tid, flags, run_h, run_c):
     """Units ``j0..j1`` of an LSTM run over prepared ``x`` (N, 4H); thread
     ``tid`` of ``flags.shape[0] // STRIDE``.  Writes ``run_h[:, j0:j1]`` and
-    ``c_n[:, j0:j1]``."""
+    ``run_c[:, j0:j1]`` (N, H)."""
     B, H = h0.shape
     T = x.shape[0] // B
-    nj = j1 - j0
     w = _own_rows(w_hh, 4, j0, j1)
-    hp = np.empty((B, 4 * nj), dtype=x.dtype)
-    c = np.empty((B, nj), dtype=x.dtype)
-    for b in range(B):
-        for jj in range(nj):
-            c[b, jj] = c0[b, j0 + jj]
+    hp = np.empty((B, 4 * (j1 - j0)), dtype=x.dtype)
     for t in range(T):
-        h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
+        if t == 0:
+            h_prev = h0
+            c_prev = c0
+        else:
+            h_prev = run_h[(t - 1) * B:t * B]
+            c_prev = run_c[(t - 1) * B:t * B]
         step_matmul(h_prev, w, hp)
         for b in range(B):
-            xr = x[t * B + b]
-            p = hp[b]
-            cb = c[b]
-            oh = run_h[t * B + b]
-            for jj in range(nj):
-                j = j0 + jj
-                gi = sigmoid(xr[j] + p[jj])
-                gf = sigmoid(xr[H + j] + p[nj + jj])
-                gg = tanh(xr[2 * H + j] + p[2 * nj + jj])
-                go = sigmoid(xr[3 * H + j] + p[3 * nj + jj])
-                cc = gf * cb[jj] + gi * gg
-                cb[jj] = cc
-                oh[j] = go * tanh(cc)
+            r = t * B + b
+            lstm_cell_forward(x[r], hp[b], c_prev[b], run_c[r], run_h[r], hp[b], False, H, j0, j1)
         if t + 1 < T:
             barrier(flags, tid, t + 1)
-    for b in range(B):
-        for jj in range(nj):
-            c_n[b, j0 + jj] = c[b, jj]
 
 
 @njit(**JIT)

@@ -38,7 +38,7 @@ from .matmul import step_matmul
 
 
 @njit(inline="always", **JIT)
-def _cell_forward(x, p, cp, oc, oh, g, store, H, j0, j1):
+def cell_forward(x, p, cp, oc, oh, g, store, H, j0, j1):
     """Units ``j0 <= j < j1`` of one row: gate pre-activations ``x[k*H + j] +
     p[k*n + j - j0]`` (n = j1 - j0; the recurrent product holds just these
     units), previous cell ``cp``; writes ``oc``, ``oh`` and, if ``store``, the
@@ -61,7 +61,7 @@ def _cell_forward(x, p, cp, oc, oh, g, store, H, j0, j1):
 
 
 @njit(inline="always", **JIT)
-def _cell_backward(g, dg, cr, dor, cpr, dhb, dcb, H, j0, j1, one):
+def cell_backward(g, dg, cr, dor, cpr, dhb, dcb, H, j0, j1, one):
     """Units ``j0 <= j < j1`` of one row's gate gradients ``dg`` from the
     stored gates ``g``, cell ``cr``, previous cell ``cpr``, the output
     gradient ``dor`` and the carried ``dhb``, ``dcb`` (``dcb`` updated)."""
@@ -136,9 +136,9 @@ def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, ou
         for b in range(nb):
             r = off + b0 + b
             if store:
-                _cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, 0, H)
+                cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, 0, H)
             else:
-                _cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], hp[b], False, H, 0, H)
+                cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], hp[b], False, H, 0, H)
         prev = off
         off += bs
 
@@ -194,7 +194,7 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
                 cpr = c0[b0 + b]
             else:
                 cpr = out_c[offsets[t - 1] + b0 + b]
-            _cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b0 + b], io_dc[b0 + b],
+            cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b0 + b], io_dc[b0 + b],
                            H, 0, H, one)
         step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, tmp[:nb])
         for b in range(nb):
@@ -241,7 +241,7 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
         step_matmul(h_prev, w, hp[:nb])
         for b in range(nb):
             r = off + b
-            _cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, j0, j1)
+            cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, j0, j1)
         if t + 1 < T:
             barrier(flags, tid, t + 1)
         prev = off
@@ -269,7 +269,7 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
                 cpr = c0[b]
             else:
                 cpr = out_c[offsets[t - 1] + b]
-            _cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b], io_dc[b],
+            cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b], io_dc[b],
                            H, j0, j1, one)
         barrier(flags, tid, T - t)
         step_matmul(out_dgates[off:off + nb], w, tmp[:nb])

@@ -457,8 +457,10 @@ class Recurrent:
         bounds = unit_bounds(H, n)
         flags = np.zeros(n * SYNC_STRIDE, dtype=np.int64)
         if self.cell == "lstm":
+            run_c = np.empty_like(run_h)
+
             def part(tid):
-                lstm_infer_part(x, w_hh, h0s, c0s, *bounds[tid], tid, flags, run_h, c_n)
+                lstm_infer_part(x, w_hh, h0s, c0s, *bounds[tid], tid, flags, run_h, run_c)
         elif self.cell == "gru":
             def part(tid):
                 gru_infer_part(x, w_hh, b_hh, h0s, *bounds[tid], tid, flags, run_h)
@@ -467,6 +469,8 @@ class Recurrent:
                 rnn_infer_part(x, w_hh, h0s, relu, *bounds[tid], tid, flags, run_h)
         run_units(part, n, flags, SYNC_STRIDE)
         infer_finish(run_h, B, reverse, out_h, h_n)
+        if self.cell == "lstm":
+            c_n[...] = run_c[-B:]
 
     def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True):
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
