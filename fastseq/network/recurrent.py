@@ -21,6 +21,7 @@ from ..kernels.infer import (
     rnn_infer, rnn_infer_part,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
+from ..kernels.matmul import step_matmul
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
@@ -37,13 +38,14 @@ CELLS = ("rnn", "lstm", "gru")
 #: :meth:`Recurrent._inference_plan`) when W_hh has at least ``[0]`` weights
 #: and the batch at most ``[1]`` sequences, with at least
 #: :data:`UNIT_SPLIT_MIN_UNITS` units per thread.  Measured on the 2-core
-#: znver3 machine (``python bench/unit_split.py``): the split wins for
-#: B <= 4 from 64K weights (LSTM H=128, GRU/RNN H=256), and for LSTM and RNN
-#: up to B = 32 from 256K weights (LSTM H=256, RNN H=512); the GRU's batch
-#: split stays faster from B = 16.
-UNIT_SPLIT_TIERS = {"lstm": ((64 * 1024, 4), (256 * 1024, 32)),
-                    "rnn": ((64 * 1024, 4), (256 * 1024, 32)),
-                    "gru": ((64 * 1024, 4),)}
+#: znver3 machine (``python bench/unit_split.py``): the split wins at B = 1
+#: from 64K weights (LSTM H=128, GRU/RNN H=256; an LSTM H=128 at B = 4 is
+#: faster on one thread), up to B = 4 from 192K (GRU H=256), and for LSTM
+#: and RNN up to B = 32 from 256K weights (LSTM H=256, RNN H=512); the GRU's
+#: batch split stays faster from B = 16.
+UNIT_SPLIT_TIERS = {"lstm": ((64 * 1024, 1), (192 * 1024, 4), (256 * 1024, 32)),
+                    "rnn": ((64 * 1024, 1), (192 * 1024, 4), (256 * 1024, 32)),
+                    "gru": ((64 * 1024, 1), (192 * 1024, 4))}
 UNIT_SPLIT_MIN_UNITS = 32
 #: LSTM training (forward and backward) splits its units for W_hh of at least
 #: ``[0]`` weights and batches of at most ``[1]`` sequences (measured: 1.11x
@@ -365,7 +367,7 @@ class Recurrent:
     def _inference_plan(self, B, T):
         """How a full-length inference call runs (None: the packed path, for
         active dropout, the reset-before GRU, and batches the threaded batch
-        split or input projection pays for): ``"one"``, each layer and
+        split pays for): ``"one"``, each layer and
         direction in one compiled call on this thread, or ``"units"``, its
         hidden units split across :func:`fastseq._threads.get_num_threads`
         threads that step together (a small batch with large recurrent
@@ -381,8 +383,6 @@ class Recurrent:
                 GH * H >= weights and B <= batch for weights, batch in UNIT_SPLIT_TIERS[self.cell]):
             return "units"
         if splits(B, N * GH * H):
-            return None
-        if any(matmul_splits(N, F, GH) for F in {self.input_size, self.num_directions * H}):
             return None
         return "one"
 
@@ -422,7 +422,11 @@ class Recurrent:
                     W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
                     if b_ih is None:
                         b_ih = b_hh = no_bias
-                    xp = parallel_matmul(inp, W_ih.T)
+                    if matmul_splits(N, inp.shape[1], W_ih.shape[0]):
+                        xp = parallel_matmul(inp, W_ih.T)
+                    else:  # one thread: the blocked step product beats numpy's BLAS call here
+                        xp = np.empty((N, W_ih.shape[0]), dtype=dt)
+                        step_matmul(inp, np.ascontiguousarray(W_ih), xp)
                     w_hh = np.ascontiguousarray(W_hh)
                     h0s = np.ascontiguousarray(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
                     c0s = None
