@@ -37,21 +37,24 @@ CELLS = ("rnn", "lstm", "gru")
 #: inference splits a layer's hidden units across threads (see
 #: :meth:`Recurrent._inference_plan`) when W_hh has at least ``[0]`` weights
 #: and the batch at most ``[1]`` sequences, with at least
-#: :data:`UNIT_SPLIT_MIN_UNITS` units per thread.  Measured on the 2-core
-#: znver3 machine (``python bench/unit_split.py``): the split wins at B = 1
-#: from 64K weights (LSTM H=128, GRU/RNN H=256; an LSTM H=128 at B = 4 is
-#: faster on one thread), up to B = 4 from 192K (GRU H=256), and for LSTM
-#: and RNN up to B = 32 from 256K weights (LSTM H=256, RNN H=512); the GRU's
-#: batch split stays faster from B = 16.
-UNIT_SPLIT_TIERS = {"lstm": ((64 * 1024, 1), (192 * 1024, 4), (256 * 1024, 32)),
-                    "rnn": ((64 * 1024, 1), (192 * 1024, 4), (256 * 1024, 32)),
-                    "gru": ((64 * 1024, 1), (192 * 1024, 4))}
+#: :data:`UNIT_SPLIT_MIN_UNITS` units per thread.  From
+#: ``python bench/unit_split.py`` and the comparison script on the 2-core
+#: znver3 machine: with 256K weights (LSTM H=256, RNN H=512, GRU H=296) the
+#: split is 1.1-1.5x faster than one thread at batch 1-32 (GRU: 1-4; its
+#: batch split is faster from 16).  Below that a step is a few microseconds
+#: and the per-step barrier's jitter on this virtual machine's two hardware
+#: threads of one core ate the gain (LSTM H=128 at B=1: 0.73 ms faster in one
+#: measurement, 0.78 vs 0.59 ms slower in another), so one thread runs it.
+UNIT_SPLIT_TIERS = {"lstm": ((256 * 1024, 32),),
+                    "rnn": ((256 * 1024, 32),),
+                    "gru": ((256 * 1024, 4),)}
 UNIT_SPLIT_MIN_UNITS = 32
 #: LSTM training (forward and backward) splits its units for W_hh of at least
-#: ``[0]`` weights and batches of at most ``[1]`` sequences (measured: 1.11x
-#: at B=1 H=128, 1.13x at B=1 H=256, T=128; no gain at B=4, a loss at B=16,
-#: where the batch split is used from B=8)
-UNIT_SPLIT_TRAIN = (64 * 1024, 2)
+#: ``[0]`` weights and batches of at most ``[1]`` sequences (measured at
+#: B=1 H=256 T=128: 10.4-10.8 ms against 12.8-13.5 ms on one thread, timed in
+#: turn with torch; no gain at B=4, a loss at B=16, where the batch split is
+#: used from B=8)
+UNIT_SPLIT_TRAIN = (256 * 1024, 2)
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
 INIT_PRESETS = {
