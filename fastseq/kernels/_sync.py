@@ -12,12 +12,18 @@ loop).  A waiting thread spins :data:`SPIN_LIMIT` times, then calls
 progress.  A barrier costs about 70 ns between two cores here.
 """
 
+import sys
+
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._config import JIT
+
+#: whether the barrier can be built here (it calls libc's ``sched_yield``,
+#: which Windows lacks; there the layers never split by unit)
+AVAILABLE = sys.platform != "win32"
 
 #: int64 slots between two threads' flags (64 bytes: one cache line each)
 STRIDE = 8

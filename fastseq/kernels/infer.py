@@ -23,7 +23,7 @@ from .rnn import rnn_forward_slice
 
 
 @njit(**JIT)
-def _prepare(xp, b_ih, b_hh, n_hh, B, reverse):
+def prepare(xp, b_ih, b_hh, n_hh, B, reverse):
     """``xp += b_ih + b_hh[:n_hh]`` in place (no bias when ``b_ih`` is empty);
     returns it, or a copy with the steps in reverse order when ``reverse``."""
     N, GH = xp.shape
@@ -45,7 +45,7 @@ def _prepare(xp, b_ih, b_hh, n_hh, B, reverse):
 
 
 @njit(**JIT)
-def _finish(run_h, B, reverse, out_h, h_n):
+def finish(run_h, B, reverse, out_h, h_n):
     """Last states into ``h_n``; the run's rows into ``out_h`` in input step order."""
     N = run_h.shape[0]
     h_n[...] = run_h[N - B:]
@@ -77,14 +77,14 @@ def lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
     """
     B, H = h0.shape
     N = xp.shape[0]
-    x = _prepare(xp, b_ih, b_hh, 4 * H, B, reverse)
+    x = prepare(xp, b_ih, b_hh, 4 * H, B, reverse)
     run_h = np.empty_like(out_h) if reverse else out_h
     run_c = np.empty((N, H), dtype=xp.dtype)
     lstm_forward_slice(x, w_hh, h0, c0, np.full(N // B, B, dtype=np.int64),
                        np.empty((0, H), dtype=xp.dtype), run_h, run_c,
                        np.empty((0, 4 * H), dtype=xp.dtype), np.int64(0), B)
     c_n[...] = run_c[N - B:]
-    _finish(run_h, B, reverse, out_h, h_n)
+    finish(run_h, B, reverse, out_h, h_n)
 
 
 @njit(**JIT)
@@ -93,13 +93,13 @@ def gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
     (3H,) biases, ``b_hh``'s n-third kept inside the reset product."""
     B, H = h0.shape
     N = xp.shape[0]
-    x = _prepare(xp, b_ih, b_hh, 2 * H, B, reverse)
+    x = prepare(xp, b_ih, b_hh, 2 * H, B, reverse)
     b_hn = b_hh[2 * H:].copy() if b_hh.shape[0] > 0 else np.zeros(H, dtype=xp.dtype)
     run_h = np.empty_like(out_h) if reverse else out_h
     gru_forward_slice(x, w_hh, b_hn, h0, np.full(N // B, B, dtype=np.int64),
                       np.empty((0, H), dtype=xp.dtype), run_h,
                       np.empty((0, 4 * H), dtype=xp.dtype), np.int64(0), B)
-    _finish(run_h, B, reverse, out_h, h_n)
+    finish(run_h, B, reverse, out_h, h_n)
 
 
 @njit(**JIT)
@@ -107,11 +107,11 @@ def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
     """Elman RNN inference (``relu`` 1 for ReLU, 0 for tanh); as :func:`lstm_infer`."""
     B, H = h0.shape
     N = xp.shape[0]
-    x = _prepare(xp, b_ih, b_hh, H, B, reverse)
+    x = prepare(xp, b_ih, b_hh, H, B, reverse)
     run_h = np.empty_like(out_h) if reverse else out_h
     rnn_forward_slice(x, w_hh, h0, np.full(N // B, B, dtype=np.int64),
                       np.empty((0, H), dtype=xp.dtype), relu, run_h, np.int64(0), B)
-    _finish(run_h, B, reverse, out_h, h_n)
+    finish(run_h, B, reverse, out_h, h_n)
 
 
 # ---------------------------------------------------------------------------
@@ -124,18 +124,6 @@ def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
 # sequence (B = 1 cannot be split at all).  ``x`` comes from :func:`prepare`
 # (bias added, steps in run order); each thread writes only its own columns
 # of ``run_h`` and of the final states.
-
-
-@njit(**JIT)
-def prepare(xp, b_ih, b_hh, n_hh, B, reverse):
-    """:func:`_prepare` for callers outside this module."""
-    return _prepare(xp, b_ih, b_hh, n_hh, B, reverse)
-
-
-@njit(**JIT)
-def finish(run_h, B, reverse, out_h, h_n):
-    """:func:`_finish` for callers outside this module."""
-    _finish(run_h, B, reverse, out_h, h_n)
 
 
 @njit(inline="always", **JIT)

@@ -15,6 +15,7 @@ from .._threads import (
     unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
+from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels._sync import STRIDE as SYNC_STRIDE
 from ..kernels.infer import (
     finish as infer_finish, gru_infer, gru_infer_part, lstm_infer, lstm_infer_part, prepare as infer_prepare,
@@ -368,13 +369,13 @@ class Recurrent:
             return self._forward_packed(pk, inp, h0, c0, T, need_grad)
 
     def _inference_plan(self, B, T):
-        """How a full-length inference call runs (None: the packed path, for
-        active dropout, the reset-before GRU, and batches the threaded batch
-        split pays for): ``"one"``, each layer and
-        direction in one compiled call on this thread, or ``"units"``, its
-        hidden units split across :func:`fastseq._threads.get_num_threads`
-        threads that step together (a small batch with large recurrent
-        products: each thread keeps its share of W_hh in its own cache)."""
+        """How a full-length inference call runs: None for the packed path
+        (active dropout, the reset-before GRU, and batches the threaded batch
+        split pays for); ``"one"``, each layer and direction in one compiled
+        call on this thread; or ``"units"``, its hidden units split across
+        :func:`fastseq._threads.get_num_threads` threads that step together
+        (a small batch with a large W_hh: each thread keeps its share of W_hh
+        in its own cache)."""
         if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
             return None
         if self.cell == "gru" and not self.reset_after:
@@ -382,7 +383,7 @@ class Recurrent:
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
-        if n > 1 and H >= UNIT_SPLIT_MIN_UNITS * n and any(
+        if n > 1 and UNIT_SPLIT_AVAILABLE and H >= UNIT_SPLIT_MIN_UNITS * n and any(
                 GH * H >= weights and B <= batch for weights, batch in UNIT_SPLIT_TIERS[self.cell]):
             return "units"
         if splits(B, N * GH * H):
@@ -396,7 +397,7 @@ class Recurrent:
         n = get_num_threads()
         H = self.hidden_size
         weights, batch = UNIT_SPLIT_TRAIN
-        return (n > 1 and mask.shape[0] == 0 and H >= UNIT_SPLIT_MIN_UNITS * n
+        return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0 and H >= UNIT_SPLIT_MIN_UNITS * n
                 and 4 * H * H >= weights and B <= batch)
 
     def _forward_infer(self, X, h0, c0, plan="one"):
