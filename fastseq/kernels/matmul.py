@@ -3,8 +3,8 @@
 ``w`` is kept in its natural ``(M, K)`` layout (PyTorch's ``W_hh``), so each
 output is a dot product of two contiguous rows.  For the few rows of one step
 a BLAS call costs more than it computes: OpenBLAS repacks all of ``w`` on
-every call (W_hh is 1 MB at H = 256), and its small-``n`` path reached 6-35
-GFLOP/s on znver3 where the register-blocked loops below reach 45-75 (one
+every call (W_hh is 1 MB at H = 256), and its small-``n`` path reached 4-35
+GFLOP/s on znver3 (2-32 rows) where the loops below reach 35-75 (4-32 rows, one
 core; measured by ``bench/matmul_step.py``).  :func:`step_matmul` computes
 four rows by two outputs at a time (eight running sums that LLVM keeps in
 vector registers, ``reassoc`` letting it vectorise the sums over ``K``), then
