@@ -246,15 +246,24 @@ def unit_split_slot():
             _unit_lock.release()
 
 
-def run_units(part, n, flags, stride):
-    """``part(tid)`` for ``tid`` in ``0..n-1`` at once: 0 on the calling thread,
-    the others on the pool.  A part that raises first releases the barriers
-    (``flags``) so that the others finish; the first exception is re-raised."""
+def run_units(part, H):
+    """``part(tid, j0, j1, flags)`` for the :func:`get_num_threads` threads
+    ``tid`` at once, each with its range ``j0..j1`` of the ``H`` hidden units
+    (:func:`unit_bounds`) and the shared barrier ``flags`` (zeros, see
+    :mod:`fastseq.kernels._sync`): 0 on the calling thread, the others on the
+    pool.  A part that raises first releases the barriers so that the others
+    finish; the first exception is re-raised."""
+    from .kernels._sync import STRIDE
+
+    n = get_num_threads()
+    bounds = unit_bounds(H, n)
+    flags = np.zeros(n * STRIDE, dtype=np.int64)
+
     def guarded(tid):
         try:
-            part(tid)
+            part(tid, *bounds[tid], flags)
         except BaseException:
-            flags[tid * stride] = _RELEASE_ALL
+            flags[tid * STRIDE] = _RELEASE_ALL
             raise
     with blas_single_thread():
         pool = _pool(n - 1)

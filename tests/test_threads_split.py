@@ -245,12 +245,12 @@ def test_unit_split_concurrent_callers_and_a_failing_part(monkeypatch):
         np.testing.assert_allclose(r, ref, rtol=1e-5, atol=1e-5)
 
     import fastseq.network.recurrent as R
-    real = R.lstm_infer_part
-    def boom(x, w_hh, h0, c0, j0, j1, tid, *rest):
+    real = R.lstm_forward_part
+    def boom(x, w_hh, h0, c0, batch_sizes, j0, j1, tid, *rest):
         if tid == 1:
             raise MemoryError("part 1 failed")
-        return real(x, w_hh, h0, c0, j0, j1, tid, *rest)
-    monkeypatch.setattr(R, "lstm_infer_part", boom)
+        return real(x, w_hh, h0, c0, batch_sizes, j0, j1, tid, *rest)
+    monkeypatch.setattr(R, "lstm_forward_part", boom)
     done = []
 
     def failing():

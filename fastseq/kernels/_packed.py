@@ -28,3 +28,29 @@ def masked_state(h_prev, rec_mask, b0, out):
         for j in range(H):
             out[b, j] = h_prev[b, j] * rec_mask[b0 + b, j]
     return out
+
+
+@njit(inline="always", **JIT)
+def own_rows(w_hh, G, j0, j1):
+    """(G*(j1-j0), H) contiguous copy of the rows ``g*H + j`` of ``w_hh``
+    (G stacked gates of H rows), ``j0 <= j < j1``: one thread's share of the
+    recurrent weights when the hidden units are split across threads."""
+    H = w_hh.shape[1]
+    nj = j1 - j0
+    w = np.empty((G * nj, H), dtype=w_hh.dtype)
+    for g in range(G):
+        for jj in range(nj):
+            src = w_hh[g * H + j0 + jj]
+            dst = w[g * nj + jj]
+            for k in range(H):
+                dst[k] = src[k]
+    return w
+
+
+@njit(inline="always", **JIT)
+def reverse_steps(src, B, out):
+    """``out`` = the (T*B, .) rows of ``src`` with the T steps of B rows in
+    reverse order."""
+    T = src.shape[0] // B
+    for t in range(T):
+        out[t * B:(t + 1) * B] = src[(T - 1 - t) * B:(T - t) * B]

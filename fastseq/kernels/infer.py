@@ -13,10 +13,10 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from ._packed import own_rows, reverse_steps
 from ._sync import barrier
 from .activations import sigmoid, tanh
 from .gru import gru_forward_slice
-from .lstm import cell_forward as lstm_cell_forward
 from .lstm import lstm_forward_slice
 from .matmul import step_matmul
 from .rnn import rnn_forward_slice
@@ -37,22 +37,17 @@ def prepare(xp, b_ih, b_hh, n_hh, B, reverse):
                 xr[j] += bias[j]
     if not reverse:
         return xp
-    T = N // B
     out = np.empty_like(xp)
-    for t in range(T):
-        out[t * B:(t + 1) * B] = xp[(T - 1 - t) * B:(T - t) * B]
+    reverse_steps(xp, B, out)
     return out
 
 
 @njit(**JIT)
 def finish(run_h, B, reverse, out_h, h_n):
     """Last states into ``h_n``; the run's rows into ``out_h`` in input step order."""
-    N = run_h.shape[0]
-    h_n[...] = run_h[N - B:]
+    h_n[...] = run_h[run_h.shape[0] - B:]
     if reverse:
-        T = N // B
-        for t in range(T):
-            out_h[t * B:(t + 1) * B] = run_h[(T - 1 - t) * B:(T - t) * B]
+        reverse_steps(run_h, B, out_h)
 
 
 @njit(**JIT)
@@ -115,7 +110,8 @@ def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
 
 
 # ---------------------------------------------------------------------------
-# The same, split over the hidden units: thread ``tid`` computes units
+# The same, split over the hidden units (the LSTM's is
+# :func:`fastseq.kernels.lstm.lstm_forward_part` with no gates stored): thread ``tid`` computes units
 # ``j0 <= j < j1`` of every row from its own rows of W_hh (gate g's rows
 # ``g*H + j``, copied into a contiguous block that stays in its core's cache:
 # W_hh of an H = 256 LSTM is 1 MB, each half fits a 1 MB L2), then waits at a
@@ -126,45 +122,6 @@ def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
 # of ``run_h`` and of the final states.
 
 
-@njit(inline="always", **JIT)
-def _own_rows(w_hh, G, j0, j1):
-    """(G*(j1-j0), H) copy of the rows ``g*H + j`` of ``w_hh``, ``j0 <= j < j1``."""
-    H = w_hh.shape[1]
-    nj = j1 - j0
-    w = np.empty((G * nj, H), dtype=w_hh.dtype)
-    for g in range(G):
-        for jj in range(nj):
-            src = w_hh[g * H + j0 + jj]
-            dst = w[g * nj + jj]
-            for k in range(H):
-                dst[k] = src[k]
-    return w
-
-
-@njit(**JIT)
-def lstm_infer_part(x, w_hh, h0, c0, j0, j1, tid, flags, run_h, run_c):
-    """Units ``j0..j1`` of an LSTM run over prepared ``x`` (N, 4H); thread
-    ``tid`` of ``flags.shape[0] // STRIDE``.  Writes ``run_h[:, j0:j1]`` and
-    ``run_c[:, j0:j1]`` (N, H)."""
-    B, H = h0.shape
-    T = x.shape[0] // B
-    w = _own_rows(w_hh, 4, j0, j1)
-    hp = np.empty((B, 4 * (j1 - j0)), dtype=x.dtype)
-    for t in range(T):
-        if t == 0:
-            h_prev = h0
-            c_prev = c0
-        else:
-            h_prev = run_h[(t - 1) * B:t * B]
-            c_prev = run_c[(t - 1) * B:t * B]
-        step_matmul(h_prev, w, hp)
-        for b in range(B):
-            r = t * B + b
-            lstm_cell_forward(x[r], hp[b], c_prev[b], run_c[r], run_h[r], hp[b], False, H, j0, j1)
-        if t + 1 < T:
-            barrier(flags, tid, t + 1)
-
-
 @njit(**JIT)
 def gru_infer_part(x, w_hh, b_hh, h0, j0, j1, tid, flags, run_h):
     """Units ``j0..j1`` of a GRU (reset after the product) run over prepared
@@ -172,7 +129,7 @@ def gru_infer_part(x, w_hh, b_hh, h0, j0, j1, tid, flags, run_h):
     B, H = h0.shape
     T = x.shape[0] // B
     nj = j1 - j0
-    w = _own_rows(w_hh, 3, j0, j1)
+    w = own_rows(w_hh, 3, j0, j1)
     b_hn = np.zeros(nj, dtype=x.dtype)
     if b_hh.shape[0] > 0:
         for jj in range(nj):
@@ -204,7 +161,7 @@ def rnn_infer_part(x, w_hh, h0, relu, j0, j1, tid, flags, run_h):
     B, H = h0.shape
     T = x.shape[0] // B
     nj = j1 - j0
-    w = _own_rows(w_hh, 1, j0, j1)
+    w = own_rows(w_hh, 1, j0, j1)
     hp = np.empty((B, nj), dtype=x.dtype)
     zero = np.zeros(1, dtype=x.dtype)[0]
     for t in range(T):

@@ -32,7 +32,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import sigmoid, tanh
-from ._packed import masked_state, packed_offsets
+from ._packed import masked_state, own_rows, packed_offsets
 from ._sync import barrier
 from .matmul import step_matmul
 
@@ -219,15 +219,14 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
 
 @njit(**JIT)
 def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, out_c, out_gates):
-    """Units ``j0..j1`` of :func:`lstm_sequence_forward` (gates stored)."""
+    """Units ``j0..j1`` of :func:`lstm_sequence_forward`: gates stored when
+    ``out_gates`` has rows (training), none for an empty (0, 4H) array
+    (inference)."""
     H = h0.shape[1]
     T = batch_sizes.shape[0]
-    nj = j1 - j0
-    w = np.empty((4 * nj, H), dtype=w_hh.dtype)
-    for g in range(4):
-        for jj in range(nj):
-            w[g * nj + jj] = w_hh[g * H + j0 + jj]
-    hp = np.empty((batch_sizes[0], 4 * nj), dtype=xp.dtype)
+    store = out_gates.shape[0] > 0
+    w = own_rows(w_hh, 4, j0, j1)
+    hp = np.empty((batch_sizes[0], 4 * (j1 - j0)), dtype=xp.dtype)
     off = 0
     prev = 0
     for t in range(T):
@@ -241,7 +240,10 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
         step_matmul(h_prev, w, hp[:nb])
         for b in range(nb):
             r = off + b
-            cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, j0, j1)
+            if store:
+                cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, j0, j1)
+            else:
+                cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], hp[b], False, H, j0, j1)
         if t + 1 < T:
             barrier(flags, tid, t + 1)
         prev = off

@@ -12,13 +12,12 @@ import numpy as np
 from .. import kernels as K
 from .._threads import (
     blas_single_thread, get_num_threads, matmul_splits, parallel_matmul, run_sliced, run_units, splits,
-    unit_bounds, unit_split_slot,
+    unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
-from ..kernels._sync import STRIDE as SYNC_STRIDE
 from ..kernels.infer import (
-    finish as infer_finish, gru_infer, gru_infer_part, lstm_infer, lstm_infer_part, prepare as infer_prepare,
+    finish as infer_finish, gru_infer, gru_infer_part, lstm_infer, prepare as infer_prepare,
     rnn_infer, rnn_infer_part,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
@@ -458,24 +457,23 @@ class Recurrent:
     def _run_units(self, xp, b_ih, b_hh, w_hh, h0s, c0s, relu, reverse, out_h, h_n, c_n):
         """One layer and direction with its hidden units split across threads."""
         B, H = h0s.shape
-        n = get_num_threads()
         G = self.num_gates
         x = infer_prepare(xp, b_ih, b_hh, 2 * H if self.cell == "gru" else G * H, B, reverse)
         run_h = np.empty_like(out_h) if reverse else out_h
-        bounds = unit_bounds(H, n)
-        flags = np.zeros(n * SYNC_STRIDE, dtype=np.int64)
         if self.cell == "lstm":
             run_c = np.empty_like(run_h)
+            batch_sizes = np.full(x.shape[0] // B, B, dtype=INDEX_DTYPE)
+            no_gates = np.empty((0, 4 * H), dtype=x.dtype)
 
-            def part(tid):
-                lstm_infer_part(x, w_hh, h0s, c0s, *bounds[tid], tid, flags, run_h, run_c)
+            def part(tid, j0, j1, flags):
+                lstm_forward_part(x, w_hh, h0s, c0s, batch_sizes, j0, j1, tid, flags, run_h, run_c, no_gates)
         elif self.cell == "gru":
-            def part(tid):
-                gru_infer_part(x, w_hh, b_hh, h0s, *bounds[tid], tid, flags, run_h)
+            def part(tid, j0, j1, flags):
+                gru_infer_part(x, w_hh, b_hh, h0s, j0, j1, tid, flags, run_h)
         else:
-            def part(tid):
-                rnn_infer_part(x, w_hh, h0s, relu, *bounds[tid], tid, flags, run_h)
-        run_units(part, n, flags, SYNC_STRIDE)
+            def part(tid, j0, j1, flags):
+                rnn_infer_part(x, w_hh, h0s, relu, j0, j1, tid, flags, run_h)
+        run_units(part, H)
         infer_finish(run_h, B, reverse, out_h, h_n)
         if self.cell == "lstm":
             c_n[...] = run_c[-B:]
@@ -562,11 +560,8 @@ class Recurrent:
                 gates = np.empty((NG, 4 * H), dtype=dt)
                 with unit_split_slot() as free:
                     if free and NG and self._train_units(pk.B, mask):
-                        n = get_num_threads()
-                        bounds, flags = unit_bounds(H, n), np.zeros(n * SYNC_STRIDE, dtype=np.int64)
-                        run_units(lambda tid: lstm_forward_part(
-                            xp, w_hh, h0s, c0s, pk.batch_sizes, *bounds[tid], tid, flags, out_h, out_c, gates),
-                            n, flags, SYNC_STRIDE)
+                        run_units(lambda tid, j0, j1, flags: lstm_forward_part(
+                            xp, w_hh, h0s, c0s, pk.batch_sizes, j0, j1, tid, flags, out_h, out_c, gates), H)
                     else:
                         run_sliced(lstm_forward_slice,
                                    (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates), ls, work)
@@ -675,11 +670,9 @@ class Recurrent:
         if self.cell == "lstm":
             with unit_split_slot() as free:
                 if free and self._train_units(pk.B, mask):
-                    n = get_num_threads()
-                    bounds, flags = unit_bounds(H, n), np.zeros(n * SYNC_STRIDE, dtype=np.int64)
-                    run_units(lambda tid: lstm_backward_part(
-                        dd, w_hh_t, st["c0"], st["out_c"], st["gates"], pk.batch_sizes, *bounds[tid], tid,
-                        flags, dh, dc, dgx), n, flags, SYNC_STRIDE)
+                    run_units(lambda tid, j0, j1, flags: lstm_backward_part(
+                        dd, w_hh_t, st["c0"], st["out_c"], st["gates"], pk.batch_sizes, j0, j1, tid,
+                        flags, dh, dc, dgx), H)
                 else:
                     run_sliced(lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
                                                      pk.batch_sizes, mask, dh, dc, dgx), ls, work)
