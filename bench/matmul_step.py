@@ -1,5 +1,6 @@
-"""GFLOP/s of one step's recurrent product: fastseq's ``step_matmul`` against
-BLAS (``np.dot`` inside a compiled loop, SciPy's OpenBLAS), one thread.
+"""GFLOP/s of one step's recurrent product: fastseq's packed product
+(``packed_matmul``, what the time loops run), its dot form (``step_matmul``)
+and BLAS (``np.dot`` inside a compiled loop, SciPy's OpenBLAS), one thread.
 
 Run from the repository root::
 
@@ -17,13 +18,20 @@ from numba import njit
 from threadpoolctl import threadpool_limits
 
 from fastseq._config import JIT
-from fastseq.kernels.matmul import step_matmul
+from fastseq.kernels.matmul import pack_weight, packed_matmul, step_matmul
 
 
 @njit(**JIT)
 def _repeat_fastseq(a, w, out, reps):
     for _ in range(reps):
         step_matmul(a, w, out)
+
+
+@njit(**JIT)
+def _repeat_packed(a, w, out, reps):
+    wp = pack_weight(w)
+    for _ in range(reps):
+        packed_matmul(a, w, wp, out)
 
 
 @njit(**JIT)
@@ -43,7 +51,8 @@ def main():
                 a = rng.standard_normal((n, H), dtype=np.float32)
                 out = np.empty((n, M), dtype=np.float32)
                 row = []
-                for name, fn, ww in (("fastseq", _repeat_fastseq, w), ("blas", _repeat_blas, w_t)):
+                for name, fn, ww in (("packed", _repeat_packed, w), ("dot", _repeat_fastseq, w),
+                                     ("blas", _repeat_blas, w_t)):
                     fn(a, ww, out, 1)
                     reps = max(1, int(2e8 / (2 * n * H * M)))
                     best = min(_one(fn, a, ww, out, reps) for _ in range(3))

@@ -119,6 +119,40 @@ def test_packing_maps():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_matmul_every_tile_path(dtype):
+    """The packed product: rows in tiles of 4, 3, 2 and 1 (one row over four
+    strips, two rows over two), several k blocks (accumulated), outputs past
+    the last full strip (dot form), BLAS from BLAS_MIN_ROWS rows, and the
+    fallbacks (no packed weight, rows that are not unit-stride): every
+    element written, equal to a @ w.T in float64."""
+    from fastseq.kernels.matmul import (BLAS_MIN_ROWS, KBLOCK_BYTES, STRIP_BYTES, no_packed_weight,
+                                        pack_for_steps, pack_weight, packed_matmul)
+    rng = np.random.default_rng(5)
+    itemsize = np.dtype(dtype).itemsize
+    sw = STRIP_BYTES // itemsize
+    k_block = KBLOCK_BYTES // STRIP_BYTES  # k per block
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for K, M in [(1, sw), (7, 3), (9, 2 * sw + 5), (33, 4 * sw), (2 * k_block + 3, 5 * sw + 1), (64, 9 * sw)]:
+        w = rng.standard_normal((M, K)).astype(dtype)
+        wp = pack_weight(w)
+        assert wp.shape == (M // sw, K, sw)
+        for n in (1, 2, 3, 4, 5, 6, 7, 9, BLAS_MIN_ROWS - 1, BLAS_MIN_ROWS):
+            a = rng.standard_normal((n, K)).astype(dtype)
+            ref = a.astype(np.float64) @ w.astype(np.float64).T
+            tol = dict(rtol=rtol, atol=rtol * np.sqrt(K) * 4, err_msg=f"K={K} M={M} n={n}")
+            for weight in (wp, no_packed_weight(w), pack_for_steps(w, 1)):
+                out = _nan((n, M), dtype)
+                packed_matmul(a, w, weight, out)
+                np.testing.assert_allclose(out, ref, **tol)
+            wide = _nan((n, 2 * K), dtype)
+            wide[:, ::2] = a  # rows that are not unit-stride: the dot form
+            out = _nan((n, M), dtype)
+            packed_matmul(wide[:, ::2], w, wp, out)
+            np.testing.assert_allclose(out, ref, **tol)
+    assert pack_for_steps(w, 1).shape[0] == 0 and pack_for_steps(w, 2).shape[0] == w.shape[0] // sw
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_step_matmul_every_blocking_path(dtype):
     """Rows in blocks of 4, 2, 1 and BLAS; outputs in pairs, quads, singles and
     several L2 column blocks: every element written, equal to a @ w.T."""

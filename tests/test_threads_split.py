@@ -208,13 +208,17 @@ def test_unit_split_equals_the_packed_path(monkeypatch, cell, nl, n_jobs, dtype,
 def test_unit_split_plan_follows_the_measured_tiers():
     with _threads.limit(2):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "units"
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 10) == "units"
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(4, 10) == "one"
+        assert Recurrent("lstm", 8, 512).eval()._inference_plan(4, 10) == "units"      # 1M weights
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) is None       # batch split
-        assert Recurrent("gru", 8, 320).eval()._inference_plan(4, 10) == "units"
-        assert Recurrent("gru", 8, 320).eval()._inference_plan(16, 10) is None
+        assert Recurrent("gru", 8, 512).eval()._inference_plan(4, 10) == "units"
+        assert Recurrent("gru", 8, 512).eval()._inference_plan(16, 10) is None
         assert Recurrent("gru", 8, 256).eval()._inference_plan(1, 10) == "one"        # 192K weights
         assert Recurrent("lstm", 8, 128).eval()._inference_plan(1, 10) == "one"       # small W_hh
         assert Recurrent("rnn", 8, 512).eval()._inference_plan(8, 10) == "units"
+        # a batch split needs 512K multiply-adds a step: one thread below
+        assert Recurrent("lstm", 8, 64).eval()._inference_plan(16, 100) == "one"
+        assert Recurrent("lstm", 8, 128).eval()._inference_plan(16, 100) is None
     assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"           # one thread
 
 

@@ -24,7 +24,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
-from .matmul import step_matmul
+from .matmul import pack_for_steps, packed_matmul
 
 
 @njit(**JIT)
@@ -61,6 +61,7 @@ def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gate
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
     n = max(b1 - b0, 0)
+    wp = pack_for_steps(w_hh, T)
     hm = np.empty((n, H), dtype=xp.dtype)
     hp = np.empty((n, 3 * H), dtype=xp.dtype)
     off = 0
@@ -74,7 +75,7 @@ def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gate
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
+        packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -159,6 +160,7 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     store_dgn = out_dgn.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
+    wp = pack_for_steps(w_hh_t, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     carry = np.empty((n, H), dtype=d_out.dtype)
     lhs = np.empty((n, 3 * H), dtype=d_out.dtype)
@@ -200,7 +202,7 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
                 dgn = out_dgn[r]
                 for j in range(H):
                     dgn[j] = dgh[2 * H + j]
-        step_matmul(lhs[:nb], w_hh_t, tmp[:nb])
+        packed_matmul(lhs[:nb], w_hh_t, wp, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
             tb = tmp[b]

@@ -28,7 +28,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
-from .matmul import step_matmul
+from .matmul import pack_for_steps, packed_matmul
 
 
 @njit(**JIT)
@@ -58,6 +58,8 @@ def gru_rb_forward_slice(xp, w_rz, w_n, h0, batch_sizes, rec_mask, out_h, out_ga
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
     n = max(b1 - b0, 0)
+    wp_rz = pack_for_steps(w_rz, T)
+    wp_n = pack_for_steps(w_n, T)
     hm = np.empty((n, H), dtype=xp.dtype)
     u = np.empty((n, H), dtype=xp.dtype)
     hp = np.empty((n, 2 * H), dtype=xp.dtype)
@@ -74,7 +76,7 @@ def gru_rb_forward_slice(xp, w_rz, w_n, h0, batch_sizes, rec_mask, out_h, out_ga
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
         hs = masked_state(h_prev, rec_mask, b0, hm[:nb])
-        step_matmul(hs, w_rz, hp[:nb])
+        packed_matmul(hs, w_rz, wp_rz, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
@@ -82,7 +84,7 @@ def gru_rb_forward_slice(xp, w_rz, w_n, h0, batch_sizes, rec_mask, out_h, out_ga
                 hp[b, j] = gr                       # keep r_t, then z_t, for the second pass
                 hp[b, H + j] = sigmoid(xp[r, H + j] + hp[b, H + j])
                 u[b, j] = gr * hs[b, j]
-        step_matmul(u[:nb], w_n, hn[:nb])
+        packed_matmul(u[:nb], w_n, wp_n, hn[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
@@ -129,6 +131,8 @@ def gru_rb_backward_slice(d_out, w_rz_t, w_n_t, h0, out_h, out_gates, batch_size
     use_mask = rec_mask.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
+    wp_rz = pack_for_steps(w_rz_t, T)
+    wp_n = pack_for_steps(w_n_t, T)
     dn = np.empty((n, H), dtype=d_out.dtype)
     du = np.empty((n, H), dtype=d_out.dtype)
     drz = np.empty((n, 2 * H), dtype=d_out.dtype)
@@ -154,7 +158,7 @@ def gru_rb_backward_slice(d_out, w_rz_t, w_n_t, h0, out_h, out_gates, batch_size
                 drz[b, H + j] = dz
                 out_dgx[r, H + j] = dz
                 carry[b, j] = dh * gz
-        step_matmul(dn[:nb], w_n_t, du[:nb])
+        packed_matmul(dn[:nb], w_n_t, wp_n, du[:nb])
         for b in range(nb):
             r = off + b0 + b
             for j in range(H):
@@ -165,7 +169,7 @@ def gru_rb_backward_slice(d_out, w_rz_t, w_n_t, h0, out_h, out_gates, batch_size
                 drz[b, j] = dr
                 out_dgx[r, j] = dr
                 du[b, j] = du[b, j] * gr           # gradient reaching m * h_prev through u
-        step_matmul(drz[:nb], w_rz_t, tmp[:nb])
+        packed_matmul(drz[:nb], w_rz_t, wp_rz, tmp[:nb])
         for b in range(nb):
             for j in range(H):
                 m = rec_mask[b0 + b, j] if use_mask else one

@@ -18,7 +18,7 @@ from ._sync import barrier
 from .activations import sigmoid, tanh
 from .gru import gru_forward_slice
 from .lstm import lstm_forward_slice
-from .matmul import step_matmul
+from .matmul import pack_for_steps, packed_matmul
 from .rnn import rnn_forward_slice
 
 
@@ -130,6 +130,7 @@ def gru_infer_part(x, w_hh, b_hh, h0, j0, j1, tid, flags, run_h):
     T = x.shape[0] // B
     nj = j1 - j0
     w = own_rows(w_hh, 3, j0, j1)
+    wp = pack_for_steps(w, T)
     b_hn = np.zeros(nj, dtype=x.dtype)
     if b_hh.shape[0] > 0:
         for jj in range(nj):
@@ -137,7 +138,7 @@ def gru_infer_part(x, w_hh, b_hh, h0, j0, j1, tid, flags, run_h):
     hp = np.empty((B, 3 * nj), dtype=x.dtype)
     for t in range(T):
         h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
-        step_matmul(h_prev, w, hp)
+        packed_matmul(h_prev, w, wp, hp)
         for b in range(B):
             xr = x[t * B + b]
             p = hp[b]
@@ -162,11 +163,12 @@ def rnn_infer_part(x, w_hh, h0, relu, j0, j1, tid, flags, run_h):
     T = x.shape[0] // B
     nj = j1 - j0
     w = own_rows(w_hh, 1, j0, j1)
+    wp = pack_for_steps(w, T)
     hp = np.empty((B, nj), dtype=x.dtype)
     zero = np.zeros(1, dtype=x.dtype)[0]
     for t in range(T):
         h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
-        step_matmul(h_prev, w, hp)
+        packed_matmul(h_prev, w, wp, hp)
         for b in range(B):
             xr = x[t * B + b]
             p = hp[b]

@@ -34,7 +34,7 @@ from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, own_rows, packed_offsets
 from ._sync import barrier
-from .matmul import step_matmul
+from .matmul import pack_for_steps, packed_matmul
 
 
 @njit(inline="always", **JIT)
@@ -117,6 +117,7 @@ def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, ou
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
     n = max(b1 - b0, 0)
+    wp = pack_for_steps(w_hh, T)
     hm = np.empty((n, H), dtype=xp.dtype)
     hp = np.empty((n, 4 * H), dtype=xp.dtype)
     off = 0
@@ -132,7 +133,7 @@ def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, ou
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
             c_prev = out_c[prev + b0:prev + b0 + nb]
-        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
+        packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             if store:
@@ -181,6 +182,7 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
     use_mask = rec_mask.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
+    wp = pack_for_steps(w_hh_t, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
     for t in range(T - 1, -1, -1):
@@ -196,7 +198,7 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
                 cpr = out_c[offsets[t - 1] + b0 + b]
             cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b0 + b], io_dc[b0 + b],
                            H, 0, H, one)
-        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, tmp[:nb])
+        packed_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, wp, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
             tb = tmp[b]
@@ -226,6 +228,7 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
     w = own_rows(w_hh, 4, j0, j1)
+    wp = pack_for_steps(w, T)
     hp = np.empty((batch_sizes[0], 4 * (j1 - j0)), dtype=xp.dtype)
     off = 0
     prev = 0
@@ -237,7 +240,7 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
         else:
             h_prev = out_h[prev:prev + nb]
             c_prev = out_c[prev:prev + nb]
-        step_matmul(h_prev, w, hp[:nb])
+        packed_matmul(h_prev, w, wp, hp[:nb])
         for b in range(nb):
             r = off + b
             if store:
@@ -260,6 +263,7 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
     T = batch_sizes.shape[0]
     offsets = packed_offsets(batch_sizes)
     w = w_hh_t[j0:j1]
+    wp = pack_for_steps(w, T)
     tmp = np.empty((batch_sizes[0], j1 - j0), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
     for t in range(T - 1, -1, -1):
@@ -274,7 +278,7 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
             cell_backward(out_gates[r], out_dgates[r], out_c[r], d_out[r], cpr, io_dh[b], io_dc[b],
                            H, j0, j1, one)
         barrier(flags, tid, T - t)
-        step_matmul(out_dgates[off:off + nb], w, tmp[:nb])
+        packed_matmul(out_dgates[off:off + nb], w, wp, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b]
             tb = tmp[b]

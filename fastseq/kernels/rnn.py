@@ -18,7 +18,7 @@ from numba import njit
 from .._config import JIT
 from .activations import tanh
 from ._packed import masked_state, packed_offsets
-from .matmul import step_matmul
+from .matmul import pack_for_steps, packed_matmul
 
 
 @njit(**JIT)
@@ -50,6 +50,7 @@ def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
     H = h0.shape[1]
     T = batch_sizes.shape[0]
     n = max(b1 - b0, 0)
+    wp = pack_for_steps(w_hh, T)
     hm = np.empty((n, H), dtype=xp.dtype)
     hp = np.empty((n, H), dtype=xp.dtype)
     zero = np.zeros(1, dtype=xp.dtype)[0]
@@ -64,7 +65,7 @@ def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
             h_prev = h0[b0:b0 + nb]
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
-        step_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, hp[:nb])
+        packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
             x = xp[r]
@@ -114,6 +115,7 @@ def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh,
     use_mask = rec_mask.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
+    wp = pack_for_steps(w_hh_t, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
     zero = np.zeros(1, dtype=d_out.dtype)[0]
@@ -136,7 +138,7 @@ def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh,
                 for j in range(H):
                     h = hr[j]
                     dg[j] = (dhb[j] + dor[j]) * (one - h * h)
-        step_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, tmp[:nb])
+        packed_matmul(out_dgates[off + b0:off + b0 + nb], w_hh_t, wp, tmp[:nb])
         for b in range(nb):
             dhb = io_dh[b0 + b]
             tb = tmp[b]

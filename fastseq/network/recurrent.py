@@ -36,25 +36,31 @@ from ..init import get_initializer
 CELLS = ("rnn", "lstm", "gru")
 #: inference splits a layer's hidden units across threads (see
 #: :meth:`Recurrent._inference_plan`) when W_hh has at least ``[0]`` weights
-#: and the batch at most ``[1]`` sequences, with at least
+#: and the batch at most ``[1]`` sequences (any tier), with at least
 #: :data:`UNIT_SPLIT_MIN_UNITS` units per thread.  From
-#: ``python bench/unit_split.py`` and the comparison script on the 2-core
-#: znver3 machine: with 256K weights (LSTM H=256, RNN H=512, GRU H=296) the
-#: split is 1.1-1.5x faster than one thread at batch 1-32 (GRU: 1-4; its
-#: batch split is faster from 16).  Below that a step is a few microseconds
-#: and the per-step barrier's jitter on this virtual machine's two hardware
-#: threads of one core ate the gain (LSTM H=128 at B=1: 0.73 ms faster in one
-#: measurement, 0.78 vs 0.59 ms slower in another), so one thread runs it.
-UNIT_SPLIT_TIERS = {"lstm": ((256 * 1024, 32),),
-                    "rnn": ((256 * 1024, 32),),
-                    "gru": ((256 * 1024, 4),)}
+#: ``python bench/unit_split.py`` on the 2-core znver3 machine (two hardware
+#: threads of one core), with the packed step product
+#: (:func:`fastseq.kernels.matmul.packed_matmul`): the split is faster than
+#: one thread for an LSTM at H=256 only at B=1 (2.08 against 2.27 ms, T=64),
+#: at H=512 up to B=4 (12.0 against 15.2 ms); for an RNN at H=512 up to B=16;
+#: for a GRU at H=512 at B=4.  Below that a step takes microseconds and the
+#: per-step barrier costs more than the second hardware thread gives.
+UNIT_SPLIT_TIERS = {"lstm": ((256 * 1024, 1), (1024 * 1024, 4)),
+                    "rnn": ((256 * 1024, 16),),
+                    "gru": ((512 * 1024, 4),)}
 UNIT_SPLIT_MIN_UNITS = 32
 #: LSTM training (forward and backward) splits its units for W_hh of at least
-#: ``[0]`` weights and batches of at most ``[1]`` sequences (measured at
-#: B=1 H=256 T=128: 10.4-10.8 ms against 12.8-13.5 ms on one thread, timed in
-#: turn with torch; no gain at B=4, a loss at B=16, where the batch split is
-#: used from B=8)
-UNIT_SPLIT_TRAIN = (256 * 1024, 2)
+#: ``[0]`` weights and batches of at most ``[1]`` sequences (measured with
+#: ``fit``-like forward + backward calls, T=128, H=256: 13.0 against 16.7 ms
+#: at B=1; a loss at B=2, 21.6 against 19.8 ms, and at B=4)
+UNIT_SPLIT_TRAIN = (256 * 1024, 1)
+#: inference splits the batch across threads (the packed path) only when a
+#: step's recurrent product has at least this many multiply-adds
+#: (B * G*H * H): below it one thread was faster (``bench/unit_split.py``:
+#: LSTM H=64 B=16 1.69 against 1.72 ms, RNN H=128 B=16 1.61 against 2.12 ms,
+#: GRU H=32 B=16 0.66 against 1.11 ms; the split wins from LSTM H=128 B=16,
+#: 1M multiply-adds a step)
+INFER_SPLIT_STEP_WORK = 512 * 1024
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
 INIT_PRESETS = {
@@ -385,7 +391,7 @@ class Recurrent:
         if n > 1 and UNIT_SPLIT_AVAILABLE and H >= UNIT_SPLIT_MIN_UNITS * n and any(
                 GH * H >= weights and B <= batch for weights, batch in UNIT_SPLIT_TIERS[self.cell]):
             return "units"
-        if splits(B, N * GH * H):
+        if B * GH * H >= INFER_SPLIT_STEP_WORK and splits(B, N * GH * H):
             return None
         return "one"
 
