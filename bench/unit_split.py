@@ -6,10 +6,11 @@ Run from the repository root::
 
 Times ``Recurrent.forward(X, need_grad=False)`` (input size = H) under
 ``fastseq._threads.limit(threads)`` with each plan forced: ``one`` (each layer
-in one compiled call on one thread), ``units`` (hidden units split across the
-threads, a barrier per step) and ``packed`` (the batch split across threads;
-from B = 8).  The thresholds in ``fastseq.network.recurrent``
-(``UNIT_SPLIT_TIERS``) come from this table.  Median ms of 5 repeats.
+in one compiled call, the input projection computed a few steps ahead on a
+second thread: ``PIPELINE_MIN_WORK`` set to 0), ``one-seq`` (the same, the
+projection first, on this thread) and ``packed`` (the batch split across
+threads; from B = 8).  ``PIPELINE_MIN_WORK`` and ``INFER_SPLIT_STEP_WORK`` in
+``fastseq.network.recurrent`` come from this table.  Median ms of 5 repeats.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import time
 import numpy as np
 
 from fastseq import _threads
+from fastseq.network import recurrent as R
 from fastseq.nn import Recurrent
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -46,6 +48,7 @@ def main(argv=None):
     ap.add_argument("--H", default="32,64,128,256,512")
     ap.add_argument("--B", default="1,4,16,32,64")
     args = ap.parse_args(argv)
+    default_pipe = R.PIPELINE_MIN_WORK
     for cell in args.cells.split(","):
         for H in (int(v) for v in args.H.split(",")):
             for B in (int(v) for v in args.B.split(",")):
@@ -54,12 +57,17 @@ def main(argv=None):
                 res = {}
                 with _threads.limit(args.threads):
                     chosen = net._inference_plan(B, args.T)
-                    for plan in ("one", "units", None):
-                        if plan is None and B < 8:
+                    for plan, pipe in (("one", 0), ("one-seq", 10 ** 18), ("packed", 0)):
+                        if plan == "packed" and B < 8:
                             continue
-                        net._inference_plan = (lambda p: (lambda B, T: p))(plan)
-                        res[plan or "packed"] = _time(lambda: net.forward(X, need_grad=False))
+                        R.PIPELINE_MIN_WORK = pipe
+                        net._inference_plan = (lambda p: (lambda B, T: p))(None if plan == "packed" else "one")
+                        res[plan] = _time(lambda: net.forward(X, need_grad=False))
+                    R.PIPELINE_MIN_WORK = default_pipe
                 best = min(res, key=res.get)
+                if chosen == "one":
+                    work = B * args.T * H * GATES[cell] * H
+                    chosen = "one" if work >= default_pipe else "one-seq"
                 print(f"{cell} H{H:4d} B{B:3d} W_hh {GATES[cell] * H * H:8d}  "
                       + "  ".join(f"{k} {v:8.3f}" for k, v in res.items())
                       + f"  best {best:6s} chosen {chosen or 'packed'}", flush=True)

@@ -218,8 +218,10 @@ def run_sliced(kernel, args, lengths_sorted, work):
 
 
 # ------------------------------------------------------------------------
-# Unit split: the threads of one call share every step, each computing its
-# own hidden units (kernels ``*_infer_part``), a barrier between steps.
+# Threads that meet inside compiled code (:mod:`fastseq.kernels._sync`): the
+# unit split of LSTM training (each thread computes its own hidden units, a
+# barrier between steps) and the input projection computed ahead of an
+# inference time loop (:func:`run_pipelined`).
 
 _unit_lock = threading.Lock()
 #: a flag value that releases every barrier (a thread that failed sets it)
@@ -244,6 +246,37 @@ def unit_split_slot():
     finally:
         if got:
             _unit_lock.release()
+
+
+def run_pipelined(produce, consume, parallel=True):
+    """``produce(ready)`` on a pool thread while ``consume(ready)`` runs on
+    this one; ``ready`` (int64 zeros, one slot, see
+    :mod:`fastseq.kernels._sync`) is the producer's published step count that
+    the consumer waits on.  A producer that raises releases the consumer (its
+    results are then discarded: the exception is re-raised).  With
+    ``parallel=False`` (the caller could not take :func:`unit_split_slot`) the
+    two run one after the other on this thread: the same arithmetic, so the
+    results do not depend on what other threads are doing."""
+    from .kernels._sync import STRIDE
+
+    ready = np.zeros(STRIDE, dtype=np.int64)
+    if not parallel:
+        produce(ready)
+        consume(ready)
+        return
+
+    def guarded():
+        try:
+            produce(ready)
+        except BaseException:
+            ready[0] = _RELEASE_ALL
+            raise
+    with blas_single_thread():
+        future = _pool(1).submit(guarded)
+        try:
+            consume(ready)
+        finally:
+            future.result()
 
 
 def run_units(part, H):

@@ -172,63 +172,92 @@ def test_uniform_length_fast_path_matches_general_packing(cell, B, monkeypatch):
 
 
 # ----------------------------------------------------------------------------
-# Inference with the hidden units split across threads (a barrier per step)
+# Inference with the input projection computed ahead on a second thread
 
-def _force_units(monkeypatch):
+def _spy_pipeline(monkeypatch):
+    """Pipeline every layer (no size threshold); returns the list of the
+    ``parallel`` flags of each :func:`run_pipelined` call."""
     import fastseq.network.recurrent as R
-    monkeypatch.setattr(R, "UNIT_SPLIT_TIERS", {c: ((0, 10 ** 9),) for c in ("lstm", "gru", "rnn")})
-    monkeypatch.setattr(R, "UNIT_SPLIT_MIN_UNITS", 1)
+    monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 0)
+    calls = []
+    real = R.run_pipelined
+
+    def spy(produce, consume, parallel=True):
+        calls.append(parallel)
+        return real(produce, consume, parallel)
+    monkeypatch.setattr(R, "run_pipelined", spy)
+    return calls
 
 
 @pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
 @pytest.mark.parametrize("n_jobs", [2, 3])
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-12)])
-def test_unit_split_equals_the_packed_path(monkeypatch, cell, nl, n_jobs, dtype, tol):
-    _force_units(monkeypatch)
+def test_pipelined_inference_equals_the_packed_path(monkeypatch, cell, nl, n_jobs, dtype, tol):
+    """Stacked, bidirectional (the reverse direction's projection is produced
+    in run order), bias-free, with initial states, batches of 1 and 3: equal
+    to the packed one-thread path to rounding, bit-identical across repeats
+    and to the same two kernels run one after the other (what a call that
+    cannot take the slot does)."""
+    import fastseq.network.recurrent as R
+    calls = _spy_pipeline(monkeypatch)
     kw = {"nonlinearity": nl} if cell == "rnn" else {}
     rng = np.random.default_rng(0)
-    for H, bias, layers, bi in [(7, True, 1, False), (33, False, 2, True), (16, True, 1, True)]:
+    for B, T, H, bias, layers, bi in [(3, 6, 7, True, 1, False), (1, 37, 33, False, 2, True),
+                                      (3, 20, 16, True, 1, True)]:
         layer = Recurrent(cell, 5, H, num_layers=layers, bidirectional=bi, bias=bias, dtype=dtype,
                           random_state=1, **kw).eval()
-        X = rng.standard_normal((3, 6, 5))
+        X = rng.standard_normal((B, T, 5))
         D = 2 if bi else 1
-        h = rng.standard_normal((layers * D, 3, H))
+        h = rng.standard_normal((layers * D, B, H))
         h0 = (h, -h) if cell == "lstm" else h
         ref = layer.forward(X, h0=h0)                     # packed, one thread
+        del calls[:]
         with _threads.limit(n_jobs):
-            assert layer._inference_plan(3, 6) == "units"
+            assert layer._inference_plan(B, T) == "one"
             got = layer.forward(X, h0=h0, need_grad=False)
             again = layer.forward(X, h0=h0, need_grad=False)
+            assert calls == [True] * (2 * layers * D)
+            real = R.run_pipelined
+            monkeypatch.setattr(R, "run_pipelined", lambda p, c, parallel=True: real(p, c, False))
+            serial = layer.forward(X, h0=h0, need_grad=False)
+            monkeypatch.setattr(R, "run_pipelined", real)
         flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
-        for a, b, c in zip(flat(got), flat(ref), flat(again)):
+        for a, b, c, d in zip(flat(got), flat(ref), flat(again), flat(serial)):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
             np.testing.assert_array_equal(a, c)           # deterministic for a thread count
+            np.testing.assert_array_equal(a, d)           # and whether or not it overlaps
 
 
-def test_unit_split_plan_follows_the_measured_tiers():
+def test_inference_plan_and_pipeline_threshold(monkeypatch):
+    import fastseq.network.recurrent as R
+    calls = []
+    real = R.run_pipelined
+    monkeypatch.setattr(R, "run_pipelined", lambda *a: calls.append(1) or real(*a))
     with _threads.limit(2):
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "units"
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(4, 10) == "one"
-        assert Recurrent("lstm", 8, 512).eval()._inference_plan(4, 10) == "units"      # 1M weights
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) is None       # batch split
-        assert Recurrent("gru", 8, 512).eval()._inference_plan(4, 10) == "units"
-        assert Recurrent("gru", 8, 512).eval()._inference_plan(16, 10) is None
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(1, 10) == "one"        # 192K weights
-        assert Recurrent("lstm", 8, 128).eval()._inference_plan(1, 10) == "one"       # small W_hh
-        assert Recurrent("rnn", 8, 512).eval()._inference_plan(8, 10) == "units"
         # a batch split needs 512K multiply-adds a step: one thread below
         assert Recurrent("lstm", 8, 64).eval()._inference_plan(16, 100) == "one"
         assert Recurrent("lstm", 8, 128).eval()._inference_plan(16, 100) is None
-    assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"           # one thread
+        small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
+        small.forward(np.ones((1, 32, 8), np.float32), need_grad=False)
+        assert calls == []
+        big = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
+        big.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
+        assert calls == [1]
+    big.forward(np.ones((1, 128, 64), np.float32), need_grad=False)    # one thread: never
+    assert calls == [1]
 
 
-def test_unit_split_concurrent_callers_and_a_failing_part(monkeypatch):
-    """Two threads at once (one runs the split, the other falls back to one
-    thread: no deadlock), and a part that raises releases the barrier."""
-    _force_units(monkeypatch)
+def test_pipeline_concurrent_callers_and_a_failing_producer(monkeypatch):
+    """Three threads at once (one overlaps, the others run the same kernels
+    in turn: no deadlock, identical results), and a producer that raises
+    releases the waiting time loop and its error reaches the caller."""
+    _spy_pipeline(monkeypatch)
     layer = Recurrent("lstm", 4, 40, random_state=0).eval()
     X = np.random.default_rng(0).standard_normal((2, 50, 4)).astype(np.float32)
-    ref = layer.forward(X)[0]
+    with _threads.limit(2):
+        ref = layer.forward(X, need_grad=False)[0]
     results, errors = [], []
 
     def work():
@@ -243,18 +272,16 @@ def test_unit_split_concurrent_callers_and_a_failing_part(monkeypatch):
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "unit split deadlocked"
+    assert not any(t.is_alive() for t in threads), "pipelined inference deadlocked"
     assert not errors and len(results) == 60
     for r in results:
-        np.testing.assert_allclose(r, ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(r, ref)
 
     import fastseq.network.recurrent as R
-    real = R.lstm_forward_part
-    def boom(x, w_hh, h0, c0, batch_sizes, j0, j1, tid, *rest):
-        if tid == 1:
-            raise MemoryError("part 1 failed")
-        return real(x, w_hh, h0, c0, batch_sizes, j0, j1, tid, *rest)
-    monkeypatch.setattr(R, "lstm_forward_part", boom)
+
+    def boom(*args):
+        raise MemoryError("producer failed")
+    monkeypatch.setattr(R, "project_steps", boom)
     done = []
 
     def failing():
@@ -266,8 +293,8 @@ def test_unit_split_concurrent_callers_and_a_failing_part(monkeypatch):
     t = threading.Thread(target=failing)
     t.start()
     t.join(timeout=60)
-    assert not t.is_alive(), "a failing part left the other waiting at the barrier"
-    assert done == ["part 1 failed"]
+    assert not t.is_alive(), "a failing producer left the time loop waiting"
+    assert done == ["producer failed"]
 
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])

@@ -74,15 +74,22 @@ def sched_yield(typingctx):
 
 
 @njit(inline="always", **JIT)
+def wait_for(flags, slot, value):
+    """Wait until ``flags[slot * STRIDE] >= value`` (acquire): spin
+    :data:`SPIN_LIMIT` polls, then yield between polls."""
+    spins = 0
+    while load_acquire(flags, slot * STRIDE) < value:
+        spins += 1
+        if spins >= SPIN_LIMIT:
+            sched_yield()
+            spins = 0
+
+
+@njit(inline="always", **JIT)
 def barrier(flags, tid, value):
     """Publish that thread ``tid`` finished step ``value`` and wait until every
     thread (``flags.shape[0] // STRIDE`` of them) has."""
     store_release(flags, tid * STRIDE, value)
     for k in range(flags.shape[0] // STRIDE):
         if k != tid:
-            spins = 0
-            while load_acquire(flags, k * STRIDE) < value:
-                spins += 1
-                if spins >= SPIN_LIMIT:
-                    sched_yield()
-                    spins = 0
+            wait_for(flags, k, value)

@@ -24,6 +24,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
+from ._sync import wait_for
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -50,13 +51,19 @@ def gru_sequence_forward(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_g
         recurrent candidate term before the reset gate; an empty array for
         inference (nothing stored).
     """
-    gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, np.int64(0), h0.shape[0])
+    gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates,
+                      np.empty(0, dtype=np.int64), np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, b0, b1):
+def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, ready, b0, b1):
     """:func:`gru_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
-    (disjoint slices may run in parallel threads)."""
+    (disjoint slices may run in parallel threads).
+
+    ``ready`` (int64, empty for none) is the step counter of a producer
+    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.infer.project_steps`):
+    step ``t`` waits until ``ready[0] > t``.
+    """
     H = h0.shape[1]
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
@@ -66,7 +73,10 @@ def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gate
     hp = np.empty((n, 3 * H), dtype=xp.dtype)
     off = 0
     prev = 0
+    wait = ready.shape[0] > 0
     for t in range(T):
+        if wait:
+            wait_for(ready, 0, t + 1)
         bs = batch_sizes[t]
         nb = min(bs, b1) - b0
         if nb <= 0:

@@ -13,12 +13,11 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
-from ._packed import own_rows, reverse_steps
-from ._sync import barrier
-from .activations import sigmoid, tanh
+from ._packed import reverse_steps
+from ._sync import store_release
 from .gru import gru_forward_slice
 from .lstm import lstm_forward_slice
-from .matmul import pack_for_steps, packed_matmul
+from .matmul import BLAS_MIN_ROWS, pack_for_steps, packed_matmul
 from .rnn import rnn_forward_slice
 
 
@@ -71,13 +70,22 @@ def lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
         Filled with the states after the last step run.
     """
     B, H = h0.shape
-    N = xp.shape[0]
     x = prepare(xp, b_ih, b_hh, 4 * H, B, reverse)
+    lstm_run(x, w_hh, h0, c0, reverse, np.empty(0, dtype=np.int64), out_h, h_n, c_n)
+
+
+@njit(**JIT)
+def lstm_run(x, w_hh, h0, c0, reverse, ready, out_h, h_n, c_n):
+    """:func:`lstm_infer` on ``x`` from :func:`prepare` or, filled while this
+    runs, from :func:`project_steps` (``ready`` its step counter; empty for
+    none)."""
+    B, H = h0.shape
+    N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
-    run_c = np.empty((N, H), dtype=xp.dtype)
+    run_c = np.empty((N, H), dtype=x.dtype)
     lstm_forward_slice(x, w_hh, h0, c0, np.full(N // B, B, dtype=np.int64),
-                       np.empty((0, H), dtype=xp.dtype), run_h, run_c,
-                       np.empty((0, 4 * H), dtype=xp.dtype), np.int64(0), B)
+                       np.empty((0, H), dtype=x.dtype), run_h, run_c,
+                       np.empty((0, 4 * H), dtype=x.dtype), ready, np.int64(0), B)
     c_n[...] = run_c[N - B:]
     finish(run_h, B, reverse, out_h, h_n)
 
@@ -87,13 +95,19 @@ def gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
     """GRU (reset after the product) inference; as :func:`lstm_infer` with
     (3H,) biases, ``b_hh``'s n-third kept inside the reset product."""
     B, H = h0.shape
-    N = xp.shape[0]
     x = prepare(xp, b_ih, b_hh, 2 * H, B, reverse)
-    b_hn = b_hh[2 * H:].copy() if b_hh.shape[0] > 0 else np.zeros(H, dtype=xp.dtype)
+    gru_run(x, w_hh, candidate_bias(b_hh, H), h0, reverse, np.empty(0, dtype=np.int64), out_h, h_n)
+
+
+@njit(**JIT)
+def gru_run(x, w_hh, b_hn, h0, reverse, ready, out_h, h_n):
+    """:func:`gru_infer` on prepared ``x`` (see :func:`lstm_run`); ``b_hn`` (H,)."""
+    B, H = h0.shape
+    N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
     gru_forward_slice(x, w_hh, b_hn, h0, np.full(N // B, B, dtype=np.int64),
-                      np.empty((0, H), dtype=xp.dtype), run_h,
-                      np.empty((0, 4 * H), dtype=xp.dtype), np.int64(0), B)
+                      np.empty((0, H), dtype=x.dtype), run_h,
+                      np.empty((0, 4 * H), dtype=x.dtype), ready, np.int64(0), B)
     finish(run_h, B, reverse, out_h, h_n)
 
 
@@ -101,84 +115,68 @@ def gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
 def rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
     """Elman RNN inference (``relu`` 1 for ReLU, 0 for tanh); as :func:`lstm_infer`."""
     B, H = h0.shape
-    N = xp.shape[0]
     x = prepare(xp, b_ih, b_hh, H, B, reverse)
+    rnn_run(x, w_hh, h0, relu, reverse, np.empty(0, dtype=np.int64), out_h, h_n)
+
+
+@njit(**JIT)
+def rnn_run(x, w_hh, h0, relu, reverse, ready, out_h, h_n):
+    """:func:`rnn_infer` on prepared ``x`` (see :func:`lstm_run`)."""
+    B, H = h0.shape
+    N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
     rnn_forward_slice(x, w_hh, h0, np.full(N // B, B, dtype=np.int64),
-                      np.empty((0, H), dtype=xp.dtype), relu, run_h, np.int64(0), B)
+                      np.empty((0, H), dtype=x.dtype), relu, run_h, ready, np.int64(0), B)
     finish(run_h, B, reverse, out_h, h_n)
 
 
-# ---------------------------------------------------------------------------
-# The same, split over the hidden units (the LSTM's is
-# :func:`fastseq.kernels.lstm.lstm_forward_part` with no gates stored): thread ``tid`` computes units
-# ``j0 <= j < j1`` of every row from its own rows of W_hh (gate g's rows
-# ``g*H + j``, copied into a contiguous block that stays in its core's cache:
-# W_hh of an H = 256 LSTM is 1 MB, each half fits a 1 MB L2), then waits at a
-# barrier (:mod:`fastseq.kernels._sync`) until all threads have written
-# step t before anyone reads it as h_{t-1}.  For batches too small to split by
-# sequence (B = 1 cannot be split at all).  ``x`` comes from :func:`prepare`
-# (bias added, steps in run order); each thread writes only its own columns
-# of ``run_h`` and of the final states.
-
-
 @njit(**JIT)
-def gru_infer_part(x, w_hh, b_hh, h0, j0, j1, tid, flags, run_h):
-    """Units ``j0..j1`` of a GRU (reset after the product) run over prepared
-    ``x`` (N, 3H); ``b_hh`` (3H,) or empty.  Writes ``run_h[:, j0:j1]``."""
-    B, H = h0.shape
-    T = x.shape[0] // B
-    nj = j1 - j0
-    w = own_rows(w_hh, 3, j0, j1)
-    wp = pack_for_steps(w, T)
-    b_hn = np.zeros(nj, dtype=x.dtype)
+def candidate_bias(b_hh, H):
+    """The GRU's ``b_hn`` (last third of ``b_hh``), zeros without a bias."""
     if b_hh.shape[0] > 0:
-        for jj in range(nj):
-            b_hn[jj] = b_hh[2 * H + j0 + jj]
-    hp = np.empty((B, 3 * nj), dtype=x.dtype)
-    for t in range(T):
-        h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
-        packed_matmul(h_prev, w, wp, hp)
-        for b in range(B):
-            xr = x[t * B + b]
-            p = hp[b]
-            hb = h_prev[b]
-            oh = run_h[t * B + b]
-            for jj in range(nj):
-                j = j0 + jj
-                gr = sigmoid(xr[j] + p[jj])
-                gz = sigmoid(xr[H + j] + p[nj + jj])
-                a = p[2 * nj + jj] + b_hn[jj]
-                gn = tanh(xr[2 * H + j] + gr * a)
-                oh[j] = gn + gz * (hb[j] - gn)
-        if t + 1 < T:
-            barrier(flags, tid, t + 1)
+        return b_hh[2 * H:].copy()
+    return np.zeros(H, dtype=b_hh.dtype)
+
+
+# ---------------------------------------------------------------------------
+# The input projection on a second thread.  For a batch too small to split,
+# one thread runs the time loop while another fills its input ``x`` a few
+# steps ahead: the projection of every step (a third or more of a small
+# call) overlaps the recurrence instead of preceding it.  The loop does not
+# slow down beside it (``bench/pipeline.py``).
+
+#: rows of ``x`` a producer computes between two publications (at least one step)
+PIPELINE_ROWS = 16
 
 
 @njit(**JIT)
-def rnn_infer_part(x, w_hh, h0, relu, j0, j1, tid, flags, run_h):
-    """Units ``j0..j1`` of an Elman RNN run over prepared ``x`` (N, H).
-    Writes ``run_h[:, j0:j1]``."""
-    B, H = h0.shape
-    T = x.shape[0] // B
-    nj = j1 - j0
-    w = own_rows(w_hh, 1, j0, j1)
-    wp = pack_for_steps(w, T)
-    hp = np.empty((B, nj), dtype=x.dtype)
-    zero = np.zeros(1, dtype=x.dtype)[0]
-    for t in range(T):
-        h_prev = h0 if t == 0 else run_h[(t - 1) * B:t * B]
-        packed_matmul(h_prev, w, wp, hp)
-        for b in range(B):
-            xr = x[t * B + b]
-            p = hp[b]
-            oh = run_h[t * B + b]
-            if relu:
-                for jj in range(nj):
-                    v = xr[j0 + jj] + p[jj]
-                    oh[j0 + jj] = v if v > zero else zero
-            else:
-                for jj in range(nj):
-                    oh[j0 + jj] = tanh(xr[j0 + jj] + p[jj])
-        if t + 1 < T:
-            barrier(flags, tid, t + 1)
+def project_steps(inp, w_ih, b_ih, b_hh, n_hh, B, reverse, x, ready):
+    """Producer: ``x`` (N, GH) in run order (steps reversed when ``reverse``)
+    = ``inp @ w_ih.T + b_ih + b_hh[:n_hh]`` (no bias when ``b_ih`` is empty),
+    a few steps at a time; after each, the number of run steps done is
+    published in ``ready[0]`` (release store)."""
+    N = inp.shape[0]
+    T = N // B
+    GH = w_ih.shape[0]
+    steps = max(1, PIPELINE_ROWS // B)
+    wp = pack_for_steps(w_ih, 2 if steps * B < BLAS_MIN_ROWS else 1)
+    bias = np.zeros(GH, dtype=x.dtype)
+    if b_ih.shape[0] > 0:
+        for j in range(GH):
+            bias[j] = b_ih[j]
+        for j in range(n_hh):
+            bias[j] += b_hh[j]
+    tmp = np.empty((steps * B, GH), dtype=x.dtype)
+    for u0 in range(0, T, steps):
+        u1 = min(T, u0 + steps)
+        n = (u1 - u0) * B
+        t0 = T - u1 if reverse else u0  # first input step of the chunk
+        packed_matmul(inp[t0 * B:t0 * B + n], w_ih, wp, tmp[:n])
+        for s in range(u1 - u0):
+            u = (u1 - 1 - s) if reverse else (u0 + s)  # run step of input step t0 + s
+            for b in range(B):
+                src = tmp[s * B + b]
+                dst = x[u * B + b]
+                for j in range(GH):
+                    dst[j] = src[j] + bias[j]
+        store_release(ready, 0, u1)

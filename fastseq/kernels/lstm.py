@@ -33,7 +33,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, own_rows, packed_offsets
-from ._sync import barrier
+from ._sync import barrier, wait_for
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -103,15 +103,19 @@ def lstm_sequence_forward(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c,
         pass; an empty array for inference (nothing stored).
     """
     lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates,
-                       np.int64(0), h0.shape[0])
+                       np.empty(0, dtype=np.int64), np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates, b0, b1):
+def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, out_gates, ready, b0, b1):
     """:func:`lstm_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only.
 
     Slices of one batch are independent: threads may run disjoint slices of
     the same call side by side (each writes only its own rows).
+
+    ``ready`` (int64, empty for none) is the step counter of a producer
+    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.infer.project_steps`):
+    step ``t`` waits until ``ready[0] > t``.
     """
     H = h0.shape[1]
     T = batch_sizes.shape[0]
@@ -122,7 +126,10 @@ def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, ou
     hp = np.empty((n, 4 * H), dtype=xp.dtype)
     off = 0
     prev = 0
+    wait = ready.shape[0] > 0
     for t in range(T):
+        if wait:
+            wait_for(ready, 0, t + 1)
         bs = batch_sizes[t]
         nb = min(bs, b1) - b0
         if nb <= 0:

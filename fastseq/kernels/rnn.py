@@ -18,6 +18,7 @@ from numba import njit
 from .._config import JIT
 from .activations import tanh
 from ._packed import masked_state, packed_offsets
+from ._sync import wait_for
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -40,13 +41,19 @@ def rnn_sequence_forward(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h):
     out_h : (N, H) float
         Filled with ``h_t``.
     """
-    rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, np.int64(0), h0.shape[0])
+    rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, np.empty(0, dtype=np.int64),
+                      np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
+def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, ready, b0, b1):
     """:func:`rnn_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
-    (disjoint slices may run in parallel threads)."""
+    (disjoint slices may run in parallel threads).
+
+    ``ready`` (int64, empty for none) is the step counter of a producer
+    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.infer.project_steps`):
+    step ``t`` waits until ``ready[0] > t``.
+    """
     H = h0.shape[1]
     T = batch_sizes.shape[0]
     n = max(b1 - b0, 0)
@@ -56,7 +63,10 @@ def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, b0, b1):
     zero = np.zeros(1, dtype=xp.dtype)[0]
     off = 0
     prev = 0
+    wait = ready.shape[0] > 0
     for t in range(T):
+        if wait:
+            wait_for(ready, 0, t + 1)
         bs = batch_sizes[t]
         nb = min(bs, b1) - b0
         if nb <= 0:

@@ -11,14 +11,13 @@ import numpy as np
 
 from .. import kernels as K
 from .._threads import (
-    blas_single_thread, get_num_threads, matmul_splits, parallel_matmul, run_sliced, run_units, splits,
-    unit_split_slot,
+    blas_single_thread, get_num_threads, matmul_splits, parallel_matmul, run_pipelined, run_sliced, run_units,
+    splits, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.infer import (
-    finish as infer_finish, gru_infer, gru_infer_part, lstm_infer, prepare as infer_prepare,
-    rnn_infer, rnn_infer_part,
+    candidate_bias, gru_infer, gru_run, lstm_infer, lstm_run, project_steps, rnn_infer, rnn_run,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import step_matmul
@@ -33,21 +32,12 @@ from .._validation import (
 )
 from ..init import get_initializer
 
+#: "no producer" for the time loops' ``ready`` argument (never written)
+_NO_READY = np.empty(0, dtype=INDEX_DTYPE)
+
 CELLS = ("rnn", "lstm", "gru")
-#: inference splits a layer's hidden units across threads (see
-#: :meth:`Recurrent._inference_plan`) when W_hh has at least ``[0]`` weights
-#: and the batch at most ``[1]`` sequences (any tier), with at least
-#: :data:`UNIT_SPLIT_MIN_UNITS` units per thread.  From
-#: ``python bench/unit_split.py`` on the 2-core znver3 machine (two hardware
-#: threads of one core), with the packed step product
-#: (:func:`fastseq.kernels.matmul.packed_matmul`): the split is faster than
-#: one thread for an LSTM at H=256 only at B=1 (2.08 against 2.27 ms, T=64),
-#: at H=512 up to B=4 (12.0 against 15.2 ms); for an RNN at H=512 up to B=16;
-#: for a GRU at H=512 at B=4.  Below that a step takes microseconds and the
-#: per-step barrier costs more than the second hardware thread gives.
-UNIT_SPLIT_TIERS = {"lstm": ((256 * 1024, 1), (1024 * 1024, 4)),
-                    "rnn": ((256 * 1024, 16),),
-                    "gru": ((512 * 1024, 4),)}
+#: LSTM training splits its hidden units across threads (see
+#: :meth:`Recurrent._train_units`) with at least this many units per thread
 UNIT_SPLIT_MIN_UNITS = 32
 #: LSTM training (forward and backward) splits its units for W_hh of at least
 #: ``[0]`` weights and batches of at most ``[1]`` sequences (measured with
@@ -61,6 +51,16 @@ UNIT_SPLIT_TRAIN = (256 * 1024, 1)
 #: GRU H=32 B=16 0.66 against 1.11 ms; the split wins from LSTM H=128 B=16,
 #: 1M multiply-adds a step)
 INFER_SPLIT_STEP_WORK = 512 * 1024
+#: an inference call that does not split its batch computes its input
+#: projection on a second thread, overlapping the time loop
+#: (:func:`fastseq._threads.run_pipelined`), from this many multiply-adds of
+#: the projection (N * F * G*H).  ``python bench/unit_split.py``: 1.25-1.5x
+#: from LSTM B=1 H=64 T=128 (2.1M; 0.41 against 0.51 ms) up; below it the
+#: hand-over to the pool thread (about 0.1-0.15 ms here) costs more than it
+#: saves (GRU B=1 H=64 T=128, 1.6M: 0.37 against 0.27 ms).  It also replaced
+#: splitting the hidden units across threads for inference (a barrier a
+#: step), which it beat at every size measured but LSTM H=512 B=1 (a tie).
+PIPELINE_MIN_WORK = 2 * 1024 * 1024
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
 INIT_PRESETS = {
@@ -366,7 +366,7 @@ class Recurrent:
         if uniform and not need_grad:
             plan = self._inference_plan(B, T)
             if plan is not None:
-                return self._forward_infer(X, h0, c0, plan)
+                return self._forward_infer(X, h0, c0)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
@@ -376,21 +376,16 @@ class Recurrent:
     def _inference_plan(self, B, T):
         """How a full-length inference call runs: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
-        split pays for); ``"one"``, each layer and direction in one compiled
-        call on this thread; or ``"units"``, its hidden units split across
-        :func:`fastseq._threads.get_num_threads` threads that step together
-        (a small batch with a large W_hh: each thread keeps its share of W_hh
-        in its own cache)."""
+        split pays for), else ``"one"``: each layer and direction in one
+        compiled call on this thread, its input projection computed ahead on
+        a second thread when there is one and the projection is large enough
+        (:data:`PIPELINE_MIN_WORK`)."""
         if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
             return None
         if self.cell == "gru" and not self.reset_after:
             return None
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
-        n = get_num_threads()
-        if n > 1 and UNIT_SPLIT_AVAILABLE and H >= UNIT_SPLIT_MIN_UNITS * n and any(
-                GH * H >= weights and B <= batch for weights, batch in UNIT_SPLIT_TIERS[self.cell]):
-            return "units"
         if B * GH * H >= INFER_SPLIT_STEP_WORK and splits(B, N * GH * H):
             return None
         return "one"
@@ -405,11 +400,15 @@ class Recurrent:
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0 and H >= UNIT_SPLIT_MIN_UNITS * n
                 and 4 * H * H >= weights and B <= batch)
 
-    def _forward_infer(self, X, h0, c0, plan="one"):
+    def _forward_infer(self, X, h0, c0):
         """Inference of a full-length batch, each layer and direction in one
-        compiled call (:mod:`fastseq.kernels.infer`), or in one call per thread
-        for ``plan="units"``: the same arithmetic as the packed path, without
-        its per-call Python (most of a small call)."""
+        compiled call (:mod:`fastseq.kernels.infer`): the arithmetic of the
+        packed path without its per-call Python (most of a small call).  With
+        more than one thread and a large enough projection, the input
+        projection runs on a pool thread a few steps ahead of the time loop
+        (:meth:`_run_pipelined`); when another call holds the slot
+        (:func:`fastseq._threads.unit_split_slot`), the same two kernels run one
+        after the other here, so results never depend on concurrency."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
@@ -423,7 +422,7 @@ class Recurrent:
         no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
         with blas_single_thread(), unit_split_slot() as free:
-            units = plan == "units" and free
+            pipe = get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE and T > 1
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
                 for d in range(D):
@@ -431,26 +430,28 @@ class Recurrent:
                     W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
                     if b_ih is None:
                         b_ih = b_hh = no_bias
-                    if matmul_splits(N, inp.shape[1], W_ih.shape[0]):
-                        xp = parallel_matmul(inp, W_ih.T)
-                    else:  # one thread: the blocked step product beats numpy's BLAS call here
-                        xp = np.empty((N, W_ih.shape[0]), dtype=dt)
-                        step_matmul(inp, np.ascontiguousarray(W_ih), xp)
+                    w_ih = np.ascontiguousarray(W_ih)
                     w_hh = np.ascontiguousarray(W_hh)
                     h0s = np.ascontiguousarray(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
                     c0s = None
                     if self.cell == "lstm":
                         c0s = np.ascontiguousarray(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
-                    if units:
-                        self._run_units(xp, b_ih, b_hh, w_hh, h0s, c0s, relu, d == 1,
-                                        out_h, h_n[idx], None if c_n is None else c_n[idx])
-                    elif self.cell == "lstm":
-                        lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
-                    elif self.cell == "gru":
-                        gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
+                    args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
+                    if pipe and N * inp.shape[1] * w_ih.shape[0] >= PIPELINE_MIN_WORK:
+                        self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
                     else:
-                        rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
+                        if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
+                            xp = parallel_matmul(inp, w_ih.T)
+                        else:  # one thread: the blocked step product beats numpy's BLAS call here
+                            xp = np.empty((N, w_ih.shape[0]), dtype=dt)
+                            step_matmul(inp, w_ih, xp)
+                        if self.cell == "lstm":
+                            lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
+                        elif self.cell == "gru":
+                            gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
+                        else:
+                            rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
@@ -460,29 +461,28 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
-    def _run_units(self, xp, b_ih, b_hh, w_hh, h0s, c0s, relu, reverse, out_h, h_n, c_n):
-        """One layer and direction with its hidden units split across threads."""
+    def _run_pipelined(self, inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, reverse, out_h, h_n, c_n,
+                       parallel=True):
+        """One layer and direction on this thread while a pool thread computes
+        its input projection a few steps ahead (:func:`fastseq.kernels.infer.project_steps`)."""
         B, H = h0s.shape
-        G = self.num_gates
-        x = infer_prepare(xp, b_ih, b_hh, 2 * H if self.cell == "gru" else G * H, B, reverse)
-        run_h = np.empty_like(out_h) if reverse else out_h
-        if self.cell == "lstm":
-            run_c = np.empty_like(run_h)
-            batch_sizes = np.full(x.shape[0] // B, B, dtype=INDEX_DTYPE)
-            no_gates = np.empty((0, 4 * H), dtype=x.dtype)
+        x = np.empty((inp.shape[0], w_ih.shape[0]), dtype=self.dtype)
+        n_hh = {"lstm": 4 * H, "gru": 2 * H, "rnn": H}[self.cell]
 
-            def part(tid, j0, j1, flags):
-                lstm_forward_part(x, w_hh, h0s, c0s, batch_sizes, j0, j1, tid, flags, run_h, run_c, no_gates)
-        elif self.cell == "gru":
-            def part(tid, j0, j1, flags):
-                gru_infer_part(x, w_hh, b_hh, h0s, j0, j1, tid, flags, run_h)
-        else:
-            def part(tid, j0, j1, flags):
-                rnn_infer_part(x, w_hh, h0s, relu, j0, j1, tid, flags, run_h)
-        run_units(part, H)
-        infer_finish(run_h, B, reverse, out_h, h_n)
+        def produce(ready):
+            project_steps(inp, w_ih, b_ih, b_hh, n_hh, B, reverse, x, ready)
         if self.cell == "lstm":
-            c_n[...] = run_c[-B:]
+            def consume(ready):
+                lstm_run(x, w_hh, h0s, c0s, reverse, ready, out_h, h_n, c_n)
+        elif self.cell == "gru":
+            b_hn = candidate_bias(b_hh, H)
+
+            def consume(ready):
+                gru_run(x, w_hh, b_hn, h0s, reverse, ready, out_h, h_n)
+        else:
+            def consume(ready):
+                rnn_run(x, w_hh, h0s, relu, reverse, ready, out_h, h_n)
+        run_pipelined(produce, consume, parallel)
 
     def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True):
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
@@ -556,7 +556,7 @@ class Recurrent:
                 b_hn = np.zeros(H, dtype=dt)
             gates = np.empty((NG, 4 * H), dtype=dt)
             run_sliced(gru_forward_slice,
-                       (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
+                       (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates, _NO_READY), ls, work)
             state["gates"] = gates
         else:
             if self.bias:
@@ -570,11 +570,11 @@ class Recurrent:
                             xp, w_hh, h0s, c0s, pk.batch_sizes, j0, j1, tid, flags, out_h, out_c, gates), H)
                     else:
                         run_sliced(lstm_forward_slice,
-                                   (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates), ls, work)
+                                   (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates, _NO_READY), ls, work)
                 state["out_c"], state["gates"] = out_c, gates
             else:
                 relu = 1 if self.nonlinearity == "relu" else 0
-                run_sliced(rnn_forward_slice, (xp, w_hh, h0s, pk.batch_sizes, mask, relu, out_h),
+                run_sliced(rnn_forward_slice, (xp, w_hh, h0s, pk.batch_sizes, mask, relu, out_h, _NO_READY),
                            ls, work)
         state["out_h"] = out_h
         return state
