@@ -173,13 +173,17 @@ def split_bounds(lengths_sorted, n):
     """``n`` contiguous slices ``[(b0, b1), ...]`` of a batch sorted by
     decreasing length, balanced by total steps (deterministic)."""
     B = len(lengths_sorted)
-    total = float(sum(int(v) for v in lengths_sorted))
-    bounds, b0, acc, k = [], 0, 0.0, 1
-    for b in range(B):
-        acc += int(lengths_sorted[b])
-        if k < n and acc >= total * k / n and b + 1 < B:
-            bounds.append((b0, b + 1))
-            b0, k = b + 1, k + 1
+    acc = np.cumsum(np.asarray(lengths_sorted, dtype=np.float64))
+    total = float(acc[-1]) if B else 0.0
+    bounds, b0 = [], 0
+    for k in range(1, n):
+        # first b (after the previous cut) whose running total reaches k/n of all
+        b = int(np.searchsorted(acc, total * k / n, side="left"))
+        b = max(b, b0)
+        if b + 1 >= B:
+            break
+        bounds.append((b0, b + 1))
+        b0 = b + 1
     bounds.append((b0, B))
     return bounds
 
@@ -333,3 +337,54 @@ def parallel_matmul(a, b, out=None):
         for f in futures:
             f.result()
     return out
+
+
+def parallel_project(inp, w, bias):
+    """``inp @ w.T + bias`` (:func:`fastseq.kernels.matmul.project`) on
+    :func:`get_num_threads` row blocks in threads, like :func:`parallel_matmul`
+    (the result does not depend on the split)."""
+    from .kernels.matmul import project
+
+    m = inp.shape[0]
+    out = np.empty((m, w.shape[0]), dtype=inp.dtype)
+    n = min(get_num_threads(), m // 8)
+    if n <= 1 or m * inp.shape[1] * w.shape[0] < MIN_MATMUL_SPLIT:
+        project(inp, w, bias, out)
+        return out
+    step = -(-m // n)
+    chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
+    pool = _pool(len(chunks) - 1)
+    futures = [pool.submit(project, inp[i:j], w, bias, out[i:j]) for i, j in chunks[1:]]
+    try:
+        i, j = chunks[0]
+        project(inp[i:j], w, bias, out[i:j])
+    finally:
+        for f in futures:
+            f.result()
+    return out
+
+
+#: elements of a copy from which :func:`parallel_copy` splits it
+MIN_COPY_SPLIT = 1 << 20
+
+
+def parallel_copy(dst, src):
+    """``dst[...] = src`` on :func:`get_num_threads` blocks of the first axis in
+    threads (numpy releases the GIL while it copies)."""
+    m = dst.shape[0]
+    n = min(get_num_threads(), m)
+    if n <= 1 or dst.size < MIN_COPY_SPLIT:
+        dst[...] = src
+        return
+    step = -(-m // n)
+    chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
+    pool = _pool(len(chunks) - 1)
+
+    def one(i, j):
+        dst[i:j] = src[i:j]
+    futures = [pool.submit(one, i, j) for i, j in chunks[1:]]
+    try:
+        one(*chunks[0])
+    finally:
+        for f in futures:
+            f.result()

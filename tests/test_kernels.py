@@ -125,8 +125,16 @@ def test_packed_matmul_every_tile_path(dtype):
     the last full strip (dot form), BLAS from BLAS_MIN_ROWS rows, and the
     fallbacks (no packed weight, rows that are not unit-stride): every
     element written, equal to a @ w.T in float64."""
-    from fastseq.kernels.matmul import (BLAS_MIN_ROWS, KBLOCK_BYTES, STRIP_BYTES, no_packed_weight,
-                                        pack_for_steps, pack_weight, packed_matmul)
+    from numba import njit
+
+    from fastseq.kernels import matmul as mm
+    from fastseq.kernels.matmul import BLAS_MIN_ROWS, KBLOCK_BYTES, STRIP_BYTES, packed_matmul
+
+    # array-returning kernels, called from compiled code only in the package
+    # (a cached callee's array is not boxed back to Python reliably)
+    pack_weight = njit(lambda w: mm.pack_weight(w).copy())
+    no_packed_weight = njit(lambda w: mm.no_packed_weight(w).copy())
+    pack_for_steps = njit(lambda w, steps: mm.pack_for_steps(w, steps).copy())
     rng = np.random.default_rng(5)
     itemsize = np.dtype(dtype).itemsize
     sw = STRIP_BYTES // itemsize

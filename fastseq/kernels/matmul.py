@@ -384,3 +384,31 @@ def packed_matmul(a, w, wp, out):
             for k in range(K):
                 acc_m += ar[k] * wr[k]
             out[r, m] = acc_m
+
+
+#: rows per block of :func:`project` (a block's output stays in L1/L2 while
+#: the bias is added)
+PROJECT_ROWS = 32
+
+
+@njit(**JIT)
+def project(inp, w, bias, out):
+    """``out = inp @ w.T + bias`` (no bias when ``bias`` is empty): the input
+    projection of every step, in blocks of :data:`PROJECT_ROWS` rows through
+    the packed product, the bias added while a block is in cache.  Rows are
+    independent of how a caller splits them across threads (the same
+    arithmetic per row).  Faster than BLAS and a separate bias pass for the
+    thin products of recurrent inputs (``python bench/matmul_step.py``:
+    1.5x at K = 5, 1.3x at K = 28, a tie from K = 128)."""
+    n = inp.shape[0]
+    M = w.shape[0]
+    wp = pack_weight(w)
+    has_bias = bias.shape[0] > 0
+    for r0 in range(0, n, PROJECT_ROWS):
+        r1 = min(n, r0 + PROJECT_ROWS)
+        packed_matmul(inp[r0:r1], w, wp, out[r0:r1])
+        if has_bias:
+            for r in range(r0, r1):
+                o = out[r]
+                for j in range(M):
+                    o[j] += bias[j]

@@ -11,13 +11,14 @@ import numpy as np
 
 from .. import kernels as K
 from .._threads import (
-    blas_single_thread, get_num_threads, matmul_splits, parallel_matmul, run_pipelined, run_sliced, run_units,
-    splits, unit_split_slot,
+    blas_single_thread, get_num_threads, matmul_splits, parallel_copy, parallel_matmul, parallel_project,
+    run_pipelined,
+    run_sliced, run_units, splits, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.infer import (
-    candidate_bias, gru_infer, gru_run, lstm_infer, lstm_run, project_steps, rnn_infer, rnn_run,
+    gru_infer, gru_run, lstm_infer, lstm_run, project_steps, rnn_infer, rnn_run,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import step_matmul
@@ -123,8 +124,9 @@ class _UniformPacking(Packing):
         return out.reshape((self.N,) + X.shape[2:])
 
     def unpack(self, rows, T):
-        out = np.zeros((self.B, T) + rows.shape[1:], dtype=rows.dtype)
-        out[:, :self.T] = rows.reshape((self.T, self.B) + rows.shape[1:]).swapaxes(0, 1)
+        shape = (self.B, T) + rows.shape[1:]
+        out = np.empty(shape, dtype=rows.dtype) if T == self.T else np.zeros(shape, dtype=rows.dtype)
+        parallel_copy(out[:, :self.T], rows.reshape((self.T, self.B) + rows.shape[1:]).swapaxes(0, 1))
         return out
 
     def sort(self, state):
@@ -475,7 +477,7 @@ class Recurrent:
             def consume(ready):
                 lstm_run(x, w_hh, h0s, c0s, reverse, ready, out_h, h_n, c_n)
         elif self.cell == "gru":
-            b_hn = candidate_bias(b_hh, H)
+            b_hn = np.ascontiguousarray(b_hh[2 * H:]) if b_hh.shape[0] else np.zeros(H, dtype=self.dtype)
 
             def consume(ready):
                 gru_run(x, w_hh, b_hn, h0s, reverse, ready, out_h, h_n)
@@ -531,7 +533,14 @@ class Recurrent:
         allows and the batch is large enough)."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
         H, dt = self.hidden_size, self.dtype
-        xp = parallel_matmul(inp_d, W_ih.T)
+        if not self.bias:
+            bias = np.empty(0, dtype=dt)
+        elif self.cell == "gru" and self.reset_after:  # b_hn stays inside the reset product
+            bias = b_ih.copy()
+            bias[:2 * H] += b_hh[:2 * H]
+        else:
+            bias = b_ih + b_hh
+        xp = parallel_project(np.ascontiguousarray(inp_d), np.ascontiguousarray(W_ih), bias)
         work = pk.N * self.num_gates * H * H
         ls = pk.lengths_sorted
         NG = pk.N if need_grad else 0
@@ -540,8 +549,6 @@ class Recurrent:
         N = pk.N
         out_h = np.empty((N, H), dtype=dt)
         if self.cell == "gru" and not self.reset_after:
-            if self.bias:
-                xp += b_ih + b_hh
             gates = np.empty((NG, 3 * H), dtype=dt)
             run_sliced(gru_rb_forward_slice,
                        (xp, np.ascontiguousarray(W_hh[:2 * H]), np.ascontiguousarray(W_hh[2 * H:]),
@@ -549,8 +556,6 @@ class Recurrent:
             state["gates"] = gates
         elif self.cell == "gru":
             if self.bias:
-                xp += b_ih
-                xp[:, :2 * H] += b_hh[:2 * H]
                 b_hn = np.ascontiguousarray(b_hh[2 * H:])
             else:
                 b_hn = np.zeros(H, dtype=dt)
@@ -559,8 +564,6 @@ class Recurrent:
                        (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates, _NO_READY), ls, work)
             state["gates"] = gates
         else:
-            if self.bias:
-                xp += b_ih + b_hh
             if self.cell == "lstm":
                 out_c = np.empty((N, H), dtype=dt)
                 gates = np.empty((NG, 4 * H), dtype=dt)
