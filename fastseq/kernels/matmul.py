@@ -34,6 +34,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._config import JIT
+from ._sync import store_release
 
 #: rows from which one step's product goes to BLAS (znver3, one thread: the
 #: loops below win up to 32 rows, tie at 64, and lose from 128 rows)
@@ -395,14 +396,20 @@ PROJECT_ROWS = 32
 def project(inp, w, bias, out):
     """``out = inp @ w.T + bias`` (no bias when ``bias`` is empty): the input
     projection of every step, in blocks of :data:`PROJECT_ROWS` rows through
-    the packed product, the bias added while a block is in cache.  Rows are
-    independent of how a caller splits them across threads (the same
-    arithmetic per row).  Faster than BLAS and a separate bias pass for the
-    thin products of recurrent inputs (``python bench/matmul_step.py``:
-    1.5x at K = 5, 1.3x at K = 28, a tie from K = 128)."""
+    the packed product, the bias added while a block is in cache.  A row's
+    result does not depend on the block it is in (every tile runs the same
+    fused multiply-adds in the same order), so callers may split the rows
+    across threads or steps freely.  Faster than BLAS and a separate bias
+    pass for the thin products of recurrent inputs (1.5x at K = 5, 1.3x at
+    K = 28, a tie from K = 128; one thread)."""
+    project_packed(inp, w, pack_weight(w), bias, out)
+
+
+@njit(**JIT)
+def project_packed(inp, w, wp, bias, out):
+    """:func:`project` with ``wp = pack_weight(w)`` given."""
     n = inp.shape[0]
     M = w.shape[0]
-    wp = pack_weight(w)
     has_bias = bias.shape[0] > 0
     for r0 in range(0, n, PROJECT_ROWS):
         r1 = min(n, r0 + PROJECT_ROWS)
@@ -412,3 +419,26 @@ def project(inp, w, bias, out):
                 o = out[r]
                 for j in range(M):
                     o[j] += bias[j]
+
+
+@njit(**JIT)
+def project_ahead(inp, w, bias, batch_sizes, out, ready):
+    """Producer of a packed time loop's input (training, or a ragged batch):
+    :func:`project` a few steps at a time (about :data:`PROJECT_ROWS` rows),
+    publishing the number of steps done in ``ready[0]`` (release store) for
+    a loop started with ``ready`` (see ``lstm_forward_slice``).  The rows come
+    out as :func:`project`'s."""
+    T = batch_sizes.shape[0]
+    wp = pack_weight(w)
+    t0 = 0
+    r0 = 0
+    while t0 < T:
+        t1 = t0
+        r1 = r0
+        while t1 < T and (t1 == t0 or r1 - r0 + batch_sizes[t1] <= PROJECT_ROWS):
+            r1 += batch_sizes[t1]
+            t1 += 1
+        project_packed(inp[r0:r1], w, wp, bias, out[r0:r1])
+        store_release(ready, 0, t1)
+        t0 = t1
+        r0 = r1

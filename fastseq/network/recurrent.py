@@ -21,7 +21,7 @@ from ..kernels.infer import (
     gru_infer, gru_run, lstm_infer, lstm_run, project_steps, rnn_infer, rnn_run,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
-from ..kernels.matmul import step_matmul
+from ..kernels.matmul import project_ahead, step_matmul
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
@@ -540,14 +540,30 @@ class Recurrent:
             bias[:2 * H] += b_hh[:2 * H]
         else:
             bias = b_ih + b_hh
-        xp = parallel_project(np.ascontiguousarray(inp_d), np.ascontiguousarray(W_ih), bias)
-        work = pk.N * self.num_gates * H * H
+        inp_c, w_ih = np.ascontiguousarray(inp_d), np.ascontiguousarray(W_ih)
+        N = pk.N
+        work = N * self.num_gates * H * H
         ls = pk.lengths_sorted
-        NG = pk.N if need_grad else 0
+        NG = N if need_grad else 0
         w_hh = np.ascontiguousarray(W_hh)  # already contiguous: a view, no copy
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
-        N = pk.N
         out_h = np.empty((N, H), dtype=dt)
+        units = self.cell == "lstm" and NG and self._train_units(pk.B, mask)
+        if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
+                and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
+                and N * inp_c.shape[1] * w_ih.shape[0] >= PIPELINE_MIN_WORK):
+            # one thread runs the loop: a second computes its input ahead
+            xp = np.empty((N, w_ih.shape[0]), dtype=dt)
+
+            def loop(kernel, args):
+                with unit_split_slot() as free:
+                    run_pipelined(lambda ready: project_ahead(inp_c, w_ih, bias, pk.batch_sizes, xp, ready),
+                                  lambda ready: kernel(*args, ready, 0, pk.B), free)
+        else:
+            xp = parallel_project(inp_c, w_ih, bias)
+
+            def loop(kernel, args):
+                run_sliced(kernel, args + (_NO_READY,), ls, work)
         if self.cell == "gru" and not self.reset_after:
             gates = np.empty((NG, 3 * H), dtype=dt)
             run_sliced(gru_rb_forward_slice,
@@ -560,25 +576,21 @@ class Recurrent:
             else:
                 b_hn = np.zeros(H, dtype=dt)
             gates = np.empty((NG, 4 * H), dtype=dt)
-            run_sliced(gru_forward_slice,
-                       (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates, _NO_READY), ls, work)
+            loop(gru_forward_slice, (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates))
             state["gates"] = gates
+        elif self.cell == "lstm":
+            out_c = np.empty((N, H), dtype=dt)
+            gates = np.empty((NG, 4 * H), dtype=dt)
+            with unit_split_slot() as free:
+                if units and free:
+                    run_units(lambda tid, j0, j1, flags: lstm_forward_part(
+                        xp, w_hh, h0s, c0s, pk.batch_sizes, j0, j1, tid, flags, out_h, out_c, gates), H)
+            if not (units and free):
+                loop(lstm_forward_slice, (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates))
+            state["out_c"], state["gates"] = out_c, gates
         else:
-            if self.cell == "lstm":
-                out_c = np.empty((N, H), dtype=dt)
-                gates = np.empty((NG, 4 * H), dtype=dt)
-                with unit_split_slot() as free:
-                    if free and NG and self._train_units(pk.B, mask):
-                        run_units(lambda tid, j0, j1, flags: lstm_forward_part(
-                            xp, w_hh, h0s, c0s, pk.batch_sizes, j0, j1, tid, flags, out_h, out_c, gates), H)
-                    else:
-                        run_sliced(lstm_forward_slice,
-                                   (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates, _NO_READY), ls, work)
-                state["out_c"], state["gates"] = out_c, gates
-            else:
-                relu = 1 if self.nonlinearity == "relu" else 0
-                run_sliced(rnn_forward_slice, (xp, w_hh, h0s, pk.batch_sizes, mask, relu, out_h, _NO_READY),
-                           ls, work)
+            relu = 1 if self.nonlinearity == "relu" else 0
+            loop(rnn_forward_slice, (xp, w_hh, h0s, pk.batch_sizes, mask, relu, out_h))
         state["out_h"] = out_h
         return state
 
