@@ -22,13 +22,20 @@ def adam_update(params, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
     """
     bc1 = 1.0 - beta1 ** step
     bc2 = 1.0 - beta2 ** step
-    step_size = lr / bc1
-    sq_bc2 = np.sqrt(bc2)
+    # the loop in the parameters' precision (as torch's float32 Adam): float64
+    # constants would widen every element and halve the vector width
+    dt = params.dtype.type
+    step_size = dt(lr / bc1)
+    inv_sq_bc2 = dt(1.0 / np.sqrt(bc2))
+    b1, b2, wd, e = dt(beta1), dt(beta2), dt(weight_decay), dt(eps)
+    c1, c2 = dt(1.0 - beta1), dt(1.0 - beta2)
     for k in range(params.shape[0]):
-        g = grad[k] + weight_decay * params[k]
-        m[k] = beta1 * m[k] + (1.0 - beta1) * g
-        v[k] = beta2 * v[k] + (1.0 - beta2) * g * g
-        params[k] -= step_size * m[k] / (np.sqrt(v[k]) / sq_bc2 + eps)
+        g = grad[k] + wd * params[k]
+        mk = b1 * m[k] + c1 * g
+        vk = b2 * v[k] + c2 * g * g
+        m[k] = mk
+        v[k] = vk
+        params[k] -= step_size * mk / (np.sqrt(vk) * inv_sq_bc2 + e)
 
 
 @njit(**JIT)
