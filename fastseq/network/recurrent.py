@@ -47,11 +47,12 @@ UNIT_SPLIT_MIN_UNITS = 32
 UNIT_SPLIT_TRAIN = (256 * 1024, 1)
 #: inference splits the batch across threads (the packed path) only when a
 #: step's recurrent product has at least this many multiply-adds
-#: (B * G*H * H): below it one thread was faster (``bench/unit_split.py``:
-#: LSTM H=64 B=16 1.69 against 1.72 ms, RNN H=128 B=16 1.61 against 2.12 ms,
-#: GRU H=32 B=16 0.66 against 1.11 ms; the split wins from LSTM H=128 B=16,
-#: 1M multiply-adds a step)
-INFER_SPLIT_STEP_WORK = 512 * 1024
+#: (B * G*H * H); below it one thread with the input projection computed
+#: ahead on the other (:data:`PIPELINE_MIN_WORK`) was as fast or faster
+#: (2 threads, median ms, one / split: RNN B=16 H=256 T=128 4.20 / 6.02, LSTM
+#: B=16 H=128 T=32 1.95 / 2.04, GRU B=16 H=128 T=32 0.94 / 1.10); from it the
+#: split wins or ties (LSTM B=16 H=256 T=32, 4M a step: 7.80 / 6.45)
+INFER_SPLIT_STEP_WORK = 2 * 1024 * 1024
 #: an inference call that does not split its batch computes its input
 #: projection on a second thread, overlapping the time loop
 #: (:func:`fastseq._threads.run_pipelined`), from this many multiply-adds of
