@@ -300,9 +300,10 @@ def test_pipeline_concurrent_callers_and_a_failing_producer(monkeypatch):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
     """The packed path (training, ragged batches) with the projection
-    produced ahead on a second thread: outputs, dX and every weight gradient
-    bit-identical to the same thread count without it (a row's projection
-    does not depend on how rows are grouped), close to one thread."""
+    produced ahead on a second thread: outputs bit-identical to the same
+    thread count without it (a row's projection does not depend on how rows
+    are grouped); dX and the weight gradients (then computed behind the
+    backward loop, in chunks) and all of it close to one thread."""
     import fastseq.network.recurrent as R
     rng = np.random.default_rng(0)
 
@@ -326,12 +327,52 @@ def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
             piped = run(layer, X, lengths, G)
             monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 10 ** 18)
             plain = run(layer, X, lengths, G)
-        assert len(calls) == L * (2 if bi else 1)
+        assert len(calls) == 2 * L * (2 if bi else 1)      # forward and backward
         with _threads.limit(1):
             one = run(layer, X, lengths, G)
+        np.testing.assert_array_equal(piped[0], plain[0])
         for a, b, c in zip(piped, plain, one):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
             np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_weight_grads_behind_the_backward_loop(monkeypatch, cell):
+    """Backward with the weight, bias and input gradients computed a chunk of
+    steps at a time on a second thread behind the loop: equal to one thread
+    (float64, 1e-11), bit-identical across repeats; ragged and bidirectional
+    batches, recurrent dropout, no bias, ``need_input_grad=False``."""
+    import fastseq.network.recurrent as R
+    monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 0)
+    calls = []
+    real = R.run_pipelined
+    monkeypatch.setattr(R, "run_pipelined", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(0)
+
+    def run(layer, X, lengths, G, need_dx):
+        layer._rng = np.random.default_rng(5)           # the same dropout masks each run
+        out, _ = layer.forward(X, lengths)
+        dX, g = layer.backward(G, need_input_grad=need_dx)
+        return [out, layer.d_h0.copy()] + ([dX] if need_dx else []) + [v.copy() for v in g.values()]
+    for B, T, F, H, L, bi, rd, bias, need_dx in [(1, 40, 8, 32, 1, False, 0.0, True, True),
+                                                  (3, 30, 5, 24, 2, True, 0.0, False, True),
+                                                  (4, 70, 16, 40, 1, False, 0.3, True, False)]:
+        layer = Recurrent(cell, F, H, num_layers=L, bidirectional=bi, bias=bias, recurrent_dropout=rd,
+                          dtype="float64", random_state=0)
+        X = rng.standard_normal((B, T, F))
+        lengths = rng.integers(1, T + 1, B)
+        lengths[0] = T
+        G = rng.standard_normal((B, T, H * (2 if bi else 1)))
+        del calls[:]
+        with _threads.limit(2):
+            got = run(layer, X, lengths, G, need_dx)
+            again = run(layer, X, lengths, G, need_dx)
+        assert len(calls) == 2 * 2 * L * (2 if bi else 1)   # forward and backward, twice
+        with _threads.limit(1):
+            ref = run(layer, X, lengths, G, need_dx)
+        for a, b, c in zip(got, again, ref):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])

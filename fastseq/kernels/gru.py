@@ -24,7 +24,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
-from ._sync import wait_for
+from ._sync import wait_for, store_release
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -143,7 +143,7 @@ def gru_sequence_backward(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_
     H = io_dh.shape[1]
     dgn = np.empty((out_dgx.shape[0], H), dtype=out_dgx.dtype)
     gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
-                       io_dh, out_dgx, dgn, np.int64(0), io_dh.shape[0])
+                       io_dh, out_dgx, dgn, np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
     for r in range(out_dgx.shape[0]):
         for j in range(2 * H):
             out_dgh[r, j] = out_dgx[r, j]
@@ -153,7 +153,7 @@ def gru_sequence_backward(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_
 
 @njit(**JIT)
 def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
-                       io_dh, out_dgx, out_dgn, b0, b1):
+                       io_dh, out_dgx, out_dgn, progress, b0, b1):
     """:func:`gru_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
 
     Instead of the (N, 3H) ``out_dgh`` it fills ``out_dgn`` (N, H) with its
@@ -163,6 +163,12 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     is written, and the caller forms ``dn * r`` from ``out_dgx`` and the
     stored ``r`` itself (the layer does, in place, once ``out_dgx`` has served
     the input-side gradients: no (N, H) array at all).
+    
+
+    ``progress`` (int64, empty for none) receives, with a release store,
+    the number of steps whose gate gradients are final (counted from the
+    last step), for a thread computing weight gradients behind the loop
+    (:func:`fastseq.kernels.grads.weight_grads_behind`).
     """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
@@ -175,7 +181,10 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     carry = np.empty((n, H), dtype=d_out.dtype)
     lhs = np.empty((n, 3 * H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
+    publish = progress.shape[0] > 0
     for t in range(T - 1, -1, -1):
+        if publish and t < T - 1:
+            store_release(progress, 0, T - 1 - t)
         nb = min(batch_sizes[t], b1) - b0
         if nb <= 0:
             continue
@@ -224,3 +233,5 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
             else:
                 for j in range(H):
                     dhb[j] = cb[j] + tb[j]
+    if publish:
+        store_release(progress, 0, T)

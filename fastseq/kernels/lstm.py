@@ -33,7 +33,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, own_rows, packed_offsets
-from ._sync import barrier, wait_for
+from ._sync import barrier, wait_for, store_release
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -177,13 +177,19 @@ def lstm_sequence_backward(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec
         gradients are ``out_dgates.T @ inputs`` and ``out_dgates.T @ h_prev``.
     """
     lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
-                        io_dh, io_dc, out_dgates, np.int64(0), io_dh.shape[0])
+                        io_dh, io_dc, out_dgates, np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
 def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
-                        io_dh, io_dc, out_dgates, b0, b1):
-    """:func:`lstm_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
+                        io_dh, io_dc, out_dgates, progress, b0, b1):
+    """:func:`lstm_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
+
+    ``progress`` (int64, empty for none) receives, with a release store,
+    the number of steps whose gate gradients are final (counted from the
+    last step), for a thread computing weight gradients behind the loop
+    (:func:`fastseq.kernels.grads.weight_grads_behind`).
+    """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
@@ -192,7 +198,10 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
     wp = pack_for_steps(w_hh_t, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
+    publish = progress.shape[0] > 0
     for t in range(T - 1, -1, -1):
+        if publish and t < T - 1:
+            store_release(progress, 0, T - 1 - t)
         nb = min(batch_sizes[t], b1) - b0
         if nb <= 0:
             continue
@@ -216,6 +225,8 @@ def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_ma
             else:
                 for j in range(H):
                     dhb[j] = tb[j]
+    if publish:
+        store_release(progress, 0, T)
 
 
 # ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from numba import njit
 from .._config import JIT
 from .activations import tanh
 from ._packed import masked_state, packed_offsets
-from ._sync import wait_for
+from ._sync import wait_for, store_release
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -114,12 +114,19 @@ def rnn_sequence_backward(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_
         Filled with the gradients of the pre-activations.
     """
     rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates,
-                       np.int64(0), io_dh.shape[0])
+                       np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
-def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, b0, b1):
-    """:func:`rnn_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only."""
+def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, progress,
+                       b0, b1):
+    """:func:`rnn_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
+
+    ``progress`` (int64, empty for none) receives, with a release store,
+    the number of steps whose gate gradients are final (counted from the
+    last step), for a thread computing weight gradients behind the loop
+    (:func:`fastseq.kernels.grads.weight_grads_behind`).
+    """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
@@ -129,7 +136,10 @@ def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh,
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
     zero = np.zeros(1, dtype=d_out.dtype)[0]
+    publish = progress.shape[0] > 0
     for t in range(T - 1, -1, -1):
+        if publish and t < T - 1:
+            store_release(progress, 0, T - 1 - t)
         nb = min(batch_sizes[t], b1) - b0
         if nb <= 0:
             continue
@@ -159,3 +169,5 @@ def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh,
             else:
                 for j in range(H):
                     dhb[j] = tb[j]
+    if publish:
+        store_release(progress, 0, T)

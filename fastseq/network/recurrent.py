@@ -17,6 +17,7 @@ from .._threads import (
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
+from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
     gru_infer, gru_run, lstm_infer, lstm_run, project_steps, rnn_infer, rnn_run,
 )
@@ -63,6 +64,15 @@ INFER_SPLIT_STEP_WORK = 2 * 1024 * 1024
 #: splitting the hidden units across threads for inference (a barrier a
 #: step), which it beat at every size measured but LSTM H=512 B=1 (a tie).
 PIPELINE_MIN_WORK = 2 * 1024 * 1024
+#: training computes the weight gradients of a layer whose batch is not split
+#: on a second thread behind its backward loop (:mod:`fastseq.kernels.grads`),
+#: from the same size.  Training steps, 2 threads, on / off (medians of 4
+#: alternated rounds; repeats vary by about 10% here): LSTM B=4 H=64 T=128
+#: 2.04 / 2.39 ms, B=4 H=128 T=128 6.48 / 7.17, GRU B=1 H=256 T=128 7.06 /
+#: 8.22; a loss where both threads are busy with products (RNN B=4 H=256
+#: T=128 6.71 / 6.20, LSTM B=4 H=256 T=32 9.50 / 9.19: the two vCPUs share
+#: one core's FMA units)
+PIPELINE_BACKWARD = True
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
 INIT_PRESETS = {
@@ -689,6 +699,33 @@ class Recurrent:
         ls = pk.lengths_sorted
         if self.cell == "gru" and not self.reset_after:
             return self._backward_reset_before(k, d, pk, st, dd, dh, grads, want_dx)
+        inp = st["inp"]
+        units = self.cell == "lstm" and self._train_units(pk.B, mask)
+        if (PIPELINE_BACKWARD and not units and get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE
+                and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
+                and N * GH * (inp.shape[1] + H) >= PIPELINE_MIN_WORK):
+            # the loop on one thread, the weight gradients behind it on another
+            if self.cell == "lstm":
+                kernel, args = lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
+                                                     pk.batch_sizes, mask, dh, dc, dgx)
+            elif self.cell == "gru":
+                kernel, args = gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
+                                                    pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt))
+            else:
+                kernel, args = rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask,
+                                                    1 if self.nonlinearity == "relu" else 0, dh, dgx)
+            no_bias = np.empty(0, dtype=dt)
+            d_inp = np.empty((N if want_dx else 0, inp.shape[1]), dtype=dt)
+            with unit_split_slot() as free:
+                run_pipelined(
+                    lambda progress: kernel(*args, progress, 0, pk.B),
+                    lambda progress: weight_grads_behind(
+                        dgx, np.ascontiguousarray(inp), np.ascontiguousarray(W_ih), st["h0"], st["out_h"],
+                        st.get("gates", dgx), pk.batch_sizes, mask, self.cell == "gru", progress,
+                        grads["weight_ih" + s], grads.get("bias_ih" + s, no_bias),
+                        grads["weight_hh" + s], grads.get("bias_hh" + s, no_bias), d_inp),
+                    free)
+            return d_inp if want_dx else None
         if self.cell == "lstm":
             with unit_split_slot() as free:
                 if free and self._train_units(pk.B, mask):
@@ -697,19 +734,19 @@ class Recurrent:
                         flags, dh, dc, dgx), H)
                 else:
                     run_sliced(lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
-                                                     pk.batch_sizes, mask, dh, dc, dgx), ls, work)
+                                                     pk.batch_sizes, mask, dh, dc, dgx, _NO_READY), ls, work)
             dgh = dgx
         elif self.cell == "gru":
             # the recurrent-side gate gradients dgh equal dgx but for the n-third,
             # dn * r: formed in place in dgx below, after its input-side uses
             run_sliced(gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
-                                            pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt)),
-                       ls, work)
+                                            pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt),
+                                            _NO_READY), ls, work)
             dgh = None
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
-            run_sliced(rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx),
-                       ls, work)
+            run_sliced(rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx,
+                                            _NO_READY), ls, work)
             dgh = dgx
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
         if self.bias:
