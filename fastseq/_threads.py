@@ -211,14 +211,10 @@ def run_sliced(kernel, args, lengths_sorted, work):
             kernel(*args, 0, B)
             return
         bounds = split_bounds(lengths_sorted, n)
-        pool = _pool(len(bounds) - 1)
-        futures = [pool.submit(kernel, *args, b0, b1) for b0, b1 in bounds[1:]]
-        try:
-            kernel(*args, *bounds[0])
-        finally:
-            for f in futures:
-                f.result()
-
+        if len(bounds) == 1:
+            kernel(*args, 0, B)
+            return
+        _on_pool(bounds, lambda b0, b1: kernel(*args, b0, b1))
 
 
 # ------------------------------------------------------------------------
@@ -326,17 +322,29 @@ def parallel_matmul(a, b, out=None):
         return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
+    _in_chunks(m, n, lambda i, j: np.matmul(a[i:j], b, out=out[i:j]))
+    return out
+
+
+def _in_chunks(m, n, fn):
+    """``fn(i, j)`` over ``n`` (> 1) contiguous blocks ``[i, j)`` of ``range(m)``:
+    the first on this thread, the others on the pool; the blocks depend only
+    on ``m`` and ``n`` (deterministic).  Waits for all, re-raising the first
+    error."""
     step = -(-m // n)
-    chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
-    pool = _pool(len(chunks) - 1)
-    futures = [pool.submit(np.matmul, a[i:j], b, out=out[i:j]) for i, j in chunks[1:]]
+    _on_pool([(i, min(i + step, m)) for i in range(0, m, step)], fn)
+
+
+def _on_pool(bounds, fn):
+    """``fn(i, j)`` for every ``(i, j)`` in ``bounds`` (two or more): the
+    first on this thread, the others on the pool; waits for all."""
+    pool = _pool(len(bounds) - 1)
+    futures = [pool.submit(fn, i, j) for i, j in bounds[1:]]
     try:
-        i, j = chunks[0]
-        np.matmul(a[i:j], b, out=out[i:j])
+        fn(*bounds[0])
     finally:
         for f in futures:
             f.result()
-    return out
 
 
 def parallel_project(inp, w, bias):
@@ -350,17 +358,8 @@ def parallel_project(inp, w, bias):
     n = min(get_num_threads(), m // 8)
     if n <= 1 or m * inp.shape[1] * w.shape[0] < MIN_MATMUL_SPLIT:
         project(inp, w, bias, out)
-        return out
-    step = -(-m // n)
-    chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
-    pool = _pool(len(chunks) - 1)
-    futures = [pool.submit(project, inp[i:j], w, bias, out[i:j]) for i, j in chunks[1:]]
-    try:
-        i, j = chunks[0]
-        project(inp[i:j], w, bias, out[i:j])
-    finally:
-        for f in futures:
-            f.result()
+    else:
+        _in_chunks(m, n, lambda i, j: project(inp[i:j], w, bias, out[i:j]))
     return out
 
 
@@ -376,15 +375,7 @@ def parallel_copy(dst, src):
     if n <= 1 or dst.size < MIN_COPY_SPLIT:
         dst[...] = src
         return
-    step = -(-m // n)
-    chunks = [(i, min(i + step, m)) for i in range(0, m, step)]
-    pool = _pool(len(chunks) - 1)
 
     def one(i, j):
         dst[i:j] = src[i:j]
-    futures = [pool.submit(one, i, j) for i, j in chunks[1:]]
-    try:
-        one(*chunks[0])
-    finally:
-        for f in futures:
-            f.result()
+    _in_chunks(m, n, one)

@@ -281,7 +281,7 @@ def test_pipeline_concurrent_callers_and_a_failing_producer(monkeypatch):
 
     def boom(*args):
         raise MemoryError("producer failed")
-    monkeypatch.setattr(R, "project_steps", boom)
+    monkeypatch.setattr(R, "project_ahead", boom)
     done = []
 
     def failing():

@@ -61,7 +61,7 @@ def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gate
     (disjoint slices may run in parallel threads).
 
     ``ready`` (int64, empty for none) is the step counter of a producer
-    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.infer.project_steps`):
+    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.matmul.project_ahead`):
     step ``t`` waits until ``ready[0] > t``.
     """
     H = h0.shape[1]

@@ -14,10 +14,8 @@ from numba import njit
 
 from .._config import JIT
 from ._packed import reverse_steps
-from ._sync import store_release
 from .gru import gru_forward_slice
 from .lstm import lstm_forward_slice
-from .matmul import BLAS_MIN_ROWS, pack_for_steps, packed_matmul
 from .rnn import rnn_forward_slice
 
 
@@ -76,9 +74,10 @@ def lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
 
 @njit(**JIT)
 def lstm_run(x, w_hh, h0, c0, reverse, ready, out_h, h_n, c_n):
-    """:func:`lstm_infer` on ``x`` from :func:`prepare` or, filled while this
-    runs, from :func:`project_steps` (``ready`` its step counter; empty for
-    none)."""
+    """:func:`lstm_infer` on ``x`` (bias added, steps in run order) from
+    :func:`prepare` or, filled while this runs, from
+    :func:`fastseq.kernels.matmul.project_ahead` (``ready`` its step counter;
+    empty for none)."""
     B, H = h0.shape
     N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
@@ -136,47 +135,3 @@ def candidate_bias(b_hh, H):
     if b_hh.shape[0] > 0:
         return b_hh[2 * H:].copy()
     return np.zeros(H, dtype=b_hh.dtype)
-
-
-# ---------------------------------------------------------------------------
-# The input projection on a second thread.  For a batch too small to split,
-# one thread runs the time loop while another fills its input ``x`` a few
-# steps ahead: the projection of every step (a third or more of a small
-# call) overlaps the recurrence instead of preceding it.  The loop does not
-# slow down beside it (``bench/pipeline.py``).
-
-#: rows of ``x`` a producer computes between two publications (at least one step)
-PIPELINE_ROWS = 16
-
-
-@njit(**JIT)
-def project_steps(inp, w_ih, b_ih, b_hh, n_hh, B, reverse, x, ready):
-    """Producer: ``x`` (N, GH) in run order (steps reversed when ``reverse``)
-    = ``inp @ w_ih.T + b_ih + b_hh[:n_hh]`` (no bias when ``b_ih`` is empty),
-    a few steps at a time; after each, the number of run steps done is
-    published in ``ready[0]`` (release store)."""
-    N = inp.shape[0]
-    T = N // B
-    GH = w_ih.shape[0]
-    steps = max(1, PIPELINE_ROWS // B)
-    wp = pack_for_steps(w_ih, 2 if steps * B < BLAS_MIN_ROWS else 1)
-    bias = np.zeros(GH, dtype=x.dtype)
-    if b_ih.shape[0] > 0:
-        for j in range(GH):
-            bias[j] = b_ih[j]
-        for j in range(n_hh):
-            bias[j] += b_hh[j]
-    tmp = np.empty((steps * B, GH), dtype=x.dtype)
-    for u0 in range(0, T, steps):
-        u1 = min(T, u0 + steps)
-        n = (u1 - u0) * B
-        t0 = T - u1 if reverse else u0  # first input step of the chunk
-        packed_matmul(inp[t0 * B:t0 * B + n], w_ih, wp, tmp[:n])
-        for s in range(u1 - u0):
-            u = (u1 - 1 - s) if reverse else (u0 + s)  # run step of input step t0 + s
-            for b in range(B):
-                src = tmp[s * B + b]
-                dst = x[u * B + b]
-                for j in range(GH):
-                    dst[j] = src[j] + bias[j]
-        store_release(ready, 0, u1)

@@ -114,7 +114,7 @@ def lstm_forward_slice(xp, w_hh, h0, c0, batch_sizes, rec_mask, out_h, out_c, ou
     the same call side by side (each writes only its own rows).
 
     ``ready`` (int64, empty for none) is the step counter of a producer
-    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.infer.project_steps`):
+    thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.matmul.project_ahead`):
     step ``t`` waits until ``ready[0] > t``.
     """
     H = h0.shape[1]

@@ -390,6 +390,9 @@ def packed_matmul(a, w, wp, out):
 #: rows per block of :func:`project` (a block's output stays in L1/L2 while
 #: the bias is added)
 PROJECT_ROWS = 32
+#: rows :func:`project_ahead` computes between two publications (at least
+#: one step): small, so that the time loop can start early
+PIPELINE_ROWS = 16
 
 
 @njit(**JIT)
@@ -423,11 +426,11 @@ def project_packed(inp, w, wp, bias, out):
 
 @njit(**JIT)
 def project_ahead(inp, w, bias, batch_sizes, out, ready):
-    """Producer of a packed time loop's input (training, or a ragged batch):
-    :func:`project` a few steps at a time (about :data:`PROJECT_ROWS` rows),
-    publishing the number of steps done in ``ready[0]`` (release store) for
-    a loop started with ``ready`` (see ``lstm_forward_slice``).  The rows come
-    out as :func:`project`'s."""
+    """Producer of a time loop's input: :func:`project` a few steps at a time
+    (about :data:`PIPELINE_ROWS` rows; step ``t`` has ``batch_sizes[t]``
+    rows, in order), publishing the number of steps done in ``ready[0]``
+    (release store) for a loop started with ``ready`` (see
+    ``lstm_forward_slice``).  The rows come out as :func:`project`'s."""
     T = batch_sizes.shape[0]
     wp = pack_weight(w)
     t0 = 0
@@ -435,7 +438,7 @@ def project_ahead(inp, w, bias, batch_sizes, out, ready):
     while t0 < T:
         t1 = t0
         r1 = r0
-        while t1 < T and (t1 == t0 or r1 - r0 + batch_sizes[t1] <= PROJECT_ROWS):
+        while t1 < T and (t1 == t0 or r1 - r0 + batch_sizes[t1] <= PIPELINE_ROWS):
             r1 += batch_sizes[t1]
             t1 += 1
         project_packed(inp[r0:r1], w, wp, bias, out[r0:r1])

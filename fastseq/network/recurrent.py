@@ -19,7 +19,7 @@ from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
-    gru_infer, gru_run, lstm_infer, lstm_run, project_steps, rnn_infer, rnn_run,
+    gru_infer, gru_run, lstm_infer, lstm_run, rnn_infer, rnn_run,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import project_ahead, step_matmul
@@ -36,6 +36,16 @@ from ..init import get_initializer
 
 #: "no producer" for the time loops' ``ready`` argument (never written)
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
+
+
+def _transposed(w):
+    """``w.T`` as a C-contiguous copy, 32 rows of ``w`` at a time (each block
+    stays in cache: 0.16 ms for a 1 MB W_hh against 0.41 ms for
+    ``np.ascontiguousarray(w.T)`` here)."""
+    out = np.empty(w.shape[::-1], dtype=w.dtype)
+    for i in range(0, w.shape[0], 32):
+        out[:, i:i + 32] = w[i:i + 32].T
+    return out
 
 CELLS = ("rnn", "lstm", "gru")
 #: LSTM training splits its hidden units across threads (see
@@ -477,13 +487,20 @@ class Recurrent:
     def _run_pipelined(self, inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, reverse, out_h, h_n, c_n,
                        parallel=True):
         """One layer and direction on this thread while a pool thread computes
-        its input projection a few steps ahead (:func:`fastseq.kernels.infer.project_steps`)."""
+        its input projection a few steps ahead (:func:`fastseq.kernels.matmul.project_ahead`,
+        in run order: the steps reversed for the reverse direction)."""
         B, H = h0s.shape
+        T = inp.shape[0] // B
         x = np.empty((inp.shape[0], w_ih.shape[0]), dtype=self.dtype)
-        n_hh = {"lstm": 4 * H, "gru": 2 * H, "rnn": H}[self.cell]
+        bias = b_ih.copy()
+        if bias.shape[0]:
+            n_hh = {"lstm": 4 * H, "gru": 2 * H, "rnn": H}[self.cell]  # the GRU's b_hn stays in the loop
+            bias[:n_hh] += b_hh[:n_hh]
+        run_inp = np.ascontiguousarray(inp.reshape(T, B, -1)[::-1].reshape(inp.shape)) if reverse else inp
+        steps = np.full(T, B, dtype=INDEX_DTYPE)
 
         def produce(ready):
-            project_steps(inp, w_ih, b_ih, b_hh, n_hh, B, reverse, x, ready)
+            project_ahead(run_inp, w_ih, bias, steps, x, ready)
         if self.cell == "lstm":
             def consume(ready):
                 lstm_run(x, w_hh, h0s, c0s, reverse, ready, out_h, h_n, c_n)
@@ -694,7 +711,7 @@ class Recurrent:
         GH = self.num_gates * H
         mask = st["mask"]
         dgx = np.empty((N, GH), dtype=dt)
-        w_hh_t = np.ascontiguousarray(W_hh.T)
+        w_hh_t = _transposed(W_hh)
         work = N * self.num_gates * H * H
         ls = pk.lengths_sorted
         if self.cell == "gru" and not self.reset_after:
@@ -783,7 +800,7 @@ class Recurrent:
         mask = st["mask"]
         dgx = np.empty((N, 3 * H), dtype=dt)
         run_sliced(gru_rb_backward_slice,
-                   (dd, np.ascontiguousarray(W_hh[:2 * H].T), np.ascontiguousarray(W_hh[2 * H:].T),
+                   (dd, _transposed(W_hh[:2 * H]), _transposed(W_hh[2 * H:]),
                     st["h0"], st["out_h"], st["gates"], pk.batch_sizes, mask, dh, dgx),
                    pk.lengths_sorted, N * 3 * H * H)
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
