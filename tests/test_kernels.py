@@ -122,13 +122,13 @@ def test_packing_maps():
 def test_packed_matmul_every_tile_path(dtype):
     """The packed product: rows in tiles of 4, 3, 2 and 1 (one row over four
     strips, two rows over two), several k blocks (accumulated), outputs past
-    the last full strip (dot form), BLAS from BLAS_MIN_ROWS rows, and the
+    the last full strip (dot form), BLAS from PACKED_BLAS_MIN_ROWS rows, and the
     fallbacks (no packed weight, rows that are not unit-stride): every
     element written, equal to a @ w.T in float64."""
     from numba import njit
 
     from fastseq.kernels import matmul as mm
-    from fastseq.kernels.matmul import BLAS_MIN_ROWS, KBLOCK_BYTES, STRIP_BYTES, packed_matmul
+    from fastseq.kernels.matmul import KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, STRIP_BYTES, packed_matmul
 
     # array-returning kernels, called from compiled code only in the package
     # (a cached callee's array is not boxed back to Python reliably)
@@ -144,7 +144,7 @@ def test_packed_matmul_every_tile_path(dtype):
         w = rng.standard_normal((M, K)).astype(dtype)
         wp = pack_weight(w)
         assert wp.shape == (M // sw, K, sw)
-        for n in (1, 2, 3, 4, 5, 6, 7, 9, BLAS_MIN_ROWS - 1, BLAS_MIN_ROWS):
+        for n in (1, 2, 3, 4, 5, 6, 7, 9, 63, 64, PACKED_BLAS_MIN_ROWS - 1, PACKED_BLAS_MIN_ROWS):
             a = rng.standard_normal((n, K)).astype(dtype)
             ref = a.astype(np.float64) @ w.astype(np.float64).T
             tol = dict(rtol=rtol, atol=rtol * np.sqrt(K) * 4, err_msg=f"K={K} M={M} n={n}")

@@ -43,6 +43,12 @@ BLAS_MIN_ROWS = 64
 #: bytes of ``w`` per column block (fits, with the rows, in a 1 MB L2)
 BLOCK_BYTES = 256 * 1024
 
+#: rows from which :func:`packed_matmul` calls BLAS instead of its tiles
+#: (``python bench/matmul_step.py``-style runs, one znver3 thread, GFLOP/s
+#: tiles / BLAS: 64 rows 70-96 / 54-67, 128 rows 69-88 / 58-79, 256 rows
+#: 68-97 / 65-87, BLAS ahead from there at H = 256, 4H outputs)
+PACKED_BLAS_MIN_ROWS = 256
+
 #: bytes of one packed strip: one 64-byte cache line of outputs (16 float32)
 STRIP_BYTES = 64
 #: bytes of one strip's slice over a block of ``k`` (kept in a 32 KB L1 with
@@ -330,8 +336,8 @@ def pack_for_steps(w, steps):
 @njit(**JIT)
 def packed_matmul(a, w, wp, out):
     """``out = a @ w.T`` from ``wp = pack_weight(w)``; BLAS from
-    :data:`BLAS_MIN_ROWS` rows, the dot form (:func:`step_matmul`) when ``wp``
-    is empty or an array is not unit-stride along its rows.
+    :data:`PACKED_BLAS_MIN_ROWS` rows, the dot form (:func:`step_matmul`) when
+    ``wp`` is empty or an array is not unit-stride along its rows.
 
     Strip by strip, over blocks of :data:`KBLOCK_BYTES` of the strip (kept in
     L1), rows in blocks of four (one row: four strips at once, two rows: two,
@@ -340,7 +346,7 @@ def packed_matmul(a, w, wp, out):
     n, K = a.shape
     M = w.shape[0]
     isz = a.itemsize
-    if n >= BLAS_MIN_ROWS:
+    if n >= PACKED_BLAS_MIN_ROWS:
         np.dot(a, w.T, out)
         return
     if wp.shape[0] == 0 or a.strides[1] != isz or out.strides[1] != isz or n == 0:
