@@ -17,14 +17,14 @@ thread while kernels run.
 Time loops use the packed form instead (:func:`pack_weight`,
 :func:`packed_matmul`): ``w`` is copied once per kernel call into strips of
 one cache line of outputs (``wp[s, k, :]`` = ``w[s*SW:(s+1)*SW, k]``), and a
-micro-kernel written in LLVM vector IR (:func:`_tile`) keeps a block of rows
-by strips in vector registers while it runs over ``k``: one vector load of
-``wp`` and one broadcast of ``a`` per fused multiply-add group, every load
+micro-kernel written in LLVM vector IR (:func:`_make_tile`) keeps a block of
+rows by strips in vector registers while it runs over ``k``: one vector load
+of ``wp`` and one broadcast of ``a`` per fused multiply-add group, every load
 sequential.  Numba's loop vectoriser does not find this form by itself (a
 loop over outputs with scalar accumulators stayed at 2-3 GFLOP/s).  On one
-znver3 core it reaches 30-40 GFLOP/s at one row (bandwidth-bound), 60-75 at
-two or three and 75-95 from four rows, float32, 1.2-2.5x the dot form above
-(``python bench/matmul_step.py``).
+znver3 core, float32, H <= 256, it reaches 27-37 GFLOP/s at one row
+(bandwidth-bound), 64-70 at two and 65-97 at 4-32 rows: 1.2-2.5x the dot
+form above (``python bench/matmul_step.py``).
 """
 
 import numpy as np
