@@ -163,7 +163,6 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     is written, and the caller forms ``dn * r`` from ``out_dgx`` and the
     stored ``r`` itself (the layer does, in place, once ``out_dgx`` has served
     the input-side gradients: no (N, H) array at all).
-    
 
     ``progress`` (int64, empty for none) receives, with a release store,
     the number of steps whose gate gradients are final (counted from the

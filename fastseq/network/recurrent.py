@@ -12,15 +12,12 @@ import numpy as np
 from .. import kernels as K
 from .._threads import (
     blas_single_thread, get_num_threads, matmul_splits, parallel_copy, parallel_matmul, parallel_project,
-    run_pipelined,
-    run_sliced, run_units, splits, unit_split_slot,
+    run_pipelined, run_sliced, run_units, splits, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
-from ..kernels.infer import (
-    gru_infer, gru_run, lstm_infer, lstm_run, rnn_infer, rnn_run,
-)
+from ..kernels.infer import gru_infer, gru_run, lstm_infer, lstm_run, rnn_infer, rnn_run
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import project_ahead, step_matmul
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
@@ -484,6 +481,18 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
+    def _input_bias(self, b_ih, b_hh):
+        """The bias added to the input projection: ``b_ih + b_hh``, but for the
+        reset-after GRU, whose ``b_hn`` (last third of ``b_hh``) stays inside
+        the reset product; empty without a bias (``b_ih`` None or empty)."""
+        if b_ih is None or b_ih.shape[0] == 0:
+            return np.empty(0, dtype=self.dtype)
+        if self.cell == "gru" and self.reset_after:
+            bias = b_ih.copy()
+            bias[:2 * self.hidden_size] += b_hh[:2 * self.hidden_size]
+            return bias
+        return b_ih + b_hh
+
     def _run_pipelined(self, inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, reverse, out_h, h_n, c_n,
                        parallel=True):
         """One layer and direction on this thread while a pool thread computes
@@ -492,10 +501,7 @@ class Recurrent:
         B, H = h0s.shape
         T = inp.shape[0] // B
         x = np.empty((inp.shape[0], w_ih.shape[0]), dtype=self.dtype)
-        bias = b_ih.copy()
-        if bias.shape[0]:
-            n_hh = {"lstm": 4 * H, "gru": 2 * H, "rnn": H}[self.cell]  # the GRU's b_hn stays in the loop
-            bias[:n_hh] += b_hh[:n_hh]
+        bias = self._input_bias(b_ih, b_hh)
         run_inp = np.ascontiguousarray(inp.reshape(T, B, -1)[::-1].reshape(inp.shape)) if reverse else inp
         steps = np.full(T, B, dtype=INDEX_DTYPE)
 
@@ -561,13 +567,7 @@ class Recurrent:
         allows and the batch is large enough)."""
         W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
         H, dt = self.hidden_size, self.dtype
-        if not self.bias:
-            bias = np.empty(0, dtype=dt)
-        elif self.cell == "gru" and self.reset_after:  # b_hn stays inside the reset product
-            bias = b_ih.copy()
-            bias[:2 * H] += b_hh[:2 * H]
-        else:
-            bias = b_ih + b_hh
+        bias = self._input_bias(b_ih, b_hh)
         inp_c, w_ih = np.ascontiguousarray(inp_d), np.ascontiguousarray(W_ih)
         N = pk.N
         work = N * self.num_gates * H * H
@@ -717,20 +717,23 @@ class Recurrent:
         if self.cell == "gru" and not self.reset_after:
             return self._backward_reset_before(k, d, pk, st, dd, dh, grads, want_dx)
         inp = st["inp"]
+        # the backward time loop of this cell: kernel(*args, progress, b0, b1)
+        if self.cell == "lstm":
+            kernel, args = lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
+                                                 pk.batch_sizes, mask, dh, dc, dgx)
+        elif self.cell == "gru":
+            # dgh (recurrent side) equals dgx but for the n-third, dn * r: formed
+            # in place in dgx after its input-side uses (no (N, H) array)
+            kernel, args = gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
+                                                pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt))
+        else:
+            kernel, args = rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask,
+                                                1 if self.nonlinearity == "relu" else 0, dh, dgx)
         units = self.cell == "lstm" and self._train_units(pk.B, mask)
         if (PIPELINE_BACKWARD and not units and get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE
                 and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and N * GH * (inp.shape[1] + H) >= PIPELINE_MIN_WORK):
             # the loop on one thread, the weight gradients behind it on another
-            if self.cell == "lstm":
-                kernel, args = lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
-                                                     pk.batch_sizes, mask, dh, dc, dgx)
-            elif self.cell == "gru":
-                kernel, args = gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
-                                                    pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt))
-            else:
-                kernel, args = rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask,
-                                                    1 if self.nonlinearity == "relu" else 0, dh, dgx)
             no_bias = np.empty(0, dtype=dt)
             d_inp = np.empty((N if want_dx else 0, inp.shape[1]), dtype=dt)
             with unit_split_slot() as free:
@@ -743,28 +746,14 @@ class Recurrent:
                         grads["weight_hh" + s], grads.get("bias_hh" + s, no_bias), d_inp),
                     free)
             return d_inp if want_dx else None
-        if self.cell == "lstm":
-            with unit_split_slot() as free:
-                if free and self._train_units(pk.B, mask):
-                    run_units(lambda tid, j0, j1, flags: lstm_backward_part(
-                        dd, w_hh_t, st["c0"], st["out_c"], st["gates"], pk.batch_sizes, j0, j1, tid,
-                        flags, dh, dc, dgx), H)
-                else:
-                    run_sliced(lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
-                                                     pk.batch_sizes, mask, dh, dc, dgx, _NO_READY), ls, work)
-            dgh = dgx
-        elif self.cell == "gru":
-            # the recurrent-side gate gradients dgh equal dgx but for the n-third,
-            # dn * r: formed in place in dgx below, after its input-side uses
-            run_sliced(gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
-                                            pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt),
-                                            _NO_READY), ls, work)
-            dgh = None
-        else:
-            relu = 1 if self.nonlinearity == "relu" else 0
-            run_sliced(rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask, relu, dh, dgx,
-                                            _NO_READY), ls, work)
-            dgh = dgx
+        with unit_split_slot() as free:
+            if units and free:
+                run_units(lambda tid, j0, j1, flags: lstm_backward_part(
+                    dd, w_hh_t, st["c0"], st["out_c"], st["gates"], pk.batch_sizes, j0, j1, tid,
+                    flags, dh, dc, dgx), H)
+        if not (units and free):
+            run_sliced(kernel, args + (_NO_READY,), ls, work)
+        dgh = None if self.cell == "gru" else dgx
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
         if self.bias:
             grads["bias_ih" + s][...] = dgx.sum(axis=0)
