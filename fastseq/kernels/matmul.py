@@ -25,6 +25,14 @@ loop over outputs with scalar accumulators stayed at 2-3 GFLOP/s).  On one
 znver3 core, float32, H <= 256, it reaches 27-37 GFLOP/s at one row
 (bandwidth-bound), 64-70 at two and 65-97 at 4-32 rows: 1.2-2.5x the dot
 form above (``python bench/matmul_step.py``).
+
+Compile time: numba links a callee's code into each caller and optimises it
+again there, once per compiled level.  :func:`packed_matmul` is called from
+every time loop, so it is kept small: outputs outside the strips, and loops of
+one step (no packed weight), take a plain dot-product loop rather than the
+unrolled :func:`step_matmul` (which the decoder calls directly for its single
+steps); :func:`project_packed` is inlined into its callers.  This took the
+cold compile of a small LSTM fit from 15 to about 8.5 s.
 """
 
 import numpy as np
@@ -305,7 +313,7 @@ _tile_1x4 = _make_tile(1, 4)
 def pack_weight(w):
     """``w`` (M, K) as (M // SW, K, SW) strips, SW outputs of one cache line
     each (``wp[s, k, c] = w[s*SW + c, k]``); the last ``M % SW`` outputs are
-    left to the dot form."""
+    left to plain dot products."""
     M, K = w.shape
     SW = STRIP_BYTES // w.itemsize
     NS = M // SW
@@ -320,7 +328,9 @@ def pack_weight(w):
 
 @njit(**JIT)
 def no_packed_weight(w):
-    """An empty packed weight: :func:`packed_matmul` then uses the dot form."""
+    """An empty packed weight: :func:`packed_matmul` then computes plain dot
+    products (about half the speed of :func:`step_matmul` from 4 rows, as
+    fast at one row; used for loops of one step only)."""
     return np.empty((0, w.shape[1], STRIP_BYTES // w.itemsize), dtype=w.dtype)
 
 
@@ -336,8 +346,8 @@ def pack_for_steps(w, steps):
 @njit(**JIT)
 def packed_matmul(a, w, wp, out):
     """``out = a @ w.T`` from ``wp = pack_weight(w)``; BLAS from
-    :data:`PACKED_BLAS_MIN_ROWS` rows, the dot form (:func:`step_matmul`) when
-    ``wp`` is empty or an array is not unit-stride along its rows.
+    :data:`PACKED_BLAS_MIN_ROWS` rows, plain dot products when ``wp`` is
+    empty or an array is not unit-stride along its rows.
 
     Strip by strip, over blocks of :data:`KBLOCK_BYTES` of the strip (kept in
     L1), rows in blocks of four (one row: four strips at once, two rows: two,
@@ -349,41 +359,44 @@ def packed_matmul(a, w, wp, out):
     if n >= PACKED_BLAS_MIN_ROWS:
         np.dot(a, w.T, out)
         return
-    if wp.shape[0] == 0 or a.strides[1] != isz or out.strides[1] != isz or n == 0:
-        step_matmul(a, w, out)
-        return
-    SW = wp.shape[2]
-    NS = wp.shape[0]
-    KB = max(1, KBLOCK_BYTES // (SW * isz))
-    s = 0
-    while s < NS:
-        gs = 1
-        if n == 1 and s + 4 <= NS:
-            gs = 4
-        elif n == 2 and s + 2 <= NS:
-            gs = 2
-        for k0 in range(0, K, KB):
-            k1 = min(K, k0 + KB)
-            acc = 1 if k0 > 0 else 0
-            if gs == 4:
-                _tile_1x4(a, wp, out, 0, s, s * SW, k0, k1, acc)
-            elif gs == 2:
-                _tile_2x2(a, wp, out, 0, s, s * SW, k0, k1, acc)
-            else:
-                r = 0
-                while r + 4 <= n:
-                    _tile_4x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-                    r += 4
-                left = n - r
-                if left == 3:
-                    _tile_3x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-                elif left == 2:
-                    _tile_2x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-                elif left == 1:
-                    _tile_1x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-        s += gs
+    m_dot = 0
+    if wp.shape[0] > 0 and a.strides[1] == isz and out.strides[1] == isz and n > 0:
+        SW = wp.shape[2]
+        NS = wp.shape[0]
+        m_dot = NS * SW
+        KB = max(1, KBLOCK_BYTES // (SW * isz))
+        s = 0
+        while s < NS:
+            gs = 1
+            if n == 1 and s + 4 <= NS:
+                gs = 4
+            elif n == 2 and s + 2 <= NS:
+                gs = 2
+            for k0 in range(0, K, KB):
+                k1 = min(K, k0 + KB)
+                acc = 1 if k0 > 0 else 0
+                if gs == 4:
+                    _tile_1x4(a, wp, out, 0, s, s * SW, k0, k1, acc)
+                elif gs == 2:
+                    _tile_2x2(a, wp, out, 0, s, s * SW, k0, k1, acc)
+                else:
+                    r = 0
+                    while r + 4 <= n:
+                        _tile_4x1(a, wp, out, r, s, s * SW, k0, k1, acc)
+                        r += 4
+                    left = n - r
+                    if left == 3:
+                        _tile_3x1(a, wp, out, r, s, s * SW, k0, k1, acc)
+                    elif left == 2:
+                        _tile_2x1(a, wp, out, r, s, s * SW, k0, k1, acc)
+                    elif left == 1:
+                        _tile_1x1(a, wp, out, r, s, s * SW, k0, k1, acc)
+            s += gs
+    # the outputs not in a strip (all of them without a packed weight): dot
+    # products, one loop (not the unrolled step_matmul, which would be
+    # compiled again into every time-loop kernel)
     z = a.dtype.type(0)
-    for m in range(NS * SW, M):
+    for m in range(m_dot, M):
         wr = w[m]
         for r in range(n):
             ar = a[r]
@@ -414,9 +427,11 @@ def project(inp, w, bias, out):
     project_packed(inp, w, pack_weight(w), bias, out)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def project_packed(inp, w, wp, bias, out):
-    """:func:`project` with ``wp = pack_weight(w)`` given."""
+    """:func:`project` with ``wp = pack_weight(w)`` given (inlined into its
+    two callers: one compiled level less for the packed product to be
+    optimised again in)."""
     n = inp.shape[0]
     M = w.shape[0]
     has_bias = bias.shape[0] > 0
