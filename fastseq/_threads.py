@@ -69,8 +69,14 @@ def limit(n_jobs):
 # Batch splitting: nogil kernels on disjoint slices of a sorted batch, for the
 # whole sequence (never a per-step split), BLAS at one thread inside.
 
-#: least work (multiply-adds of the recurrent products of a call) worth a split
-MIN_SPLIT_WORK = 1_000_000
+#: least work (multiply-adds of the recurrent products of a call) worth a
+#: split.  A hand-over to a pool thread costs 70-140 us on the 2-vCPU
+#: benchmark machine; training steps with the batch split at 2-8M were
+#: 1.1-2.3x slower than on one thread (e.g. RNN B=16 H=64 T=32 1.69 / 0.75 ms,
+#: LSTM B=16 H=32 T=32 1.75 / 0.86), and split or not tie at 8-33M
+#: (``python bench/thresholds.py --mode train --alt MIN_SPLIT_WORK=1000000``;
+#: 1M before)
+MIN_SPLIT_WORK = 16_000_000
 #: least sequences per thread in a split
 MIN_SPLIT_ROWS = 4
 
@@ -308,8 +314,11 @@ def run_units(part, H):
                 f.result()
 
 
-#: least multiply-adds of a matrix product worth splitting across threads
-MIN_MATMUL_SPLIT = 2_000_000
+#: least multiply-adds of a matrix product worth splitting across threads:
+#: single-threaded BLAS against the split (with its 70-140 us hand-over),
+#: median us, one thread here: 2.1M 57-77 / 98-213, 8.4M 208-260 / 245-337,
+#: 33.6M 981 / 682-703, 67M 2252 / 1216 (2M before)
+MIN_MATMUL_SPLIT = 16_000_000
 
 
 def parallel_matmul(a, b, out=None):

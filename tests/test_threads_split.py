@@ -18,6 +18,16 @@ from fastseq import _threads
 from fastseq.nn import Recurrent
 
 
+@pytest.fixture(autouse=True)
+def _split_small_batches(monkeypatch):
+    """The package splits a batch (and a matrix product) only from 16M
+    multiply-adds, where the hand-over to a thread pays on the benchmark
+    machine; the batches here are far smaller, so the thresholds are lowered
+    for these tests to run the split paths (:func:`test_small_batches_split_here`)."""
+    monkeypatch.setattr(_threads, "MIN_SPLIT_WORK", 100_000)
+    monkeypatch.setattr(_threads, "MIN_MATMUL_SPLIT", 100_000)
+
+
 def _run(cell, n_jobs, dtype="float32", seed=0, bidirectional=True):
     layer = Recurrent(cell, 7, 48, num_layers=2, bidirectional=bidirectional, dtype=dtype,
                       random_state=seed)
@@ -31,6 +41,22 @@ def _run(cell, n_jobs, dtype="float32", seed=0, bidirectional=True):
         dX, grads = layer.backward(G)
         out_inf, _ = layer.forward(X, lengths, need_grad=False)
     return out, dX, layer.d_h0.copy(), {k: v.copy() for k, v in grads.items()}, out_inf
+
+
+def test_small_batches_split_here(monkeypatch):
+    """With this module's thresholds :func:`_run` splits its batches (so the
+    tests below compare split and unsplit runs), with the package's own it
+    runs them on one thread."""
+    calls = []
+    real = _threads._on_pool
+    monkeypatch.setattr(_threads, "_on_pool", lambda bounds, fn: calls.append(len(bounds)) or real(bounds, fn))
+    _run("gru", 2)
+    assert calls and all(n == 2 for n in calls)
+    monkeypatch.undo()
+    monkeypatch.setattr(_threads, "_on_pool", lambda bounds, fn: calls.append(len(bounds)) or real(bounds, fn))
+    del calls[:]
+    _run("gru", 2)
+    assert calls == []
 
 
 def test_split_bounds_cover_batch():
@@ -242,10 +268,13 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
         small.forward(np.ones((1, 32, 8), np.float32), need_grad=False)
         assert calls == []
-        big = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
-        big.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
+        mid = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
+        mid.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
+        assert calls == []
+        big = Recurrent("lstm", 128, 128, random_state=0).eval()  # 128*128*512 = 8.4M
+        big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)
         assert calls == [1]
-    big.forward(np.ones((1, 128, 64), np.float32), need_grad=False)    # one thread: never
+    big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)   # one thread: never
     assert calls == [1]
 
 

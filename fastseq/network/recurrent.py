@@ -64,21 +64,29 @@ INFER_SPLIT_STEP_WORK = 2 * 1024 * 1024
 #: an inference call that does not split its batch computes its input
 #: projection on a second thread, overlapping the time loop
 #: (:func:`fastseq._threads.run_pipelined`), from this many multiply-adds of
-#: the projection (N * F * G*H).  ``python bench/unit_split.py``: 1.25-1.5x
-#: from LSTM B=1 H=64 T=128 (2.1M; 0.41 against 0.51 ms) up; below it the
-#: hand-over to the pool thread (about 0.1-0.15 ms here) costs more than it
-#: saves (GRU B=1 H=64 T=128, 1.6M: 0.37 against 0.27 ms).  It also replaced
+#: the projection (N * F * G*H); training uses the same size for its forward
+#: pipeline and for the weight gradients behind the backward loop.  Handing
+#: work to another thread is slow on the 2-vCPU benchmark machine: a pool
+#: round trip takes 70-140 us and even two compiled threads polling one
+#: cache line take about 6 us to pass it back and forth.  At 2.1M
+#: multiply-adds (2M was the threshold before) one thread was 1.2-1.5x faster
+#: for inference and 1.1-1.3x for training (e.g. LSTM B=1 H=128 T=32 infer
+#: 0.256 / 0.338 ms, train 1.04 / 1.33 ms; ``python bench/thresholds.py
+#: --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``,
+#: and ``--mode train``: geometric means of the cases that change 1.04x and
+#: 1.13x for these thresholds and those in :mod:`fastseq._threads`); from
+#: about 8M the pipeline ties or wins (1.1-1.5x from 25M).  It also replaced
 #: splitting the hidden units across threads for inference (a barrier a
 #: step), which it beat at every size measured but LSTM H=512 B=1 (a tie).
-PIPELINE_MIN_WORK = 2 * 1024 * 1024
+PIPELINE_MIN_WORK = 8 * 1024 * 1024
 #: training computes the weight gradients of a layer whose batch is not split
 #: on a second thread behind its backward loop (:mod:`fastseq.kernels.grads`),
-#: from the same size.  Training steps, 2 threads, on / off (medians of 4
-#: alternated rounds; repeats vary by about 10% here): LSTM B=4 H=64 T=128
-#: 2.04 / 2.39 ms, B=4 H=128 T=128 6.48 / 7.17, GRU B=1 H=256 T=128 7.06 /
-#: 8.22; a loss where both threads are busy with products (RNN B=4 H=256
-#: T=128 6.71 / 6.20, LSTM B=4 H=256 T=32 9.50 / 9.19: the two vCPUs share
-#: one core's FMA units)
+#: from :data:`PIPELINE_MIN_WORK` of ``N * G*H * (F + H)``.  Training steps, 2
+#: threads, on / off (medians of 4 alternated rounds; repeats vary by about
+#: 10% here): LSTM B=4 H=64 T=128 2.04 / 2.39 ms, B=4 H=128 T=128 6.48 /
+#: 7.17, GRU B=1 H=256 T=128 7.06 / 8.22; a loss where both threads are busy
+#: with products (RNN B=4 H=256 T=128 6.71 / 6.20, LSTM B=4 H=256 T=32 9.50 /
+#: 9.19)
 PIPELINE_BACKWARD = True
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)

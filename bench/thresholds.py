@@ -1,0 +1,107 @@
+"""The threading thresholds against other values, call by call.
+
+Run from the repository root::
+
+    python bench/thresholds.py --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000
+    python bench/thresholds.py --mode train --alt MIN_SPLIT_WORK=1000000
+
+For every latency case of ``bench.compare`` (B in 1, 4, 16; H in 32..256;
+T in 32, 128; input size = H) whose threading decision differs between the
+package's current thresholds ("now") and the ``--alt`` ones, it times
+``Recurrent.forward(X, need_grad=False)`` (``--mode infer``) or forward +
+backward (``--mode train``) under ``fastseq._threads.limit(threads)``, the two
+settings alternating call by call (this machine's timings drift by 10-30%
+within minutes, so only alternated calls compare), and prints the medians,
+``alt / now`` time ratios (above 1: "now" is faster) and their geometric mean.
+
+Thresholds (module attribute names): ``PIPELINE_MIN_WORK`` and
+``INFER_SPLIT_STEP_WORK`` (``fastseq.network.recurrent``),
+``MIN_MATMUL_SPLIT`` and ``MIN_SPLIT_WORK`` (``fastseq._threads``).
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from fastseq import _threads
+from fastseq.network import recurrent as R
+from fastseq.nn import Recurrent
+
+MODULES = {"PIPELINE_MIN_WORK": R, "INFER_SPLIT_STEP_WORK": R, "MIN_MATMUL_SPLIT": _threads,
+           "MIN_SPLIT_WORK": _threads}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _apply(setting):
+    for name, value in setting.items():
+        setattr(MODULES[name], name, value)
+
+
+def _works(cell, B, T, H):
+    """The sizes the thresholds are compared with, for this case."""
+    N, GH = B * T, GATES[cell] * H
+    return (N * H * GH, N * GH * H, N * GH * 2 * H, B * GH * H)
+
+
+def _differs(now, alt, works):
+    return any((w >= now[k]) != (w >= alt[k]) for k in now for w in works)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("infer", "train"), default="infer")
+    ap.add_argument("--alt", required=True, help="NAME=VALUE[,NAME=VALUE...]")
+    ap.add_argument("--cells", default="lstm,gru,rnn")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=31)
+    args = ap.parse_args(argv)
+    alt = {k: int(v) for k, v in (kv.split("=") for kv in args.alt.split(","))}
+    now = {k: getattr(MODULES[k], k) for k in alt}
+    rng = np.random.default_rng(0)
+    ratios = []
+    try:
+        with _threads.limit(args.threads):
+            for cell in args.cells.split(","):
+                for B in (1, 4, 16):
+                    for H in (32, 64, 128, 256):
+                        for T in (32, 128):
+                            if not _differs(now, alt, _works(cell, B, T, H)):
+                                continue
+                            layer = Recurrent(cell, H, H, random_state=0)
+                            X = rng.standard_normal((B, T, H), dtype=np.float32)
+                            G = rng.standard_normal((B, T, H), dtype=np.float32)
+                            g = np.zeros_like(layer.flat)
+                            if args.mode == "infer":
+                                layer.eval()
+
+                                def call():
+                                    layer.forward(X, need_grad=False)
+                            else:
+                                def call():
+                                    layer.forward(X)
+                                    layer.backward(G, out=g)
+                            times = {"now": [], "alt": []}
+                            for setting in (now, alt):
+                                _apply(setting)
+                                call()
+                            for _ in range(args.repeats):
+                                for label, setting in (("now", now), ("alt", alt)):
+                                    _apply(setting)
+                                    t0 = time.perf_counter()
+                                    call()
+                                    times[label].append(time.perf_counter() - t0)
+                            a, b = (float(np.median(times[k])) * 1e3 for k in ("now", "alt"))
+                            ratios.append(b / a)
+                            print(f"{args.mode} {cell} B{B} H{H} T{T}: now {a:.3f} ms  alt {b:.3f} ms"
+                                  f"  alt/now {b / a:.2f}", flush=True)
+    finally:
+        _apply(now)
+    if ratios:
+        print(f"geometric mean alt/now {np.exp(np.mean(np.log(ratios))):.3f} over {len(ratios)} cases")
+    else:
+        print("no case's threading decision differs")
+
+
+if __name__ == "__main__":
+    main()
