@@ -262,9 +262,9 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
     with _threads.limit(2):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) is None       # batch split
-        # a batch split needs 2M multiply-adds a step: one thread below
-        assert Recurrent("lstm", 8, 128).eval()._inference_plan(16, 100) == "one"
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 100) is None
+        # a batch split needs 6M multiply-adds a step: one thread below
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 100) == "one"    # 4.2M
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 100) is None     # 8.4M
         small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
         small.forward(np.ones((1, 32, 8), np.float32), need_grad=False)
         assert calls == []

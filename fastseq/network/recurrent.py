@@ -57,10 +57,15 @@ UNIT_SPLIT_TRAIN = (256 * 1024, 1)
 #: step's recurrent product has at least this many multiply-adds
 #: (B * G*H * H); below it one thread with the input projection computed
 #: ahead on the other (:data:`PIPELINE_MIN_WORK`) was as fast or faster
-#: (2 threads, median ms, one / split: RNN B=16 H=256 T=128 4.20 / 6.02, LSTM
-#: B=16 H=128 T=32 1.95 / 2.04, GRU B=16 H=128 T=32 0.94 / 1.10); from it the
-#: split wins or ties (LSTM B=16 H=256 T=32, 4M a step: 7.80 / 6.45)
-INFER_SPLIT_STEP_WORK = 2 * 1024 * 1024
+#: (``python bench/thresholds.py --mode infer --alt
+#: INFER_SPLIT_STEP_WORK=1099511627776``, ms, split / one: LSTM B=16 H=256
+#: T=32, 4.2M a step, 7.99 / 7.05, GRU B=16 H=256 T=32 5.88 / 5.28, 0.87-0.96
+#: in two runs of the four B=16 H=256 cases; 2M before); above it the split
+#: won on the course's cases (one-off timings, 9 alternated calls: MNIST rows
+#: B=128 H=256, 8.4-33M a step, RNN 7.62 / 8.63, LSTM 21.3 / 31.7), and it
+#: loses a little below it on one of them (weather RNN B=1024 H=64, 4.2M a
+#: step: 13.2 / 13.7)
+INFER_SPLIT_STEP_WORK = 6 * 1024 * 1024
 #: an inference call that does not split its batch computes its input
 #: projection on a second thread, overlapping the time loop
 #: (:func:`fastseq._threads.run_pipelined`), from this many multiply-adds of
