@@ -200,8 +200,8 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     rb = Recurrent("gru", 3, 4, reset_after=False, random_state=0).eval()
     rb.forward(X, need_grad=False)                        # reset-before GRU: packed
     assert calls == ["one"]
-    big = Recurrent("lstm", 64, 128, random_state=0).eval()   # 4M multiply-adds a step
-    Xb = np.zeros((64, 30, 64), np.float32)
+    big = Recurrent("lstm", 64, 128, random_state=0).eval()   # 8.4M multiply-adds a step
+    Xb = np.zeros((128, 30, 64), np.float32)
     with _threads.limit(2):
         big.forward(Xb, need_grad=False)                  # split across threads: packed
     assert calls == ["one"]
