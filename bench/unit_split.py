@@ -8,9 +8,12 @@ Times ``Recurrent.forward(X, need_grad=False)`` (input size = H) under
 ``fastseq._threads.limit(threads)`` with each plan forced: ``one`` (each layer
 in one compiled call, the input projection computed a few steps ahead on a
 second thread: ``PIPELINE_MIN_WORK`` set to 0), ``one-seq`` (the same, the
-projection first, on this thread) and ``packed`` (the batch split across
-threads; from B = 8).  ``PIPELINE_MIN_WORK`` and ``INFER_SPLIT_STEP_WORK`` in
-``fastseq.network.recurrent`` come from this table.  Median ms of 5 repeats.
+projection first, on this thread; split in row blocks across the threads from
+``fastseq._threads.MIN_MATMUL_SPLIT``) and ``packed`` (the batch split across
+threads; from B = 8).  Median ms of 5 repeats, each plan timed on its own: on
+the 2-vCPU benchmark machine timings drift by 10-30% within minutes, so the
+thresholds themselves (``PIPELINE_MIN_WORK``, ``INFER_SPLIT_STEP_WORK``) are
+set from ``bench/thresholds.py``, which alternates the settings call by call.
 """
 
 import argparse
