@@ -31,8 +31,8 @@ again there, once per compiled level.  :func:`packed_matmul` is called from
 every time loop, so it is kept small: outputs outside the strips, and loops of
 one step (no packed weight), take a plain dot-product loop rather than the
 unrolled :func:`step_matmul` (which the decoder calls directly for its single
-steps); :func:`project_packed` is inlined into its callers.  This took the
-cold compile of a small LSTM fit from 15 to about 8.5 s.
+steps); :func:`project_packed` is inlined into its callers.  This took a
+cold small LSTM fit, import included, from 15 to about 8.5 s.
 """
 
 import numpy as np
