@@ -391,10 +391,10 @@ class Recurrent:
         if F != self.input_size:
             raise ValueError(f"X has {F} features per step, but the layer expects input_size={self.input_size}")
         self._cache = None  # the last call's state goes now, not after this call has allocated its own
-        uniform = lengths is None
-        lengths = check_lengths(lengths, B, T)
-        if not uniform and lengths.min() == T:
-            uniform = True
+        uniform = True
+        if lengths is not None:
+            lengths = check_lengths(lengths, B, T)
+            uniform = lengths.min() == T
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
             plan = self._inference_plan(B, T)
@@ -445,9 +445,12 @@ class Recurrent:
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
-        inp = np.empty((T, B, F), dtype=dt)
-        inp[...] = X.swapaxes(0, 1)
-        inp = inp.reshape(N, F)
+        if B == 1 and X.dtype == dt and X.flags.c_contiguous:
+            inp = X.reshape(N, F)  # step-major already: a view (only read)
+        else:
+            inp = np.empty((T, B, F), dtype=dt)
+            inp[...] = X.swapaxes(0, 1)
+            inp = inp.reshape(N, F)
         check_finite(inp, "X", " at valid (unpadded) steps")
         L = self.num_layers * D
         h_n = np.empty((L, B, H), dtype=dt)
