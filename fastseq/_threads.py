@@ -74,7 +74,7 @@ def limit(n_jobs):
 #: benchmark machine; training steps with the batch split at 2-8M were
 #: 1.1-2.3x slower than on one thread (e.g. RNN B=16 H=64 T=32 1.69 / 0.75 ms,
 #: LSTM B=16 H=32 T=32 1.75 / 0.86), and split or not tie at 8-33M
-#: (``python bench/thresholds.py --mode train --alt MIN_SPLIT_WORK=1000000``;
+#: (``python -m bench.thresholds --mode train --alt MIN_SPLIT_WORK=1000000``;
 #: 1M before)
 MIN_SPLIT_WORK = 16_000_000
 #: least sequences per thread in a split

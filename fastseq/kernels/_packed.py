@@ -54,3 +54,15 @@ def reverse_steps(src, B, out):
     T = src.shape[0] // B
     for t in range(T):
         out[t * B:(t + 1) * B] = src[(T - 1 - t) * B:(T - t) * B]
+
+
+@njit(inline="always", **JIT)
+def add_bias(out, bias, r0, r1):
+    """``out[r] += bias`` for the rows ``r0 <= r < r1`` (nothing when ``bias``
+    is empty)."""
+    if bias.shape[0] == 0:
+        return
+    for r in range(r0, r1):
+        o = out[r]
+        for j in range(o.shape[0]):
+            o[j] += bias[j]

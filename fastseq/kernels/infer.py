@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
-from ._packed import reverse_steps
+from ._packed import add_bias, reverse_steps
 from .gru import gru_forward_slice
 from .lstm import lstm_forward_slice
 from .rnn import rnn_forward_slice
@@ -23,15 +23,11 @@ from .rnn import rnn_forward_slice
 def prepare(xp, b_ih, b_hh, n_hh, B, reverse):
     """``xp += b_ih + b_hh[:n_hh]`` in place (no bias when ``b_ih`` is empty);
     returns it, or a copy with the steps in reverse order when ``reverse``."""
-    N, GH = xp.shape
     if b_ih.shape[0] > 0:
         bias = b_ih.copy()
         for j in range(n_hh):
             bias[j] = b_ih[j] + b_hh[j]
-        for r in range(N):
-            xr = xp[r]
-            for j in range(GH):
-                xr[j] += bias[j]
+        add_bias(xp, bias, 0, xp.shape[0])
     if not reverse:
         return xp
     out = np.empty_like(xp)

@@ -42,6 +42,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._config import JIT
+from ._packed import add_bias
 from ._sync import store_release
 
 #: rows from which one step's product goes to BLAS (znver3, one thread: the
@@ -437,11 +438,7 @@ def project(inp, w, bias, out):
     thread count, which fixes it)."""
     if w.shape[0] * w.shape[1] * w.itemsize >= PROJECT_BLAS_MIN_BYTES:
         np.dot(inp, w.T, out)
-        if bias.shape[0] > 0:
-            for r in range(out.shape[0]):
-                o = out[r]
-                for j in range(o.shape[0]):
-                    o[j] += bias[j]
+        add_bias(out, bias, 0, out.shape[0])
         return
     project_packed(inp, w, pack_weight(w), bias, out)
 
@@ -452,16 +449,10 @@ def project_packed(inp, w, wp, bias, out):
     two callers: one compiled level less for the packed product to be
     optimised again in)."""
     n = inp.shape[0]
-    M = w.shape[0]
-    has_bias = bias.shape[0] > 0
     for r0 in range(0, n, PROJECT_ROWS):
         r1 = min(n, r0 + PROJECT_ROWS)
         packed_matmul(inp[r0:r1], w, wp, out[r0:r1])
-        if has_bias:
-            for r in range(r0, r1):
-                o = out[r]
-                for j in range(M):
-                    o[j] += bias[j]
+        add_bias(out, bias, r0, r1)
 
 
 @njit(**JIT)
@@ -470,7 +461,8 @@ def project_ahead(inp, w, bias, batch_sizes, out, ready):
     (about :data:`PIPELINE_ROWS` rows; step ``t`` has ``batch_sizes[t]``
     rows, in order), publishing the number of steps done in ``ready[0]``
     (release store) for a loop started with ``ready`` (see
-    ``lstm_forward_slice``).  The rows come out as :func:`project`'s."""
+    ``lstm_forward_slice``).  The rows come out as :func:`project_packed`'s
+    (as :func:`project`'s below :data:`PROJECT_BLAS_MIN_BYTES` of ``w``)."""
     T = batch_sizes.shape[0]
     wp = pack_weight(w)
     t0 = 0

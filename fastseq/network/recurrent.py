@@ -57,7 +57,7 @@ UNIT_SPLIT_TRAIN = (256 * 1024, 1)
 #: step's recurrent product has at least this many multiply-adds
 #: (B * G*H * H); below it one thread with the input projection computed
 #: ahead on the other (:data:`PIPELINE_MIN_WORK`) was as fast or faster
-#: (``python bench/thresholds.py --mode infer --alt
+#: (``python -m bench.thresholds --mode infer --alt
 #: INFER_SPLIT_STEP_WORK=1099511627776``, ms, split / one: LSTM B=16 H=256
 #: T=32, 4.2M a step, 7.99 / 7.05, GRU B=16 H=256 T=32 5.88 / 5.28, 0.87-0.96
 #: in two runs of the four B=16 H=256 cases; 2M before); above it the split
@@ -76,7 +76,7 @@ INFER_SPLIT_STEP_WORK = 6 * 1024 * 1024
 #: cache line take about 6 us to pass it back and forth.  At 2.1M
 #: multiply-adds (2M was the threshold before) one thread was 1.2-1.5x faster
 #: for inference and 1.1-1.3x for training (e.g. LSTM B=1 H=128 T=32 infer
-#: 0.256 / 0.338 ms, train 1.04 / 1.33 ms; ``python bench/thresholds.py
+#: 0.256 / 0.338 ms, train 1.04 / 1.33 ms; ``python -m bench.thresholds
 #: --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``,
 #: and ``--mode train``: geometric means of the cases that change 1.04x and
 #: 1.13x for these thresholds and those in :mod:`fastseq._threads`); from
