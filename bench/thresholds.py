@@ -2,15 +2,16 @@
 
 Run from the repository root::
 
-    python bench/thresholds.py --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000
-    python bench/thresholds.py --mode train --alt MIN_SPLIT_WORK=1000000
+    python -m bench.thresholds --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000
+    python -m bench.thresholds --mode train --alt MIN_SPLIT_WORK=1000000
 
 For every latency case of ``bench.compare`` (B in 1, 4, 16; H in 32..256;
 T in 32, 128; input size = H) whose threading decision differs between the
 package's current thresholds ("now") and the ``--alt`` ones, it times
 ``Recurrent.forward(X, need_grad=False)`` (``--mode infer``) or forward +
 backward (``--mode train``) under ``fastseq._threads.limit(threads)``, the two
-settings alternating call by call (this machine's timings drift by 10-30%
+settings alternating call by call (``bench.compare.time_alternating``, each
+timed call after an untimed one; this machine's timings drift by 10-30%
 within minutes, so only alternated calls compare), and prints the medians,
 ``alt / now`` time ratios (above 1: "now" is faster) and their geometric mean.
 
@@ -20,10 +21,10 @@ Thresholds (module attribute names): ``PIPELINE_MIN_WORK`` and
 """
 
 import argparse
-import time
 
 import numpy as np
 
+from bench.compare import time_alternating
 from fastseq import _threads
 from fastseq.network import recurrent as R
 from fastseq.nn import Recurrent
@@ -81,17 +82,10 @@ def main(argv=None):
                                 def call():
                                     layer.forward(X)
                                     layer.backward(G, out=g)
-                            times = {"now": [], "alt": []}
-                            for setting in (now, alt):
-                                _apply(setting)
-                                call()
-                            for _ in range(args.repeats):
-                                for label, setting in (("now", now), ("alt", alt)):
-                                    _apply(setting)
-                                    t0 = time.perf_counter()
-                                    call()
-                                    times[label].append(time.perf_counter() - t0)
-                            a, b = (float(np.median(times[k])) * 1e3 for k in ("now", "alt"))
+                            fns = {label: (lambda st=setting: (_apply(st), call()))
+                                   for label, setting in (("now", now), ("alt", alt))}
+                            ts = time_alternating(fns, args.repeats, warmup=1, min_time=0.0, pause=0.0)
+                            a, b = ts["now"] * 1e3, ts["alt"] * 1e3
                             ratios.append(b / a)
                             print(f"{args.mode} {cell} B{B} H{H} T{T}: now {a:.3f} ms  alt {b:.3f} ms"
                                   f"  alt/now {b / a:.2f}", flush=True)

@@ -13,7 +13,7 @@ projection first, on this thread; split in row blocks across the threads from
 threads; from B = 8).  Median ms of 5 repeats, each plan timed on its own: on
 the 2-vCPU benchmark machine timings drift by 10-30% within minutes, so the
 thresholds themselves (``PIPELINE_MIN_WORK``, ``INFER_SPLIT_STEP_WORK``) are
-set from ``bench/thresholds.py``, which alternates the settings call by call.
+set from ``python -m bench.thresholds``, which alternates the settings call by call.
 """
 
 import argparse
