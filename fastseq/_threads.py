@@ -71,11 +71,12 @@ def limit(n_jobs):
 
 #: least work (multiply-adds of the recurrent products of a call) worth a
 #: split.  A hand-over to a pool thread costs 70-140 us on the 2-vCPU
-#: benchmark machine; training steps with the batch split at 2-8M were
-#: 1.1-2.3x slower than on one thread (e.g. RNN B=16 H=64 T=32 1.69 / 0.75 ms,
-#: LSTM B=16 H=32 T=32 1.75 / 0.86), and split or not tie at 8-33M
-#: (``python -m bench.thresholds --mode train --alt MIN_SPLIT_WORK=1000000``;
-#: 1M before)
+#: benchmark machine; training steps with the batch split at 2-8M were up
+#: to 2.2x slower than on one thread (split / one: RNN B=16 H=64 T=32 1.56 /
+#: 0.71 ms, LSTM B=16 H=32 T=32 1.68 / 0.87; ``python -m bench.thresholds
+#: --mode train --alt
+#: PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``),
+#: and split or not tie at 8-33M (one-off runs; 1M before)
 MIN_SPLIT_WORK = 16_000_000
 #: least sequences per thread in a split
 MIN_SPLIT_ROWS = 4

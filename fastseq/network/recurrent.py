@@ -58,13 +58,14 @@ UNIT_SPLIT_TRAIN = (256 * 1024, 1)
 #: (B * G*H * H); below it one thread with the input projection computed
 #: ahead on the other (:data:`PIPELINE_MIN_WORK`) was as fast or faster
 #: (``python -m bench.thresholds --mode infer --alt
-#: INFER_SPLIT_STEP_WORK=1099511627776``, ms, split / one: LSTM B=16 H=256
-#: T=32, 4.2M a step, 7.99 / 7.05, GRU B=16 H=256 T=32 5.88 / 5.28, 0.87-0.96
-#: in two runs of the four B=16 H=256 cases; 2M before); above it the split
-#: won on the course's cases (one-off timings, 9 alternated calls: MNIST rows
-#: B=128 H=256, 8.4-33M a step, RNN 7.62 / 8.63, LSTM 21.3 / 31.7), and it
-#: loses a little below it on one of them (weather RNN B=1024 H=64, 4.2M a
-#: step: 13.2 / 13.7)
+#: INFER_SPLIT_STEP_WORK=2097152``, the old threshold, ms, one / split: LSTM
+#: B=16 H=256 T=32, 4.2M a step, 5.21 / 5.29, T=128 19.0 / 19.5, GRU T=32
+#: 3.76 / 4.06, T=128 12.3 / 12.0; two earlier runs: one thread 4-13% faster
+#: on all four B=16 H=256 cases; 2M before); above it the split won on the
+#: course's cases (one-off timings, 9 alternated calls, split / one: MNIST
+#: rows B=128 H=256, 8.4-33M a step, RNN 7.62 / 8.63, LSTM 21.3 / 31.7), and
+#: it loses a little below it on one of them (weather RNN B=1024 H=64, 4.2M a
+#: step, split / one: 13.2 / 13.7)
 INFER_SPLIT_STEP_WORK = 6 * 1024 * 1024
 #: an inference call that does not split its batch computes its input
 #: projection on a second thread, overlapping the time loop
@@ -74,13 +75,16 @@ INFER_SPLIT_STEP_WORK = 6 * 1024 * 1024
 #: work to another thread is slow on the 2-vCPU benchmark machine: a pool
 #: round trip takes 70-140 us and even two compiled threads polling one
 #: cache line take about 6 us to pass it back and forth.  At 2.1M
-#: multiply-adds (2M was the threshold before) one thread was 1.2-1.5x faster
-#: for inference and 1.1-1.3x for training (e.g. LSTM B=1 H=128 T=32 infer
-#: 0.256 / 0.338 ms, train 1.04 / 1.33 ms; ``python -m bench.thresholds
-#: --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``,
-#: and ``--mode train``: geometric means of the cases that change 1.04x and
-#: 1.13x for these thresholds and those in :mod:`fastseq._threads`); from
-#: about 8M the pipeline ties or wins (1.1-1.5x from 25M).  It also replaced
+#: multiply-adds (2M was the threshold before) one thread was 1.06-1.63x
+#: faster for inference (11 cases, geometric mean 1.25x) and 1.03-2.19x for
+#: training (e.g. LSTM B=1 H=128 T=32 infer 0.240 / 0.303 ms, train 0.98 /
+#: 1.07 ms; ``python -m bench.thresholds --mode infer --alt
+#: PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``,
+#: and ``--mode train``: geometric means of the 51 cases that change 1.05x
+#: and 1.10x for these thresholds and those in :mod:`fastseq._threads`).  At
+#: 6.3M (six GRU cases) the pipeline was 7% faster for inference in that run
+#: and 6% slower in another comparison (one-off); from 8M it ties or wins
+#: (1.1-1.5x from 25M).  It also replaced
 #: splitting the hidden units across threads for inference (a barrier a
 #: step), which it beat at every size measured but LSTM H=512 B=1 (a tie).
 PIPELINE_MIN_WORK = 8 * 1024 * 1024
