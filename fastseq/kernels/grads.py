@@ -65,6 +65,9 @@ def weight_grads_behind(dg, inp, w_ih, h0, out_h, gates, batch_sizes, mask, gru,
     if has_bias:
         db_ih[...] = 0
         db_hh[...] = 0
+    # bias columns whose gradient is the same on both sides (all but the
+    # GRU's n-third, which the recurrent side takes after the reset gate)
+    same = 2 * H if gru else GH
     most = CHUNK_ROWS
     for t in range(T):
         most = max(most, batch_sizes[t])
@@ -107,8 +110,11 @@ def weight_grads_behind(dg, inp, w_ih, h0, out_h, gates, batch_sizes, mask, gru,
                         dst[j] = src[j]
         dW_hh += np.dot(g.T, hp[:rows])
         if has_bias:
+            # only the GRU's n-third differs from db_ih (its rows changed above)
             for r in range(rows):
                 gr = g[r]
-                for j in range(GH):
+                for j in range(same, GH):
                     db_hh[j] += gr[j]
         t1 = t0
+    if has_bias:
+        db_hh[:same] = db_ih[:same]
