@@ -513,6 +513,14 @@ class Recurrent:
             return bias
         return b_ih + b_hh
 
+    def _candidate_bias(self, b_hh):
+        """The reset-after GRU's ``b_hn`` (last third of ``b_hh``, kept inside
+        the reset product), contiguous; zeros without a bias (``b_hh`` None or
+        empty)."""
+        if b_hh is None or b_hh.shape[0] == 0:
+            return np.zeros(self.hidden_size, dtype=self.dtype)
+        return np.ascontiguousarray(b_hh[2 * self.hidden_size:])
+
     def _run_pipelined(self, inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, reverse, out_h, h_n, c_n,
                        parallel=True):
         """One layer and direction on this thread while a pool thread computes
@@ -531,7 +539,7 @@ class Recurrent:
             def consume(ready):
                 lstm_run(x, w_hh, h0s, c0s, reverse, ready, out_h, h_n, c_n)
         elif self.cell == "gru":
-            b_hn = np.ascontiguousarray(b_hh[2 * H:]) if b_hh.shape[0] else np.zeros(H, dtype=self.dtype)
+            b_hn = self._candidate_bias(b_hh)
 
             def consume(ready):
                 gru_run(x, w_hh, b_hn, h0s, reverse, ready, out_h, h_n)
@@ -619,10 +627,7 @@ class Recurrent:
                         h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
             state["gates"] = gates
         elif self.cell == "gru":
-            if self.bias:
-                b_hn = np.ascontiguousarray(b_hh[2 * H:])
-            else:
-                b_hn = np.zeros(H, dtype=dt)
+            b_hn = self._candidate_bias(b_hh)
             gates = np.empty((NG, 4 * H), dtype=dt)
             loop(gru_forward_slice, (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates))
             state["gates"] = gates
