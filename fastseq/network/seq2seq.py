@@ -217,8 +217,10 @@ class Seq2Seq:
         return rows
 
     # ------------------------------------------------------------ weights
-    def _weights(self):
-        """(w, w_b, att) tuples for the kernels (contiguous copies; ``w_b`` transposed)."""
+    def _weights(self, need_grad=True):
+        """(w, w_b, att) tuples for the kernels (contiguous copies; ``w_b``
+        transposed, for the backward kernel: None when ``need_grad`` is False,
+        as in decoding, where its copies were a sixth of a B=1 H=256 call)."""
         p, M, Q, dt = self.params, self.M, self.Q, self.dtype
         W_ih, W_hh = p["decoder.weight_ih"], p["decoder.weight_hh"]
         b_ih, b_hh = p["decoder.bias_ih"], p["decoder.bias_hh"]
@@ -234,7 +236,7 @@ class Seq2Seq:
         W_os, W_oc = W_o[:, :Q], W_o[:, Q:]
         c = np.ascontiguousarray
         w = (c(W_e), c(W_c), c(b_x), c(W_hh), b_hn, c(W_os), c(W_oc), c(p["output.bias"]))
-        w_b = (c(W_e.T), c(W_c.T), c(W_hh.T), c(W_os.T), c(W_oc.T))
+        w_b = (c(W_e.T), c(W_c.T), c(W_hh.T), c(W_os.T), c(W_oc.T)) if need_grad else None
         if self.kind == BAHDANAU:
             att = (c(p["attention.W2"].T), c(p["attention.v"]), np.ones(1, dt))
         else:
@@ -310,7 +312,7 @@ class Seq2Seq:
         cache = self._alloc_cache(T, B, mem.shape[1])
         cache[0][0] = s0
         cache[1][0] = c0
-        w, w_b, att = self._weights()
+        w, w_b, att = self._weights(need_grad)
         emb = (np.ascontiguousarray(self.params["tgt_embedding"]) if self.outputs == "tokens"
                else np.zeros((0, self.M), self.dtype))
         decoder_forward(self.cell_code, self.kind, w, att, emb, mem, keys, src_len,
@@ -521,7 +523,7 @@ class Seq2Seq:
         B = len(lengths)
         with blas_single_thread():
             mem, keys, src_len, s0, c0 = self._encode(X, lengths, need_grad=False)
-        w, _, att = self._weights()
+        w, _, att = self._weights(need_grad=False)
         rep = lambda a: np.ascontiguousarray(np.repeat(a, Kw, axis=0))  # noqa: E731
         mem_r, keys_r, len_r = rep(mem), rep(keys), rep(src_len)
         s, c = rep(s0), rep(c0)
@@ -606,7 +608,7 @@ class Seq2Seq:
         ``sum_t log p(y_t) / y_len**length_penalty`` (teacher-forced)."""
         B, T = Y.shape[:2]
         feed_true, _ = self._feed_true(Y)
-        st = self._run(X, lengths, feed_true, np.ones((T, B), dtype=np.int64))
+        st = self._run(X, lengths, feed_true, np.ones((T, B), dtype=np.int64), need_grad=False)
         lp = log_softmax(st["cache"][6].astype(np.float64))
         picked = np.take_along_axis(lp, Y.T[:, :, None], axis=2)[:, :, 0]
         mask = np.arange(T)[:, None] < np.asarray(y_len)[None, :]
