@@ -161,6 +161,31 @@ def test_packed_matmul_every_tile_path(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_weight_layout(dtype):
+    """``pack_weight``: ``wp[s, k, c] == w[s*SW + c, k]`` exactly, through the
+    vector blocks (k in whole 256-bit vectors, transposed in registers), the
+    scalar tail (the last ``K % VW`` of k, all of k below one vector) and the
+    scalar path for rows that are not unit-stride; outputs past the last full
+    strip are left out."""
+    from numba import njit
+
+    from fastseq.kernels import matmul as mm
+    from fastseq.kernels.matmul import STRIP_BYTES
+
+    pack_weight = njit(lambda w: mm.pack_weight(w).copy())
+    itemsize = np.dtype(dtype).itemsize
+    sw, vw = STRIP_BYTES // itemsize, 32 // itemsize
+    rng = np.random.default_rng(3)
+    for M, K in [(sw, 1), (sw, vw - 1), (sw, vw), (2 * sw + 3, vw + 1), (4 * sw, 3 * vw + 5), (5 * sw - 1, 64)]:
+        w = rng.standard_normal((M, K)).astype(dtype)
+        ns = M // sw
+        ref = w[:ns * sw].reshape(ns, sw, K).transpose(0, 2, 1)
+        np.testing.assert_array_equal(pack_weight(w), ref, err_msg=f"M={M} K={K}")
+        strided = np.ascontiguousarray(w.T).T  # the same values, column-major
+        np.testing.assert_array_equal(pack_weight(strided), ref, err_msg=f"strided M={M} K={K}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_project_packed_blocks_and_blas(dtype):
     """``project`` (the input projection plus bias): through the packed
     blocks (rows past one block, a last partial block, outputs outside the
