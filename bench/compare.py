@@ -412,7 +412,10 @@ case = Case(**json.loads({case!r}))
 engine = {engine!r}
 set_threads({threads})
 from fastseq import _threads
-_threads.limit({threads}).__enter__()
+# held in a name: a generator context manager entered on a temporary is
+# closed when the temporary goes, which undoes the limit at once
+_LIMIT = _threads.limit({threads})
+_LIMIT.__enter__()
 import torch
 module = make_torch(case)
 def build(B):
