@@ -34,8 +34,10 @@ respect to every ``feed_t`` are returned so the caller can route them to an
 embedding.
 
 Cell codes: :data:`CELL_CODES`.  The per-step cell math is that of the packed
-sequence kernels (:mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``), called on a
-one-step batch.
+sequence kernels (their row functions ``cell_forward``, ``gru_cell`` and
+``rnn_cell`` of :mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``); the forward
+step's products use weights packed once per decoding (1-row products of a
+768 x 256 weight: 10 against 14-16 us unpacked, and 2x from 4 rows on).
 """
 
 import numpy as np
@@ -43,10 +45,10 @@ from numba import njit
 
 from .._config import JIT
 from .attention import BAHDANAU, NONE, attention_backward, attention_forward
-from .gru import gru_sequence_backward, gru_sequence_forward
-from .lstm import lstm_sequence_backward, lstm_sequence_forward
-from .matmul import step_matmul
-from .rnn import rnn_sequence_backward, rnn_sequence_forward
+from .gru import gru_cell, gru_sequence_backward
+from .lstm import cell_forward, lstm_sequence_backward
+from .matmul import packed_matmul, step_matmul
+from .rnn import rnn_cell, rnn_sequence_backward
 
 RNN_TANH = 0
 RNN_RELU = 1
@@ -61,7 +63,7 @@ CELL_CODES = {("rnn", "tanh"): RNN_TANH, ("rnn", "relu"): RNN_RELU, ("gru", "tan
 
 
 @njit(**JIT)
-def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
+def decoder_step(cell, kind, w, wp, att, mem, keys, src_len, feed, prev, out, work):
     """One decoder step for a batch (see the module Notes).
 
     Parameters
@@ -76,7 +78,13 @@ def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
         feed and the context, input bias (``b_ih + b_hh``; for the GRU
         ``b_ih + [b_hr, b_hz, 0]``), recurrent weights, the GRU's ``b_hn``
         (ignored by other cells), and the output layer, all untransposed and
-        C-contiguous (products by :func:`fastseq.kernels.matmul.step_matmul`).
+        C-contiguous.
+    wp : tuple of float arrays
+        ``(w_e, w_c, w_hh, w_os, w_oc)`` packed
+        (:func:`fastseq.kernels.matmul.pack_weight` or ``pack_into``): every
+        product of the step runs through
+        :func:`fastseq.kernels.matmul.packed_matmul`, the weights packed once
+        per decoding rather than once per step.
     att : tuple
         As :func:`fastseq.kernels.attention.attention_forward`.
     mem, keys, src_len :
@@ -88,8 +96,15 @@ def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
     out : tuple ``(s (B, Q), c (B, Q), gates (B, 4Q), ctx (B, A), weights (B, S), o (B, V))``
         Filled with this step's states, cell cache, context, attention weights
         and outputs.
+    work : tuple ``(xh (2, B, R), res (B, 6Q))``
+        Scratch, overwritten; allocated once by the caller for all steps.  The
+        cell reads the input side and the recurrent product from ``xh`` and
+        writes gates, cell and state to ``res`` (then copied out): with
+        buffers allocated in the step, and separate arrays, LLVM left the cell
+        loop scalar (16 against 3 ns a unit, GRU B=16 Q=128).
     """
     w_e, w_c, b_x, w_hh, b_hn, w_os, w_oc, b_out = w
+    wp_e, wp_c, wp_hh, wp_os, wp_oc = wp
     s_prev, c_prev, ctx_prev = prev
     s_new, c_new, gates, ctx_new, weights, o = out
     B = feed.shape[0]
@@ -100,39 +115,56 @@ def decoder_step(cell, kind, w, att, mem, keys, src_len, feed, prev, out):
         ctx_in = ctx_new
     else:
         ctx_in = ctx_prev
-    xp = np.empty((B, R), dtype=feed.dtype)
+    # the input side (xh[0]) and the recurrent product (xh[1]) in one array,
+    # the cell's results (gates | c | h) in another, both from the caller
+    # (see ``work``): LLVM then vectorises the cell loop
+    Q = s_prev.shape[1]
+    xh, res = work
     xc = np.empty((B, R), dtype=feed.dtype)
-    step_matmul(feed, w_e, xp)
-    step_matmul(ctx_in, w_c, xc)
+    packed_matmul(feed, w_e, wp_e, xh[0])
+    packed_matmul(ctx_in, w_c, wp_c, xc)
     for b in range(B):
         for j in range(R):
-            xp[b, j] += xc[b, j] + b_x[j]
-    bs = np.full(1, B, dtype=np.int64)
-    no_mask = np.empty((0, s_prev.shape[1]), dtype=feed.dtype)
-    if cell == LSTM:
-        lstm_sequence_forward(xp, w_hh, s_prev, c_prev, bs, no_mask, s_new, c_new, gates)
-    elif cell == GRU:
-        gru_sequence_forward(xp, w_hh, b_hn, s_prev, bs, no_mask, s_new, gates)
-    else:
-        rnn_sequence_forward(xp, w_hh, s_prev, bs, no_mask, 1 if cell == RNN_RELU else 0, s_new)
+            xh[0, b, j] += xc[b, j] + b_x[j]
+    packed_matmul(s_prev, w_hh, wp_hh, xh[1])
+    # the cell: one step of the sequence kernels' arithmetic (their row functions)
+    zero = np.zeros(1, dtype=feed.dtype)[0]
+    for b in range(B):
+        rb = res[b]
+        if cell == LSTM:
+            cell_forward(xh[0, b], xh[1, b], c_prev[b], rb[4 * Q:5 * Q], rb[5 * Q:], rb[:4 * Q], True, Q, 0, Q)
+        elif cell == GRU:
+            gru_cell(xh[0, b], xh[1, b], s_prev[b], b_hn, rb[5 * Q:], rb[:4 * Q], True, Q)
+        else:
+            rnn_cell(xh[0, b], xh[1, b], rb[5 * Q:], 1 if cell == RNN_RELU else 0, zero, Q)
+    for b in range(B):
+        rb = res[b]
+        for j in range(Q):
+            s_new[b, j] = rb[5 * Q + j]
+        if cell == LSTM:
+            for j in range(Q):
+                c_new[b, j] = rb[4 * Q + j]
+        if cell == LSTM or cell == GRU:
+            for j in range(4 * Q):
+                gates[b, j] = rb[j]
     if not before:
         attention_forward(kind, s_new, keys, mem, src_len, att, weights, ctx_new)
     V = o.shape[1]
     oc = np.empty((B, V), dtype=feed.dtype)
-    step_matmul(s_new, w_os, o)
-    step_matmul(ctx_new, w_oc, oc)
+    packed_matmul(s_new, w_os, wp_os, o)
+    packed_matmul(ctx_new, w_oc, wp_oc, oc)
     for b in range(B):
         for j in range(V):
             o[b, j] += oc[b, j] + b_out[j]
 
 
 @njit(**JIT)
-def decoder_forward(cell, kind, w, att, emb, mem, keys, src_len, feed_true, use_truth, cache):
+def decoder_forward(cell, kind, w, wp, att, emb, mem, keys, src_len, feed_true, use_truth, cache):
     """Run the decoder over T steps, teacher-forced where ``use_truth`` says.
 
     Parameters
     ----------
-    cell, kind, w, att, mem, keys, src_len :
+    cell, kind, w, wp, att, mem, keys, src_len :
         As :func:`decoder_step`.
     emb : (E, M) float
         Output-token embedding for the model's own feed (token outputs), or a
@@ -155,6 +187,8 @@ def decoder_forward(cell, kind, w, att, emb, mem, keys, src_len, feed_true, use_
     T, B, M = feed_true.shape
     tokens = emb.shape[0] > 0
     ctx[0, :, :] = 0.0
+    Q = s.shape[2]
+    work = (np.empty((2, B, w[2].shape[0]), dtype=s.dtype), np.empty((B, 6 * Q), dtype=s.dtype))
     for t in range(T):
         for b in range(B):
             if use_truth[t, b] != 0 or t == 0:
@@ -170,9 +204,9 @@ def decoder_forward(cell, kind, w, att, emb, mem, keys, src_len, feed_true, use_
                 fed[t, b] = FED_OWN_VECTOR
                 for j in range(M):
                     feed[t, b, j] = o[t - 1, b, j]
-        decoder_step(cell, kind, w, att, mem, keys, src_len, feed[t],
+        decoder_step(cell, kind, w, wp, att, mem, keys, src_len, feed[t],
                      (s[t], c[t], ctx[t]),
-                     (s[t + 1], c[t + 1], gates[t], ctx[t + 1], weights[t], o[t]))
+                     (s[t + 1], c[t + 1], gates[t], ctx[t + 1], weights[t], o[t]), work)
 
 
 @njit(**JIT)

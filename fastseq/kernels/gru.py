@@ -28,6 +28,31 @@ from ._sync import wait_for, store_release
 from .matmul import pack_for_steps, packed_matmul
 
 
+@njit(inline="always", **JIT)
+def gru_cell(x, p, hb, b_hn, oh, g, store, H):
+    """One row of the reset-after GRU: gate pre-activations ``x`` (input side,
+    ``b_hn`` excluded) and ``p`` (recurrent product), previous state ``hb``;
+    writes ``oh`` and, if ``store``, ``g`` = (r, z, n, a)."""
+    if store:
+        for j in range(H):
+            gr = sigmoid(x[j] + p[j])
+            gz = sigmoid(x[H + j] + p[H + j])
+            a = p[2 * H + j] + b_hn[j]
+            gn = tanh(x[2 * H + j] + gr * a)
+            oh[j] = gn + gz * (hb[j] - gn)
+            g[j] = gr
+            g[H + j] = gz
+            g[2 * H + j] = gn
+            g[3 * H + j] = a
+    else:
+        for j in range(H):
+            gr = sigmoid(x[j] + p[j])
+            gz = sigmoid(x[H + j] + p[H + j])
+            a = p[2 * H + j] + b_hn[j]
+            gn = tanh(x[2 * H + j] + gr * a)
+            oh[j] = gn + gz * (hb[j] - gn)
+
+
 @njit(**JIT)
 def gru_sequence_forward(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates):
     """Run a GRU over a packed batch.
@@ -88,29 +113,10 @@ def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gate
         packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
-            x = xp[r]
-            p = hp[b]
-            hb = h_prev[b]
-            oh = out_h[r]
             if store:
-                g = out_gates[r]
-                for j in range(H):
-                    gr = sigmoid(x[j] + p[j])
-                    gz = sigmoid(x[H + j] + p[H + j])
-                    a = p[2 * H + j] + b_hn[j]
-                    gn = tanh(x[2 * H + j] + gr * a)
-                    oh[j] = gn + gz * (hb[j] - gn)
-                    g[j] = gr
-                    g[H + j] = gz
-                    g[2 * H + j] = gn
-                    g[3 * H + j] = a
+                gru_cell(xp[r], hp[b], h_prev[b], b_hn, out_h[r], out_gates[r], True, H)
             else:
-                for j in range(H):
-                    gr = sigmoid(x[j] + p[j])
-                    gz = sigmoid(x[H + j] + p[H + j])
-                    a = p[2 * H + j] + b_hn[j]
-                    gn = tanh(x[2 * H + j] + gr * a)
-                    oh[j] = gn + gz * (hb[j] - gn)
+                gru_cell(xp[r], hp[b], h_prev[b], b_hn, out_h[r], hp[b], False, H)
         prev = off
         off += bs
 

@@ -367,9 +367,20 @@ def pack_weight(w):
     :func:`_pack_block` when ``w``'s rows are unit-stride."""
     M, K = w.shape
     SW = STRIP_BYTES // w.itemsize
+    wp = np.empty((M // SW, K, SW), dtype=w.dtype)
+    pack_into(w, wp)
+    return wp
+
+
+@njit(**JIT)
+def pack_into(w, wp):
+    """:func:`pack_weight` into a given ``wp`` of shape ``packed_shape(w)``
+    (for callers in Python, which should not take arrays returned by
+    cached kernels)."""
+    M, K = w.shape
+    SW = STRIP_BYTES // w.itemsize
     VW = 32 // w.itemsize
     NS = M // SW
-    wp = np.empty((NS, K, SW), dtype=w.dtype)
     kv = K - K % VW if w.strides[1] == w.itemsize else 0
     for s in range(NS):
         for k in range(0, kv, VW):
@@ -378,7 +389,12 @@ def pack_weight(w):
             wr = w[s * SW + c]
             for k in range(kv, K):
                 wp[s, k, c] = wr[k]
-    return wp
+
+
+def packed_shape(w):
+    """Shape of :func:`pack_weight`'s result for ``w`` (M, K)."""
+    SW = STRIP_BYTES // w.itemsize
+    return (w.shape[0] // SW, w.shape[1], SW)
 
 
 @njit(**JIT)

@@ -22,6 +22,19 @@ from ._sync import wait_for, store_release
 from .matmul import pack_for_steps, packed_matmul
 
 
+@njit(inline="always", **JIT)
+def rnn_cell(x, p, oh, relu, zero, H):
+    """One row: ``oh = act(x + p)`` (``relu`` 1 for ReLU, 0 for tanh; ``zero``
+    a zero of the arrays' type)."""
+    if relu:
+        for j in range(H):
+            v = x[j] + p[j]
+            oh[j] = v if v > zero else zero
+    else:
+        for j in range(H):
+            oh[j] = tanh(x[j] + p[j])
+
+
 @njit(**JIT)
 def rnn_sequence_forward(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h):
     """Run an Elman RNN over a packed batch.
@@ -78,16 +91,7 @@ def rnn_forward_slice(xp, w_hh, h0, batch_sizes, rec_mask, relu, out_h, ready, b
         packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
         for b in range(nb):
             r = off + b0 + b
-            x = xp[r]
-            p = hp[b]
-            oh = out_h[r]
-            if relu:
-                for j in range(H):
-                    v = x[j] + p[j]
-                    oh[j] = v if v > zero else zero
-            else:
-                for j in range(H):
-                    oh[j] = tanh(x[j] + p[j])
+            rnn_cell(xp[r], hp[b], out_h[r], relu, zero, H)
         prev = off
         off += bs
 

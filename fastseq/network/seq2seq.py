@@ -23,11 +23,25 @@ from ._flat import flat_views, layout_size
 from .._validation import check_choice, check_positive_int
 from ..kernels.attention import ATTENTION_KINDS, BAHDANAU, COSINE, LUONG, NONE
 from ..kernels.decoder import CELL_CODES, decoder_backward, decoder_forward, decoder_step
+from ..kernels.matmul import pack_into, packed_shape
 from .recurrent import CELLS, Recurrent
 
 ATTENTIONS = ("bahdanau", "luong", "dot", "cosine", None)
 #: initial value of a learned cosine sharpness
 COSINE_SHARPNESS_INIT = 5.0
+
+
+def _packed(w):
+    """The decoder step's packed weights (``wp`` of
+    :func:`fastseq.kernels.decoder.decoder_step`) from its ``w`` tuple: ``w_e``,
+    ``w_c``, ``w_hh``, ``w_os``, ``w_oc``, each packed once per decoding."""
+    w_e, w_c, _, w_hh, _, w_os, w_oc, _ = w
+    out = []
+    for a in (w_e, w_c, w_hh, w_os, w_oc):
+        wp = np.empty(packed_shape(a), dtype=a.dtype)
+        pack_into(a, wp)
+        out.append(wp)
+    return tuple(out)
 
 
 def log_softmax(o):
@@ -315,7 +329,7 @@ class Seq2Seq:
         w, w_b, att = self._weights(need_grad)
         emb = (np.ascontiguousarray(self.params["tgt_embedding"]) if self.outputs == "tokens"
                else np.zeros((0, self.M), self.dtype))
-        decoder_forward(self.cell_code, self.kind, w, att, emb, mem, keys, src_len,
+        decoder_forward(self.cell_code, self.kind, w, _packed(w), att, emb, mem, keys, src_len,
                         feed_true, use_truth, cache)
         return {"mem": mem, "keys": keys, "src_len": src_len, "cache": cache,
                 "w_b": w_b, "att": att, "lengths": lengths}
@@ -524,6 +538,8 @@ class Seq2Seq:
         with blas_single_thread():
             mem, keys, src_len, s0, c0 = self._encode(X, lengths, need_grad=False)
         w, _, att = self._weights(need_grad=False)
+        wp = _packed(w)
+        work = (np.empty((2, B * Kw, w[2].shape[0]), self.dtype), np.empty((B * Kw, 6 * self.Q), self.dtype))
         rep = lambda a: np.ascontiguousarray(np.repeat(a, Kw, axis=0))  # noqa: E731
         mem_r, keys_r, len_r = rep(mem), rep(keys), rep(src_len)
         s, c = rep(s0), rep(c0)
@@ -547,8 +563,8 @@ class Seq2Seq:
                    np.empty((B * Kw, V), self.dtype))
             feed = np.ascontiguousarray(emb[last])
             with blas_single_thread():
-                decoder_step(self.cell_code, self.kind, w, att, mem_r, keys_r, len_r, feed,
-                             (s, c, ctx), out)
+                decoder_step(self.cell_code, self.kind, w, wp, att, mem_r, keys_r, len_r, feed,
+                             (s, c, ctx), out, work)
             lp = log_softmax(out[5].astype(np.float64)).reshape(B, Kw, V)
             # finished beams: one continuation, the end token at no cost
             lp[done] = -np.inf
