@@ -51,38 +51,35 @@ COSINE_EPS = 1e-8
 
 
 @njit(**JIT)
-def _scores(kind, q, qp, keys_b, L, att, zero, out_e):
+def _scores(kind, q, qp, keys_b, L, att, out_e):
     """Scores e_s (s < L) of one query ``q`` (Q,) against ``keys_b`` (S, K).
 
-    ``qp`` (U,) is the projected query ``W2 q`` (Bahdanau only).  Sums run in
-    the arrays' type (``zero`` a zero of it), as in every product of the
-    package: a float64 sum of float32 terms converted every term and did not
-    vectorise (it took most of a B=16 decoding step)."""
+    ``qp`` (U,) is the projected query ``W2 q`` (Bahdanau only)."""
     v = att[1]
     g = att[2][0]
     K = keys_b.shape[1]
     if kind == BAHDANAU:
         U = qp.shape[0]
         for s in range(L):
-            acc = zero
+            acc = 0.0
             for u in range(U):
                 acc += v[u] * np.tanh(keys_b[s, u] + qp[u])
             out_e[s] = acc
     elif kind == COSINE:
-        nq = zero
+        nq = 0.0
         for j in range(K):
             nq += q[j] * q[j]
         nq = np.sqrt(nq + COSINE_EPS)
         for s in range(L):
-            dot = zero
-            nk = zero
+            dot = 0.0
+            nk = 0.0
             for j in range(K):
                 dot += q[j] * keys_b[s, j]
                 nk += keys_b[s, j] * keys_b[s, j]
             out_e[s] = g * dot / (nq * np.sqrt(nk + COSINE_EPS))
     else:
         for s in range(L):
-            acc = zero
+            acc = 0.0
             for j in range(K):
                 acc += q[j] * keys_b[s, j]
             out_e[s] = acc
@@ -116,12 +113,11 @@ def attention_forward(kind, query, keys, mem, src_len, att, out_weights, out_ctx
     U = att[1].shape[0]
     e = np.empty(S, dtype=mem.dtype)
     qp = np.zeros((B, U), dtype=mem.dtype)
-    zero = np.zeros(1, dtype=mem.dtype)[0]
     if kind == BAHDANAU:
         np.dot(query, att[0], qp)
     for b in range(B):
         L = src_len[b]
-        _scores(kind, query[b], qp[b], keys[b], L, att, zero, e)
+        _scores(kind, query[b], qp[b], keys[b], L, att, e)
         m = e[0]
         for s in range(1, L):
             if e[s] > m:
