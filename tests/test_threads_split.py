@@ -424,6 +424,7 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
     ref = run()
     monkeypatch.setattr(R, "UNIT_SPLIT_TRAIN", (0, 100))
     monkeypatch.setattr(R, "UNIT_SPLIT_MIN_UNITS", 1)
+    monkeypatch.setattr(R, "UNIT_SPLIT_MIN_STEPS", 1)
     calls = []
     real = R.run_units
     monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))

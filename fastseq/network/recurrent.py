@@ -53,6 +53,12 @@ UNIT_SPLIT_MIN_UNITS = 32
 #: ``fit``-like forward + backward calls, T=128, H=256: 13.0 against 16.7 ms
 #: at B=1; a loss at B=2, 21.6 against 19.8 ms, and at B=4)
 UNIT_SPLIT_TRAIN = (256 * 1024, 1)
+#: ... and sequences of at least this many steps: a training step
+#: (forward, backward, clipping, Adam) of B=1 H=256 took 0.86-0.92x as long
+#: without the split at T=32 and 1.19-1.23x as long at T=128 (three
+#: alternated runs each; the split's hand-over and per-step barriers are a
+#: fixed cost that short sequences do not repay)
+UNIT_SPLIT_MIN_STEPS = 64
 #: inference splits the batch across threads (the packed path) only when a
 #: step's recurrent product has at least this many multiply-adds
 #: (B * G*H * H); below it one thread with the input projection computed
@@ -427,15 +433,16 @@ class Recurrent:
             return None
         return "one"
 
-    def _train_units(self, B, mask):
+    def _train_units(self, B, T, mask):
         """Whether an LSTM training pass (forward with gates stored, or
-        backward) splits its hidden units across threads: no recurrent
-        dropout, and the sizes of :data:`UNIT_SPLIT_TRAIN`."""
+        backward) over ``B`` sequences of up to ``T`` steps splits its hidden
+        units across threads: no recurrent dropout, and the sizes of
+        :data:`UNIT_SPLIT_TRAIN` and :data:`UNIT_SPLIT_MIN_STEPS`."""
         n = get_num_threads()
         H = self.hidden_size
         weights, batch = UNIT_SPLIT_TRAIN
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0 and H >= UNIT_SPLIT_MIN_UNITS * n
-                and 4 * H * H >= weights and B <= batch)
+                and 4 * H * H >= weights and B <= batch and T >= UNIT_SPLIT_MIN_STEPS)
 
     def _forward_infer(self, X, h0, c0):
         """Inference of a full-length batch, each layer and direction in one
@@ -604,7 +611,7 @@ class Recurrent:
         w_hh = np.ascontiguousarray(W_hh)  # already contiguous: a view, no copy
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
         out_h = np.empty((N, H), dtype=dt)
-        units = self.cell == "lstm" and NG and self._train_units(pk.B, mask)
+        units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and N * inp_c.shape[1] * w_ih.shape[0] >= PIPELINE_MIN_WORK):
@@ -754,7 +761,7 @@ class Recurrent:
         else:
             kernel, args = rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask,
                                                 1 if self.nonlinearity == "relu" else 0, dh, dgx)
-        units = self.cell == "lstm" and self._train_units(pk.B, mask)
+        units = self.cell == "lstm" and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (PIPELINE_BACKWARD and not units and get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE
                 and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and N * GH * (inp.shape[1] + H) >= PIPELINE_MIN_WORK):
