@@ -278,6 +278,24 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
     assert calls == [1]
 
 
+def test_training_unit_split_thresholds():
+    """LSTM training splits its units for B=1, W_hh of 256K weights or more
+    (H=256) and 64 steps or more, with two threads and no recurrent dropout;
+    never otherwise."""
+    from fastseq.kernels._sync import AVAILABLE
+
+    no_mask = np.empty((0, 256), np.float32)
+    layer = Recurrent("lstm", 8, 256)
+    with _threads.limit(2):
+        assert layer._train_units(1, 64, no_mask) == AVAILABLE
+        assert layer._train_units(1, 128, no_mask) == AVAILABLE
+        assert not layer._train_units(1, 32, no_mask)                     # too few steps
+        assert not layer._train_units(2, 128, no_mask)                    # a batch
+        assert not layer._train_units(1, 128, np.ones((1, 256), np.float32))   # recurrent dropout
+        assert not Recurrent("lstm", 8, 128)._train_units(1, 128, no_mask[:, :128])   # 64K weights
+    assert not layer._train_units(1, 128, no_mask)                        # one thread
+
+
 def test_pipeline_concurrent_callers_and_a_failing_producer(monkeypatch):
     """Three threads at once (one overlaps, the others run the same kernels
     in turn: no deadlock, identical results), and a producer that raises
