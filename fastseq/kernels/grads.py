@@ -25,7 +25,7 @@ from ._sync import wait_for
 #: slower than whole BLAS products; larger ones start later behind the
 #: loop.  Training steps, alternated, 256 rows against 64: LSTM B=4 H=256
 #: T=128 1.19x faster, RNN/GRU B=4 H=256 T=128 1.07-1.09x, but B=1 T=128
-#: 0.91-0.95x (two chunks instead of four).
+#: 0.91-0.95x (one chunk after the loop instead of two behind it).
 CHUNK_ROWS = 64
 CHUNK_ROWS_MAX = 256
 

@@ -30,8 +30,10 @@ Compile time: numba links a callee's code into each caller and optimises it
 again there, once per compiled level.  :func:`packed_matmul` is called from
 every time loop, so it is kept small: outputs outside the strips, and loops of
 one step (no packed weight), take a plain dot-product loop rather than the
-unrolled :func:`step_matmul` (which the decoder calls directly for its single
-steps); :func:`project_packed` is inlined into its callers.  This took a
+unrolled :func:`step_matmul` (which the decoder's backward pass and the
+one-thread inference projection call directly; the decoder's forward steps
+use weights packed once per decoding); :func:`project_packed` is inlined into
+its callers.  This took a
 cold small LSTM fit, import included, from 15 to about 8.5 s.
 """
 

@@ -234,7 +234,7 @@ class Seq2Seq:
     def _weights(self, need_grad=True):
         """(w, w_b, att) tuples for the kernels (contiguous copies; ``w_b``
         transposed, for the backward kernel: None when ``need_grad`` is False,
-        as in decoding, where its copies were a sixth of a B=1 H=256 call)."""
+        as in decoding, where its copies were about a tenth of a B=1 H=256 call)."""
         p, M, Q, dt = self.params, self.M, self.Q, self.dtype
         W_ih, W_hh = p["decoder.weight_ih"], p["decoder.weight_hh"]
         b_ih, b_hh = p["decoder.bias_ih"], p["decoder.bias_hh"]
