@@ -32,25 +32,20 @@ from .matmul import pack_for_steps, packed_matmul
 def gru_cell(x, p, hb, b_hn, oh, g, store, H):
     """One row of the reset-after GRU: gate pre-activations ``x`` (input side,
     ``b_hn`` excluded) and ``p`` (recurrent product), previous state ``hb``;
-    writes ``oh`` and, if ``store``, ``g`` = (r, z, n, a)."""
-    if store:
-        for j in range(H):
-            gr = sigmoid(x[j] + p[j])
-            gz = sigmoid(x[H + j] + p[H + j])
-            a = p[2 * H + j] + b_hn[j]
-            gn = tanh(x[2 * H + j] + gr * a)
-            oh[j] = gn + gz * (hb[j] - gn)
+    writes ``oh`` and, if ``store``, ``g`` = (r, z, n, a).  Callers pass
+    ``store`` as a literal, so the branch folds away once inlined (as in the
+    LSTM's ``cell_forward``)."""
+    for j in range(H):
+        gr = sigmoid(x[j] + p[j])
+        gz = sigmoid(x[H + j] + p[H + j])
+        a = p[2 * H + j] + b_hn[j]
+        gn = tanh(x[2 * H + j] + gr * a)
+        oh[j] = gn + gz * (hb[j] - gn)
+        if store:
             g[j] = gr
             g[H + j] = gz
             g[2 * H + j] = gn
             g[3 * H + j] = a
-    else:
-        for j in range(H):
-            gr = sigmoid(x[j] + p[j])
-            gz = sigmoid(x[H + j] + p[H + j])
-            a = p[2 * H + j] + b_hn[j]
-            gn = tanh(x[2 * H + j] + gr * a)
-            oh[j] = gn + gz * (hb[j] - gn)
 
 
 @njit(**JIT)
