@@ -29,6 +29,39 @@ DEFAULT_DTYPE = np.dtype(np.float32)
 INDEX_DTYPE = np.dtype(np.int64)
 
 
+def target_features():
+    """The CPU features numba compiles for: ``NUMBA_CPU_FEATURES`` when it is
+    set (``+avx2,-avx512f,...``), none when only ``NUMBA_CPU_NAME`` is (a
+    named or generic target: assume nothing), the host's otherwise."""
+    from numba.core import config
+
+    if config.CPU_FEATURES:
+        return frozenset(f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+"))
+    if config.CPU_NAME:
+        return frozenset()
+    import llvmlite.binding as llvm
+
+    return frozenset(k for k, v in llvm.get_host_cpu_features().items() if v)
+
+
+def vector_bytes(features):
+    """Width in bytes of the vectors the micro-kernels use on a CPU with
+    ``features``: 64 with AVX-512, 32 with AVX2 and FMA, 16 otherwise (SSE,
+    arm64's NEON and any other machine: LLVM splits or legalises the vectors
+    for what the target has, so every width is correct everywhere)."""
+    if "avx512f" in features:
+        return 64
+    if "avx2" in features and "fma" in features:
+        return 32
+    return 16
+
+
+#: vector width of the compiled micro-kernels on this machine (fixed at
+#: import; numba's cache is keyed by the CPU name and features, so cached
+#: code always matches it)
+VECTOR_BYTES = vector_bytes(target_features())
+
+
 def resolve_dtype(dtype):
     """Return the numpy dtype for ``dtype`` or raise a ``ValueError`` naming it."""
     try:

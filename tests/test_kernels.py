@@ -118,18 +118,27 @@ def test_packing_maps():
     assert np.all(back[0, 2:] == 0) and np.all(back[2, 1:] == 0)
 
 
+@pytest.mark.parametrize("vector_bytes", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_packed_matmul_every_tile_path(dtype):
-    """The packed product: rows in tiles of 4, 3, 2 and 1 (one row over four
-    strips, two rows over two), several k blocks (accumulated), outputs past
-    the last full strip (dot form), BLAS from PACKED_BLAS_MIN_ROWS rows, and the
-    fallbacks (no packed weight, rows that are not unit-stride): every
-    element written, equal to a @ w.T in float64."""
+def test_packed_matmul_every_tile_path(dtype, vector_bytes):
+    """The packed product for every vector width (16: NEON/SSE, 32: AVX2, 64:
+    AVX-512; LLVM splits a wider vector on narrower hardware, so each is
+    checked on any machine): rows in whole blocks and every remainder, one
+    and two rows over their strip groups, strips left over from a group,
+    several k blocks (accumulated), outputs past the last full strip (dot
+    form), BLAS from PACKED_BLAS_MIN_ROWS rows, and the fallbacks (no packed
+    weight, rows that are not unit-stride): every element written, equal to
+    a @ w.T in float64."""
     from numba import njit
 
+    from fastseq._config import JIT, VECTOR_BYTES
     from fastseq.kernels import matmul as mm
-    from fastseq.kernels.matmul import KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, STRIP_BYTES, packed_matmul
+    from fastseq.kernels.matmul import KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, STRIP_BYTES
 
+    if vector_bytes == VECTOR_BYTES:
+        packed_matmul = mm.packed_matmul   # the package's own, cached
+    else:
+        packed_matmul = njit(**{**JIT, "cache": False})(mm._packed_matmul_for(vector_bytes))
     # array-returning kernels, called from compiled code only in the package
     # (a cached callee's array is not boxed back to Python reliably)
     pack_weight = njit(lambda w: mm.pack_weight(w).copy())
@@ -140,11 +149,13 @@ def test_packed_matmul_every_tile_path(dtype):
     sw = STRIP_BYTES // itemsize
     k_block = KBLOCK_BYTES // STRIP_BYTES  # k per block
     rtol = 1e-5 if dtype == np.float32 else 1e-12
+    rows = mm.BLOCKING[vector_bytes][0]
     for K, M in [(1, sw), (7, 3), (9, 2 * sw + 5), (33, 4 * sw), (2 * k_block + 3, 5 * sw + 1), (64, 9 * sw)]:
         w = rng.standard_normal((M, K)).astype(dtype)
         wp = pack_weight(w)
         assert wp.shape == (M // sw, K, sw)
-        for n in (1, 2, 3, 4, 5, 6, 7, 9, 63, 64, PACKED_BLAS_MIN_ROWS - 1, PACKED_BLAS_MIN_ROWS):
+        for n in sorted({1, 2, 3, 4, 5, 6, 7, 9, 2 * rows - 1, 2 * rows + 3, 63, 64,
+                         PACKED_BLAS_MIN_ROWS - 1, PACKED_BLAS_MIN_ROWS}):
             a = rng.standard_normal((n, K)).astype(dtype)
             ref = a.astype(np.float64) @ w.astype(np.float64).T
             tol = dict(rtol=rtol, atol=rtol * np.sqrt(K) * 4, err_msg=f"K={K} M={M} n={n}")
@@ -158,6 +169,21 @@ def test_packed_matmul_every_tile_path(dtype):
             packed_matmul(wide[:, ::2], w, wp, out)
             np.testing.assert_allclose(out, ref, **tol)
     assert pack_for_steps(w, 1).shape[0] == 0 and pack_for_steps(w, 2).shape[0] == w.shape[0] // sw
+
+
+def test_vector_width_follows_the_target():
+    """The micro-kernels' width comes from the CPU features numba compiles
+    for: AVX-512 64 bytes, AVX2 with FMA 32, anything else (SSE, NEON,
+    a generic target) 16."""
+    from fastseq._config import VECTOR_BYTES, target_features, vector_bytes
+    from fastseq.kernels.matmul import BLOCKING
+
+    assert vector_bytes({"avx512f", "avx2", "fma"}) == 64
+    assert vector_bytes({"avx2", "fma"}) == 32
+    assert vector_bytes({"avx", "sse4.2"}) == 16
+    assert vector_bytes({"neon", "fp-armv8"}) == 16
+    assert vector_bytes(frozenset()) == 16
+    assert VECTOR_BYTES == vector_bytes(target_features()) and VECTOR_BYTES in BLOCKING
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

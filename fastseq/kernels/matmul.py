@@ -17,10 +17,14 @@ thread while kernels run.
 Time loops use the packed form instead (:func:`pack_weight`,
 :func:`packed_matmul`): ``w`` is copied once per kernel call into strips of
 one cache line of outputs (``wp[s, k, :]`` = ``w[s*SW:(s+1)*SW, k]``), and a
-micro-kernel written in LLVM vector IR (:func:`_make_tile`) keeps a block of
+micro-kernel written in LLVM vector IR (:func:`_tile_rows`) keeps a block of
 rows by strips in vector registers while it runs over ``k``: one vector load
 of ``wp`` and one broadcast of ``a`` per fused multiply-add group, every load
-sequential.  Numba's loop vectoriser does not find this form by itself (a
+sequential.  Its vector width and register blocking follow the CPU
+(:data:`fastseq._config.VECTOR_BYTES`, :data:`BLOCKING`: 512-bit vectors with
+AVX-512, 256-bit with AVX2, 128-bit elsewhere, NEON included); each output's
+sum runs over ``k`` in the same order at every width, so the widths give
+identical results.  Numba's loop vectoriser does not find this form by itself (a
 loop over outputs with scalar accumulators stayed at 2-3 GFLOP/s).  On one
 znver3 core, float32, H <= 256, it reaches 27-37 GFLOP/s at one row
 (bandwidth-bound), 64-70 at two and 65-97 at 4-32 rows: 1.2-2.5x the dot
@@ -43,7 +47,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._config import JIT
+from .._config import JIT, VECTOR_BYTES
 from ._packed import add_bias
 from ._sync import store_release
 
@@ -227,61 +231,76 @@ def step_matmul(a, w, out):
 # Packed form
 
 
-def _make_tile(R, S):
-    """Micro-kernel: ``R`` rows of ``a`` by ``S`` packed strips (two vectors
-    each: 2*R*S accumulators held in registers), over ``k0 <= k < k1``."""
+@intrinsic
+def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB):
+    """Micro-kernel over all ``n`` rows of ``a`` and ``S`` packed strips from
+    ``s0``: ``out[r, col0 + j*SW + c] (+)= sum_{k0<=k<k1} a[r, k] *
+    wp[s0+j, k, c]`` for ``r < n, j < S, c < SW`` (added to ``out`` when
+    ``accumulate``).  Rows go in blocks of ``R`` (a power of two), then one
+    block of each smaller power of two that the remainder holds; each block
+    keeps ``rows * S * SW / VW`` accumulators of ``VB``-byte vectors in
+    registers while it runs over ``k``: one vector load of ``wp`` per strip
+    vector and one broadcast of ``a`` per row for each fused multiply-add
+    group, every load sequential.  ``R``, ``S`` and ``VB`` are compile-time
+    constants (module or closure integers): one specialisation each."""
+    if not all(isinstance(v, types.IntegerLiteral) for v in (R, S, VB)):
+        return None  # numba types the call again with the constants as literals
+    R, S, VB = R.literal_value, S.literal_value, VB.literal_value
+    if R & (R - 1) or VB not in (16, 32, 64):
+        raise TypeError("R must be a power of two and VB 16, 32 or 64")
+    sig = types.void(a, wp, out, types.intp, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, types.IntegerLiteral(R), types.IntegerLiteral(S), types.IntegerLiteral(VB))
 
-    @intrinsic
-    def tile(typingctx, a, wp, out, r0, s0, col0, k0, k1, accumulate):
-        """``out[r0+r, col0 + j*SW + c] (+)= sum_k a[r0+r, k] * wp[s0+j, k, c]``
-        for ``r < R, j < S, c < SW`` (added to ``out`` when ``accumulate``)."""
-        sig = types.void(a, wp, out, types.intp, types.intp, types.intp, types.intp, types.intp,
-                         types.intp)
+    def codegen(context, builder, signature, args):
+        aty, wty, oty = signature.args[:3]
+        av, wv, ov = args[:3]
+        nv, s0v, c0v, k0v, k1v, accv = (
+            context.cast(builder, v, t, types.intp) for v, t in zip(args[3:9], signature.args[3:9]))
+        intp = context.get_value_type(types.intp)
+        i32 = ir.IntType(32)
+        fty = context.get_value_type(aty.dtype)
+        VW = VB // context.get_abi_sizeof(fty)  # elements per vector
+        C = max(1, STRIP_BYTES // VB)  # vectors per strip
+        vty = ir.VectorType(fty, VW)
+        vptr = vty.as_pointer()
+        aarr = context.make_array(aty)(context, builder, av)
+        warr = context.make_array(wty)(context, builder, wv)
+        oarr = context.make_array(oty)(context, builder, ov)
 
-        def codegen(context, builder, signature, args):
-            aty, wty, oty = signature.args[:3]
-            av, wv, ov = args[:3]
-            r0v, s0v, c0v, k0v, k1v, accv = (
-                context.cast(builder, v, t, types.intp) for v, t in zip(args[3:], signature.args[3:]))
-            intp = context.get_value_type(types.intp)
-            i32 = ir.IntType(32)
-            fty = context.get_value_type(aty.dtype)
-            VW = 32 // context.get_abi_sizeof(fty)  # one 256-bit vector
-            C = STRIP_BYTES // 32  # vectors per strip
-            vty = ir.VectorType(fty, VW)
-            vptr = vty.as_pointer()
-            aarr = context.make_array(aty)(context, builder, av)
-            warr = context.make_array(wty)(context, builder, wv)
-            oarr = context.make_array(oty)(context, builder, ov)
+        def const(v):
+            return ir.Constant(intp, v)
 
-            def const(v):
-                return ir.Constant(intp, v)
+        def item(arr, ty, idx):
+            return cgutils.get_item_pointer(context, builder, ty, arr, idx, wraparound=False)
 
-            def item(arr, ty, idx):
-                return cgutils.get_item_pointer(context, builder, ty, arr, idx, wraparound=False)
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * VW)
+        undef = ir.Constant(vty, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(i32, VW), [0] * VW)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+            "llvm.fma.v%d%s" % (VW, "f32" if fty == ir.FloatType() else "f64"))
+        sw = const(C * VW)
+        wbase = [item(warr, wty, [builder.add(s0v, const(j)), const(0), const(0)]) for j in range(S)]
+        is_acc = builder.icmp_signed("!=", accv, const(0))
+        n_k = builder.sub(k1v, k0v)
+        # accumulators of the largest block, reused by the smaller ones
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(S * C)] for _ in range(R)]
 
+        def block(rows, r0v):
+            """``rows`` rows from row ``r0v``."""
             def out_ptrs():
-                for r in range(R):
+                for r in range(rows):
                     for q in range(S * C):
-                        col = builder.add(c0v, const(q * VW))
-                        p = item(oarr, oty, [builder.add(r0v, const(r)), col])
+                        p = item(oarr, oty, [builder.add(r0v, const(r)), builder.add(c0v, const(q * VW))])
                         yield r, q, builder.bitcast(p, vptr)
 
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * VW)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(S * C)] for _ in range(R)]
-            is_acc = builder.icmp_signed("!=", accv, const(0))
+            for r in range(rows):
+                for q in range(S * C):
+                    builder.store(zero, accs[r][q])
             with builder.if_then(is_acc):
                 for r, q, p in out_ptrs():
                     builder.store(builder.load(p, align=4), accs[r][q])
-            undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, VW), [0] * VW)
-            fma = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                "llvm.fma.v%d%s" % (VW, "f32" if VW == 8 else "f64"))
-            sw = const(C * VW)
-            wbase = [item(warr, wty, [builder.add(s0v, const(j)), const(0), const(0)]) for j in range(S)]
-            abase = [item(aarr, aty, [builder.add(r0v, const(r)), const(0)]) for r in range(R)]
-            n_k = builder.sub(k1v, k0v)
+            abase = [item(aarr, aty, [builder.add(r0v, const(r)), const(0)]) for r in range(rows)]
             with cgutils.for_range(builder, n_k, intp=intp) as loop:
                 k = builder.add(loop.index, k0v)
                 koff = builder.mul(k, sw)
@@ -290,7 +309,7 @@ def _make_tile(R, S):
                     for c in range(C):
                         p = builder.gep(wbase[j], [builder.add(koff, const(c * VW))])
                         wvec.append(builder.load(builder.bitcast(p, vptr), align=4))
-                for r in range(R):
+                for r in range(rows):
                     x = builder.load(builder.gep(abase[r], [k]))
                     bx = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)),
                                                 undef, splat)
@@ -299,17 +318,32 @@ def _make_tile(R, S):
                                       accs[r][q])
             for r, q, p in out_ptrs():
                 builder.store(builder.load(accs[r][q]), p, align=4)
-            return context.get_dummy_value()
-        return sig, codegen
-    return tile
+
+        # whole blocks of R rows, then the remainder's binary digits
+        r_ptr = cgutils.alloca_once_value(builder, const(0))
+        with cgutils.for_range(builder, builder.sdiv(nv, const(R)), intp=intp) as loop:
+            block(R, builder.mul(loop.index, const(R)))
+        builder.store(builder.mul(builder.sdiv(nv, const(R)), const(R)), r_ptr)
+        rows = R // 2
+        while rows >= 1:
+            r0v = builder.load(r_ptr)
+            has = builder.icmp_signed("!=", builder.and_(builder.sub(nv, r0v), const(rows)), const(0))
+            with builder.if_then(has):
+                block(rows, r0v)
+                builder.store(builder.add(r0v, const(rows)), r_ptr)
+            rows //= 2
+        return context.get_dummy_value()
+    return sig, codegen
 
 
-_tile_4x1 = _make_tile(4, 1)
-_tile_3x1 = _make_tile(3, 1)
-_tile_2x1 = _make_tile(2, 1)
-_tile_1x1 = _make_tile(1, 1)
-_tile_2x2 = _make_tile(2, 2)
-_tile_1x4 = _make_tile(1, 4)
+#: register blocking of the packed product for each vector width in bytes:
+#: (rows, strips) of the main tile, strips taken at once for one row and for
+#: two rows.  A strip is one cache line of outputs (``STRIP_BYTES //
+#: vector bytes`` vectors); accumulators are rows x strips x vectors a strip,
+#: kept within the register file with room for the strip vectors and a
+#: broadcast: 8 of AVX2's 16 registers, 16 of AVX-512's 32, 16 of NEON's 32
+#: (AVX-512 figures against other blockings in bench/RESULTS.md).
+BLOCKING = {64: (4, 4, 4, 4), 32: (4, 1, 4, 2), 16: (4, 1, 4, 2)}
 
 
 @intrinsic
@@ -416,67 +450,73 @@ def pack_for_steps(w, steps):
     return no_packed_weight(w)
 
 
-@njit(**JIT)
-def packed_matmul(a, w, wp, out):
-    """``out = a @ w.T`` from ``wp = pack_weight(w)``; BLAS from
-    :data:`PACKED_BLAS_MIN_ROWS` rows, plain dot products when ``wp`` is
-    empty or an array is not unit-stride along its rows.
+def _packed_matmul_for(vector_bytes, blocking=None):
+    """:func:`packed_matmul` for micro-kernels of ``vector_bytes`` vectors
+    and ``blocking`` (default ``BLOCKING[vector_bytes]``), as a plain Python
+    function to compile; the package compiles it for
+    :data:`fastseq._config.VECTOR_BYTES`, tests for every width and
+    ``bench/matmul_step.py`` for other blockings."""
+    VB = vector_bytes
+    R, S, S1, S2 = BLOCKING[VB] if blocking is None else blocking
 
-    Strip by strip, over blocks of :data:`KBLOCK_BYTES` of the strip (kept in
-    L1), rows in blocks of four (one row: four strips at once, two rows: two,
-    so that eight accumulators are in flight).
-    """
-    n, K = a.shape
-    M = w.shape[0]
-    isz = a.itemsize
-    if n >= PACKED_BLAS_MIN_ROWS:
-        np.dot(a, w.T, out)
-        return
-    m_dot = 0
-    if wp.shape[0] > 0 and a.strides[1] == isz and out.strides[1] == isz and n > 0:
-        SW = wp.shape[2]
-        NS = wp.shape[0]
-        m_dot = NS * SW
-        KB = max(1, KBLOCK_BYTES // (SW * isz))
-        s = 0
-        while s < NS:
-            gs = 1
-            if n == 1 and s + 4 <= NS:
-                gs = 4
-            elif n == 2 and s + 2 <= NS:
-                gs = 2
-            for k0 in range(0, K, KB):
-                k1 = min(K, k0 + KB)
-                acc = 1 if k0 > 0 else 0
-                if gs == 4:
-                    _tile_1x4(a, wp, out, 0, s, s * SW, k0, k1, acc)
-                elif gs == 2:
-                    _tile_2x2(a, wp, out, 0, s, s * SW, k0, k1, acc)
-                else:
-                    r = 0
-                    while r + 4 <= n:
-                        _tile_4x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-                        r += 4
-                    left = n - r
-                    if left == 3:
-                        _tile_3x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-                    elif left == 2:
-                        _tile_2x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-                    elif left == 1:
-                        _tile_1x1(a, wp, out, r, s, s * SW, k0, k1, acc)
-            s += gs
-    # the outputs not in a strip (all of them without a packed weight): dot
-    # products, one loop (not the unrolled step_matmul, which would be
-    # compiled again into every time-loop kernel)
-    z = a.dtype.type(0)
-    for m in range(m_dot, M):
-        wr = w[m]
-        for r in range(n):
-            ar = a[r]
-            acc_m = z
-            for k in range(K):
-                acc_m += ar[k] * wr[k]
-            out[r, m] = acc_m
+    def packed_matmul(a, w, wp, out):
+        """``out = a @ w.T`` from ``wp = pack_weight(w)``; BLAS from
+        :data:`PACKED_BLAS_MIN_ROWS` rows, plain dot products when ``wp`` is
+        empty or an array is not unit-stride along its rows.
+
+        Groups of strips (:data:`BLOCKING`: more strips at once for one or
+        two rows, so that enough accumulators are in flight), each over
+        blocks of :data:`KBLOCK_BYTES` of the strip (kept in L1), every row
+        through :func:`_tile_rows`.
+        """
+        n, K = a.shape
+        M = w.shape[0]
+        isz = a.itemsize
+        if n >= PACKED_BLAS_MIN_ROWS:
+            np.dot(a, w.T, out)
+            return
+        m_dot = 0
+        if wp.shape[0] > 0 and a.strides[1] == isz and out.strides[1] == isz and n > 0:
+            SW = wp.shape[2]
+            NS = wp.shape[0]
+            m_dot = NS * SW
+            KB = max(1, KBLOCK_BYTES // (SW * isz))
+            s = 0
+            while s < NS:
+                gs = S1 if n == 1 else (S2 if n == 2 else S)
+                if s + gs > NS:
+                    gs = 1
+                for k0 in range(0, K, KB):
+                    k1 = min(K, k0 + KB)
+                    acc = 1 if k0 > 0 else 0
+                    if gs == 1:
+                        _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, R, 1, VB)
+                    elif n == 1:
+                        _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 1, S1, VB)
+                    elif n == 2:
+                        _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 2, S2, VB)
+                    else:
+                        _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, R, S, VB)
+                s += gs
+        # the outputs not in a strip (all of them without a packed weight): dot
+        # products, one loop (not the unrolled step_matmul, which would be
+        # compiled again into every time-loop kernel)
+        z = a.dtype.type(0)
+        for m in range(m_dot, M):
+            wr = w[m]
+            for r in range(n):
+                ar = a[r]
+                acc_m = z
+                for k in range(K):
+                    acc_m += ar[k] * wr[k]
+                out[r, m] = acc_m
+
+    return packed_matmul
+
+
+#: ``out = a @ w.T`` from ``wp = pack_weight(w)`` (see
+#: :func:`_packed_matmul_for`), with this machine's vector width
+packed_matmul = njit(**JIT)(_packed_matmul_for(VECTOR_BYTES))
 
 
 #: rows per block of :func:`project` (a block's output stays in L1/L2 while
