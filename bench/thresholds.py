@@ -2,8 +2,9 @@
 
 Run from the repository root::
 
-    python -m bench.thresholds --mode infer --alt PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000
-    python -m bench.thresholds --mode train --alt MIN_SPLIT_WORK=1000000
+    python -m bench.thresholds --show
+    python -m bench.thresholds --mode infer --alt pipeline_min_work=2097152,matmul_split_min_work=2097152
+    python -m bench.thresholds --mode train --alt split_min_work=1048576
 
 For every latency case of ``bench.compare`` (B in 1, 4, 16; H in 32..256;
 T in 32, 128; input size = H) whose threading decision differs between the
@@ -15,9 +16,10 @@ timed call after an untimed one; this machine's timings drift by 10-30%
 within minutes, so only alternated calls compare), and prints the medians,
 ``alt / now`` time ratios (above 1: "now" is faster) and their geometric mean.
 
-Thresholds (module attribute names): ``PIPELINE_MIN_WORK`` and
-``INFER_SPLIT_STEP_WORK`` (``fastseq.network.recurrent``),
-``MIN_MATMUL_SPLIT`` and ``MIN_SPLIT_WORK`` (``fastseq._threads``).
+Thresholds: the attributes of this machine's plan (:mod:`fastseq._plan`):
+``pipeline_min_work``, ``infer_split_step_work``, ``matmul_split_min_work``
+and ``split_min_work``.  ``--show`` prints the machine's measured facts and
+the plan derived from them.
 """
 
 import argparse
@@ -25,18 +27,15 @@ import argparse
 import numpy as np
 
 from bench.compare import time_alternating
-from fastseq import _threads
-from fastseq.network import recurrent as R
+from fastseq import _plan, _threads
 from fastseq.nn import Recurrent
 
-MODULES = {"PIPELINE_MIN_WORK": R, "INFER_SPLIT_STEP_WORK": R, "MIN_MATMUL_SPLIT": _threads,
-           "MIN_SPLIT_WORK": _threads}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def _apply(setting):
     for name, value in setting.items():
-        setattr(MODULES[name], name, value)
+        setattr(_plan.current(), name, value)
 
 
 def _works(cell, B, T, H):
@@ -52,13 +51,19 @@ def _differs(now, alt, works):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("infer", "train"), default="infer")
-    ap.add_argument("--alt", required=True, help="NAME=VALUE[,NAME=VALUE...]")
+    ap.add_argument("--alt", help="NAME=VALUE[,NAME=VALUE...]")
+    ap.add_argument("--show", action="store_true", help="print the measured facts and the plan")
     ap.add_argument("--cells", default="lstm,gru,rnn")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=31)
     args = ap.parse_args(argv)
+    if args.show or not args.alt:
+        m = _plan.machine()
+        print(f"{m}: one hand-over is {m.handover_work / 1e6:.2f}M multiply-adds")
+        print(_plan.current())
+        return
     alt = {k: int(v) for k, v in (kv.split("=") for kv in args.alt.split(","))}
-    now = {k: getattr(MODULES[k], k) for k in alt}
+    now = {k: getattr(_plan.current(), k) for k in alt}
     rng = np.random.default_rng(0)
     ratios = []
     try:

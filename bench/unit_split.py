@@ -7,12 +7,12 @@ Run from the repository root::
 Times ``Recurrent.forward(X, need_grad=False)`` (input size = H) under
 ``fastseq._threads.limit(threads)`` with each plan forced: ``one`` (each layer
 in one compiled call, the input projection computed a few steps ahead on a
-second thread: ``PIPELINE_MIN_WORK`` set to 0), ``one-seq`` (the same, the
+second thread: the plan's ``pipeline_min_work`` set to 0), ``one-seq`` (the same, the
 projection first, on this thread; split in row blocks across the threads from
-``fastseq._threads.MIN_MATMUL_SPLIT``) and ``packed`` (the batch split across
+the plan's ``matmul_split_min_work``) and ``packed`` (the batch split across
 threads; from B = 8).  Median ms of 5 repeats, each plan timed on its own: on
 the 2-vCPU benchmark machine timings drift by 10-30% within minutes, so the
-thresholds themselves (``PIPELINE_MIN_WORK``, ``INFER_SPLIT_STEP_WORK``) are
+thresholds themselves (``pipeline_min_work``, ``infer_split_step_work``) are
 set from ``python -m bench.thresholds``, which alternates the settings call by call.
 """
 
@@ -21,8 +21,7 @@ import time
 
 import numpy as np
 
-from fastseq import _threads
-from fastseq.network import recurrent as R
+from fastseq import _plan, _threads
 from fastseq.nn import Recurrent
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -51,7 +50,8 @@ def main(argv=None):
     ap.add_argument("--H", default="32,64,128,256,512")
     ap.add_argument("--B", default="1,4,16,32,64")
     args = ap.parse_args(argv)
-    default_pipe = R.PIPELINE_MIN_WORK
+    the_plan = _plan.current()
+    default_pipe = the_plan.pipeline_min_work
     for cell in args.cells.split(","):
         for H in (int(v) for v in args.H.split(",")):
             for B in (int(v) for v in args.B.split(",")):
@@ -63,10 +63,10 @@ def main(argv=None):
                     for plan, pipe in (("one", 0), ("one-seq", 10 ** 18), ("packed", 0)):
                         if plan == "packed" and B < 8:
                             continue
-                        R.PIPELINE_MIN_WORK = pipe
+                        the_plan.pipeline_min_work = pipe
                         net._inference_plan = (lambda p: (lambda B, T: p))(None if plan == "packed" else "one")
                         res[plan] = _time(lambda: net.forward(X, need_grad=False))
-                    R.PIPELINE_MIN_WORK = default_pipe
+                    the_plan.pipeline_min_work = default_pipe
                 best = min(res, key=res.get)
                 if chosen == "one":
                     work = B * args.T * H * GATES[cell] * H

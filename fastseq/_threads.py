@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import _plan
 
 _local = threading.local()
 
@@ -68,18 +69,6 @@ def limit(n_jobs):
 # ------------------------------------------------------------------------
 # Batch splitting: nogil kernels on disjoint slices of a sorted batch, for the
 # whole sequence (never a per-step split), BLAS at one thread inside.
-
-#: least work (multiply-adds of the recurrent products of a call) worth a
-#: split.  A hand-over to a pool thread costs 70-140 us on the 2-vCPU
-#: benchmark machine; training steps with the batch split at 2-8M were up
-#: to 2.2x slower than on one thread (split / one: RNN B=16 H=64 T=32 1.56 /
-#: 0.71 ms, LSTM B=16 H=32 T=32 1.68 / 0.87; ``python -m bench.thresholds
-#: --mode train --alt
-#: PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``),
-#: and split or not tie at 8-33M (one-off runs; 1M before)
-MIN_SPLIT_WORK = 16_000_000
-#: least sequences per thread in a split
-MIN_SPLIT_ROWS = 4
 
 _pools = {}
 _pools_pid = None
@@ -195,26 +184,39 @@ def split_bounds(lengths_sorted, n):
     return bounds
 
 
+def _split_threads(B, work):
+    """Threads :func:`run_sliced` splits a batch of ``B`` sequences and
+    ``work`` multiply-adds across (:meth:`fastseq._plan.Plan.batch_split`;
+    1 on one thread, with nothing measured)."""
+    n = get_num_threads()
+    return 1 if n <= 1 else _plan.current().batch_split(n, B, work)
+
+
+def _matmul_threads(m, k, n):
+    """Row blocks :func:`parallel_matmul` splits an (m, k) @ (k, n) product into."""
+    t = get_num_threads()
+    return 1 if t <= 1 else _plan.current().matmul_split(t, m, k, n)
+
+
 def splits(B, work):
     """Whether :func:`run_sliced` would split a batch of ``B`` sequences and
     ``work`` multiply-adds across threads."""
-    return min(get_num_threads(), B // MIN_SPLIT_ROWS) > 1 and work >= MIN_SPLIT_WORK
+    return _split_threads(B, work) > 1
 
 
 def matmul_splits(m, k, n):
     """Whether :func:`parallel_matmul` would split an (m, k) @ (k, n) product."""
-    return min(get_num_threads(), m // 8) > 1 and m * k * n >= MIN_MATMUL_SPLIT
+    return _matmul_threads(m, k, n) > 1
 
 
 def run_sliced(kernel, args, lengths_sorted, work):
     """Run ``kernel(*args, b0, b1)`` over the whole sorted batch: in one call, or
     on :func:`get_num_threads` slices in parallel threads when the batch and
     the ``work`` are large enough.  BLAS is held at one thread meanwhile."""
-    n = get_num_threads()
     B = len(lengths_sorted)
-    n = min(n, B // MIN_SPLIT_ROWS)
+    n = _split_threads(B, work)
     with blas_single_thread():
-        if n <= 1 or work < MIN_SPLIT_WORK:
+        if n <= 1:
             kernel(*args, 0, B)
             return
         bounds = split_bounds(lengths_sorted, n)
@@ -326,20 +328,13 @@ def run_units(part, H):
                 f.result()
 
 
-#: least multiply-adds of a matrix product worth splitting across threads:
-#: single-threaded BLAS against the split (with its 70-140 us hand-over),
-#: median us, one thread here: 2.1M 57-77 / 98-213, 8.4M 208-260 / 245-337,
-#: 33.6M 981 / 682-703, 67M 2252 / 1216 (2M before)
-MIN_MATMUL_SPLIT = 16_000_000
-
-
 def parallel_matmul(a, b, out=None):
     """``a @ b`` (2-D) on :func:`get_num_threads` row blocks of ``a`` in
     threads (numpy releases the GIL), single-threaded BLAS in each; the row
     blocks depend only on the thread count (deterministic)."""
     m = a.shape[0]
-    n = min(get_num_threads(), m // 8)
-    if n <= 1 or m * a.shape[1] * b.shape[1] < MIN_MATMUL_SPLIT:
+    n = _matmul_threads(m, a.shape[1], b.shape[1])
+    if n <= 1:
         return np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
@@ -376,8 +371,8 @@ def parallel_project(inp, w, bias):
 
     m = inp.shape[0]
     out = np.empty((m, w.shape[0]), dtype=inp.dtype)
-    n = min(get_num_threads(), m // 8)
-    if n <= 1 or m * inp.shape[1] * w.shape[0] < MIN_MATMUL_SPLIT:
+    n = _matmul_threads(m, inp.shape[1], w.shape[0])
+    if n <= 1:
         project(inp, w, bias, out)
     else:
         _in_chunks(m, n, lambda i, j: project(inp[i:j], w, bias, out[i:j]))

@@ -14,18 +14,19 @@ import threading
 import numpy as np
 import pytest
 
-from fastseq import _threads
+from fastseq import _plan, _threads
 from fastseq.nn import Recurrent
 
 
 @pytest.fixture(autouse=True)
 def _split_small_batches(monkeypatch):
-    """The package splits a batch (and a matrix product) only from 16M
-    multiply-adds, where the hand-over to a thread pays on the benchmark
-    machine; the batches here are far smaller, so the thresholds are lowered
-    for these tests to run the split paths (:func:`test_small_batches_split_here`)."""
-    monkeypatch.setattr(_threads, "MIN_SPLIT_WORK", 100_000)
-    monkeypatch.setattr(_threads, "MIN_MATMUL_SPLIT", 100_000)
+    """The package splits a batch (and a matrix product) only from a few
+    hand-overs' worth of work (:mod:`fastseq._plan`, millions of
+    multiply-adds); the batches here are far smaller, so the thresholds are
+    lowered for these tests to run the split paths
+    (:func:`test_small_batches_split_here`)."""
+    monkeypatch.setattr(_plan.current(), "split_min_work", 100_000)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 100_000)
 
 
 def _run(cell, n_jobs, dtype="float32", seed=0, bidirectional=True):
@@ -204,7 +205,7 @@ def _spy_pipeline(monkeypatch):
     """Pipeline every layer (no size threshold); returns the list of the
     ``parallel`` flags of each :func:`run_pipelined` call."""
     import fastseq.network.recurrent as R
-    monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 0)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
     calls = []
     real = R.run_pipelined
 
@@ -262,7 +263,8 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
     with _threads.limit(2):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) is None       # batch split
-        # a batch split needs 6M multiply-adds a step: one thread below
+        # the reference plan (conftest) splits from 8M multiply-adds a step:
+        # one thread below
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 100) == "one"    # 4.2M
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 100) is None     # 8.4M
         small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
@@ -279,8 +281,8 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
 
 
 def test_training_unit_split_thresholds():
-    """LSTM training splits its units for B=1, W_hh of 256K weights or more
-    (H=256) and 64 steps or more, with two threads and no recurrent dropout;
+    """LSTM training splits its units for B=1, W_hh of two L2 caches or more
+    (the reference plan's 1 MB: H=256 in float32) and 64 steps or more, with two threads and no recurrent dropout;
     never otherwise."""
     from fastseq.kernels._sync import AVAILABLE
 
@@ -369,10 +371,10 @@ def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
         G = rng.standard_normal((B, T, H * (2 if bi else 1))).astype(np.float32)
         calls = []
         with _threads.limit(2):
-            monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 0)
+            monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
             monkeypatch.setattr(R, "run_pipelined", lambda *a: calls.append(1) or real(*a))
             piped = run(layer, X, lengths, G)
-            monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 10 ** 18)
+            monkeypatch.setattr(_plan.current(), "pipeline_min_work", 10 ** 18)
             plain = run(layer, X, lengths, G)
         assert len(calls) == 2 * L * (2 if bi else 1)      # forward and backward
         with _threads.limit(1):
@@ -390,7 +392,7 @@ def test_weight_grads_behind_the_backward_loop(monkeypatch, cell):
     (float64, 1e-11), bit-identical across repeats; ragged and bidirectional
     batches, recurrent dropout, no bias, ``need_input_grad=False``."""
     import fastseq.network.recurrent as R
-    monkeypatch.setattr(R, "PIPELINE_MIN_WORK", 0)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
     calls = []
     real = R.run_pipelined
     monkeypatch.setattr(R, "run_pipelined", lambda *a: calls.append(1) or real(*a))
@@ -440,9 +442,10 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
         dX, g = layer.backward(G, d_h_n=np.ones_like(hn), d_c_n=np.ones_like(cn))
         return [out, hn, cn, dX, layer.d_h0.copy(), layer.d_c0.copy()] + [v.copy() for v in g.values()]
     ref = run()
-    monkeypatch.setattr(R, "UNIT_SPLIT_TRAIN", (0, 100))
-    monkeypatch.setattr(R, "UNIT_SPLIT_MIN_UNITS", 1)
-    monkeypatch.setattr(R, "UNIT_SPLIT_MIN_STEPS", 1)
+    monkeypatch.setattr(_plan.current(), "unit_split_min_weight_bytes", 0)
+    monkeypatch.setattr(_plan.current(), "unit_split_max_batch", 100)
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 1)
+    monkeypatch.setattr(_plan.current(), "unit_split_min_steps", 1)
     calls = []
     real = R.run_units
     monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))

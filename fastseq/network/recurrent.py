@@ -9,6 +9,7 @@ gradients after it).
 
 import numpy as np
 
+from .. import _plan
 from .. import kernels as K
 from .._threads import (
     blas_single_thread, get_num_threads, matmul_splits, parallel_copy, parallel_matmul, parallel_project,
@@ -45,63 +46,9 @@ def _transposed(w):
     return out
 
 CELLS = ("rnn", "lstm", "gru")
-#: LSTM training splits its hidden units across threads (see
-#: :meth:`Recurrent._train_units`) with at least this many units per thread
-UNIT_SPLIT_MIN_UNITS = 32
-#: LSTM training (forward and backward) splits its units for W_hh of at least
-#: ``[0]`` weights and batches of at most ``[1]`` sequences (measured with
-#: ``fit``-like forward + backward calls, T=128, H=256: 13.0 against 16.7 ms
-#: at B=1; a loss at B=2, 21.6 against 19.8 ms, and at B=4)
-UNIT_SPLIT_TRAIN = (256 * 1024, 1)
-#: ... and sequences of at least this many steps: a training step
-#: (forward, backward, clipping, Adam) of B=1 H=256 took 0.86-0.92x as long
-#: without the split at T=32 and 1.19-1.23x as long at T=128 (three
-#: alternated runs each; the split's hand-over and per-step barriers are a
-#: fixed cost that short sequences do not repay)
-UNIT_SPLIT_MIN_STEPS = 64
-#: inference splits the batch across threads (the packed path) only when a
-#: step's recurrent product has at least this many multiply-adds
-#: (B * G*H * H); below it one thread with the input projection computed
-#: ahead on the other (:data:`PIPELINE_MIN_WORK`) was as fast or faster
-#: (``python -m bench.thresholds --mode infer --alt
-#: INFER_SPLIT_STEP_WORK=2097152``, the old threshold, ms, one / split: LSTM
-#: B=16 H=256 T=32, 4.2M a step, 5.21 / 5.29, T=128 19.0 / 19.5, GRU T=32
-#: 3.76 / 4.06, T=128 12.3 / 12.0; two earlier runs: one thread 4-13% faster
-#: on all four B=16 H=256 cases; 2M before); above it the split won on the
-#: course's cases (one-off timings, 9 alternated calls, split / one: MNIST
-#: rows B=128 H=256, 8.4-33M a step, RNN 7.62 / 8.63, LSTM 21.3 / 31.7), and
-#: it loses a little below it on one of them (weather RNN B=1024 H=64, 4.2M a
-#: step, split / one: 13.2 / 13.7)
-INFER_SPLIT_STEP_WORK = 6 * 1024 * 1024
-#: an inference call that does not split its batch computes its input
-#: projection on a second thread, overlapping the time loop
-#: (:func:`fastseq._threads.run_pipelined`), from this many multiply-adds of
-#: the projection (N * F * G*H); training uses the same size for its forward
-#: pipeline and for the weight gradients behind the backward loop.  Handing
-#: work to another thread is slow on the 2-vCPU benchmark machine: a pool
-#: round trip takes 70-140 us and even two compiled threads polling one
-#: cache line take about 6 us to pass it back and forth.  At 2.1M
-#: multiply-adds (2M was the threshold before) one thread was 1.06-1.63x
-#: faster for inference (11 cases, geometric mean 1.25x) and 1.03-2.19x for
-#: training (e.g. LSTM B=1 H=128 T=32 infer 0.240 / 0.303 ms, train 0.98 /
-#: 1.07 ms; ``python -m bench.thresholds --mode infer --alt
-#: PIPELINE_MIN_WORK=2097152,MIN_MATMUL_SPLIT=2000000,MIN_SPLIT_WORK=1000000``,
-#: and ``--mode train``: geometric means of the 51 cases that change 1.05x
-#: and 1.10x for these thresholds and those in :mod:`fastseq._threads`).  At
-#: 6.3M (six GRU cases) the pipeline was 7% faster for inference in that run
-#: and 6% slower in another comparison (one-off); from 8M it ties or wins
-#: (1.1-1.5x from 25M).  It also replaced
-#: splitting the hidden units across threads for inference (a barrier a
-#: step), which it beat at every size measured but LSTM H=512 B=1 (a tie).
-PIPELINE_MIN_WORK = 8 * 1024 * 1024
 #: training computes the weight gradients of a layer whose batch is not split
-#: on a second thread behind its backward loop (:mod:`fastseq.kernels.grads`),
-#: from :data:`PIPELINE_MIN_WORK` of ``N * G*H * (F + H)``.  Training steps, 2
-#: threads, on / off (medians of 4 alternated rounds; repeats vary by about
-#: 10% here): LSTM B=4 H=64 T=128 2.04 / 2.39 ms, B=4 H=128 T=128 6.48 /
-#: 7.17, GRU B=1 H=256 T=128 7.06 / 8.22; a loss where both threads are busy
-#: with products (RNN B=4 H=256 T=128 6.71 / 6.20, LSTM B=4 H=256 T=32 9.50 /
-#: 9.19)
+#: on a second thread behind its backward loop (:mod:`fastseq.kernels.grads`)
+#: when the plan's pipeline threshold allows (bench/RESULTS.md, "Planner")
 PIPELINE_BACKWARD = True
 NONLINEARITIES = ("tanh", "relu")
 #: initialiser presets: (input weights, recurrent weights, biases, unit forget bias)
@@ -422,14 +369,15 @@ class Recurrent:
         split pays for), else ``"one"``: each layer and direction in one
         compiled call on this thread, its input projection computed ahead on
         a second thread when there is one and the projection is large enough
-        (:data:`PIPELINE_MIN_WORK`)."""
+        (:meth:`fastseq._plan.Plan.pipeline`)."""
         if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
             return None
         if self.cell == "gru" and not self.reset_after:
             return None
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
-        if B * GH * H >= INFER_SPLIT_STEP_WORK and splits(B, N * GH * H):
+        n = get_num_threads()
+        if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
             return None
         return "one"
 
@@ -437,12 +385,11 @@ class Recurrent:
         """Whether an LSTM training pass (forward with gates stored, or
         backward) over ``B`` sequences of up to ``T`` steps splits its hidden
         units across threads: no recurrent dropout, and the sizes of
-        :data:`UNIT_SPLIT_TRAIN` and :data:`UNIT_SPLIT_MIN_STEPS`."""
+        :meth:`fastseq._plan.Plan.unit_split`."""
         n = get_num_threads()
         H = self.hidden_size
-        weights, batch = UNIT_SPLIT_TRAIN
-        return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0 and H >= UNIT_SPLIT_MIN_UNITS * n
-                and 4 * H * H >= weights and B <= batch and T >= UNIT_SPLIT_MIN_STEPS)
+        return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
+                and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
 
     def _forward_infer(self, X, h0, c0):
         """Inference of a full-length batch, each layer and direction in one
@@ -485,7 +432,7 @@ class Recurrent:
                         c0s = np.ascontiguousarray(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
-                    if pipe and N * inp.shape[1] * w_ih.shape[0] >= PIPELINE_MIN_WORK:
+                    if pipe and _plan.current().pipeline(2, N * inp.shape[1] * w_ih.shape[0]):
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
                     else:
                         if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
@@ -614,7 +561,7 @@ class Recurrent:
         units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
-                and N * inp_c.shape[1] * w_ih.shape[0] >= PIPELINE_MIN_WORK):
+                and _plan.current().pipeline(2, N * inp_c.shape[1] * w_ih.shape[0])):
             # one thread runs the loop: a second computes its input ahead
             xp = np.empty((N, w_ih.shape[0]), dtype=dt)
 
@@ -764,7 +711,7 @@ class Recurrent:
         units = self.cell == "lstm" and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (PIPELINE_BACKWARD and not units and get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE
                 and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
-                and N * GH * (inp.shape[1] + H) >= PIPELINE_MIN_WORK):
+                and _plan.current().pipeline(2, N * GH * (inp.shape[1] + H))):
             # the loop on one thread, the weight gradients behind it on another
             no_bias = np.empty(0, dtype=dt)
             d_inp = np.empty((N if want_dx else 0, inp.shape[1]), dtype=dt)

@@ -1,0 +1,238 @@
+"""How a call runs on this machine: the planner.
+
+The layers ask this module how to run a call with more than one thread:
+split the batch across threads, compute the input projection (or the weight
+gradients) on a second thread beside the time loop, split the hidden units of
+an LSTM training pass, or stay on one thread.  Each choice trades a thread
+hand-over against the work it moves, so its threshold is a number of
+hand-overs' worth of work, where one hand-over's worth is what this machine
+measures (FFTW's "wisdom", BLIS's per-machine configuration):
+
+- ``handover_s``: a round trip of a task through fastseq's thread pool,
+  its thread woken from idle as at a call;
+- ``madd_rate``: multiply-adds a second of one core on a float32 matrix
+  product (numpy's BLAS at one thread);
+- ``l2_bytes``: one core's L2 cache (from the operating system, 1 MB when
+  it does not say).
+
+Measuring takes a few tens of milliseconds, once per machine: the facts are
+kept in a small JSON file (``$FASTSEQ_CACHE_DIR``, else ``$NUMBA_CACHE_DIR``,
+else the user's cache folder), keyed by the CPU, its features and the core
+count, and read back by later processes.  Nothing is measured while a call
+runs on one thread (no threshold is needed then).  The thresholds are rounded
+to a power of two, so that a measurement a little off rarely moves a
+decision.  The rules and the measurements behind their factors are in
+``bench/RESULTS.md`` ("Planner").
+"""
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: rule factors, in hand-overs' worth of work (bench/RESULTS.md, "Planner")
+PIPELINE_HANDOVERS = 2.0       # projection ahead / weight gradients behind the loop
+SPLIT_HANDOVERS = 4.0          # batch split of a whole time loop
+MATMUL_SPLIT_HANDOVERS = 4.0   # row blocks of one large matrix product
+INFER_SPLIT_STEP_HANDOVERS = 1.5  # inference batch split: one step's recurrent product
+#: LSTM training splits its hidden units when W_hh is at least this many
+#: L2 caches (each thread's share then fits its own), for one sequence of
+#: at least UNIT_SPLIT_MIN_STEPS steps and UNIT_SPLIT_MIN_UNITS units a thread
+UNIT_SPLIT_L2S = 2.0
+UNIT_SPLIT_MAX_BATCH = 1
+UNIT_SPLIT_MIN_STEPS = 64
+UNIT_SPLIT_MIN_UNITS = 32
+#: least sequences per thread in a batch split
+MIN_SPLIT_ROWS = 4
+#: version of the facts file (a change of what is measured starts afresh)
+_FORMAT = 1
+
+
+@dataclass
+class Machine:
+    """What the planner measures (see the module docstring)."""
+
+    handover_s: float
+    madd_rate: float
+    l2_bytes: int
+
+    @property
+    def handover_work(self):
+        """Multiply-adds one core does in the time of one hand-over."""
+        return self.handover_s * self.madd_rate
+
+
+def _pow2(x):
+    return int(2 ** round(math.log2(max(x, 1.0))))
+
+
+@dataclass
+class Plan:
+    """The thresholds for one machine (attributes, so that tests and
+    ``bench/thresholds.py`` can set them)."""
+
+    pipeline_min_work: int
+    split_min_work: int
+    matmul_split_min_work: int
+    infer_split_step_work: int
+    unit_split_min_weight_bytes: int
+    unit_split_max_batch: int = UNIT_SPLIT_MAX_BATCH
+    unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
+    unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
+    min_split_rows: int = MIN_SPLIT_ROWS
+
+    @classmethod
+    def for_machine(cls, m):
+        w = m.handover_work
+        return cls(pipeline_min_work=_pow2(PIPELINE_HANDOVERS * w),
+                   split_min_work=_pow2(SPLIT_HANDOVERS * w),
+                   matmul_split_min_work=_pow2(MATMUL_SPLIT_HANDOVERS * w),
+                   infer_split_step_work=_pow2(INFER_SPLIT_STEP_HANDOVERS * w),
+                   unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes))
+
+    # ------------------------------------------------------------ decisions
+    def batch_split(self, n_threads, B, work):
+        """Threads a time loop over ``B`` sequences and ``work``
+        multiply-adds is split across (1: not split)."""
+        n = min(n_threads, B // self.min_split_rows)
+        return n if n > 1 and work >= self.split_min_work else 1
+
+    def matmul_split(self, n_threads, m, k, n):
+        """Row blocks an (m, k) @ (k, n) product is split into (1: one call)."""
+        t = min(n_threads, m // 8)
+        return t if t > 1 and m * k * n >= self.matmul_split_min_work else 1
+
+    def pipeline(self, n_threads, work):
+        """Whether a second thread computes ``work`` multiply-adds (input
+        projection, weight gradients) beside a time loop on this one."""
+        return n_threads > 1 and work >= self.pipeline_min_work
+
+    def inference_split(self, n_threads, B, step_work, work):
+        """Whether a full-length inference call splits its batch (a step's
+        recurrent product ``step_work``, the call's ``work``)."""
+        return step_work >= self.infer_split_step_work and self.batch_split(n_threads, B, work) > 1
+
+    def unit_split(self, n_threads, H, B, T, weight_bytes):
+        """Whether an LSTM training pass splits its ``H`` hidden units."""
+        return (n_threads > 1 and H >= self.unit_split_min_units * n_threads
+                and weight_bytes >= self.unit_split_min_weight_bytes
+                and B <= self.unit_split_max_batch and T >= self.unit_split_min_steps)
+
+
+# ---------------------------------------------------------------- measuring
+def _l2_bytes():
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for name in sorted(os.listdir(base)):
+            with open(os.path.join(base, name, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(base, name, "size")) as f:
+                size = f.read().strip().upper()
+            mult = {"K": 1024, "M": 1024 ** 2}.get(size[-1:], 1)
+            return int(size.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return 1024 ** 2
+
+
+#: idle time before each timed hand-over: a pool thread is woken from sleep
+#: at a call (a round trip back to back is 3-6x faster than after an idle
+#: millisecond on a 2-vCPU virtual machine)
+HANDOVER_IDLE_S = 0.001
+
+
+def _measure_handover(rounds=21):
+    from ._threads import _pool
+
+    pool = _pool(1)
+    times = []
+    for i in range(rounds + 3):
+        time.sleep(HANDOVER_IDLE_S)
+        t0 = time.perf_counter()
+        pool.submit(int).result()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _measure_madd_rate():
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((128, 256), dtype=np.float32)
+    b = rng.standard_normal((256, 1024), dtype=np.float32)
+    out = np.empty((128, 1024), dtype=np.float32)
+    best = math.inf
+    with threadpool_limits(1, user_api="blas"):
+        np.matmul(a, b, out=out)
+        for _ in range(7):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+    return a.shape[0] * a.shape[1] * b.shape[1] / best
+
+
+def measure():
+    """The :class:`Machine` facts of this machine, measured now."""
+    return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(), l2_bytes=_l2_bytes())
+
+
+def _cache_path():
+    from ._config import VECTOR_BYTES
+    from ._threads import default_num_threads
+    import llvmlite.binding as llvm
+
+    folder = os.environ.get("FASTSEQ_CACHE_DIR") or os.environ.get("NUMBA_CACHE_DIR")
+    if not folder:
+        folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastseq")
+    key = f"{llvm.get_host_cpu_name()}-v{VECTOR_BYTES}-c{default_num_threads()}"
+    return os.path.join(folder, f"plan-{key}.json")
+
+
+def load_or_measure(path=None):
+    """The facts from the cache file, or measured and written there (a
+    cache that cannot be read or written is measured around)."""
+    path = path or _cache_path()
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("format") == _FORMAT:
+            return Machine(**data["machine"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    m = measure()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"format": _FORMAT, "machine": asdict(m), "measured": time.time()}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return m
+
+
+_lock = threading.Lock()
+_current = None
+
+
+def current():
+    """This process's :class:`Plan` (measured or read on first use)."""
+    global _current
+    plan = _current
+    if plan is None:
+        with _lock:
+            if _current is None:
+                _current = Plan.for_machine(load_or_measure())
+            plan = _current
+    return plan
+
+
+def machine():
+    """The facts behind :func:`current` (read from the cache, or measured)."""
+    return load_or_measure()

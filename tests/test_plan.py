@@ -1,0 +1,88 @@
+"""The planner (:mod:`fastseq._plan`): thresholds derived from what the
+machine measures, kept in a cache file, and the decisions built on them."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fastseq import _plan, _threads
+from fastseq._plan import Machine, Plan
+
+
+def test_thresholds_follow_the_measured_handover():
+    """Each threshold is its rule's number of hand-overs' worth of work (the
+    hand-over time times one core's multiply-add rate), rounded to a power
+    of two; a slower hand-over or a faster core raises them all alike."""
+    m = Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=512 * 1024)
+    p = Plan.for_machine(m)
+    w = m.handover_work
+    assert w == pytest.approx(4e6)
+    for value, factor in [(p.pipeline_min_work, _plan.PIPELINE_HANDOVERS),
+                          (p.split_min_work, _plan.SPLIT_HANDOVERS),
+                          (p.matmul_split_min_work, _plan.MATMUL_SPLIT_HANDOVERS),
+                          (p.infer_split_step_work, _plan.INFER_SPLIT_STEP_HANDOVERS)]:
+        assert value & (value - 1) == 0                          # a power of two
+        assert abs(math.log2(value) - math.log2(factor * w)) <= 0.5
+    assert p.unit_split_min_weight_bytes == 1024 * 1024          # two L2 caches
+    fast = Plan.for_machine(Machine(handover_s=25e-6, madd_rate=40e9, l2_bytes=2 * 1024 * 1024))
+    assert fast.split_min_work == p.split_min_work // 4
+    assert fast.pipeline_min_work == p.pipeline_min_work // 4
+    assert fast.unit_split_min_weight_bytes == 4 * 1024 * 1024
+
+
+def test_decisions():
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=512 * 1024))
+    big = p.split_min_work
+    assert p.batch_split(2, 64, big) == 2
+    assert p.batch_split(2, 64, big - 1) == 1                    # too little work
+    assert p.batch_split(2, 7, big) == 1                         # fewer than 4 sequences a thread
+    assert p.batch_split(4, 8, big) == 2
+    assert p.batch_split(1, 64, 10 * big) == 1
+    assert p.matmul_split(2, 64, 1024, 1024) == 2 and p.matmul_split(2, 15, 10 ** 6, 10 ** 6) == 1
+    assert p.pipeline(2, p.pipeline_min_work) and not p.pipeline(2, p.pipeline_min_work - 1)
+    assert not p.pipeline(1, 10 ** 12)
+    assert p.inference_split(2, 64, p.infer_split_step_work, big)
+    assert not p.inference_split(2, 64, p.infer_split_step_work - 1, big)
+    assert p.unit_split(2, 256, 1, 64, 1024 * 1024)
+    assert not p.unit_split(2, 256, 1, 63, 1024 * 1024)          # too few steps
+    assert not p.unit_split(2, 256, 2, 64, 1024 * 1024)          # a batch
+    assert not p.unit_split(2, 256, 1, 64, 1024 * 1024 - 1)      # W_hh fits the caches
+    assert not p.unit_split(2, 48, 1, 64, 1024 * 1024)           # too few units a thread
+
+
+def test_measure_and_cache(tmp_path, monkeypatch):
+    """The facts are measured once (finite, positive, in a plausible range),
+    written to the cache file, and read back instead of measured again; a
+    broken or foreign file is measured around and replaced."""
+    path = str(tmp_path / "sub" / "plan.json")
+    m = _plan.load_or_measure(path)
+    assert 1e-7 < m.handover_s < 0.1 and 1e7 < m.madd_rate < 1e14 and m.l2_bytes >= 64 * 1024
+    with open(path) as f:
+        assert json.load(f)["machine"] == {"handover_s": m.handover_s, "madd_rate": m.madd_rate,
+                                           "l2_bytes": m.l2_bytes}
+    monkeypatch.setattr(_plan, "measure", lambda: pytest.fail("measured again"))
+    assert _plan.load_or_measure(path) == m
+    with open(path, "w") as f:
+        f.write("{not json")
+    monkeypatch.setattr(_plan, "measure", lambda: Machine(1e-4, 1e9, 1 << 20))
+    assert _plan.load_or_measure(path) == Machine(1e-4, 1e9, 1 << 20)
+    assert _plan.load_or_measure(path) == Machine(1e-4, 1e9, 1 << 20)   # rewritten
+
+
+def test_cache_location_and_first_use(tmp_path, monkeypatch):
+    """FASTSEQ_CACHE_DIR holds the facts, in a file named by the CPU, the
+    vector width and the core count; the plan is made on first use, and a
+    call on one thread needs none (nothing measured)."""
+    monkeypatch.setenv("FASTSEQ_CACHE_DIR", str(tmp_path))
+    path = _plan._cache_path()
+    assert path.startswith(str(tmp_path)) and path.endswith(".json")
+    monkeypatch.setattr(_plan, "_current", None)
+    monkeypatch.setattr(_plan, "measure", lambda: pytest.fail("measured for a one-thread call"))
+    with _threads.limit(1):
+        assert not _threads.splits(1000, 10 ** 12) and not _threads.matmul_splits(10 ** 4, 10 ** 4, 10 ** 4)
+    monkeypatch.setattr(_plan, "measure", lambda: Machine(1e-4, 4e10, 512 * 1024))
+    with _threads.limit(2):
+        assert _threads.splits(64, 10 ** 9)
+    assert _plan._current == Plan.for_machine(Machine(1e-4, 4e10, 512 * 1024))
