@@ -5,19 +5,27 @@ and BLAS (``np.dot`` inside a compiled loop, SciPy's OpenBLAS), one thread.
 Run from the repository root::
 
     python bench/matmul_step.py
+    python bench/matmul_step.py --widths 32,64    # the packed product at each vector width
+
+With ``--widths`` the packed product is compiled (uncached) for each vector
+width in bytes (``fastseq.kernels.matmul.BLOCKING``), whatever this machine's
+own is: 64 (AVX-512) against 32 (AVX2) shows what the wider vectors give
+here.
 
 ``out (n, M) = a (n, K) @ w.T`` with w (M, K) = W_hh (M = 4H for an LSTM),
 n the rows of one step (the batch, or a thread's share of it).  The numbers
 quoted in ``fastseq/kernels/matmul.py`` come from this script.
 """
 
+import argparse
 import time
 
 import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
-from fastseq._config import JIT
+from fastseq._config import JIT, VECTOR_BYTES
+from fastseq.kernels import matmul as mm
 from fastseq.kernels.matmul import pack_weight, packed_matmul, step_matmul
 
 
@@ -40,7 +48,24 @@ def _repeat_blas(a, w_t, out, reps):
         np.dot(a, w_t, out)
 
 
-def main():
+def _repeat_for(pm):
+    @njit(**{**JIT, "cache": False})
+    def repeat(a, w, out, reps):
+        wp = pack_weight(w)
+        for _ in range(reps):
+            pm(a, w, wp, out)
+    return repeat
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", default=None, help="vector widths in bytes, e.g. 32,64")
+    args = ap.parse_args(argv)
+    engines = [("packed", _repeat_packed, False), ("dot", _repeat_fastseq, False), ("blas", _repeat_blas, True)]
+    if args.widths:
+        engines = [(f"packed{vb}", _repeat_for(njit(**{**JIT, "cache": False})(mm._packed_matmul_for(vb))), False)
+                   for vb in (int(v) for v in args.widths.split(","))]
+    print(f"this machine's vector width: {VECTOR_BYTES} bytes")
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
         for H in (64, 128, 256, 512, 1024):
@@ -51,8 +76,8 @@ def main():
                 a = rng.standard_normal((n, H), dtype=np.float32)
                 out = np.empty((n, M), dtype=np.float32)
                 row = []
-                for name, fn, ww in (("packed", _repeat_packed, w), ("dot", _repeat_fastseq, w),
-                                     ("blas", _repeat_blas, w_t)):
+                for name, fn, transposed in engines:
+                    ww = w_t if transposed else w
                     fn(a, ww, out, 1)
                     reps = max(1, int(2e8 / (2 * n * H * M)))
                     best = min(_one(fn, a, ww, out, reps) for _ in range(3))
