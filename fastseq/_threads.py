@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import _plan
+from ._fpenv import flush_denormals
+
 
 _local = threading.local()
 
@@ -55,6 +57,15 @@ def limit(n_jobs):
     no oversubscription, and results depend on ``n_jobs`` only, never on what
     BLAS threading another thread sets (OpenBLAS rounds differently with
     different thread counts).
+
+    Denormal floats are flushed to zero meanwhile, in this thread and in the
+    pool threads while they run fastseq's work (:mod:`fastseq._fpenv`:
+    MXCSR FTZ and DAZ on x86-64, FPCR FZ on aarch64, nothing elsewhere):
+    values below the smallest normal number (float32 1.18e-38, float64
+    2.23e-308) are read and produced as zero, as PyTorch does under
+    ``torch.set_flush_denormal(True)``, and gradients fading over long
+    sequences never take the CPU's slow denormal path.  The thread's own
+    setting is back when the block exits (also on an exception).
     """
     n = resolve_n_jobs(n_jobs)
     old = get_num_threads()
@@ -89,6 +100,13 @@ def _pool(workers):
         if pool is None:
             pool = _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="fastseq")
         return pool
+
+
+def _flushed(fn, *args):
+    """``fn(*args)`` with denormals flushed in this (pool) thread, its own
+    setting back after (what every task handed to :func:`_pool` runs in)."""
+    with _FLUSH:
+        return fn(*args)
 
 
 def _blas_controllers():
@@ -129,6 +147,8 @@ class _BlasSingleThread:
     identical for a fixed ``n_jobs`` even with concurrent callers, and it
     avoids waking BLAS threads for the small per-step products.  The setting
     is reference-counted: it changes only when no fastseq call is active.
+    The entering thread also flushes denormals to zero until it leaves
+    (:func:`fastseq._fpenv.flush_denormals`, per thread, re-entrant).
     (A class, not a generator: it is entered on every call, a few times.)
     """
 
@@ -136,25 +156,37 @@ class _BlasSingleThread:
 
     def __enter__(self):
         global _blas_depth, _blas_saved
-        with _blas_lock:
-            if _blas_depth == 0:
-                ctrls = _blas_controllers()
-                _blas_saved = [c.get_num_threads() for c in ctrls]
-                for c, n in zip(ctrls, _blas_saved):
-                    if n != 1:
-                        c.set_num_threads(1)
-            _blas_depth += 1
+        _FLUSH.__enter__()
+        try:
+            with _blas_lock:
+                if _blas_depth == 0:
+                    ctrls = _blas_controllers()
+                    _blas_saved = [c.get_num_threads() for c in ctrls]
+                    for c, n in zip(ctrls, _blas_saved):
+                        if n != 1:
+                            c.set_num_threads(1)
+                _blas_depth += 1
+        except BaseException:
+            _FLUSH.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
         global _blas_depth
-        with _blas_lock:
-            _blas_depth -= 1
-            if _blas_depth == 0:
-                for c, n in zip(_blas_controllers(), _blas_saved):
-                    if n != 1:
-                        c.set_num_threads(n)
+        try:
+            with _blas_lock:
+                _blas_depth -= 1
+                if _blas_depth == 0:
+                    for c, n in zip(_blas_controllers(), _blas_saved):
+                        if n != 1:
+                            c.set_num_threads(n)
+        finally:
+            _FLUSH.__exit__()
         return False
+
+
+#: flush-to-zero in the calling thread (:mod:`fastseq._fpenv`)
+_FLUSH = flush_denormals()
 
 
 _BLAS_SINGLE = _BlasSingleThread()
@@ -292,7 +324,7 @@ def run_pipelined(produce, consume, parallel=True):
             ready[0] = _RELEASE_ALL
             raise
     with blas_single_thread():
-        future = _pool(1).submit(guarded)
+        future = _pool(1).submit(_flushed, guarded)
         try:
             consume(ready)
         finally:
@@ -320,7 +352,7 @@ def run_units(part, H):
             raise
     with blas_single_thread():
         pool = _pool(n - 1)
-        futures = [pool.submit(guarded, tid) for tid in range(1, n)]
+        futures = [pool.submit(_flushed, guarded, tid) for tid in range(1, n)]
         try:
             guarded(0)
         finally:
@@ -355,7 +387,7 @@ def _on_pool(bounds, fn):
     """``fn(i, j)`` for every ``(i, j)`` in ``bounds`` (two or more): the
     first on this thread, the others on the pool; waits for all."""
     pool = _pool(len(bounds) - 1)
-    futures = [pool.submit(fn, i, j) for i, j in bounds[1:]]
+    futures = [pool.submit(_flushed, fn, i, j) for i, j in bounds[1:]]
     try:
         fn(*bounds[0])
     finally:
