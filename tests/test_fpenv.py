@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastseq.network.recurrent as rec
-from fastseq import RNNClassifier, _fpenv, _threads
+from fastseq import RNNClassifier, _fpenv, _plan, _threads
 from fastseq.kernels import _fpenv as kfp
 from fastseq.nn import Recurrent
 
@@ -266,9 +266,9 @@ def test_split_layer_flushes_in_both_threads(need_grad, monkeypatch):
     (thresholds lowered as in test_threads_split.py; the pipelined inference
     with need_grad=False): every row is flushed, rows that the pool thread
     computed too, and the pool thread's own setting is back after."""
-    monkeypatch.setattr(_threads, "MIN_SPLIT_WORK", 1)
-    monkeypatch.setattr(_threads, "MIN_MATMUL_SPLIT", 1)
-    monkeypatch.setattr(rec, "PIPELINE_MIN_WORK", 1)
+    monkeypatch.setattr(_plan.current(), "split_min_work", 1)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 1)
     calls = []
     real = _threads._on_pool
     monkeypatch.setattr(_threads, "_on_pool", lambda bounds, fn: calls.append(len(bounds)) or real(bounds, fn))
