@@ -60,6 +60,8 @@ def _repeat_for(pm):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default=None, help="vector widths in bytes, e.g. 32,64")
+    ap.add_argument("--H", default="64,128,256,512,1024", help="hidden sizes (K = H, M = 4H)")
+    ap.add_argument("--rows", default="1,2,4,8,16,32,64,128", help="rows of a step")
     args = ap.parse_args(argv)
     engines = [("packed", _repeat_packed, False), ("dot", _repeat_fastseq, False), ("blas", _repeat_blas, True)]
     if args.widths:
@@ -68,11 +70,11 @@ def main(argv=None):
     print(f"this machine's vector width: {VECTOR_BYTES} bytes")
     rng = np.random.default_rng(0)
     with threadpool_limits(1):
-        for H in (64, 128, 256, 512, 1024):
+        for H in (int(v) for v in args.H.split(",")):
             M = 4 * H
             w = rng.standard_normal((M, H), dtype=np.float32)
             w_t = np.ascontiguousarray(w.T)
-            for n in (1, 2, 4, 8, 16, 32, 64, 128):
+            for n in (int(v) for v in args.rows.split(",")):
                 a = rng.standard_normal((n, H), dtype=np.float32)
                 out = np.empty((n, M), dtype=np.float32)
                 row = []
