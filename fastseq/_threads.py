@@ -125,19 +125,24 @@ def _threadpool_threads():
     and one with a one is read again under the lock of that setting.  The
     libraries are found once (one loaded later is not read).
     """
-    global _pool_readers
-    if _pool_readers is None:
-        from threadpoolctl import ThreadpoolController
-
-        omp = [c for c in ThreadpoolController().lib_controllers if c.user_api == "openmp"]
-        _pool_readers = ([_count_reader(c) for c in _blas_controllers()],
-                         [_count_reader(c) for c in omp])
-    blas, omp = _pool_readers
+    readers = _pool_readers or _find_pool_readers()
+    blas, omp = readers
     counts = [get() for get in blas]
     if 1 in counts:
         with _blas_lock:
             counts = [n or _NO_LIMIT for n in _blas_saved] if _blas_depth else [get() for get in blas]
-    return min(counts + [get() for get in omp], default=_NO_LIMIT)
+    counts += [get() for get in omp]
+    return min(counts) if counts else _NO_LIMIT
+
+
+def _find_pool_readers():
+    """``(blas, openmp)``: :func:`_count_reader` of each library, found once."""
+    global _pool_readers
+    from threadpoolctl import ThreadpoolController
+
+    omp = [c for c in ThreadpoolController().lib_controllers if c.user_api == "openmp"]
+    _pool_readers = ([_count_reader(c) for c in _blas_controllers()], [_count_reader(c) for c in omp])
+    return _pool_readers
 
 
 def _forget_process_threads():
@@ -162,8 +167,8 @@ def default_num_threads():
     (``threadpool_limits(n)``).  The first two are read once per process,
     the others at every call (about a microsecond in all).
     """
-    n = _process_threads()[1]
-    if n > 1:
+    n = (_process_cache or _process_threads())[1]
+    if n > 1 and "distributed" in sys.modules:
         n = _dask_worker_threads(n)
     if n > 1:
         n = min(n, _threadpool_threads())
