@@ -5,13 +5,15 @@ threading layer (fork-unsafe OpenMP here, workqueue that aborts under
 concurrent callers) is never started: fastseq is safe after ``fork`` and from
 several Python threads.  Parallelism comes from running the nogil kernels
 on slices of a batch, for the whole sequence, and large matrix products on
-row blocks, in Python threads (:func:`get_num_threads` says how many), with
-every BLAS held at one thread (threadpoolctl) while fastseq works.
+row blocks, in Python threads (:func:`get_num_threads` says how many: by
+default every core the process may run on, within the limits set around it,
+:func:`default_num_threads`), with every BLAS held at one thread
+(threadpoolctl) while fastseq works.
 """
 
 import os
+import sys
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -21,42 +23,223 @@ from ._fpenv import flush_denormals
 
 _local = threading.local()
 
+#: environment variables whose (first) value caps the default thread count:
+#: the OpenMP convention that joblib's loky workers (``cpu_count() // n_jobs``)
+#: and Dask's nanny (1) set, and numba's own knob
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def _cpu_count():
+    """Cores this process may run on: joblib's (loky's) ``cpu_count``, which
+    reads the CPU affinity, the cgroup CPU quota and ``LOKY_MAX_CPU_COUNT``."""
+    try:
+        from joblib import cpu_count
+    except ImportError:  # pragma: no cover - joblib comes with scikit-learn
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:
+            return max(1, os.cpu_count() or 1)
+    return max(1, cpu_count())
+
+
+def _env_threads(value):
+    """The thread count an ``OMP_NUM_THREADS``-like value asks for ("4", or
+    "4,2" for nested levels: the first), None when unset or not a count."""
+    try:
+        n = int(str(value).split(",")[0])
+    except ValueError:
+        return None
+    return n if n >= 1 else None
+
+
+_process_cache = None
+
+
+def _process_threads():
+    """``(cores, threads)`` of this process, read once (at the first call,
+    again after ``fork``): :func:`_cpu_count`, and that capped by
+    :data:`THREAD_ENV_VARS`."""
+    global _process_cache
+    cached = _process_cache
+    if cached is None:
+        cores = threads = _cpu_count()
+        for var in THREAD_ENV_VARS:
+            cap = _env_threads(os.environ.get(var))
+            if cap is not None:
+                threads = min(threads, cap)
+        cached = _process_cache = (cores, threads)
+    return cached
+
+
+def _dask_worker_threads(cores):
+    """Inside a task of a Dask worker, its share of the cores
+    (``cores // nthreads``: the worker runs ``nthreads`` tasks at once), else
+    ``cores``.  Only looked up when ``distributed`` is imported.  (A worker
+    started by a nanny also has ``OMP_NUM_THREADS=1`` by default, which
+    :func:`_process_threads` reads.)"""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return cores
+    try:
+        nthreads = int(distributed.get_worker().nthreads)
+    except Exception:  # not in a worker's task (ValueError), or another version's API
+        return cores
+    return max(1, cores // max(1, nthreads))
+
+
+#: what a library that reports no thread count is read as (no limit)
+_NO_LIMIT = 1 << 30
+
+
+def _count_reader(ctrl):
+    """A function returning the thread count of threadpoolctl's controller
+    ``ctrl``: the C function its ``get_num_threads`` calls (a third of the
+    cost) for OpenMP, MKL and OpenBLAS when it answers the same, else the
+    method itself (None read as :data:`_NO_LIMIT`)."""
+    try:
+        api = ctrl.internal_api
+        if api == "openmp":
+            fn = ctrl.dynlib.omp_get_max_threads
+        elif api == "mkl":
+            fn = ctrl.dynlib.MKL_Get_Max_Threads
+        elif api == "openblas":
+            openmp = getattr(ctrl, "threading_layer", None) == "openmp"
+            fn = ctrl._get_symbol("omp_get_max_threads" if openmp else "openblas_get_num_threads")
+        else:
+            fn = None
+        if fn is not None and fn() == ctrl.get_num_threads():
+            return fn
+    except Exception:  # another threadpoolctl: its public method
+        pass
+    return lambda: ctrl.get_num_threads() or _NO_LIMIT
+
+
+_pool_readers = None
+
+
+def _threadpool_threads():
+    """The fewest threads any BLAS or OpenMP library that threadpoolctl finds
+    may use now (``threadpool_limits`` sets them; their environment variables
+    set them at load); :data:`_NO_LIMIT` when there is none.
+
+    BLAS is read as it was before fastseq held it at one thread
+    (:class:`_BlasSingleThread`), so fastseq's own setting is never taken for
+    a limit: fastseq writes only ones, so a read without a one is the user's,
+    and one with a one is read again under the lock of that setting.  The
+    libraries are found once (one loaded later is not read).
+    """
+    readers = _pool_readers or _find_pool_readers()
+    blas, omp = readers
+    counts = [get() for get in blas]
+    if 1 in counts:
+        with _blas_lock:
+            counts = [n or _NO_LIMIT for n in _blas_saved] if _blas_depth else [get() for get in blas]
+    counts += [get() for get in omp]
+    return min(counts) if counts else _NO_LIMIT
+
+
+def _find_pool_readers():
+    """``(blas, openmp)``: :func:`_count_reader` of each library, found once."""
+    global _pool_readers
+    from threadpoolctl import ThreadpoolController
+
+    omp = [c for c in ThreadpoolController().lib_controllers if c.user_api == "openmp"]
+    _pool_readers = ([_count_reader(c) for c in _blas_controllers()], [_count_reader(c) for c in omp])
+    return _pool_readers
+
+
+def _forget_process_threads():
+    global _process_cache
+    _process_cache = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_process_threads)
+
 
 def default_num_threads():
-    """Cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """Threads a fastseq call uses when nothing sets ``n_jobs``: every core
+    this process may run on, within the limits set around it.
+
+    The smallest of: the cores of the process's CPU affinity and cgroup CPU
+    quota (joblib's ``cpu_count``); ``OMP_NUM_THREADS`` and
+    ``NUMBA_NUM_THREADS`` (joblib sets both to ``cpu_count() // n_jobs`` in
+    its loky workers, Dask's nanny ``OMP_NUM_THREADS=1`` in its workers);
+    inside a Dask worker's task, ``cores // nthreads`` of the worker; the
+    thread count of every BLAS and OpenMP library that threadpoolctl sees
+    (``threadpool_limits(n)``).  The first two are read once per process,
+    the others at every call (about a microsecond in all).
+    """
+    n = (_process_cache or _process_threads())[1]
+    if n > 1 and "distributed" in sys.modules:
+        n = _dask_worker_threads(n)
+    if n > 1:
+        n = min(n, _threadpool_threads())
+    return n
 
 
 def resolve_n_jobs(n_jobs):
-    """scikit-learn's convention: None -> 1, -1 -> all cores, -k -> all but k-1."""
+    """Threads for ``n_jobs``: None -> :func:`default_num_threads`; an integer
+    as scikit-learn reads it, k > 0 -> k, -1 -> every core of the process's
+    affinity and cgroup quota, -k -> all but k-1 of them (at least 1)."""
     if n_jobs is None:
-        return 1
+        return default_num_threads()
     n = int(n_jobs)
     if n == 0:
         raise ValueError("n_jobs must be a non-zero integer or None, got 0")
-    cores = default_num_threads()
-    return n if n > 0 else max(1, cores + 1 + n)
+    return n if n > 0 else max(1, _process_threads()[0] + 1 + n)
 
 
 def get_num_threads():
-    """Threads the current thread's fastseq calls may use (default: 1)."""
-    return getattr(_local, "n", 1)
+    """Threads the current thread's fastseq calls may use: those of the
+    innermost :func:`limit` block around it, else :func:`default_num_threads`."""
+    n = getattr(_local, "n", None)
+    return default_num_threads() if n is None else n
 
 
-@contextmanager
-def limit(n_jobs):
+class _Limit:
+    """The context manager of :func:`limit` (a class, not a generator: a
+    layer enters one on every call)."""
+
+    __slots__ = ("n_jobs", "blas", "old")
+
+    def __init__(self, n_jobs, blas):
+        self.n_jobs = n_jobs
+        self.blas = blas_single_thread() if blas else None
+
+    def __enter__(self):
+        self.old = old = getattr(_local, "n", None)
+        if self.n_jobs is not None:
+            n = resolve_n_jobs(self.n_jobs)
+        else:
+            n = default_num_threads() if old is None else old
+        if self.blas is not None:
+            self.blas.__enter__()
+        _local.n = n
+        return n
+
+    def __exit__(self, *exc):
+        _local.n = self.old
+        if self.blas is not None:
+            self.blas.__exit__(*exc)
+        return False
+
+
+def limit(n_jobs, blas=True):
     """Use ``n_jobs`` threads (scikit-learn convention) inside the block; restore after.
+
+    ``n_jobs=None`` keeps the count of an enclosing ``limit`` block (an
+    estimator's, around the layers it calls), else takes
+    :func:`default_num_threads`.  The block yields the count.
 
     fastseq's parallelism is its own: the batch split of the kernels
     (:func:`run_sliced`) and row blocks of its large matrix products
     (:func:`parallel_matmul`), ``n_jobs`` threads in all.  Every BLAS library
-    is held at one thread meanwhile (:func:`blas_single_thread`), so there is
-    no oversubscription, and results depend on ``n_jobs`` only, never on what
-    BLAS threading another thread sets (OpenBLAS rounds differently with
-    different thread counts).
+    is held at one thread meanwhile (:func:`blas_single_thread`; not with
+    ``blas=False``, for callers that hold it themselves), so there is no
+    oversubscription, and results depend on the thread count only, never on
+    what BLAS threading another thread sets (OpenBLAS rounds differently
+    with different thread counts).
 
     Denormal floats are flushed to zero meanwhile, in this thread and in the
     pool threads while they run fastseq's work (:mod:`fastseq._fpenv`:
@@ -67,14 +250,7 @@ def limit(n_jobs):
     sequences never take the CPU's slow denormal path.  The thread's own
     setting is back when the block exits (also on an exception).
     """
-    n = resolve_n_jobs(n_jobs)
-    old = get_num_threads()
-    _local.n = n
-    try:
-        with blas_single_thread():
-            yield n
-    finally:
-        _local.n = old
+    return _Limit(n_jobs, blas)
 
 
 # ------------------------------------------------------------------------

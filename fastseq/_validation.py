@@ -76,6 +76,17 @@ def check_positive_int(value, name, minimum=1):
     return int(value)
 
 
+def check_n_jobs(value, name="n_jobs"):
+    """None or a non-zero integer (scikit-learn's ``n_jobs``)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be None or a non-zero integer, got {value!r}")
+    if value == 0:
+        raise ValueError(f"{name} must be None or a non-zero integer, got 0")
+    return int(value)
+
+
 def check_fraction(value, name):
     """A probability in [0, 1) (dropout rates)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):

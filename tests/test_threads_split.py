@@ -276,7 +276,8 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         big = Recurrent("lstm", 128, 128, random_state=0).eval()  # 128*128*512 = 8.4M
         big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)
         assert calls == [1]
-    big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)   # one thread: never
+    with _threads.limit(1):
+        big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)   # one thread: never
     assert calls == [1]
 
 
@@ -295,7 +296,8 @@ def test_training_unit_split_thresholds():
         assert not layer._train_units(2, 128, no_mask)                    # a batch
         assert not layer._train_units(1, 128, np.ones((1, 256), np.float32))   # recurrent dropout
         assert not Recurrent("lstm", 8, 128)._train_units(1, 128, no_mask[:, :128])   # 64K weights
-    assert not layer._train_units(1, 128, no_mask)                        # one thread
+    with _threads.limit(1):
+        assert not layer._train_units(1, 128, no_mask)                    # one thread
 
 
 def test_pipeline_concurrent_callers_and_a_failing_producer(monkeypatch):
@@ -441,7 +443,8 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
         out, (hn, cn) = layer.forward(X, [7, 4, 6])
         dX, g = layer.backward(G, d_h_n=np.ones_like(hn), d_c_n=np.ones_like(cn))
         return [out, hn, cn, dX, layer.d_h0.copy(), layer.d_c0.copy()] + [v.copy() for v in g.values()]
-    ref = run()
+    with _threads.limit(1):
+        ref = run()
     monkeypatch.setattr(_plan.current(), "unit_split_min_weight_bytes", 0)
     monkeypatch.setattr(_plan.current(), "unit_split_max_batch", 100)
     monkeypatch.setattr(_plan.current(), "unit_split_min_units", 1)

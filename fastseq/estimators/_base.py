@@ -177,7 +177,19 @@ class BaseRNN(BaseEstimator):
     verbose : bool or int, default False
         Progress bar per epoch (tqdm) with loss, validation score and speed.
     n_jobs : int or None, default None
-        Threads of the compiled code and BLAS during the call (restored after).
+        Threads of each call (``fit``, ``predict``, ...): fastseq's batch
+        split and overlapped work, with every BLAS held at one thread
+        meanwhile (restored after).  None: every core this process may run
+        on, as PyTorch and ``HistGradientBoosting`` do, within the limits set
+        around it: the CPU affinity and cgroup CPU quota, ``OMP_NUM_THREADS``
+        (which joblib sets to ``cores // n_jobs`` in its workers, e.g. under
+        ``GridSearchCV(n_jobs=2)``, and Dask's nanny to 1), a Dask worker's
+        share of its cores per task, and ``threadpoolctl.threadpool_limits``
+        (see :func:`fastseq._threads.default_num_threads`).  An integer
+        fixes it; negative values count back from all cores as in
+        scikit-learn (-1 all, -2 all but one).  Results are identical for a
+        fixed thread count, and may differ in the last bits between counts:
+        fix ``n_jobs`` for bit-identical results across machines.
     dtype : {"float32", "float64"}, default "float32"
     """
 

@@ -212,6 +212,12 @@ class Seq2SeqClassifier(_Seq2SeqBase):
     teacher_forcing : float in [0, 1], default 1
         Probability of feeding the true previous token while training; below 1
         the model's own argmax is fed otherwise (scheduled sampling).
+    n_jobs : int or None, default None
+        Threads of each call (training and decoding).  None: every core this
+        process may run on, within the limits set around it (CPU affinity,
+        cgroup quota, ``OMP_NUM_THREADS`` as joblib and Dask set it in their
+        workers, ``threadpoolctl.threadpool_limits``); an integer fixes it
+        (see ``BaseRNN``).
     Other parameters: the training loop's (see ``BaseRNN``).
 
     Attributes

@@ -12,8 +12,8 @@ import numpy as np
 from .. import _plan
 from .. import kernels as K
 from .._threads import (
-    blas_single_thread, get_num_threads, matmul_splits, parallel_copy, parallel_matmul, parallel_project,
-    run_pipelined, run_sliced, run_units, splits, unit_split_slot,
+    blas_single_thread, get_num_threads, limit, matmul_splits, parallel_copy, parallel_matmul,
+    parallel_project, run_pipelined, run_sliced, run_units, splits, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
@@ -27,7 +27,7 @@ from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing
 from ._flat import flat_views, layout_size
 from .._validation import (
-    check_choice, check_finite, check_fraction, check_lengths, check_positive_int,
+    check_choice, check_finite, check_fraction, check_lengths, check_n_jobs, check_positive_int,
     check_real_array, check_state,
 )
 from ..init import get_initializer
@@ -167,6 +167,18 @@ class Recurrent:
         b_hn))`` (Keras ``reset_after=True``).  False: the original form of Cho
         et al. (2014), ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``
         (Keras ``reset_after=False``); same parameter names and shapes.
+    n_jobs : int or None, default None
+        Threads of each :meth:`forward` and :meth:`backward` call (as
+        ``torch.set_num_threads``, but for this layer; it may be changed
+        between calls).  None: every core this process may run on, within the
+        limits set around it (CPU affinity, cgroup CPU quota,
+        ``OMP_NUM_THREADS`` as set in joblib/loky and Dask workers,
+        ``threadpoolctl.threadpool_limits``; see
+        :func:`fastseq._threads.default_num_threads`), or inside an
+        estimator's call (or a :func:`fastseq._threads.limit` block) that
+        block's count.  An integer fixes it; negative values count back from
+        all cores as in scikit-learn (-1 all, -2 all but one).  Results are
+        identical for a fixed thread count.
 
     Attributes
     ----------
@@ -187,7 +199,7 @@ class Recurrent:
                  nonlinearity="tanh", bias=True, dropout=0.0, recurrent_dropout=0.0,
                  dtype=DEFAULT_DTYPE, random_state=None, init="pytorch",
                  kernel_initializer=None, recurrent_initializer=None,
-                 bias_initializer=None, unit_forget_bias=None, reset_after=True):
+                 bias_initializer=None, unit_forget_bias=None, reset_after=True, n_jobs=None):
         self.cell = check_choice(cell, "cell", CELLS)
         self.input_size = check_positive_int(input_size, "input_size")
         self.hidden_size = check_positive_int(hidden_size, "hidden_size")
@@ -198,6 +210,7 @@ class Recurrent:
         self.dropout = check_fraction(dropout, "dropout")
         self.recurrent_dropout = check_fraction(recurrent_dropout, "recurrent_dropout")
         self.reset_after = bool(reset_after)
+        self.n_jobs = check_n_jobs(n_jobs)
         if not self.reset_after and self.cell != "gru":
             raise ValueError(f"reset_after=False is a GRU option, got cell={self.cell!r}")
         self.dtype = resolve_dtype(dtype)
@@ -284,6 +297,7 @@ class Recurrent:
         return state
 
     def __setstate__(self, state):
+        state.setdefault("n_jobs", None)  # pickled before the layer had it
         self.__dict__.update(state)
         self.params = self._views(self.flat)
 
@@ -341,6 +355,10 @@ class Recurrent:
         h_n : (num_layers*D, B, H) ndarray, or a tuple (h_n, c_n) for an LSTM
             Each sequence's state at its own last valid step.
         """
+        with limit(self.n_jobs, blas=False):  # the thread count of this call (BLAS: below)
+            return self._forward(X, lengths, h0, need_grad)
+
+    def _forward(self, X, lengths, h0, need_grad):
         X = check_real_array(X, "X", ndim=3)
         B, T, F = X.shape
         if B < 1 or T < 1:
@@ -630,6 +648,10 @@ class Recurrent:
             (``out`` when given).  Gradients with respect to the initial states
             are left in :attr:`d_h0` and :attr:`d_c0`.
         """
+        with limit(self.n_jobs, blas=False):  # the thread count of this call (BLAS: below)
+            return self._backward(d_out, d_h_n, d_c_n, out, need_input_grad)
+
+    def _backward(self, d_out, d_h_n, d_c_n, out, need_input_grad):
         if self._cache is None:
             raise RuntimeError("backward() needs a forward() with need_grad=True first")
         cache = self._cache
