@@ -4,7 +4,6 @@ machine measures, kept in a cache file, and the decisions built on them."""
 import json
 import math
 
-import numpy as np
 import pytest
 
 from fastseq import _plan, _threads
