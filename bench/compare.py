@@ -30,9 +30,10 @@ Modes per case
 GFLOP/s count only the matrix products (2 G H (I + H) per row forward, three
 times that for a training step) and are compared with this machine's float32
 matrix-multiply peak, measured at start-up (the best of numpy's BLAS and torch
-on a 2048^3 product at the same thread count).  Peak memory is measured in a
-fresh subprocess per case and engine (peak RSS of one training step above the
-RSS before it, after a warm-up on a smaller batch), for the training cases.
+on 2048^3 and 4096^3 products at the same thread count; ``--matmul-size``).
+Peak memory is measured in a fresh subprocess per case and engine (peak RSS
+of one training step above the RSS before it, after a warm-up on a smaller
+batch), for the training cases.
 Cold start runs ``bench.compare --_cold`` twice in fresh interpreters sharing
 an initially empty ``NUMBA_CACHE_DIR``.
 """
@@ -208,7 +209,7 @@ def _calibrate(fn, min_time):
     return max(1, int(min_time / max(dt, 1e-7)))
 
 
-def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
+def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=True):
     """Median seconds per call of each of ``fns`` (a dict), timed in turn.
 
     Each sample runs one engine ``inner`` times (calibrated to about
@@ -217,7 +218,9 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
     threads spin about 9 ms after each call here, measured as CPU time used
     during a sleep; on this machine's two hardware threads of one core a
     spinning thread halves the other's speed); the untimed call refills the
-    caches the other engine evicted.  Both engines get the same treatment.
+    caches the other engine evicted (``refill=False`` skips it, for calls
+    whose data do not fit in cache anyway).  Both engines get the same
+    treatment.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -228,7 +231,8 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
         for k, fn in fns.items():
             n = inner[k]
             time.sleep(pause)
-            fn()
+            if refill:
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -236,21 +240,30 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def matmul_peak(threads, n=2048, repeats=5):
-    """Best float32 GFLOP/s of an n^3 matrix product (numpy's BLAS and torch)."""
+def matmul_peak(threads, sizes=(2048, 4096), repeats=5):
+    """float32 GFLOP/s of n^3 matrix products for each n of ``sizes``, numpy's
+    BLAS and torch alternated: ``{"numpy 2048": ..., "torch 2048": ...}``;
+    the peak is the best of them.  The median of ``repeats`` calls at 2048,
+    of 2 at larger sizes (a 4096^3 product takes about a second on 2 cores),
+    without a warm-up call there."""
     import torch
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty_like(a)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    tc = torch.empty_like(ta)
-    ts = time_alternating({"numpy": lambda: np.matmul(a, b, out=c),
-                           "torch": lambda: torch.mm(ta, tb, out=tc)},
-                          repeats, warmup=1, min_time=0.0)
-    flops = 2.0 * n ** 3
-    return {k: flops / v / 1e9 for k, v in ts.items()}
+    peak = {}
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        c = np.empty_like(a)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        tc = torch.empty_like(ta)
+        big = n > 2048
+        ts = time_alternating({"numpy": lambda: np.matmul(a, b, out=c),
+                               "torch": lambda: torch.mm(ta, tb, out=tc)},
+                              min(repeats, 2) if big else repeats, warmup=0 if big else 1,
+                              min_time=0.0, refill=not big)
+        peak.update({f"{k} {n}": 2.0 * n ** 3 / v / 1e9 for k, v in ts.items()})
+        del a, b, c, ta, tb, tc
+    return peak
 
 
 # ------------------------------------------------------------- one case
@@ -673,8 +686,9 @@ def parse_args(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
     p.add_argument("--memory-all", action="store_true", help="measure memory for every training case")
-    p.add_argument("--matmul-size", type=int, default=None,
-                   help="n of the n^3 float32 product that measures the peak (default 2048, quick 512)")
+    p.add_argument("--matmul-size", default=None,
+                   help="n of the n^3 float32 products that measure the peak, comma-separated "
+                        "(default 2048,4096; quick, or no matrix-bound case selected: 512)")
     return p.parse_args(argv)
 
 
@@ -698,8 +712,13 @@ def main(argv=None):
     limits = set_threads(args.threads)
     info = machine_info(args.threads)
     print("machine:", json.dumps(info))
-    n_mm = args.matmul_size or (512 if args.quick else 2048)
-    peak = matmul_peak(args.threads, n=n_mm, repeats=3 if args.quick else 5)
+    if args.matmul_size:
+        sizes = tuple(int(n) for n in args.matmul_size.split(","))
+    elif args.quick or not any(c.group == "matrix" for c in cases):
+        sizes = (512,)
+    else:
+        sizes = (2048, 4096)
+    peak = matmul_peak(args.threads, sizes=sizes, repeats=3 if args.quick else 5)
     print(f"float32 matmul peak ({args.threads} threads): "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     results = []
