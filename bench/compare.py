@@ -36,6 +36,14 @@ of one training step above the RSS before it, after a warm-up on a smaller
 batch), for the training cases.
 Cold start runs ``bench.compare --_cold`` twice in fresh interpreters sharing
 an initially empty ``NUMBA_CACHE_DIR``.
+
+Output files: ``bench/results-<cpu>.json``, ``.md`` and ``.png``, where
+``<cpu>`` is LLVM's name for the host CPU (``znver4``, ``skylake-avx512``...):
+runs on different kinds of CPU land side by side instead of overwriting each
+other (``bench/RESULTS.md`` keeps one table per CPU kind).  A partial run
+(``--quick`` or ``--only``) writes ``bench/results-<cpu>-partial.*`` so that
+it never replaces a full run's files.  The Markdown starts with a
+``CPU: <model> (<llvm name>, <widest vector ISA>), <n> threads`` line.
 """
 
 import argparse
@@ -44,6 +52,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -531,13 +540,81 @@ def set_threads(n):
     return threadpool_limits(limits=n)
 
 
+def cpu_model():
+    """The CPU's model name: /proc/cpuinfo on Linux, platform.processor() elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model")):  # x86; some ARM boards
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+#: the widest vector instruction set first, as LLVM names its feature
+VECTOR_ISAS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve2", "SVE2"),
+               ("sve", "SVE"), ("neon", "NEON"), ("sse4.2", "SSE4.2"), ("sse2", "SSE2"))
+
+
+def cpu_kind():
+    """(LLVM's name of the host CPU, as numba compiles for it, and the widest
+    vector ISA it has).  ``NUMBA_CPU_NAME`` overrides the name as it does for
+    numba."""
+    import llvmlite.binding as llvm
+    import numba
+
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    try:
+        features = llvm.get_host_cpu_features()
+        have = {k for k, v in features.items() if v}
+    except RuntimeError:  # LLVM cannot tell on some hosts
+        have = set()
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        have.add("neon")  # mandatory on 64-bit ARM, not always listed
+    isa = next((label for feat, label in VECTOR_ISAS if feat in have), "unknown")
+    return name, isa
+
+
+def blas_info():
+    """BLAS and OpenMP libraries loaded (threadpoolctl), by the package that
+    ships them, and torch's own BLAS (MKL is linked into torch, out of
+    threadpoolctl's sight)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    libs = {}
+    for lib in threadpool_info():
+        path = lib.get("filepath", "")
+        owner = next((pkg for pkg in ("numpy", "scipy", "torch", "scikit_learn", "onnxruntime")
+                      if f"{os.sep}{pkg}" in path), os.path.basename(os.path.dirname(path)))
+        desc = lib.get("internal_api", "?")
+        if lib.get("version"):
+            desc += " " + lib["version"]
+        if lib.get("architecture"):
+            desc += f" ({lib['architecture']})"
+        libs.setdefault(f"{owner.replace('.libs', '')} {lib['user_api']}", desc)
+    config = torch.__config__.show()
+    found = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    blas = found.group(1) if found else "?"
+    try:
+        blas += f" ({torch.backends.cpu.get_cpu_capability()})"
+    except Exception:  # pragma: no cover - older torch
+        pass
+    libs["torch blas"] = blas
+    return libs
+
+
 def machine_info(threads):
     import numba
     import torch
 
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "numpy": np.__version__, "numba": numba.__version__, "torch": torch.__version__,
-            "threads": threads, "cores": os.cpu_count()}
+    name, isa = cpu_kind()
+    info = {"cpu": cpu_model(), "llvm_cpu": name, "vector_isa": isa, "threads": threads,
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "numpy": np.__version__, "numba": numba.__version__,
+            "torch": torch.__version__}
     try:
         import onnxruntime
 
@@ -545,16 +622,17 @@ def machine_info(threads):
     except ImportError:
         pass
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        info["llvm_cpu"] = __import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_name()
-    except Exception:
-        pass
+        info["blas"] = blas_info()
+    except Exception as exc:  # pragma: no cover - depends on the install
+        info["blas"] = {"error": repr(exc)}
     info["load_avg"] = os.getloadavg()
     return info
+
+
+def cpu_header(info):
+    """One line naming the CPU kind, for the top of the Markdown output."""
+    return (f"CPU: {info.get('cpu', '?')} ({info.get('llvm_cpu', '?')}, "
+            f"{info.get('vector_isa', '?')}), {info.get('threads', '?')} threads")
 
 
 def geomean(xs):
@@ -613,19 +691,23 @@ def print_table(results):
 
 
 def markdown(out):
-    """The run as Markdown (machine, summary, one table): for bench/RESULTS.md."""
+    """The run as Markdown (CPU line, machine, summary, one table): for bench/RESULTS.md."""
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
     m, s = out["machine"], out["summary"]
-    lines = ["Command: `python -m bench.compare " + " ".join(out["argv"]) + "`", "",
+    lines = [cpu_header(m), "",
+             "Command: `python -m bench.compare " + " ".join(out["argv"]) + "`", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), "",
              "float32 matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s"
-                                                 for k, v in out["matmul_peak_gflops"].items()), "",
-             "```", json.dumps(s, indent=1), "```", "",
-             "| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
-             "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) | mem fastseq MB | mem torch MB |",
-             "|" + "---|" * 13]
-    for r in out["results"]:
+                                                 for k, v in out["matmul_peak_gflops"].items()), ""]
+    lines += ["```", json.dumps(s, indent=1), "```", ""]
+    rows = out["results"]
+    if rows:
+        lines += ["| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
+                  "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) "
+                  "| mem fastseq MB | mem torch MB |",
+                  "|" + "---|" * 13]
+    for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['case']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
@@ -678,10 +760,12 @@ def parse_args(argv=None):
     p.add_argument("--only", default=None,
                    help="run only cases whose name contains this string (comma-separated: any)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 7, quick 3)")
-    p.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
-    p.add_argument("--png", default=os.path.join(ROOT, "bench", "results.png"))
-    p.add_argument("--md", default=os.path.join(ROOT, "bench", "results.md"),
-                   help="Markdown summary and table (for bench/RESULTS.md); '' for none")
+    p.add_argument("--json", default=None,
+                   help="JSON output (default bench/results-<cpu>[-partial].json; '' for none)")
+    p.add_argument("--png", default=None, help="chart (default bench/results-<cpu>[-partial].png)")
+    p.add_argument("--md", default=None,
+                   help="Markdown summary and tables for bench/RESULTS.md "
+                        "(default bench/results-<cpu>[-partial].md; '' for none)")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
@@ -690,6 +774,15 @@ def parse_args(argv=None):
                    help="n of the n^3 float32 products that measure the peak, comma-separated "
                         "(default 2048,4096; quick, or no matrix-bound case selected: 512)")
     return p.parse_args(argv)
+
+
+def output_paths(args, info):
+    """(json, md, png): the paths given, or bench/results-<cpu>[-partial].*
+    (see the module docstring); '' (given) means none."""
+    kind = re.sub(r"[^A-Za-z0-9_.-]", "_", info.get("llvm_cpu") or platform.machine() or "cpu")
+    stem = os.path.join(ROOT, "bench", f"results-{kind}" + ("-partial" if args.quick or args.only else ""))
+    return tuple(stem + ext if given is None else given
+                 for given, ext in ((args.json, ".json"), (args.md, ".md"), (args.png, ".png")))
 
 
 def main(argv=None):
@@ -711,6 +804,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     limits = set_threads(args.threads)
     info = machine_info(args.threads)
+    print(cpu_header(info))
     print("machine:", json.dumps(info))
     if args.matmul_size:
         sizes = tuple(int(n) for n in args.matmul_size.split(","))
@@ -751,20 +845,28 @@ def main(argv=None):
     print()
     print_table(results)
     print()
+    print(cpu_header(info))
     print(json.dumps(summary, indent=2))
     out = {"machine": info, "matmul_peak_gflops": peak, "summary": summary, "results": results,
            "argv": sys.argv[1:] if argv is None else list(argv)}
-    if args.json:
-        with open(args.json, "w") as f:
+    json_path, md_path, png_path = output_paths(args, info)
+    written = []
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(out, f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
+        written.append(json_path)
+    if md_path:
+        with open(md_path, "w") as f:
             f.write(markdown(out))
-    if args.png and results:
+        written.append(md_path)
+    if png_path and results:
         try:
-            plot(results, args.png)
+            plot(results, png_path)
+            written.append(png_path)
         except ImportError:
             print("matplotlib not installed: no chart")
+    if written:
+        print("wrote " + ", ".join(os.path.relpath(p) for p in written))
     return out
 
 
