@@ -37,6 +37,25 @@ batch), for the training cases.
 Cold start runs ``bench.compare --_cold`` twice in fresh interpreters sharing
 an initially empty ``NUMBA_CACHE_DIR``.
 
+Groups of cases
+---------------
+``latency``  B = 1, 4, 16, H = 32-256, T = 32 and 128.
+``course``   the course's systems: ``small-train``, ``mnist-rows`` and
+             ``weather`` (layer calls at their sizes).
+``matrix``   large B, I and H: bound by the matrix products.
+``long``     T = 1500 (B = 8, F = 6, H = 64), a classifier-like training step
+             (the loss on the last step only: ``d_out`` is zero before it) and
+             inference, with Keras's initialisation (Glorot input weights,
+             orthogonal recurrent blocks, zero biases, LSTM forget bias 1)
+             and inputs scaled per cell (``x_scale``) so that the gradient
+             fades through the denormal range part of the way back: the row
+             gives the share of steps whose input gradient (torch's, no
+             flush) holds a denormal.  torch is timed twice, as usual and
+             with ``torch.set_flush_denormal(True)`` (``torch_ftz`` columns;
+             flush-to-zero and denormals-are-zero on the calling thread, the
+             previous state put back after each call).
+``decoder``  greedy attention decoding (torch: a hand-written loop).
+
 Output files: ``bench/results-<cpu>.json``, ``.md`` and ``.png``, where
 ``<cpu>`` is LLVM's name for the host CPU (``znver4``, ``skylake-avx512``...):
 runs on different kinds of CPU land side by side instead of overwriting each
@@ -90,6 +109,15 @@ class Case:
         return f if mode == "infer" else 3.0 * f
 
 
+#: long sequences: Keras initialisation and input scales under which the
+#: gradient of a last-step loss fades into denormals part of the way back
+#: over 1500 steps (share of steps with a denormal input gradient, torch,
+#: no flush: RNN 32%, LSTM 18%, GRU 5%, reported in each row; with
+#: PyTorch's initialisation 3% for each cell, the gradient exactly zero
+#: after 200-250 steps)
+LONG_X_SCALE = {"rnn": 0.3, "lstm": 2.0, "gru": 1.0}
+
+
 def all_cases():
     cases = []
     for cell in ("rnn", "lstm", "gru"):
@@ -109,6 +137,10 @@ def all_cases():
             for H in (128, 256):
                 cases.append(Case(f"decoder/gru/B{B}/S{S}/H{H}", "decoder", "gru", B, 32, H, H,
                                   modes=("infer",), extra={"S": S}))
+    for cell in ("rnn", "lstm", "gru"):
+        cases.append(Case(f"long/{cell}/B8/T1500/F6/H64", "long", cell, 8, 1500, 6, 64,
+                          extra={"init": "keras", "x_scale": LONG_X_SCALE[cell], "grad": "last",
+                                 "torch_ftz": True}))
     return cases
 
 
@@ -116,6 +148,7 @@ QUICK = {
     "latency/lstm/B1/H64/T32", "latency/gru/B1/H64/T32", "latency/rnn/B1/H64/T32",
     "latency/lstm/B16/H128/T32", "small-train/gru/B32/T64/I32/H64",
     "mnist-rows/lstm/B128/T28/I28/H256", "weather/gru/B1024/T48/I5/H64",
+    "long/lstm/B8/T1500/F6/H64",
 }
 
 
@@ -125,7 +158,30 @@ def make_torch(case, seed=0):
 
     torch.manual_seed(seed)
     cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
-    return cls(case.I, case.H, batch_first=True).float()
+    module = cls(case.I, case.H, batch_first=True).float()
+    if case.extra.get("init") == "keras":
+        keras_init(module, case.cell)
+    return module
+
+
+def keras_init(module, cell):
+    """Keras's initialisation in place: glorot_uniform input weights,
+    orthogonal recurrent weights (each gate's block), zero biases, LSTM
+    forget-gate bias 1."""
+    import torch
+
+    H = module.hidden_size
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("weight_ih"):
+                torch.nn.init.xavier_uniform_(p)
+            elif name.startswith("weight_hh"):
+                for g in range(GATES[cell]):
+                    torch.nn.init.orthogonal_(p[g * H:(g + 1) * H])
+            else:
+                p.zero_()
+                if cell == "lstm" and name.startswith("bias_ih"):
+                    p[H:2 * H] = 1.0  # gate order i, f, g, o
 
 
 class FastseqTrainer:
@@ -283,13 +339,17 @@ def run_case(case, threads, repeats, use_ort=True):
 
     module = make_torch(case)
     layer = from_torch(module, dtype="float32")
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((case.B, case.T, case.I), dtype=np.float32)
-    G = rng.standard_normal((case.B, case.T, case.H), dtype=np.float32)
+    X, G = case_data(case)
     tX, tG = torch.from_numpy(X), torch.from_numpy(G)
     res = {"case": case.name, "group": case.group, "cell": case.cell,
            "B": case.B, "T": case.T, "I": case.I, "H": case.H,
            "torch_path": TORCH_PATH[case.cell]}
+    for k in ("init", "x_scale"):
+        if k in case.extra:
+            res[k] = case.extra[k]
+    ftz = case.extra.get("torch_ftz", False)
+    if ftz:
+        res.update(denormal_share(module, tX, tG))
     # correctness guard: the two forwards must agree (a benchmark of a wrong
     # result is worthless)
     layer.eval()
@@ -306,6 +366,8 @@ def run_case(case, threads, repeats, use_ort=True):
             with torch.inference_mode():
                 module(tX)
         fns["torch"] = torch_infer
+        if ftz:
+            fns["torch_ftz"] = flushing_denormals(torch_infer)
         ts = time_alternating(fns, repeats)
         if use_ort:
             # timed on its own, its session closed before anything else runs:
@@ -325,6 +387,8 @@ def run_case(case, threads, repeats, use_ort=True):
             res[f"infer_{k}_ms"] = v * 1e3
             res[f"infer_{k}_gflops"] = case.flops("infer") / v / 1e9
         res["infer_speedup_torch"] = ts["torch"] / ts["fastseq"]
+        if ftz:
+            res["infer_speedup_torch_ftz"] = ts["torch_ftz"] / ts["fastseq"]
         if "ort" in ts:
             res["infer_speedup_ort"] = ts["ort"] / ts["fastseq"]
 
@@ -332,13 +396,78 @@ def run_case(case, threads, repeats, use_ort=True):
         layer.train()
         ft = FastseqTrainer(layer)
         tt = TorchTrainer(module)
-        ts = time_alternating({"fastseq": lambda: ft.step(X, G), "torch": lambda: tt.step(tX, tG)},
-                              repeats)
+        fns = {"fastseq": lambda: ft.step(X, G), "torch": lambda: tt.step(tX, tG)}
+        if ftz:
+            fns["torch_ftz"] = flushing_denormals(fns["torch"])
+        ts = time_alternating(fns, repeats)
         for k, v in ts.items():
             res[f"train_{k}_ms"] = v * 1e3
             res[f"train_{k}_gflops"] = case.flops("train") / v / 1e9
         res["train_speedup_torch"] = ts["torch"] / ts["fastseq"]
+        if ftz:
+            res["train_speedup_torch_ftz"] = ts["torch_ftz"] / ts["fastseq"]
     return res
+
+
+def case_data(case):
+    """Input X (B, T, I) and output gradient G (B, T, H), float32: standard
+    normal, X times ``extra["x_scale"]``, G zero before the last step when
+    ``extra["grad"] == "last"`` (a loss on the last state, as a classifier)."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((case.B, case.T, case.I), dtype=np.float32)
+    G = rng.standard_normal((case.B, case.T, case.H), dtype=np.float32)
+    if case.extra.get("x_scale", 1.0) != 1.0:
+        X *= np.float32(case.extra["x_scale"])
+    if case.extra.get("grad") == "last":
+        G[:, :-1] = 0.0
+    return X, G
+
+
+def denormals_flushed():
+    """True when this thread's float unit flushes denormals (FTZ or DAZ set):
+    numpy's float32 arithmetic on this thread follows the same control
+    register."""
+    tiny = np.finfo(np.float32).tiny
+    return bool(np.float32(tiny) * np.float32(0.5) == 0 or np.float32(tiny / 4) + np.float32(0) == 0)
+
+
+def flushing_denormals(fn):
+    """``fn`` run under ``torch.set_flush_denormal(True)``, the thread's
+    previous state put back after each call (fastseq's calls, timed in turn,
+    run on the same thread)."""
+    import torch
+
+    before = denormals_flushed()
+
+    def run():
+        torch.set_flush_denormal(True)
+        try:
+            fn()
+        finally:
+            torch.set_flush_denormal(before)
+    return run
+
+
+def denormal_share(module, tX, tG):
+    """How much of torch's backward pass (no flush) meets denormals: the
+    share of steps whose input gradient holds a denormal, and of steps where
+    it is exactly zero (faded out)."""
+    import torch
+
+    before = denormals_flushed()
+    torch.set_flush_denormal(False)
+    try:
+        x = tX.clone().requires_grad_(True)
+        out = module(x)[0]
+        (out * tG).sum().backward()
+    finally:
+        torch.set_flush_denormal(before)
+    module.zero_grad(set_to_none=True)
+    d = x.grad.abs().numpy()
+    sub = ((d > 0) & (d < np.finfo(np.float32).tiny)).any(axis=(0, 2))
+    zero = ~(d > 0).any(axis=(0, 2))
+    return {"denormal_steps_pct": 100.0 * float(sub.mean()),
+            "zero_grad_steps_pct": 100.0 * float(zero.mean())}
 
 
 def check_determinism(threads):
@@ -690,8 +819,36 @@ def print_table(results):
               f"{f(r, 'train_mem_fastseq_mb', '7.1f')} {f(r, 'train_mem_torch_mb', '6.1f')}")
 
 
+def long_table(results):
+    """Rows of the long-sequence cases with torch's flush-to-zero timings."""
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    out = [("case", "x scale", "steps with denormal dX %", "steps with zero dX %",
+            "infer fastseq ms", "torch", "torch FTZ", "x torch", "x torch FTZ",
+            "train fastseq ms", "torch", "torch FTZ", "x torch", "x torch FTZ")]
+    for r in results:
+        if r.get("group") != "long" or "skipped" in r:
+            continue
+        out.append((r["case"], f(r.get("x_scale"), "g"), f(r.get("denormal_steps_pct"), ".1f"),
+                    f(r.get("zero_grad_steps_pct"), ".1f"))
+                   + tuple(f(r.get(f"{m}_{k}"), fmt) for m in ("infer", "train")
+                           for k, fmt in (("fastseq_ms", ".2f"), ("torch_ms", ".2f"),
+                                          ("torch_ftz_ms", ".2f"), ("speedup_torch", ".2f"),
+                                          ("speedup_torch_ftz", ".2f"))))
+    return out if len(out) > 1 else []
+
+
+def md_table(rows):
+    """Markdown lines of a table given as tuples (the first one the header)."""
+    if not rows:
+        return []
+    return (["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
 def markdown(out):
-    """The run as Markdown (CPU line, machine, summary, one table): for bench/RESULTS.md."""
+    """The run as Markdown for bench/RESULTS.md: the CPU line, machine,
+    summary, the long-sequence table, then one row per case."""
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
     m, s = out["machine"], out["summary"]
@@ -701,6 +858,9 @@ def markdown(out):
              "float32 matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s"
                                                  for k, v in out["matmul_peak_gflops"].items()), ""]
     lines += ["```", json.dumps(s, indent=1), "```", ""]
+    if long_table(out["results"]):
+        lines += ["Long sequences, torch also with flush-to-zero:", ""]
+        lines += md_table(long_table(out["results"])) + [""]
     rows = out["results"]
     if rows:
         lines += ["| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
@@ -834,7 +994,8 @@ def main(argv=None):
         results.append(r)
         gc.collect()
         print(f"  {r['case']}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()
-                                             if k.endswith(("speedup_torch", "speedup_ort"))), flush=True)
+                                             if k.endswith(("speedup_torch", "speedup_ort",
+                                                            "speedup_torch_ftz"))), flush=True)
     summary = summarize(results, peak)
     summary["deterministic_fixed_threads"] = check_determinism(args.threads)
     fs_limit.__exit__(None, None, None)
@@ -844,6 +1005,11 @@ def main(argv=None):
     summary["bench_wall_s"] = time.perf_counter() - t_start
     print()
     print_table(results)
+    if long_table(results):
+        print()
+        print("long sequences, torch also with flush-to-zero (torch.set_flush_denormal(True)):")
+        for row in long_table(results):
+            print("  ".join(f"{c:>{26 if i == 0 else 9}s}" for i, c in enumerate(row)))
     print()
     print(cpu_header(info))
     print(json.dumps(summary, indent=2))
