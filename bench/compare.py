@@ -3,7 +3,8 @@
 Run from the repository root::
 
     python -m bench.compare                 # full comparison (a few minutes on 2 cores)
-    python -m bench.compare --quick         # a small subset (smoke test, ~30 s)
+    python -m bench.compare --quick         # a small subset (smoke test, ~1-2 min)
+    python -m bench.compare --only course --epochs 1   # the MNIST-rows section alone
     python bench/compare.py --threads 1 --only lstm --json out.json --png out.png
 
 Every case is float32, both libraries limited to the same number of threads
@@ -41,7 +42,10 @@ Groups of cases
 ---------------
 ``latency``  B = 1, 4, 16, H = 32-256, T = 32 and 128.
 ``course``   the course's systems: ``small-train``, ``mnist-rows`` and
-             ``weather`` (layer calls at their sizes).
+             ``weather`` (layer calls at their sizes), and the MNIST-rows
+             system end to end (``course/mnist/*``: estimator ``fit`` against
+             a torch training loop, seconds per epoch and test accuracy, both
+             engines at their default threads; see :mod:`bench.course`).
 ``matrix``   large B, I and H: bound by the matrix products.
 ``long``     T = 1500 (B = 8, F = 6, H = 64), a classifier-like training step
              (the loss on the last step only: ``d_out`` is zero before it) and
@@ -83,6 +87,8 @@ if __package__ in (None, ""):  # python bench/compare.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+
+from bench.course import CELLS as COURSE_CELLS, course_table, run_course
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -797,6 +803,9 @@ def summarize(results, peak):
 
 
 def print_table(results):
+    results = [r for r in results if not r["case"].startswith("course/")]  # course_table's
+    if not results:
+        return
     hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'ort':>8s} {'x torch':>7s} "
            f"{'x ort':>6s} {'trn fs ms':>9s} {'torch':>8s} {'x torch':>7s} {'GF/s fs':>8s} "
            f"{'mem fs':>7s} {'torch':>6s}")
@@ -848,7 +857,7 @@ def md_table(rows):
 
 def markdown(out):
     """The run as Markdown for bench/RESULTS.md: the CPU line, machine,
-    summary, the long-sequence table, then one row per case."""
+    summary, the MNIST-rows and long-sequence tables, then one row per case."""
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
     m, s = out["machine"], out["summary"]
@@ -858,10 +867,14 @@ def markdown(out):
              "float32 matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s"
                                                  for k, v in out["matmul_peak_gflops"].items()), ""]
     lines += ["```", json.dumps(s, indent=1), "```", ""]
+    course = [r for r in out["results"] if r["case"].startswith("course/")]
+    if course:
+        lines += ["MNIST rows end to end (both engines at their default threads):", ""]
+        lines += md_table(course_table(course)) + [""]
     if long_table(out["results"]):
         lines += ["Long sequences, torch also with flush-to-zero:", ""]
         lines += md_table(long_table(out["results"])) + [""]
-    rows = out["results"]
+    rows = [r for r in out["results"] if not r["case"].startswith("course/")]
     if rows:
         lines += ["| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
                   "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) "
@@ -887,7 +900,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results if "skipped" not in r]
+    rows = [r for r in results if "skipped" not in r and not r["case"].startswith("course/")]
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(rows)), 9), sharex=True)
     x = np.arange(len(rows))
     w = 0.4
@@ -915,11 +928,17 @@ def plot(results, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for every engine (default 2; not the MNIST-rows section's, "
+                        "which runs both engines at their defaults)")
     p.add_argument("--quick", action="store_true", help="a small subset of cases")
     p.add_argument("--only", default=None,
-                   help="run only cases whose name contains this string (comma-separated: any)")
+                   help="run only cases whose name contains this string (comma-separated: any); "
+                        "'course' runs the MNIST-rows section alone (course/mnist/<cell>)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 7, quick 3)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the MNIST-rows section (default 10, quick 1)")
+    p.add_argument("--no-course", action="store_true", help="skip the MNIST-rows section")
     p.add_argument("--json", default=None,
                    help="JSON output (default bench/results-<cpu>[-partial].json; '' for none)")
     p.add_argument("--png", default=None, help="chart (default bench/results-<cpu>[-partial].png)")
@@ -945,15 +964,28 @@ def output_paths(args, info):
                  for given, ext in ((args.json, ".json"), (args.md, ".md"), (args.png, ".png")))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+def select_cases(args):
+    """The cases of ``all_cases`` this run times, and the cells of the
+    MNIST-rows section it runs."""
     cases = all_cases()
+    course = [] if args.no_course else list(COURSE_CELLS)
     if args.quick:
         cases = [c for c in cases if c.name in QUICK]
     if args.only:
         keys = args.only.split(",")
         cases = [c for c in cases if any(k in c.name for k in keys)]
+        course = [c for c in course if any(k in f"course/mnist/{c}" for k in keys)]
+    return cases, course
+
+
+def main(argv=None):
+    import torch
+
+    args = parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    cases, course_cells = select_cases(args)
+    epochs = args.epochs or (1 if args.quick else 10)
+    torch_default_threads = torch.get_num_threads()  # before set_threads: the course section's
     use_ort = not args.no_ort
     if use_ort:
         try:
@@ -996,15 +1028,28 @@ def main(argv=None):
         print(f"  {r['case']}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()
                                              if k.endswith(("speedup_torch", "speedup_ort",
                                                             "speedup_torch_ftz"))), flush=True)
-    summary = summarize(results, peak)
-    summary["deterministic_fixed_threads"] = check_determinism(args.threads)
+    deterministic = check_determinism(args.threads)
     fs_limit.__exit__(None, None, None)
     limits.restore_original_limits()
+    if course_cells:
+        # both engines at their defaults: torch's thread count from before
+        # set_threads, no threadpoolctl limit, fastseq's own n_jobs default
+        torch.set_num_threads(torch_default_threads)
+        results += run_course(epochs, course_cells)
+        gc.collect()
+    summary = summarize(results, peak)
+    summary["deterministic_fixed_threads"] = deterministic
     if not args.no_cold:
         summary["cold_start"] = measure_cold_start()
     summary["bench_wall_s"] = time.perf_counter() - t_start
     print()
     print_table(results)
+    course = [r for r in results if r["case"].startswith("course/")]
+    if course:
+        print()
+        print("MNIST rows end to end (both engines at their default threads, not --threads):")
+        for row in course_table(course):
+            print("  ".join(f"{c:>{18 if i == 0 else 10}s}" for i, c in enumerate(row)))
     if long_table(results):
         print()
         print("long sequences, torch also with flush-to-zero (torch.set_flush_denormal(True)):")
