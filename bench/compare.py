@@ -40,7 +40,8 @@ an initially empty ``NUMBA_CACHE_DIR``.
 
 Groups of cases
 ---------------
-``latency``  B = 1, 4, 16, H = 32-256, T = 32 and 128.
+``latency``  B = 1, 4, 16, H = 32-256, T = 32 and 128 (the batch-1 ones are
+             also summarised on their own: ``batch-1``, with the decoder's).
 ``course``   the course's systems: ``small-train``, ``mnist-rows`` and
              ``weather`` (layer calls at their sizes), and the MNIST-rows
              system end to end (``course/mnist/*``: estimator ``fit`` against
@@ -59,6 +60,11 @@ Groups of cases
              flush-to-zero and denormals-are-zero on the calling thread, the
              previous state put back after each call).
 ``decoder``  greedy attention decoding (torch: a hand-written loop).
+
+The summary gives, per group, the geometric mean and the worst case of every
+ratio (inference, training step, epoch) against torch and, for inference,
+against ONNX Runtime, then the same over all cases, the count of cases below
+1.0x, and the project's targets with their measured values.
 
 Output files: ``bench/results-<cpu>.json``, ``.md`` and ``.png``, where
 ``<cpu>`` is LLVM's name for the host CPU (``znver4``, ``skylake-avx512``...):
@@ -88,7 +94,8 @@ if __package__ in (None, ""):  # python bench/compare.py
 
 import numpy as np
 
-from bench.course import CELLS as COURSE_CELLS, course_table, run_course
+from bench.course import CELLS as COURSE_CELLS
+from bench.course import TARGET_ACC_DIFF, TARGET_SPEEDUP, course_table, run_course
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -775,6 +782,80 @@ def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
+#: the summary's groups: the case groups each one gathers ("batch-1" is a
+#: view across them: every inference case at B = 1)
+SUMMARY_GROUPS = {"latency": ("latency",),
+                  "course": ("small-train", "mnist-rows", "weather", "course"),
+                  "matrix": ("matrix",), "long": ("long",), "decoder": ("decoder",)}
+#: what a row can be measured in: ``{mode}_speedup_{engine}`` keys
+MODES = ("infer", "train", "epoch")
+
+
+def ratios(rows, against="torch"):
+    """(case, mode, ratio) of every measurement of ``rows`` against
+    ``against`` ("torch", "ort", "torch_ftz"); > 1 means fastseq is faster."""
+    out = []
+    for r in rows:
+        for m in MODES:
+            v = r.get(f"{m}_speedup_{against}")
+            if isinstance(v, (int, float)) and v > 0:
+                out.append((r["case"], m, float(v)))
+    return out
+
+
+def group_summary(rows):
+    """Geometric mean and worst case of every ratio of ``rows``, and how many
+    cases have one below 1.0x, against torch (also per mode), ONNX Runtime
+    and, where timed, torch with denormals flushed."""
+    g = {"cases": len(rows)}
+    for against in ("torch", "ort", "torch_ftz"):
+        rs = ratios(rows, against)
+        if not rs:
+            continue
+        case, mode, worst = min(rs, key=lambda x: x[2])
+        d = {"geomean": geomean([v for _, _, v in rs]), "ratios": len(rs),
+             "worst": {"case": case, "mode": mode, "ratio": worst},
+             "cases_below_1x": len({c for c, _, v in rs if v < 1.0})}
+        if against == "torch":
+            for m in MODES:
+                vs = [v for _, mm, v in rs if mm == m]
+                if vs:
+                    d[f"{m}_geomean"] = geomean(vs)
+        g[f"vs_{against}"] = d
+    return g
+
+
+def targets(s, rows):
+    """The performance issue's targets with this run's values."""
+    t = []
+
+    def add(name, value, met):
+        t.append({"target": name, "value": value, "met": None if value is None else bool(met)})
+    o = s["overall"]
+    worst = o.get("vs_torch", {}).get("worst", {}).get("ratio")
+    add("every case >= 1.0x torch (inference, training, epoch)", worst, worst is not None and worst >= 1.0)
+    worst = o.get("vs_ort", {}).get("worst", {}).get("ratio")
+    add("every inference case >= 1.0x ONNX Runtime", worst, worst is not None and worst >= 1.0)
+    gm = o.get("vs_torch", {}).get("geomean")
+    add("geometric mean over all cases >= 2x torch", gm, gm is not None and gm >= 2.0)
+    pct = [v for d in s["matrix_bound_pct_of_peak"].values() for v in d.values()]
+    low = min(pct) if pct else None
+    add("matrix-bound cases >= 75% of the matmul peak (lowest)", low, low is not None and low >= 75.0)
+    b1 = s["groups"].get("batch-1", {})
+    gm = b1.get("vs_torch", {}).get("geomean")
+    add("batch-1 latency >= 5x torch (geomean)", gm, gm is not None and gm >= 5.0)
+    gm = b1.get("vs_ort", {}).get("geomean")
+    add("batch-1 latency >= 1.5x ONNX Runtime (geomean)", gm, gm is not None and gm >= 1.5)
+    course = [r for r in rows if "epoch_speedup_torch" in r]
+    low = min((r["epoch_speedup_torch"] for r in course), default=None)
+    add(f"MNIST rows end to end >= {TARGET_SPEEDUP}x torch per epoch (every cell)", low,
+        low is not None and low >= TARGET_SPEEDUP)
+    diff = max((abs(r["acc_diff"]) for r in course), default=None)
+    add(f"MNIST rows test accuracy within {TARGET_ACC_DIFF} of torch (largest gap)", diff,
+        diff is not None and diff <= TARGET_ACC_DIFF)
+    return t
+
+
 def summarize(results, peak):
     rows = [r for r in results if "skipped" not in r]
     s = {}
@@ -799,7 +880,53 @@ def summarize(results, peak):
     mem = [r for r in rows if r.get("train_mem_fastseq_mb") and r.get("train_mem_torch_mb")]
     s["train_memory_cases_above_torch"] = [r["case"] for r in mem
                                            if r["train_mem_fastseq_mb"] > r["train_mem_torch_mb"]]
+    groups = {}
+    for name, members in SUMMARY_GROUPS.items():
+        g = [r for r in rows if r["group"] in members]
+        if g:
+            groups[name] = group_summary(g)
+        if name == "latency" and b1:  # the batch-1 view next to its group
+            groups["batch-1"] = group_summary(
+                [{k: v for k, v in r.items() if not k.startswith(("train_", "epoch_"))} for r in b1])
+    s["groups"] = groups
+    s["overall"] = group_summary(rows)
+    s["below_1x_torch"] = [f"{c} {m} {v:.2f}" for c, m, v in ratios(rows, "torch") if v < 1.0]
+    s["below_1x_ort"] = [f"{c} {m} {v:.2f}" for c, m, v in ratios(rows, "ort") if v < 1.0]
+    s["targets"] = targets(s, rows)
     return s
+
+
+def summary_lines(s):
+    """The summary as a Markdown table of the groups and a list of targets
+    (printed as is, and written into the Markdown output)."""
+    def f(v, fmt=".2f"):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    def worst(d):
+        w = d.get("worst")
+        return f"{w['ratio']:.2f} {w['case']} ({w['mode']})" if w else "-"
+    lines = ["Ratios are the other engine's time over fastseq's (> 1: fastseq is faster).", "",
+             "| group | cases | x torch geomean | infer / train / epoch | worst x torch | "
+             "x ORT geomean | worst x ORT | cases below 1.0x torch / ORT |",
+             "|" + "---|" * 8]
+    named = list(s["groups"].items()) + [("**all**", s["overall"])]
+    for name, g in named:
+        t, o = g.get("vs_torch", {}), g.get("vs_ort", {})
+        modes = " / ".join(f(t.get(f"{m}_geomean")) for m in MODES)
+        lines.append(f"| {name} | {g['cases']} | {f(t.get('geomean'))} | {modes} | {worst(t)} | "
+                     f"{f(o.get('geomean'))} | {worst(o)} | {t.get('cases_below_1x', '-')} / "
+                     f"{o.get('cases_below_1x', '-')} |")
+    ftz = s["groups"].get("long", {}).get("vs_torch_ftz")
+    if ftz:
+        lines += ["", f"long sequences against torch with flush-to-zero "
+                      f"(`torch.set_flush_denormal(True)`): geomean {f(ftz['geomean'])}, "
+                      f"worst {worst(ftz)}"]
+    lines += ["", "batch-1 is a view of the inference cases at B = 1 (latency and decoder), "
+                  "also counted in their groups; **all** counts every case once.", ""]
+    for t in s["targets"]:
+        mark = {True: "met", False: "**short**", None: "not measured"}[t["met"]]
+        lines.append(f"- {t['target']}: {f(t['value'], '.3g')} ({mark})")
+    return lines
 
 
 def print_table(results):
@@ -857,7 +984,8 @@ def md_table(rows):
 
 def markdown(out):
     """The run as Markdown for bench/RESULTS.md: the CPU line, machine,
-    summary, the MNIST-rows and long-sequence tables, then one row per case."""
+    summary (groups, targets, the JSON), the MNIST-rows and long-sequence
+    tables, then one row per case."""
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
     m, s = out["machine"], out["summary"]
@@ -866,7 +994,8 @@ def markdown(out):
              "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), "",
              "float32 matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s"
                                                  for k, v in out["matmul_peak_gflops"].items()), ""]
-    lines += ["```", json.dumps(s, indent=1), "```", ""]
+    lines += summary_lines(s)
+    lines += ["", "```", json.dumps(s, indent=1), "```", ""]
     course = [r for r in out["results"] if r["case"].startswith("course/")]
     if course:
         lines += ["MNIST rows end to end (both engines at their default threads):", ""]
@@ -1057,7 +1186,10 @@ def main(argv=None):
             print("  ".join(f"{c:>{26 if i == 0 else 9}s}" for i, c in enumerate(row)))
     print()
     print(cpu_header(info))
-    print(json.dumps(summary, indent=2))
+    print("\n".join(summary_lines(summary)))
+    print()
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("groups", "overall", "targets")},
+                     indent=2))
     out = {"machine": info, "matmul_peak_gflops": peak, "summary": summary, "results": results,
            "argv": sys.argv[1:] if argv is None else list(argv)}
     json_path, md_path, png_path = output_paths(args, info)
