@@ -3,7 +3,8 @@
 Run from the repository root::
 
     python -m bench.compare                 # full comparison (a few minutes on 2 cores)
-    python -m bench.compare --quick         # a small subset (smoke test, ~30 s)
+    python -m bench.compare --quick         # a small subset (smoke test, ~1-2 min)
+    python -m bench.compare --only course --epochs 1   # the MNIST-rows section alone
     python bench/compare.py --threads 1 --only lstm --json out.json --png out.png
 
 Every case is float32, both libraries limited to the same number of threads
@@ -30,11 +31,48 @@ Modes per case
 GFLOP/s count only the matrix products (2 G H (I + H) per row forward, three
 times that for a training step) and are compared with this machine's float32
 matrix-multiply peak, measured at start-up (the best of numpy's BLAS and torch
-on a 2048^3 product at the same thread count).  Peak memory is measured in a
-fresh subprocess per case and engine (peak RSS of one training step above the
-RSS before it, after a warm-up on a smaller batch), for the training cases.
+on 2048^3 and 4096^3 products at the same thread count; ``--matmul-size``).
+Peak memory is measured in a fresh subprocess per case and engine (peak RSS
+of one training step above the RSS before it, after a warm-up on a smaller
+batch), for the training cases.
 Cold start runs ``bench.compare --_cold`` twice in fresh interpreters sharing
 an initially empty ``NUMBA_CACHE_DIR``.
+
+Groups of cases
+---------------
+``latency``  B = 1, 4, 16, H = 32-256, T = 32 and 128 (the batch-1 ones are
+             also summarised on their own: ``batch-1``, with the decoder's).
+``course``   the course's systems: ``small-train``, ``mnist-rows`` and
+             ``weather`` (layer calls at their sizes), and the MNIST-rows
+             system end to end (``course/mnist/*``: estimator ``fit`` against
+             a torch training loop, seconds per epoch and test accuracy, both
+             engines at their default threads; see :mod:`bench.course`).
+``matrix``   large B, I and H: bound by the matrix products.
+``long``     T = 1500 (B = 8, F = 6, H = 64), a classifier-like training step
+             (the loss on the last step only: ``d_out`` is zero before it) and
+             inference, with Keras's initialisation (Glorot input weights,
+             orthogonal recurrent blocks, zero biases, LSTM forget bias 1)
+             and inputs scaled per cell (``x_scale``) so that the gradient
+             fades through the denormal range part of the way back: the row
+             gives the share of steps whose input gradient (torch's, no
+             flush) holds a denormal.  torch is timed twice, as usual and
+             with ``torch.set_flush_denormal(True)`` (``torch_ftz`` columns;
+             flush-to-zero and denormals-are-zero on the calling thread, the
+             previous state put back after each call).
+``decoder``  greedy attention decoding (torch: a hand-written loop).
+
+The summary gives, per group, the geometric mean and the worst case of every
+ratio (inference, training step, epoch) against torch and, for inference,
+against ONNX Runtime, then the same over all cases, the count of cases below
+1.0x, and the project's targets with their measured values.
+
+Output files: ``bench/results-<cpu>.json``, ``.md`` and ``.png``, where
+``<cpu>`` is LLVM's name for the host CPU (``znver4``, ``skylake-avx512``...):
+runs on different kinds of CPU land side by side instead of overwriting each
+other (``bench/RESULTS.md`` keeps one table per CPU kind).  A partial run
+(``--quick`` or ``--only``) writes ``bench/results-<cpu>-partial.*`` so that
+it never replaces a full run's files.  The Markdown starts with a
+``CPU: <model> (<llvm name>, <widest vector ISA>), <n> threads`` line.
 """
 
 import argparse
@@ -43,6 +81,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -54,6 +93,9 @@ if __package__ in (None, ""):  # python bench/compare.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+
+from bench.course import CELLS as COURSE_CELLS
+from bench.course import TARGET_ACC_DIFF, TARGET_SPEEDUP, course_table, run_course
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -80,6 +122,15 @@ class Case:
         return f if mode == "infer" else 3.0 * f
 
 
+#: long sequences: Keras initialisation and input scales under which the
+#: gradient of a last-step loss fades into denormals part of the way back
+#: over 1500 steps (share of steps with a denormal input gradient, torch,
+#: no flush: RNN 32%, LSTM 18%, GRU 5%, reported in each row; with
+#: PyTorch's initialisation 3% for each cell, the gradient exactly zero
+#: after 200-250 steps)
+LONG_X_SCALE = {"rnn": 0.3, "lstm": 2.0, "gru": 1.0}
+
+
 def all_cases():
     cases = []
     for cell in ("rnn", "lstm", "gru"):
@@ -99,6 +150,10 @@ def all_cases():
             for H in (128, 256):
                 cases.append(Case(f"decoder/gru/B{B}/S{S}/H{H}", "decoder", "gru", B, 32, H, H,
                                   modes=("infer",), extra={"S": S}))
+    for cell in ("rnn", "lstm", "gru"):
+        cases.append(Case(f"long/{cell}/B8/T1500/F6/H64", "long", cell, 8, 1500, 6, 64,
+                          extra={"init": "keras", "x_scale": LONG_X_SCALE[cell], "grad": "last",
+                                 "torch_ftz": True}))
     return cases
 
 
@@ -106,6 +161,7 @@ QUICK = {
     "latency/lstm/B1/H64/T32", "latency/gru/B1/H64/T32", "latency/rnn/B1/H64/T32",
     "latency/lstm/B16/H128/T32", "small-train/gru/B32/T64/I32/H64",
     "mnist-rows/lstm/B128/T28/I28/H256", "weather/gru/B1024/T48/I5/H64",
+    "long/lstm/B8/T1500/F6/H64",
 }
 
 
@@ -115,7 +171,30 @@ def make_torch(case, seed=0):
 
     torch.manual_seed(seed)
     cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[case.cell]
-    return cls(case.I, case.H, batch_first=True).float()
+    module = cls(case.I, case.H, batch_first=True).float()
+    if case.extra.get("init") == "keras":
+        keras_init(module, case.cell)
+    return module
+
+
+def keras_init(module, cell):
+    """Keras's initialisation in place: glorot_uniform input weights,
+    orthogonal recurrent weights (each gate's block), zero biases, LSTM
+    forget-gate bias 1."""
+    import torch
+
+    H = module.hidden_size
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("weight_ih"):
+                torch.nn.init.xavier_uniform_(p)
+            elif name.startswith("weight_hh"):
+                for g in range(GATES[cell]):
+                    torch.nn.init.orthogonal_(p[g * H:(g + 1) * H])
+            else:
+                p.zero_()
+                if cell == "lstm" and name.startswith("bias_ih"):
+                    p[H:2 * H] = 1.0  # gate order i, f, g, o
 
 
 class FastseqTrainer:
@@ -208,7 +287,7 @@ def _calibrate(fn, min_time):
     return max(1, int(min_time / max(dt, 1e-7)))
 
 
-def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
+def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=True):
     """Median seconds per call of each of ``fns`` (a dict), timed in turn.
 
     Each sample runs one engine ``inner`` times (calibrated to about
@@ -217,7 +296,9 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
     threads spin about 9 ms after each call here, measured as CPU time used
     during a sleep; on this machine's two hardware threads of one core a
     spinning thread halves the other's speed); the untimed call refills the
-    caches the other engine evicted.  Both engines get the same treatment.
+    caches the other engine evicted (``refill=False`` skips it, for calls
+    whose data do not fit in cache anyway).  Both engines get the same
+    treatment.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -228,7 +309,8 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
         for k, fn in fns.items():
             n = inner[k]
             time.sleep(pause)
-            fn()
+            if refill:
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -236,21 +318,30 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02):
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def matmul_peak(threads, n=2048, repeats=5):
-    """Best float32 GFLOP/s of an n^3 matrix product (numpy's BLAS and torch)."""
+def matmul_peak(threads, sizes=(2048, 4096), repeats=5):
+    """float32 GFLOP/s of n^3 matrix products for each n of ``sizes``, numpy's
+    BLAS and torch alternated: ``{"numpy 2048": ..., "torch 2048": ...}``;
+    the peak is the best of them.  The median of ``repeats`` calls at 2048,
+    of 2 at larger sizes (a 4096^3 product takes about a second on 2 cores),
+    without a warm-up call there."""
     import torch
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty_like(a)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    tc = torch.empty_like(ta)
-    ts = time_alternating({"numpy": lambda: np.matmul(a, b, out=c),
-                           "torch": lambda: torch.mm(ta, tb, out=tc)},
-                          repeats, warmup=1, min_time=0.0)
-    flops = 2.0 * n ** 3
-    return {k: flops / v / 1e9 for k, v in ts.items()}
+    peak = {}
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        c = np.empty_like(a)
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        tc = torch.empty_like(ta)
+        big = n > 2048
+        ts = time_alternating({"numpy": lambda: np.matmul(a, b, out=c),
+                               "torch": lambda: torch.mm(ta, tb, out=tc)},
+                              min(repeats, 2) if big else repeats, warmup=0 if big else 1,
+                              min_time=0.0, refill=not big)
+        peak.update({f"{k} {n}": 2.0 * n ** 3 / v / 1e9 for k, v in ts.items()})
+        del a, b, c, ta, tb, tc
+    return peak
 
 
 # ------------------------------------------------------------- one case
@@ -261,13 +352,17 @@ def run_case(case, threads, repeats, use_ort=True):
 
     module = make_torch(case)
     layer = from_torch(module, dtype="float32")
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((case.B, case.T, case.I), dtype=np.float32)
-    G = rng.standard_normal((case.B, case.T, case.H), dtype=np.float32)
+    X, G = case_data(case)
     tX, tG = torch.from_numpy(X), torch.from_numpy(G)
     res = {"case": case.name, "group": case.group, "cell": case.cell,
            "B": case.B, "T": case.T, "I": case.I, "H": case.H,
            "torch_path": TORCH_PATH[case.cell]}
+    for k in ("init", "x_scale"):
+        if k in case.extra:
+            res[k] = case.extra[k]
+    ftz = case.extra.get("torch_ftz", False)
+    if ftz:
+        res.update(denormal_share(module, tX, tG))
     # correctness guard: the two forwards must agree (a benchmark of a wrong
     # result is worthless)
     layer.eval()
@@ -284,6 +379,8 @@ def run_case(case, threads, repeats, use_ort=True):
             with torch.inference_mode():
                 module(tX)
         fns["torch"] = torch_infer
+        if ftz:
+            fns["torch_ftz"] = flushing_denormals(torch_infer)
         ts = time_alternating(fns, repeats)
         if use_ort:
             # timed on its own, its session closed before anything else runs:
@@ -303,6 +400,8 @@ def run_case(case, threads, repeats, use_ort=True):
             res[f"infer_{k}_ms"] = v * 1e3
             res[f"infer_{k}_gflops"] = case.flops("infer") / v / 1e9
         res["infer_speedup_torch"] = ts["torch"] / ts["fastseq"]
+        if ftz:
+            res["infer_speedup_torch_ftz"] = ts["torch_ftz"] / ts["fastseq"]
         if "ort" in ts:
             res["infer_speedup_ort"] = ts["ort"] / ts["fastseq"]
 
@@ -310,13 +409,78 @@ def run_case(case, threads, repeats, use_ort=True):
         layer.train()
         ft = FastseqTrainer(layer)
         tt = TorchTrainer(module)
-        ts = time_alternating({"fastseq": lambda: ft.step(X, G), "torch": lambda: tt.step(tX, tG)},
-                              repeats)
+        fns = {"fastseq": lambda: ft.step(X, G), "torch": lambda: tt.step(tX, tG)}
+        if ftz:
+            fns["torch_ftz"] = flushing_denormals(fns["torch"])
+        ts = time_alternating(fns, repeats)
         for k, v in ts.items():
             res[f"train_{k}_ms"] = v * 1e3
             res[f"train_{k}_gflops"] = case.flops("train") / v / 1e9
         res["train_speedup_torch"] = ts["torch"] / ts["fastseq"]
+        if ftz:
+            res["train_speedup_torch_ftz"] = ts["torch_ftz"] / ts["fastseq"]
     return res
+
+
+def case_data(case):
+    """Input X (B, T, I) and output gradient G (B, T, H), float32: standard
+    normal, X times ``extra["x_scale"]``, G zero before the last step when
+    ``extra["grad"] == "last"`` (a loss on the last state, as a classifier)."""
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((case.B, case.T, case.I), dtype=np.float32)
+    G = rng.standard_normal((case.B, case.T, case.H), dtype=np.float32)
+    if case.extra.get("x_scale", 1.0) != 1.0:
+        X *= np.float32(case.extra["x_scale"])
+    if case.extra.get("grad") == "last":
+        G[:, :-1] = 0.0
+    return X, G
+
+
+def denormals_flushed():
+    """True when this thread's float unit flushes denormals (FTZ or DAZ set):
+    numpy's float32 arithmetic on this thread follows the same control
+    register."""
+    tiny = np.finfo(np.float32).tiny
+    return bool(np.float32(tiny) * np.float32(0.5) == 0 or np.float32(tiny / 4) + np.float32(0) == 0)
+
+
+def flushing_denormals(fn):
+    """``fn`` run under ``torch.set_flush_denormal(True)``, the thread's
+    previous state put back after each call (fastseq's calls, timed in turn,
+    run on the same thread)."""
+    import torch
+
+    before = denormals_flushed()
+
+    def run():
+        torch.set_flush_denormal(True)
+        try:
+            fn()
+        finally:
+            torch.set_flush_denormal(before)
+    return run
+
+
+def denormal_share(module, tX, tG):
+    """How much of torch's backward pass (no flush) meets denormals: the
+    share of steps whose input gradient holds a denormal, and of steps where
+    it is exactly zero (faded out)."""
+    import torch
+
+    before = denormals_flushed()
+    torch.set_flush_denormal(False)
+    try:
+        x = tX.clone().requires_grad_(True)
+        out = module(x)[0]
+        (out * tG).sum().backward()
+    finally:
+        torch.set_flush_denormal(before)
+    module.zero_grad(set_to_none=True)
+    d = x.grad.abs().numpy()
+    sub = ((d > 0) & (d < np.finfo(np.float32).tiny)).any(axis=(0, 2))
+    zero = ~(d > 0).any(axis=(0, 2))
+    return {"denormal_steps_pct": 100.0 * float(sub.mean()),
+            "zero_grad_steps_pct": 100.0 * float(zero.mean())}
 
 
 def check_determinism(threads):
@@ -518,13 +682,81 @@ def set_threads(n):
     return threadpool_limits(limits=n)
 
 
+def cpu_model():
+    """The CPU's model name: /proc/cpuinfo on Linux, platform.processor() elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "Model")):  # x86; some ARM boards
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+#: the widest vector instruction set first, as LLVM names its feature
+VECTOR_ISAS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sve2", "SVE2"),
+               ("sve", "SVE"), ("neon", "NEON"), ("sse4.2", "SSE4.2"), ("sse2", "SSE2"))
+
+
+def cpu_kind():
+    """(LLVM's name of the host CPU, as numba compiles for it, and the widest
+    vector ISA it has).  ``NUMBA_CPU_NAME`` overrides the name as it does for
+    numba."""
+    import llvmlite.binding as llvm
+    import numba
+
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    try:
+        features = llvm.get_host_cpu_features()
+        have = {k for k, v in features.items() if v}
+    except RuntimeError:  # LLVM cannot tell on some hosts
+        have = set()
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        have.add("neon")  # mandatory on 64-bit ARM, not always listed
+    isa = next((label for feat, label in VECTOR_ISAS if feat in have), "unknown")
+    return name, isa
+
+
+def blas_info():
+    """BLAS and OpenMP libraries loaded (threadpoolctl), by the package that
+    ships them, and torch's own BLAS (MKL is linked into torch, out of
+    threadpoolctl's sight)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    libs = {}
+    for lib in threadpool_info():
+        path = lib.get("filepath", "")
+        owner = next((pkg for pkg in ("numpy", "scipy", "torch", "scikit_learn", "onnxruntime")
+                      if f"{os.sep}{pkg}" in path), os.path.basename(os.path.dirname(path)))
+        desc = lib.get("internal_api", "?")
+        if lib.get("version"):
+            desc += " " + lib["version"]
+        if lib.get("architecture"):
+            desc += f" ({lib['architecture']})"
+        libs.setdefault(f"{owner.replace('.libs', '')} {lib['user_api']}", desc)
+    config = torch.__config__.show()
+    found = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    blas = found.group(1) if found else "?"
+    try:
+        blas += f" ({torch.backends.cpu.get_cpu_capability()})"
+    except Exception:  # pragma: no cover - older torch
+        pass
+    libs["torch blas"] = blas
+    return libs
+
+
 def machine_info(threads):
     import numba
     import torch
 
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "numpy": np.__version__, "numba": numba.__version__, "torch": torch.__version__,
-            "threads": threads, "cores": os.cpu_count()}
+    name, isa = cpu_kind()
+    info = {"cpu": cpu_model(), "llvm_cpu": name, "vector_isa": isa, "threads": threads,
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "numpy": np.__version__, "numba": numba.__version__,
+            "torch": torch.__version__}
     try:
         import onnxruntime
 
@@ -532,21 +764,96 @@ def machine_info(threads):
     except ImportError:
         pass
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-        info["llvm_cpu"] = __import__("llvmlite.binding", fromlist=["x"]).get_host_cpu_name()
-    except Exception:
-        pass
+        info["blas"] = blas_info()
+    except Exception as exc:  # pragma: no cover - depends on the install
+        info["blas"] = {"error": repr(exc)}
     info["load_avg"] = os.getloadavg()
     return info
+
+
+def cpu_header(info):
+    """One line naming the CPU kind, for the top of the Markdown output."""
+    return (f"CPU: {info.get('cpu', '?')} ({info.get('llvm_cpu', '?')}, "
+            f"{info.get('vector_isa', '?')}), {info.get('threads', '?')} threads")
 
 
 def geomean(xs):
     xs = [x for x in xs if x and x > 0]
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+#: the summary's groups: the case groups each one gathers ("batch-1" is a
+#: view across them: every inference case at B = 1)
+SUMMARY_GROUPS = {"latency": ("latency",),
+                  "course": ("small-train", "mnist-rows", "weather", "course"),
+                  "matrix": ("matrix",), "long": ("long",), "decoder": ("decoder",)}
+#: what a row can be measured in: ``{mode}_speedup_{engine}`` keys
+MODES = ("infer", "train", "epoch")
+
+
+def ratios(rows, against="torch"):
+    """(case, mode, ratio) of every measurement of ``rows`` against
+    ``against`` ("torch", "ort", "torch_ftz"); > 1 means fastseq is faster."""
+    out = []
+    for r in rows:
+        for m in MODES:
+            v = r.get(f"{m}_speedup_{against}")
+            if isinstance(v, (int, float)) and v > 0:
+                out.append((r["case"], m, float(v)))
+    return out
+
+
+def group_summary(rows):
+    """Geometric mean and worst case of every ratio of ``rows``, and how many
+    cases have one below 1.0x, against torch (also per mode), ONNX Runtime
+    and, where timed, torch with denormals flushed."""
+    g = {"cases": len(rows)}
+    for against in ("torch", "ort", "torch_ftz"):
+        rs = ratios(rows, against)
+        if not rs:
+            continue
+        case, mode, worst = min(rs, key=lambda x: x[2])
+        d = {"geomean": geomean([v for _, _, v in rs]), "ratios": len(rs),
+             "worst": {"case": case, "mode": mode, "ratio": worst},
+             "cases_below_1x": len({c for c, _, v in rs if v < 1.0})}
+        if against == "torch":
+            for m in MODES:
+                vs = [v for _, mm, v in rs if mm == m]
+                if vs:
+                    d[f"{m}_geomean"] = geomean(vs)
+        g[f"vs_{against}"] = d
+    return g
+
+
+def targets(s, rows):
+    """The performance issue's targets with this run's values."""
+    t = []
+
+    def add(name, value, met):
+        t.append({"target": name, "value": value, "met": None if value is None else bool(met)})
+    o = s["overall"]
+    worst = o.get("vs_torch", {}).get("worst", {}).get("ratio")
+    add("every case >= 1.0x torch (inference, training, epoch)", worst, worst is not None and worst >= 1.0)
+    worst = o.get("vs_ort", {}).get("worst", {}).get("ratio")
+    add("every inference case >= 1.0x ONNX Runtime", worst, worst is not None and worst >= 1.0)
+    gm = o.get("vs_torch", {}).get("geomean")
+    add("geometric mean over all cases >= 2x torch", gm, gm is not None and gm >= 2.0)
+    pct = [v for d in s["matrix_bound_pct_of_peak"].values() for v in d.values()]
+    low = min(pct) if pct else None
+    add("matrix-bound cases >= 75% of the matmul peak (lowest)", low, low is not None and low >= 75.0)
+    b1 = s["groups"].get("batch-1", {})
+    gm = b1.get("vs_torch", {}).get("geomean")
+    add("batch-1 latency >= 5x torch (geomean)", gm, gm is not None and gm >= 5.0)
+    gm = b1.get("vs_ort", {}).get("geomean")
+    add("batch-1 latency >= 1.5x ONNX Runtime (geomean)", gm, gm is not None and gm >= 1.5)
+    course = [r for r in rows if "epoch_speedup_torch" in r]
+    low = min((r["epoch_speedup_torch"] for r in course), default=None)
+    add(f"MNIST rows end to end >= {TARGET_SPEEDUP}x torch per epoch (every cell)", low,
+        low is not None and low >= TARGET_SPEEDUP)
+    diff = max((abs(r["acc_diff"]) for r in course), default=None)
+    add(f"MNIST rows test accuracy within {TARGET_ACC_DIFF} of torch (largest gap)", diff,
+        diff is not None and diff <= TARGET_ACC_DIFF)
+    return t
 
 
 def summarize(results, peak):
@@ -573,10 +880,59 @@ def summarize(results, peak):
     mem = [r for r in rows if r.get("train_mem_fastseq_mb") and r.get("train_mem_torch_mb")]
     s["train_memory_cases_above_torch"] = [r["case"] for r in mem
                                            if r["train_mem_fastseq_mb"] > r["train_mem_torch_mb"]]
+    groups = {}
+    for name, members in SUMMARY_GROUPS.items():
+        g = [r for r in rows if r["group"] in members]
+        if g:
+            groups[name] = group_summary(g)
+        if name == "latency" and b1:  # the batch-1 view next to its group
+            groups["batch-1"] = group_summary(
+                [{k: v for k, v in r.items() if not k.startswith(("train_", "epoch_"))} for r in b1])
+    s["groups"] = groups
+    s["overall"] = group_summary(rows)
+    s["below_1x_torch"] = [f"{c} {m} {v:.2f}" for c, m, v in ratios(rows, "torch") if v < 1.0]
+    s["below_1x_ort"] = [f"{c} {m} {v:.2f}" for c, m, v in ratios(rows, "ort") if v < 1.0]
+    s["targets"] = targets(s, rows)
     return s
 
 
+def summary_lines(s):
+    """The summary as a Markdown table of the groups and a list of targets
+    (printed as is, and written into the Markdown output)."""
+    def f(v, fmt=".2f"):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+    def worst(d):
+        w = d.get("worst")
+        return f"{w['ratio']:.2f} {w['case']} ({w['mode']})" if w else "-"
+    lines = ["Ratios are the other engine's time over fastseq's (> 1: fastseq is faster).", "",
+             "| group | cases | x torch geomean | infer / train / epoch | worst x torch | "
+             "x ORT geomean | worst x ORT | cases below 1.0x torch / ORT |",
+             "|" + "---|" * 8]
+    named = list(s["groups"].items()) + [("**all**", s["overall"])]
+    for name, g in named:
+        t, o = g.get("vs_torch", {}), g.get("vs_ort", {})
+        modes = " / ".join(f(t.get(f"{m}_geomean")) for m in MODES)
+        lines.append(f"| {name} | {g['cases']} | {f(t.get('geomean'))} | {modes} | {worst(t)} | "
+                     f"{f(o.get('geomean'))} | {worst(o)} | {t.get('cases_below_1x', '-')} / "
+                     f"{o.get('cases_below_1x', '-')} |")
+    ftz = s["groups"].get("long", {}).get("vs_torch_ftz")
+    if ftz:
+        lines += ["", f"long sequences against torch with flush-to-zero "
+                      f"(`torch.set_flush_denormal(True)`): geomean {f(ftz['geomean'])}, "
+                      f"worst {worst(ftz)}"]
+    lines += ["", "batch-1 is a view of the inference cases at B = 1 (latency and decoder), "
+                  "also counted in their groups; **all** counts every case once.", ""]
+    for t in s["targets"]:
+        mark = {True: "met", False: "**short**", None: "not measured"}[t["met"]]
+        lines.append(f"- {t['target']}: {f(t['value'], '.3g')} ({mark})")
+    return lines
+
+
 def print_table(results):
+    results = [r for r in results if not r["case"].startswith("course/")]  # course_table's
+    if not results:
+        return
     hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'ort':>8s} {'x torch':>7s} "
            f"{'x ort':>6s} {'trn fs ms':>9s} {'torch':>8s} {'x torch':>7s} {'GF/s fs':>8s} "
            f"{'mem fs':>7s} {'torch':>6s}")
@@ -599,20 +955,61 @@ def print_table(results):
               f"{f(r, 'train_mem_fastseq_mb', '7.1f')} {f(r, 'train_mem_torch_mb', '6.1f')}")
 
 
+def long_table(results):
+    """Rows of the long-sequence cases with torch's flush-to-zero timings."""
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    out = [("case", "x scale", "steps with denormal dX %", "steps with zero dX %",
+            "infer fastseq ms", "torch", "torch FTZ", "x torch", "x torch FTZ",
+            "train fastseq ms", "torch", "torch FTZ", "x torch", "x torch FTZ")]
+    for r in results:
+        if r.get("group") != "long" or "skipped" in r:
+            continue
+        out.append((r["case"], f(r.get("x_scale"), "g"), f(r.get("denormal_steps_pct"), ".1f"),
+                    f(r.get("zero_grad_steps_pct"), ".1f"))
+                   + tuple(f(r.get(f"{m}_{k}"), fmt) for m in ("infer", "train")
+                           for k, fmt in (("fastseq_ms", ".2f"), ("torch_ms", ".2f"),
+                                          ("torch_ftz_ms", ".2f"), ("speedup_torch", ".2f"),
+                                          ("speedup_torch_ftz", ".2f"))))
+    return out if len(out) > 1 else []
+
+
+def md_table(rows):
+    """Markdown lines of a table given as tuples (the first one the header)."""
+    if not rows:
+        return []
+    return (["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
 def markdown(out):
-    """The run as Markdown (machine, summary, one table): for bench/RESULTS.md."""
+    """The run as Markdown for bench/RESULTS.md: the CPU line, machine,
+    summary (groups, targets, the JSON), the MNIST-rows and long-sequence
+    tables, then one row per case."""
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) else "-"
     m, s = out["machine"], out["summary"]
-    lines = ["Command: `python -m bench.compare " + " ".join(out["argv"]) + "`", "",
+    lines = [cpu_header(m), "",
+             "Command: `python -m bench.compare " + " ".join(out["argv"]) + "`", "",
              "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), "",
              "float32 matmul peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s"
-                                                 for k, v in out["matmul_peak_gflops"].items()), "",
-             "```", json.dumps(s, indent=1), "```", "",
-             "| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
-             "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) | mem fastseq MB | mem torch MB |",
-             "|" + "---|" * 13]
-    for r in out["results"]:
+                                                 for k, v in out["matmul_peak_gflops"].items()), ""]
+    lines += summary_lines(s)
+    lines += ["", "```", json.dumps(s, indent=1), "```", ""]
+    course = [r for r in out["results"] if r["case"].startswith("course/")]
+    if course:
+        lines += ["MNIST rows end to end (both engines at their default threads):", ""]
+        lines += md_table(course_table(course)) + [""]
+    if long_table(out["results"]):
+        lines += ["Long sequences, torch also with flush-to-zero:", ""]
+        lines += md_table(long_table(out["results"])) + [""]
+    rows = [r for r in out["results"] if not r["case"].startswith("course/")]
+    if rows:
+        lines += ["| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
+                  "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) "
+                  "| mem fastseq MB | mem torch MB |",
+                  "|" + "---|" * 13]
+    for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['case']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
@@ -632,7 +1029,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results if "skipped" not in r]
+    rows = [r for r in results if "skipped" not in r and not r["case"].startswith("course/")]
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.22 * len(rows)), 9), sharex=True)
     x = np.arange(len(rows))
     w = 0.4
@@ -660,33 +1057,64 @@ def plot(results, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for every engine (default 2; not the MNIST-rows section's, "
+                        "which runs both engines at their defaults)")
     p.add_argument("--quick", action="store_true", help="a small subset of cases")
     p.add_argument("--only", default=None,
-                   help="run only cases whose name contains this string (comma-separated: any)")
+                   help="run only cases whose name contains this string (comma-separated: any); "
+                        "'course' runs the MNIST-rows section alone (course/mnist/<cell>)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per engine (default 7, quick 3)")
-    p.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
-    p.add_argument("--png", default=os.path.join(ROOT, "bench", "results.png"))
-    p.add_argument("--md", default=os.path.join(ROOT, "bench", "results.md"),
-                   help="Markdown summary and table (for bench/RESULTS.md); '' for none")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the MNIST-rows section (default 10, quick 1)")
+    p.add_argument("--no-course", action="store_true", help="skip the MNIST-rows section")
+    p.add_argument("--json", default=None,
+                   help="JSON output (default bench/results-<cpu>[-partial].json; '' for none)")
+    p.add_argument("--png", default=None, help="chart (default bench/results-<cpu>[-partial].png)")
+    p.add_argument("--md", default=None,
+                   help="Markdown summary and tables for bench/RESULTS.md "
+                        "(default bench/results-<cpu>[-partial].md; '' for none)")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
     p.add_argument("--memory-all", action="store_true", help="measure memory for every training case")
-    p.add_argument("--matmul-size", type=int, default=None,
-                   help="n of the n^3 float32 product that measures the peak (default 2048, quick 512)")
+    p.add_argument("--matmul-size", default=None,
+                   help="n of the n^3 float32 products that measure the peak, comma-separated "
+                        "(default 2048,4096; quick, or no matrix-bound case selected: 512)")
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 7)
+def output_paths(args, info):
+    """(json, md, png): the paths given, or bench/results-<cpu>[-partial].*
+    (see the module docstring); '' (given) means none."""
+    kind = re.sub(r"[^A-Za-z0-9_.-]", "_", info.get("llvm_cpu") or platform.machine() or "cpu")
+    stem = os.path.join(ROOT, "bench", f"results-{kind}" + ("-partial" if args.quick or args.only else ""))
+    return tuple(stem + ext if given is None else given
+                 for given, ext in ((args.json, ".json"), (args.md, ".md"), (args.png, ".png")))
+
+
+def select_cases(args):
+    """The cases of ``all_cases`` this run times, and the cells of the
+    MNIST-rows section it runs."""
     cases = all_cases()
+    course = [] if args.no_course else list(COURSE_CELLS)
     if args.quick:
         cases = [c for c in cases if c.name in QUICK]
     if args.only:
         keys = args.only.split(",")
         cases = [c for c in cases if any(k in c.name for k in keys)]
+        course = [c for c in course if any(k in f"course/mnist/{c}" for k in keys)]
+    return cases, course
+
+
+def main(argv=None):
+    import torch
+
+    args = parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 7)
+    cases, course_cells = select_cases(args)
+    epochs = args.epochs or (1 if args.quick else 10)
+    torch_default_threads = torch.get_num_threads()  # before set_threads: the course section's
     use_ort = not args.no_ort
     if use_ort:
         try:
@@ -697,9 +1125,15 @@ def main(argv=None):
     t_start = time.perf_counter()
     limits = set_threads(args.threads)
     info = machine_info(args.threads)
+    print(cpu_header(info))
     print("machine:", json.dumps(info))
-    n_mm = args.matmul_size or (512 if args.quick else 2048)
-    peak = matmul_peak(args.threads, n=n_mm, repeats=3 if args.quick else 5)
+    if args.matmul_size:
+        sizes = tuple(int(n) for n in args.matmul_size.split(","))
+    elif args.quick or not any(c.group == "matrix" for c in cases):
+        sizes = (512,)
+    else:
+        sizes = (2048, 4096)
+    peak = matmul_peak(args.threads, sizes=sizes, repeats=3 if args.quick else 5)
     print(f"float32 matmul peak ({args.threads} threads): "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     results = []
@@ -721,31 +1155,61 @@ def main(argv=None):
         results.append(r)
         gc.collect()
         print(f"  {r['case']}: " + ", ".join(f"{k}={v:.2f}" for k, v in r.items()
-                                             if k.endswith(("speedup_torch", "speedup_ort"))), flush=True)
-    summary = summarize(results, peak)
-    summary["deterministic_fixed_threads"] = check_determinism(args.threads)
+                                             if k.endswith(("speedup_torch", "speedup_ort",
+                                                            "speedup_torch_ftz"))), flush=True)
+    deterministic = check_determinism(args.threads)
     fs_limit.__exit__(None, None, None)
     limits.restore_original_limits()
+    if course_cells:
+        # both engines at their defaults: torch's thread count from before
+        # set_threads, no threadpoolctl limit, fastseq's own n_jobs default
+        torch.set_num_threads(torch_default_threads)
+        results += run_course(epochs, course_cells)
+        gc.collect()
+    summary = summarize(results, peak)
+    summary["deterministic_fixed_threads"] = deterministic
     if not args.no_cold:
         summary["cold_start"] = measure_cold_start()
     summary["bench_wall_s"] = time.perf_counter() - t_start
     print()
     print_table(results)
+    course = [r for r in results if r["case"].startswith("course/")]
+    if course:
+        print()
+        print("MNIST rows end to end (both engines at their default threads, not --threads):")
+        for row in course_table(course):
+            print("  ".join(f"{c:>{18 if i == 0 else 10}s}" for i, c in enumerate(row)))
+    if long_table(results):
+        print()
+        print("long sequences, torch also with flush-to-zero (torch.set_flush_denormal(True)):")
+        for row in long_table(results):
+            print("  ".join(f"{c:>{26 if i == 0 else 9}s}" for i, c in enumerate(row)))
     print()
-    print(json.dumps(summary, indent=2))
+    print(cpu_header(info))
+    print("\n".join(summary_lines(summary)))
+    print()
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("groups", "overall", "targets")},
+                     indent=2))
     out = {"machine": info, "matmul_peak_gflops": peak, "summary": summary, "results": results,
            "argv": sys.argv[1:] if argv is None else list(argv)}
-    if args.json:
-        with open(args.json, "w") as f:
+    json_path, md_path, png_path = output_paths(args, info)
+    written = []
+    if json_path:
+        with open(json_path, "w") as f:
             json.dump(out, f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
+        written.append(json_path)
+    if md_path:
+        with open(md_path, "w") as f:
             f.write(markdown(out))
-    if args.png and results:
+        written.append(md_path)
+    if png_path and results:
         try:
-            plot(results, args.png)
+            plot(results, png_path)
+            written.append(png_path)
         except ImportError:
             print("matplotlib not installed: no chart")
+    if written:
+        print("wrote " + ", ".join(os.path.relpath(p) for p in written))
     return out
 
 
