@@ -406,8 +406,8 @@ def test_awkward_but_valid_inputs(tmp_path):
     X, y = data(16)
     clf = RNNClassifier(**SMALL)
     clf.fit(X.astype(np.float16), y)
-    clf.fit(X[:, :, 0].tolist(), y)  # lists of lists: univariate
-    assert clf.n_features_in_ == 1
+    clf.fit(X[:, :, 0].tolist(), y)  # lists of lists: univariate, width = time steps
+    assert (clf.n_features_in_, clf.n_features_per_step_) == (X.shape[1], 1)
     mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float64, shape=X.shape)
     mm[...] = X
     mm.flush()

@@ -234,7 +234,7 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         seqs = check_sequences(X, dtype=None, tokens=True, name="X")
         if reset:
             self.vocabulary_ = Vocabulary.build(seqs)
-            self.n_features_in_ = 1
+            self._set_input_shape(X, seqs)
         return self.vocabulary_.encode(seqs)
 
     def _prepare_fit(self, X, y, reset):
@@ -388,10 +388,9 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype, name="X")
         if reset:
-            self.n_features_in_ = seqs.n_features
-        elif seqs.n_features != self.n_features_in_:
-            raise ValueError(f"X has {seqs.n_features} features per step, but "
-                             f"Seq2SeqRegressor is expecting {self.n_features_in_} (as at fit)")
+            self._set_input_shape(X, seqs)
+        else:
+            self._check_input_shape(X, seqs)
         return seqs
 
     def _check_y(self, y, n):
@@ -432,8 +431,9 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
         return _PairData(seqs, list(z))
 
     def _build_model(self, data, rng):
-        return Seq2Seq(int(self.n_outputs_), outputs="vectors", input_size=int(self.n_features_in_),
-                       random_state=rng, **self._model_kwargs())
+        return Seq2Seq(int(self.n_outputs_), outputs="vectors",
+                       input_size=int(self.n_features_per_step_), random_state=rng,
+                       **self._model_kwargs())
 
     def _steps(self):
         if self.max_output_length is not None:
