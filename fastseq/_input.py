@@ -205,6 +205,9 @@ def _ragged(items, name, dtype):
 
 
 def _check_tokens(X, name):
+    if isinstance(X, np.ndarray) and X.ndim == 2 and len(X) and X.shape[1] == 0:
+        raise ValueError(f"{name} has zero time steps: 0 feature(s) (shape={X.shape}) while a "
+                         "minimum of 1 is required.")
     if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "iu":
         X = list(X)
     if not hasattr(X, "__len__"):

@@ -229,6 +229,11 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 
     _score_name = "exact_match"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=None, tokens=True, name="X")
@@ -240,7 +245,8 @@ class Seq2SeqClassifier(_Seq2SeqBase):
     def _prepare_fit(self, X, y, reset):
         seqs = self._check_X(X, reset)
         if y is None:
-            raise ValueError("y is None; Seq2SeqClassifier needs target sequences")
+            raise ValueError("Seq2SeqClassifier requires y to be passed, but the target y is None: "
+                             "give one target token sequence per sequence of X")
         ys = check_sequences(y, dtype=None, tokens=True, name="y")
         self._check_pair_counts(seqs, ys.n_samples)
         if reset:
@@ -385,6 +391,13 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
 
     _score_name = "r2"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # y is a sequence per sample, (n, T_out[, k]): never one value per sample
+        tags.target_tags.single_output = False
+        tags.target_tags.multi_output = True
+        return tags
+
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype, name="X")
         if reset:
@@ -395,7 +408,8 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
 
     def _check_y(self, y, n):
         if y is None:
-            raise ValueError("y is None; Seq2SeqRegressor needs target sequences")
+            raise ValueError("Seq2SeqRegressor requires y to be passed, but the target y is None: "
+                             "give target sequences (n_samples, T_out, k)")
         try:
             arr = np.asarray(y, dtype=np.float64)
         except (TypeError, ValueError) as exc:

@@ -31,7 +31,8 @@ class SequenceTagger(BaseRNN):
     def _prepare_fit(self, X, y, reset):
         seqs = self._check_X(X, reset)
         if y is None:
-            raise ValueError("y is None; SequenceTagger requires one label sequence per sequence of X")
+            raise ValueError("SequenceTagger requires y to be passed, but the target y is None: "
+                             "give one label sequence per sequence of X")
         if isinstance(y, np.ndarray) and y.ndim == 2:
             y = list(y)
         if isinstance(y, str) or not hasattr(y, "__len__"):
@@ -57,7 +58,7 @@ class SequenceTagger(BaseRNN):
             classes = getattr(self, "_partial_classes", None)
             self.classes_ = np.unique(allv) if classes is None else np.unique(np.asarray(classes))
             if len(self.classes_) < 2:
-                raise ValueError(f"y has a single class ({self.classes_[0]!r}); a tagger needs "
+                raise ValueError(f"y has 1 class ({self.classes_[0]!r}); a tagger needs "
                                  "at least 2 classes")
         codes = []
         for a in ys:
