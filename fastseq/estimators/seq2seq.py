@@ -179,6 +179,20 @@ class _Seq2SeqBase(BaseRNN):
         return ax.figure if fig is None else fig
 
 
+#: the scikit-learn checks (as of 1.9) that fit a Seq2SeqClassifier on real-valued X
+_CHECKS_FITTING_ON_REAL_X = (
+    "check_fit_score_takes_y", "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input", "check_positive_only_tag_during_fit",
+    "check_estimators_dtypes", "check_dtype_object", "check_pipeline_consistency",
+    "check_estimators_pickle", "check_f_contiguous_array_estimator",
+    "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+    "check_fit2d_1sample", "check_fit2d_1feature", "check_dict_unchanged",
+    "check_fit_idempotent", "check_fit_check_is_fitted", "check_fit2d_predict1d",
+    "check_array_api_input",
+)
+
+
 @register
 class Seq2SeqClassifier(_Seq2SeqBase):
     """Sequence-to-token-sequence model with attention (translation,
@@ -233,6 +247,26 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = True
         return tags
+
+    @classmethod
+    def _expected_failed_checks(cls):
+        """scikit-learn checks that cannot apply by design, check -> reason:
+        every check that fits, since they all pass real-valued X."""
+        tokens = ("X holds token sequences (strings, lists of tokens, or a 2-D integer array "
+                  "of token ids); the check's X is real-valued, which is refused with a "
+                  "TypeError (not tokens)")
+        failed = dict.fromkeys(_CHECKS_FITTING_ON_REAL_X, tokens)
+        failed.update(
+            check_complex_data=tokens + " before its values are looked at; the check "
+            "expects a ValueError about complex data",
+            check_estimators_nan_inf=tokens + " before its values are looked at; the check "
+            "expects a ValueError about NaN",
+            check_fit1d="a 1-D X is a valid list of strings here; the check's 1-D array of "
+            "floats is refused with a TypeError (not tokens) where it expects a ValueError",
+            check_requires_y_none=tokens + " before y is looked at",
+            check_n_features_in=tokens + "; n_features_in_ is 1 for token input",
+            check_n_features_in_after_fitting=tokens + "; n_features_in_ is 1 for token input")
+        return failed
 
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
@@ -397,6 +431,14 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
         tags.target_tags.single_output = False
         tags.target_tags.multi_output = True
         return tags
+
+    @classmethod
+    def _expected_failed_checks(cls):
+        """scikit-learn checks that cannot apply by design, check -> reason."""
+        shape = ("predictions are (n_samples, T_out, k) for every y, so the check's 2-D y "
+                 "(n_samples, T_out) gets 3-D predictions (k = 1), and the check compares "
+                 "their shape with y's (the rest of it passes when predictions are reshaped)")
+        return {"check_regressors_train": shape, "check_regressor_multioutput": shape}
 
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype, name="X")
