@@ -179,6 +179,39 @@ class BaseRNN(BaseEstimator):
     n_jobs : int or None, default None
         Threads of the compiled code and BLAS during the call (restored after).
     dtype : {"float32", "float64"}, default "float32"
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        scikit-learn's input width: n_timesteps after a fit on a 2-D X, the
+        features per step after a 3-D or ragged X, 1 after tokens.
+    n_features_per_step_ : int
+        What the model reads at each step (1 for a 2-D X and for tokens).
+    n_timesteps_in_ : int or None
+        The width of a 2-D X at fit (the fixed length of its series); None
+        after a 3-D, ragged or token X, whose lengths are free.
+    feature_names_in_ : (n_timesteps,) ndarray of str
+        Only after a fit on a DataFrame with string column names.
+
+    Notes
+    -----
+    ``X`` (at fit and after) is one of:
+
+    - a 3-D array ``(n_samples, n_timesteps, n_features)``;
+    - a 2-D array ``(n_samples, n_timesteps)``: univariate series of one fixed
+      length (a list of equal-length 1-D series is one too).  After a fit on
+      2-D X, a 2-D X must have the fitted width (``n_features_in_``): a
+      ``ValueError`` otherwise, which points to the ragged form.  After a fit
+      on 3-D or ragged X, a 2-D X of any width is accepted when the model
+      reads 1 feature per step, refused otherwise;
+    - a list of ``(T_i, n_features)`` arrays (ragged; ``(T_i,)`` items are
+      univariate);
+    - token sequences (lists of ints or strings, or strings read as
+      characters) when ``embedding_dim`` is set.
+
+    The 3-D and ragged forms take any lengths, also after a fit on 2-D X: a
+    list of ``(T_i, 1)`` arrays or an ``(n, T, 1)`` array holds the same
+    univariate series as the 2-D form, and predicts the same.
     """
 
     _parameter_constraints = {
@@ -263,7 +296,8 @@ class BaseRNN(BaseEstimator):
     # ------------------------------------------------------------ sklearn API
     def fit(self, X, y):
         """Train from scratch (or from the current weights when ``warm_start``)
-        for up to ``max_iter`` epochs.  Returns ``self``."""
+        for up to ``max_iter`` epochs on ``X`` in any of the forms of the class
+        Notes (a fresh fit sets ``n_features_in_`` from it).  Returns ``self``."""
         self._validate_params()
         return self._fit(X, y, incremental=False)
 

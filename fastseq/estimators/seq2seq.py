@@ -405,8 +405,10 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
     """Sequence-to-vector-sequence model with attention (forecasting).
 
-    X is (n, T_in, F), (n, T_in) or ragged; y is (n, T_out, k) (or (n, T_out)
-    for k = 1).  The decoder feeds back its own previous output (the true one
+    X is (n, T_in, F), (n, T_in) (univariate series of one fixed length: the
+    width is ``n_features_in_`` and must be the same after fit; give other
+    lengths as a list of (T_i, 1) arrays) or ragged; y is (n, T_out, k) (or
+    (n, T_out) for k = 1).  The decoder feeds back its own previous output (the true one
     while teacher forcing; at step 0 a zero vector, which is the mean of the
     internally standardised targets).  Predictions are (n, T_out, k) with
     T_out = ``max_output_length`` or the fitted one.  Parameters are those of
