@@ -4,9 +4,13 @@ and lengths (with length bucketing).
 Accepted ``X`` (see DESIGN.md):
 
 - a 3-D array ``(n, T, F)``;
-- a 2-D array ``(n, T)``: univariate, one feature per step;
+- a 2-D array ``(n, T)``: univariate series of one fixed length T (one feature
+  per step); :attr:`Sequences.n_columns` keeps T, since for an estimator the
+  width of a 2-D X is fixed at fit (scikit-learn's ``n_features_in_``), while
+  the 3-D and ragged forms carry any length;
 - a list of 2-D arrays ``(T_i, F)`` of different lengths (1-D ``(T_i,)`` items
-  count as univariate);
+  count as univariate; a list of equal-length 1-D items is a 2-D array, a list
+  of equal-length ``(T, F)`` items a 3-D one);
 - token sequences (lists of hashable tokens, or strings read as characters)
   when the estimator embeds tokens.
 
@@ -73,10 +77,14 @@ class Sequences:
     lengths : (n,) int64
     n_features : int
         F (0 for tokens).
+    n_columns : int or None
+        T when X was a 2-D array ``(n, T)`` (univariate series of one fixed
+        length); None for a 3-D array, a ragged list or tokens.
     """
 
-    def __init__(self, dense=None, items=None, tokens=False):
+    def __init__(self, dense=None, items=None, tokens=False, n_columns=None):
         self.dense, self.items, self.tokens = dense, items, tokens
+        self.n_columns = n_columns
         if dense is not None:
             n, T, F = dense.shape
             self.lengths = np.full(n, T, dtype=INDEX_DTYPE)
@@ -89,7 +97,7 @@ class Sequences:
     def take(self, idx):
         idx = np.asarray(idx, dtype=INDEX_DTYPE)
         if self.dense is not None:
-            return Sequences(dense=self.dense[idx])
+            return Sequences(dense=self.dense[idx], n_columns=self.n_columns)
         return Sequences(items=[self.items[i] for i in idx], tokens=self.tokens)
 
     def pad(self, idx):
@@ -151,6 +159,7 @@ def _dense(arr, name, dtype):
             "set embedding_dim to read token sequences"
         )
     shape = arr.shape
+    n_columns = arr.shape[1] if arr.ndim == 2 else None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     elif arr.ndim != 3:
@@ -167,7 +176,7 @@ def _dense(arr, name, dtype):
                          "minimum of 1 is required.")
     if F == 0:
         raise ValueError(f"{name} has zero features per step (shape {arr.shape})")
-    return Sequences(dense=_check_real(arr, name, dtype))
+    return Sequences(dense=_check_real(arr, name, dtype), n_columns=n_columns)
 
 
 def _ragged(items, name, dtype):
@@ -196,6 +205,9 @@ def _ragged(items, name, dtype):
 
 
 def _check_tokens(X, name):
+    if isinstance(X, np.ndarray) and X.ndim == 2 and len(X) and X.shape[1] == 0:
+        raise ValueError(f"{name} has zero time steps: 0 feature(s) (shape={X.shape}) while a "
+                         "minimum of 1 is required.")
     if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind in "iu":
         X = list(X)
     if not hasattr(X, "__len__"):

@@ -406,8 +406,8 @@ def test_awkward_but_valid_inputs(tmp_path):
     X, y = data(16)
     clf = RNNClassifier(**SMALL)
     clf.fit(X.astype(np.float16), y)
-    clf.fit(X[:, :, 0].tolist(), y)  # lists of lists: univariate
-    assert clf.n_features_in_ == 1
+    clf.fit(X[:, :, 0].tolist(), y)  # lists of lists: univariate, width = time steps
+    assert (clf.n_features_in_, clf.n_features_per_step_) == (X.shape[1], 1)
     mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float64, shape=X.shape)
     mm[...] = X
     mm.flush()
@@ -421,6 +421,121 @@ def test_awkward_but_valid_inputs(tmp_path):
     long = [np.sin(np.linspace(0, 50, 20000))[:, None], np.cos(np.linspace(0, 50, 300))[:, None]]
     clf2 = RNNClassifier(hidden_size=4, max_iter=1, random_state=0).fit(long, [0, 1])
     assert clf2.predict(long).shape == (2,)
+
+
+# --------------------------------------------- 2-D X: series of one length
+def univariate(n=16, T=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, T))
+    return X, (X.sum(axis=1) > 0).astype(int)
+
+
+def width_error(est, wrong, fitted):
+    return pytest.raises(ValueError, match=(
+        rf"^X has {wrong} features, but {type(est).__name__} is expecting {fitted} features "
+        r"as input: .*list of \(T_i, 1\) arrays \(the ragged form\)"))
+
+
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "decision_function", "score",
+                                    "partial_fit", "warm_start fit"])
+def test_2d_X_of_another_width_is_an_error_pointing_to_the_ragged_form(method):
+    X, y = univariate()
+    clf = RNNClassifier(**SMALL).fit(X, y)
+    assert (clf.n_features_in_, clf.n_features_per_step_, clf.n_timesteps_in_) == (6, 1, 6)
+    call = {"score": lambda X_: clf.score(X_, y), "partial_fit": lambda X_: clf.partial_fit(X_, y),
+            "warm_start fit": lambda X_: clf.set_params(warm_start=True).fit(X_, y),
+            }.get(method) or getattr(clf, method)
+    for wrong in (4, 9):
+        with width_error(clf, wrong, 6):
+            call(np.zeros((len(X), wrong)))
+    w = clf.model_.flat.copy()
+    with width_error(clf, 4, 6):
+        call(X[:, :4].tolist())  # lists of lists are 2-D too
+    assert_array_equal(clf.model_.flat, w)  # nothing was trained on the refused X
+
+
+def test_2d_width_error_for_regressor_and_tagger():
+    X, y = univariate()
+    reg = RNNRegressor(**SMALL).fit(X, y.astype(float))
+    for call in (reg.predict, lambda X_: reg.score(X_, y), lambda X_: reg.partial_fit(X_, y)):
+        with width_error(reg, 5, 6):
+            call(X[:, :5])
+    tg = SequenceTagger(**SMALL).fit(X, X > 0)
+    assert tg.n_features_in_ == 6
+    for call in (tg.predict, tg.predict_proba, lambda X_: tg.partial_fit(X_, X_ > 0)):
+        with width_error(tg, 7, 6):
+            call(np.zeros((3, 7)))
+    assert [len(p) for p in tg.predict([X[0, :3], X[1, :5]])] == [3, 5]  # ragged: any length
+    assert [len(p) for p in tg.predict(X[:2, :3, None])] == [3, 3]  # 3-D: any length
+
+
+@pytest.mark.parametrize("est", [RNNClassifier(cell="gru", bidirectional=True, dtype="float64",
+                                               **SMALL),
+                                 RNNRegressor(cell="lstm", dtype="float64", **SMALL)])
+def test_model_fitted_on_2d_X_predicts_the_same_from_3d_and_ragged_forms(est):
+    X, y = univariate()
+    est.fit(X, y)
+    out = est.predict_proba if hasattr(est, "predict_proba") else est.predict
+    ref = out(X)
+    assert_array_equal(out(X[:, :, None]), ref)
+    assert_array_equal(out(list(X[:, :, None])), ref)  # equal-length (T, 1) items: 3-D
+    short = X[0, :3]  # one shorter series makes the lists ragged
+    for rag in ([x[:, None] for x in X] + [short[:, None]], list(X) + [short]):
+        got = out(rag)
+        assert_allclose(got[:-1], ref, rtol=1e-12, atol=1e-14)
+        assert_allclose(got[-1:], out(short[None, :, None]), rtol=1e-12, atol=1e-14)
+    assert_array_equal(out(X[:, :3, None]), out([x[:3, None] for x in X]))
+    with width_error(est, 3, 6):
+        out([x[:3] for x in X])  # equal-length 1-D items make a 2-D X
+    with pytest.raises(ValueError, match="2 features per step, but .* expecting 1 features "
+                                         "per step .*2-D X"):
+        out(np.stack([X, X], axis=2))
+
+
+def test_model_fitted_on_3d_or_ragged_X_and_a_2d_X_at_predict():
+    X, y = univariate()
+    one = RNNClassifier(**SMALL).fit(X[:, :, None], y)
+    assert (one.n_features_in_, one.n_features_per_step_, one.n_timesteps_in_) == (1, 1, None)
+    assert_array_equal(one.predict_proba(X), one.predict_proba(X[:, :, None]))
+    assert one.predict(X[:, :4]).shape == (16,)  # no fixed length: any width
+    rag = RNNClassifier(**SMALL).fit([x[:4 + i % 3] for i, x in enumerate(X)], y)
+    assert rag.n_timesteps_in_ is None and rag.predict(X[:, :2]).shape == (16,)
+    two = RNNClassifier(**SMALL).fit(np.stack([X, X], axis=2), y)
+    assert (two.n_features_in_, two.n_features_per_step_) == (2, 2)
+    with pytest.raises(ValueError, match=r"X is a 2-D array, read as univariate series .* fitted "
+                                         r"on 2 features per step: pass a 3-D array"):
+        two.predict(X)
+    # a model pickled before n_features_per_step_ existed: n_features_in_ was the per-step count
+    old = pickle.loads(pickle.dumps(two))
+    del old.n_features_per_step_, old.n_timesteps_in_
+    assert_array_equal(old.predict(np.stack([X, X], axis=2)), two.predict(np.stack([X, X], axis=2)))
+    with pytest.raises(ValueError, match="features per step"):
+        old.predict(X[:, :, None])
+
+
+def test_2d_fit_survives_pickle_and_save_with_feature_names(tmp_path):
+    pd = pytest.importorskip("pandas")
+    X, y = univariate()
+    df = pd.DataFrame(X, columns=[f"t{i}" for i in range(6)])
+    clf = RNNClassifier(**SMALL).fit(df, y)
+    assert_array_equal(clf.feature_names_in_, df.columns)
+    clf.save(tmp_path / "c.fsq")
+    for other in (pickle.loads(pickle.dumps(clf)), fastseq.load(tmp_path / "c.fsq")):
+        assert_array_equal(other.feature_names_in_, df.columns)
+        assert other.n_timesteps_in_ == 6
+        assert_array_equal(other.predict(df), clf.predict(df))
+        with width_error(other, 5, 6):
+            other.predict(X[:, :5])
+    with pytest.raises(ValueError, match="feature names should match"):
+        clf.predict(df.rename(columns={"t0": "first"}))
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        clf.predict(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.predict(X[:, :, None])  # the 3-D and ragged forms carry no column names
+        clf.predict([x[:3 + i % 3] for i, x in enumerate(X)])
+    clf.fit(X[:, :, None], y)
+    assert not hasattr(clf, "feature_names_in_")
 
 
 # ------------------------------------------------------------- persistence

@@ -191,6 +191,25 @@ def test_regressor_ragged_2d_y_and_teacher_forcing():
     assert [a.shape for a in att] == [(2, 4), (2, 6), (2, 3), (2, 5)]
 
 
+def test_regressor_2d_X_is_univariate_series_of_the_fitted_length():
+    rng = np.random.default_rng(2)
+    X, y = rng.standard_normal((12, 6)), rng.standard_normal((12, 2, 1))
+    est = Seq2SeqRegressor(hidden_size=4, max_iter=2, random_state=0, dtype="float64").fit(X, y)
+    assert (est.n_features_in_, est.n_features_per_step_, est.n_timesteps_in_) == (6, 1, 6)
+    msg = (r"^X has 4 features, but Seq2SeqRegressor is expecting 6 features as input: .*"
+           r"list of \(T_i, 1\) arrays \(the ragged form\)")
+    for call in (est.predict, lambda X_: est.score(X_, y), lambda X_: est.partial_fit(X_, y)):
+        with pytest.raises(ValueError, match=msg):
+            call(X[:, :4])
+    ref = est.predict(X)
+    np.testing.assert_array_equal(est.predict(X[:, :, None]), ref)
+    np.testing.assert_allclose(est.predict([x[:, None] for x in X] + [X[0, :4, None]])[:-1], ref,
+                               rtol=1e-12, atol=1e-14)
+    assert est.predict([X[0, :4], X[1]]).shape == (2, 2, 1)
+    with pytest.raises(ValueError, match="2 features per step"):
+        est.predict(np.stack([X, X], axis=2))
+
+
 @pytest.mark.parametrize("y,match", [
     (np.zeros((3, 2, 1)), "different lengths"),
     (np.zeros((4, 0, 1)), "empty"),

@@ -61,7 +61,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from .. import kernels as K
 from .._config import resolve_dtype
@@ -191,6 +191,39 @@ class BaseRNN(BaseEstimator):
         fixed thread count, and may differ in the last bits between counts:
         fix ``n_jobs`` for bit-identical results across machines.
     dtype : {"float32", "float64"}, default "float32"
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        scikit-learn's input width: n_timesteps after a fit on a 2-D X, the
+        features per step after a 3-D or ragged X, 1 after tokens.
+    n_features_per_step_ : int
+        What the model reads at each step (1 for a 2-D X and for tokens).
+    n_timesteps_in_ : int or None
+        The width of a 2-D X at fit (the fixed length of its series); None
+        after a 3-D, ragged or token X, whose lengths are free.
+    feature_names_in_ : (n_timesteps,) ndarray of str
+        Only after a fit on a DataFrame with string column names.
+
+    Notes
+    -----
+    ``X`` (at fit and after) is one of:
+
+    - a 3-D array ``(n_samples, n_timesteps, n_features)``;
+    - a 2-D array ``(n_samples, n_timesteps)``: univariate series of one fixed
+      length (a list of equal-length 1-D series is one too).  After a fit on
+      2-D X, a 2-D X must have the fitted width (``n_features_in_``): a
+      ``ValueError`` otherwise, which points to the ragged form.  After a fit
+      on 3-D or ragged X, a 2-D X of any width is accepted when the model
+      reads 1 feature per step, refused otherwise;
+    - a list of ``(T_i, n_features)`` arrays (ragged; ``(T_i,)`` items are
+      univariate);
+    - token sequences (lists of ints or strings, or strings read as
+      characters) when ``embedding_dim`` is set.
+
+    The 3-D and ragged forms take any lengths, also after a fit on 2-D X: a
+    list of ``(T_i, 1)`` arrays or an ``(n, T, 1)`` array holds the same
+    univariate series as the 2-D form, and predicts the same.
     """
 
     _parameter_constraints = {
@@ -275,7 +308,8 @@ class BaseRNN(BaseEstimator):
     # ------------------------------------------------------------ sklearn API
     def fit(self, X, y):
         """Train from scratch (or from the current weights when ``warm_start``)
-        for up to ``max_iter`` epochs.  Returns ``self``."""
+        for up to ``max_iter`` epochs on ``X`` in any of the forms of the class
+        Notes (a fresh fit sets ``n_features_in_`` from it).  Returns ``self``."""
         self._validate_params()
         return self._fit(X, y, incremental=False)
 
@@ -574,17 +608,10 @@ class BaseRNN(BaseEstimator):
 
     @classmethod
     def _expected_failed_checks(cls):
-        """scikit-learn checks that cannot hold for sequence models, with reasons
-        (give to ``parametrize_with_checks(expected_failed_checks=...)``)."""
-        reason = ("a 2-D X is a batch of univariate series: its columns are time steps, "
-                  "any number of which is valid at predict; n_features_in_ counts "
-                  "features per step (1 here)")
-        failed = {"check_n_features_in": reason,
-                  "check_n_features_in_after_fitting": reason,
-                  "check_estimators_partial_fit_n_features": reason,
-                  "check_classifiers_train": reason + " (the check predicts on X.T and "
-                  "expects an error; accuracy itself is tested in fastseq's own tests)"}
-        return failed
+        """scikit-learn checks that cannot apply to this estimator by design,
+        check name -> reason (for ``parametrize_with_checks(expected_failed_checks=
+        ...)``); none for the many-to-one estimators."""
+        return {}
 
     def _check_X(self, X, reset):
         """Validate X in any accepted format -> :class:`Sequences` (token indices
@@ -595,20 +622,59 @@ class BaseRNN(BaseEstimator):
         if tokens:
             if reset:
                 self.vocabulary_ = Vocabulary.build(seqs)
-                self.n_features_in_ = 1
+                self._set_input_shape(X, seqs)
             return self.vocabulary_.encode(seqs)
         if reset:
             self.vocabulary_ = None
-            self.n_features_in_ = seqs.n_features
-        elif seqs.n_features != self.n_features_in_:
-            raise ValueError(
-                f"X has {seqs.n_features} features per step, but {type(self).__name__} "
-                f"is expecting {self.n_features_in_} features as input (as at fit)")
+            self._set_input_shape(X, seqs)
+        else:
+            self._check_input_shape(X, seqs)
         return seqs
+
+    def _set_input_shape(self, X, seqs):
+        """At fit: ``n_features_in_`` (the width of a 2-D X, else the features
+        per step; 1 for tokens), ``n_features_per_step_``, ``n_timesteps_in_``
+        and ``feature_names_in_`` (string column names of a 2-D DataFrame)."""
+        self.n_features_per_step_ = 1 if seqs.tokens else int(seqs.n_features)
+        self.n_timesteps_in_ = None if seqs.tokens else seqs.n_columns
+        self.n_features_in_ = self.n_timesteps_in_ or self.n_features_per_step_
+        if self.n_timesteps_in_ is not None:
+            _check_feature_names(self, X, reset=True)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+
+    def _check_input_shape(self, X, seqs):
+        """After fit: the same features per step as at fit; a 2-D X (univariate
+        series) of the fitted width when the model was fitted on a 2-D X, and
+        of any width when it was fitted on 3-D or ragged X of 1 feature per
+        step.  The 3-D and ragged forms take any lengths."""
+        name = type(self).__name__
+        F = getattr(self, "n_features_per_step_", self.n_features_in_)  # older pickles
+        T = getattr(self, "n_timesteps_in_", None)
+        if seqs.n_columns is None:
+            if seqs.n_features != F:
+                fitted = ", on a 2-D X of univariate series" if T is not None else ""
+                raise ValueError(
+                    f"X has {seqs.n_features} features per step, but {name} is expecting "
+                    f"{F} features per step as input (as at fit{fitted})")
+        elif T is not None:
+            if seqs.n_columns != T:
+                raise ValueError(
+                    f"X has {seqs.n_columns} features, but {name} is expecting {T} features "
+                    f"as input: a 2-D X holds univariate series of one fixed length (its "
+                    f"columns are the time steps), and {name} was fitted on series of {T} "
+                    "steps. For series of other lengths, pass X as a list of (T_i, 1) "
+                    "arrays (the ragged form) or as a 3-D array (n_samples, n_timesteps, 1)")
+            _check_feature_names(self, X, reset=False)
+        elif F != 1:
+            raise ValueError(
+                f"X is a 2-D array, read as univariate series (n_samples, n_timesteps), but "
+                f"{name} was fitted on {F} features per step: pass a 3-D array "
+                f"(n_samples, n_timesteps, {F}) or a list of (T_i, {F}) arrays")
 
     def _model_config(self, n_outputs, loss, pooling=None):
         cfg = dict(
-            n_features=int(self.n_features_in_), embedding_dim=self.embedding_dim,
+            n_features=int(self.n_features_per_step_), embedding_dim=self.embedding_dim,
             vocab_size=len(self.vocabulary_) if self.vocabulary_ is not None else 0,
             cell=self.cell, hidden_size=int(self.hidden_size), num_layers=int(self.num_layers),
             bidirectional=bool(self.bidirectional), nonlinearity=self.nonlinearity,

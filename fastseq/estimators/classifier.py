@@ -40,8 +40,9 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
     Attributes
     ----------
     classes_ : (n_classes,) ndarray
-    n_features_in_ : int
-        Features per time step (1 for 2-D or token input).
+    n_features_in_, n_features_per_step_, n_timesteps_in_, feature_names_in_
+        The input's shape at fit (see the base class: n_features_in_ is the
+        width of a 2-D X, else the features per step).
     vocabulary_ : Vocabulary or None
     n_iter_, t_, loss_curve_, validation_loss_curve_, validation_scores_,
     best_loss_, best_validation_score_, grad_norm_curve_, fit_time_,

@@ -179,6 +179,20 @@ class _Seq2SeqBase(BaseRNN):
         return ax.figure if fig is None else fig
 
 
+#: the scikit-learn checks (as of 1.9) that fit a Seq2SeqClassifier on real-valued X
+_CHECKS_FITTING_ON_REAL_X = (
+    "check_fit_score_takes_y", "check_estimators_overwrite_params",
+    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
+    "check_readonly_memmap_input", "check_positive_only_tag_during_fit",
+    "check_estimators_dtypes", "check_dtype_object", "check_pipeline_consistency",
+    "check_estimators_pickle", "check_f_contiguous_array_estimator",
+    "check_methods_sample_order_invariance", "check_methods_subset_invariance",
+    "check_fit2d_1sample", "check_fit2d_1feature", "check_dict_unchanged",
+    "check_fit_idempotent", "check_fit_check_is_fitted", "check_fit2d_predict1d",
+    "check_array_api_input",
+)
+
+
 @register
 class Seq2SeqClassifier(_Seq2SeqBase):
     """Sequence-to-token-sequence model with attention (translation,
@@ -235,18 +249,44 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 
     _score_name = "exact_match"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+    @classmethod
+    def _expected_failed_checks(cls):
+        """scikit-learn checks that cannot apply by design, check -> reason:
+        every check that fits, since they all pass real-valued X."""
+        tokens = ("X holds token sequences (strings, lists of tokens, or a 2-D integer array "
+                  "of token ids); the check's X is real-valued, which is refused with a "
+                  "TypeError (not tokens)")
+        failed = dict.fromkeys(_CHECKS_FITTING_ON_REAL_X, tokens)
+        failed.update(
+            check_complex_data=tokens + " before its values are looked at; the check "
+            "expects a ValueError about complex data",
+            check_estimators_nan_inf=tokens + " before its values are looked at; the check "
+            "expects a ValueError about NaN",
+            check_fit1d="a 1-D X is a valid list of strings here; the check's 1-D array of "
+            "floats is refused with a TypeError (not tokens) where it expects a ValueError",
+            check_requires_y_none=tokens + " before y is looked at",
+            check_n_features_in=tokens + "; n_features_in_ is 1 for token input",
+            check_n_features_in_after_fitting=tokens + "; n_features_in_ is 1 for token input")
+        return failed
+
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=None, tokens=True, name="X")
         if reset:
             self.vocabulary_ = Vocabulary.build(seqs)
-            self.n_features_in_ = 1
+            self._set_input_shape(X, seqs)
         return self.vocabulary_.encode(seqs)
 
     def _prepare_fit(self, X, y, reset):
         seqs = self._check_X(X, reset)
         if y is None:
-            raise ValueError("y is None; Seq2SeqClassifier needs target sequences")
+            raise ValueError("Seq2SeqClassifier requires y to be passed, but the target y is None: "
+                             "give one target token sequence per sequence of X")
         ys = check_sequences(y, dtype=None, tokens=True, name="y")
         self._check_pair_counts(seqs, ys.n_samples)
         if reset:
@@ -371,8 +411,10 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
     """Sequence-to-vector-sequence model with attention (forecasting).
 
-    X is (n, T_in, F), (n, T_in) or ragged; y is (n, T_out, k) (or (n, T_out)
-    for k = 1).  The decoder feeds back its own previous output (the true one
+    X is (n, T_in, F), (n, T_in) (univariate series of one fixed length: the
+    width is ``n_features_in_`` and must be the same after fit; give other
+    lengths as a list of (T_i, 1) arrays) or ragged; y is (n, T_out, k) (or
+    (n, T_out) for k = 1).  The decoder feeds back its own previous output (the true one
     while teacher forcing; at step 0 a zero vector, which is the mean of the
     internally standardised targets).  Predictions are (n, T_out, k) with
     T_out = ``max_output_length`` or the fitted one.  Parameters are those of
@@ -391,18 +433,33 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
 
     _score_name = "r2"
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # y is a sequence per sample, (n, T_out[, k]): never one value per sample
+        tags.target_tags.single_output = False
+        tags.target_tags.multi_output = True
+        return tags
+
+    @classmethod
+    def _expected_failed_checks(cls):
+        """scikit-learn checks that cannot apply by design, check -> reason."""
+        shape = ("predictions are (n_samples, T_out, k) for every y, so the check's 2-D y "
+                 "(n_samples, T_out) gets 3-D predictions (k = 1), and the check compares "
+                 "their shape with y's (the rest of it passes when predictions are reshaped)")
+        return {"check_regressors_train": shape, "check_regressor_multioutput": shape}
+
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype, name="X")
         if reset:
-            self.n_features_in_ = seqs.n_features
-        elif seqs.n_features != self.n_features_in_:
-            raise ValueError(f"X has {seqs.n_features} features per step, but "
-                             f"Seq2SeqRegressor is expecting {self.n_features_in_} (as at fit)")
+            self._set_input_shape(X, seqs)
+        else:
+            self._check_input_shape(X, seqs)
         return seqs
 
     def _check_y(self, y, n):
         if y is None:
-            raise ValueError("y is None; Seq2SeqRegressor needs target sequences")
+            raise ValueError("Seq2SeqRegressor requires y to be passed, but the target y is None: "
+                             "give target sequences (n_samples, T_out, k)")
         try:
             arr = np.asarray(y, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -438,8 +495,9 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
         return _PairData(seqs, list(z))
 
     def _build_model(self, data, rng):
-        return Seq2Seq(int(self.n_outputs_), outputs="vectors", input_size=int(self.n_features_in_),
-                       random_state=rng, **self._model_kwargs())
+        return Seq2Seq(int(self.n_outputs_), outputs="vectors",
+                       input_size=int(self.n_features_per_step_), random_state=rng,
+                       **self._model_kwargs())
 
     def _steps(self):
         if self.max_output_length is not None:
