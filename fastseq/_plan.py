@@ -43,10 +43,6 @@ INFER_SPLIT_STEP_HANDOVERS = 1.5  # inference batch split: one step's recurrent 
 #: L2 caches (each thread's share then fits its own), for one sequence of
 #: at least UNIT_SPLIT_MIN_STEPS steps and UNIT_SPLIT_MIN_UNITS units a thread
 UNIT_SPLIT_L2S = 2.0
-#: ... and inference (gates not stored) from W_hh of this many L2 caches:
-#: one thread would stream it from L3 every step, each thread's share stays
-#: in its own L2
-UNIT_SPLIT_INFER_L2S = 1.0
 UNIT_SPLIT_MAX_BATCH = 1
 UNIT_SPLIT_MIN_STEPS = 64
 UNIT_SPLIT_MIN_UNITS = 32
@@ -84,7 +80,6 @@ class Plan:
     matmul_split_min_work: int
     infer_split_step_work: int
     unit_split_min_weight_bytes: int
-    unit_split_infer_min_weight_bytes: int
     unit_split_max_batch: int = UNIT_SPLIT_MAX_BATCH
     unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
@@ -97,8 +92,7 @@ class Plan:
                    split_min_work=_pow2(SPLIT_HANDOVERS * w),
                    matmul_split_min_work=_pow2(MATMUL_SPLIT_HANDOVERS * w),
                    infer_split_step_work=_pow2(INFER_SPLIT_STEP_HANDOVERS * w),
-                   unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes),
-                   unit_split_infer_min_weight_bytes=_pow2(UNIT_SPLIT_INFER_L2S * m.l2_bytes))
+                   unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes))
 
     # ------------------------------------------------------------ decisions
     def batch_split(self, n_threads, B, work):
@@ -122,11 +116,10 @@ class Plan:
         recurrent product ``step_work``, the call's ``work``)."""
         return step_work >= self.infer_split_step_work and self.batch_split(n_threads, B, work) > 1
 
-    def unit_split(self, n_threads, H, B, T, weight_bytes, training=True):
-        """Whether an LSTM training (or inference) pass splits its ``H``
-        hidden units across threads, a barrier a step."""
-        least = self.unit_split_min_weight_bytes if training else self.unit_split_infer_min_weight_bytes
-        return (n_threads > 1 and H >= self.unit_split_min_units * n_threads and weight_bytes >= least
+    def unit_split(self, n_threads, H, B, T, weight_bytes):
+        """Whether an LSTM training pass splits its ``H`` hidden units."""
+        return (n_threads > 1 and H >= self.unit_split_min_units * n_threads
+                and weight_bytes >= self.unit_split_min_weight_bytes
                 and B <= self.unit_split_max_batch and T >= self.unit_split_min_steps)
 
 

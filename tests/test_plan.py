@@ -25,7 +25,6 @@ def test_thresholds_follow_the_measured_handover():
         assert value & (value - 1) == 0                          # a power of two
         assert abs(math.log2(value) - math.log2(factor * w)) <= 0.5
     assert p.unit_split_min_weight_bytes == 1024 * 1024          # two L2 caches
-    assert p.unit_split_infer_min_weight_bytes == 512 * 1024     # one
     fast = Plan.for_machine(Machine(handover_s=25e-6, madd_rate=40e9, l2_bytes=2 * 1024 * 1024))
     assert fast.split_min_work == p.split_min_work // 4
     assert fast.pipeline_min_work == p.pipeline_min_work // 4
@@ -50,10 +49,6 @@ def test_decisions():
     assert not p.unit_split(2, 256, 2, 64, 1024 * 1024)          # a batch
     assert not p.unit_split(2, 256, 1, 64, 1024 * 1024 - 1)      # W_hh fits the caches
     assert not p.unit_split(2, 48, 1, 64, 1024 * 1024)           # too few units a thread
-    # inference (no gates stored) splits from one L2 of W_hh
-    assert p.unit_split(2, 256, 1, 64, 512 * 1024, training=False)
-    assert not p.unit_split(2, 256, 1, 64, 512 * 1024)
-    assert not p.unit_split(2, 256, 1, 64, 512 * 1024 - 1, training=False)
 
 
 def test_measure_and_cache(tmp_path, monkeypatch):

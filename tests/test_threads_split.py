@@ -459,31 +459,3 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
     for a, b, c in zip(got, ref, again):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
         np.testing.assert_array_equal(a, c)
-
-
-@pytest.mark.parametrize("bi", [False, True])
-def test_inference_unit_split(monkeypatch, bi):
-    """LSTM inference of one long sequence whose W_hh is larger than an L2
-    cache (the reference plan's 512 KB: H=256 in float32) splits its hidden
-    units across the threads, a barrier a step (each thread's share of W_hh
-    stays in its own cache): equal to one thread, identical across repeats;
-    a short sequence or a batch runs the one-call path."""
-    import fastseq.network.recurrent as R
-    from fastseq.kernels._sync import AVAILABLE
-
-    calls = []
-    real = R.run_units
-    monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))
-    layer = Recurrent("lstm", 16, 256, num_layers=2, bidirectional=bi, random_state=0).eval()
-    X = np.random.default_rng(0).standard_normal((1, 64, 16)).astype(np.float32)
-    with _threads.limit(1):
-        ref = layer.forward(X, need_grad=False)
-    with _threads.limit(2):
-        assert (layer._inference_plan(1, 64) is None) == AVAILABLE
-        assert layer._inference_plan(1, 63) == "one" and layer._inference_plan(2, 64) == "one"
-        got = layer.forward(X, need_grad=False)
-        again = layer.forward(X, need_grad=False)
-    assert len(calls) == (2 * 2 * (2 if bi else 1) if AVAILABLE else 0)
-    for a, b, c in zip([got[0], *got[1]], [ref[0], *ref[1]], [again[0], *again[1]]):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(a, c)

@@ -34,8 +34,6 @@ from ..init import get_initializer
 
 #: "no producer" for the time loops' ``ready`` argument (never written)
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
-#: "no recurrent dropout mask" (only its first dimension is read)
-_NO_MASK = np.empty((0, 0))
 
 
 def _transposed(w):
@@ -399,20 +397,17 @@ class Recurrent:
         n = get_num_threads()
         if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
             return None
-        if self.cell == "lstm" and self._train_units(B, T, _NO_MASK, training=False):
-            return None  # the packed path's unit split
         return "one"
 
-    def _train_units(self, B, T, mask, training=True):
+    def _train_units(self, B, T, mask):
         """Whether an LSTM training pass (forward with gates stored, or
-        backward) over ``B`` sequences of up to ``T`` steps, or an inference
-        pass (``training=False``), splits its hidden units across threads:
-        no recurrent dropout, and the sizes of
+        backward) over ``B`` sequences of up to ``T`` steps splits its hidden
+        units across threads: no recurrent dropout, and the sizes of
         :meth:`fastseq._plan.Plan.unit_split`."""
         n = get_num_threads()
         H = self.hidden_size
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
-                and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize, training))
+                and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
 
     def _forward_infer(self, X, h0, c0):
         """Inference of a full-length batch, each layer and direction in one
@@ -581,7 +576,7 @@ class Recurrent:
         w_hh = np.ascontiguousarray(W_hh)  # already contiguous: a view, no copy
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
         out_h = np.empty((N, H), dtype=dt)
-        units = self.cell == "lstm" and self._train_units(pk.B, len(pk.batch_sizes), mask, training=NG > 0)
+        units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and _plan.current().pipeline(2, N * inp_c.shape[1] * w_ih.shape[0])):
