@@ -100,9 +100,10 @@ def test_other_attentions_and_scheduled_sampling_fit(attention):
 
 def test_early_stopping_partial_fit_warm_start_reproducible():
     X, y = reverse_data(60)
-    a = small_clf(max_iter=3, early_stopping=True, n_iter_no_change=2).fit(X, y)
+    # reproducible for a fixed thread count (n_jobs=None is every core)
+    a = small_clf(max_iter=3, early_stopping=True, n_iter_no_change=2, n_jobs=1).fit(X, y)
     assert len(a.validation_scores_) == a.n_iter_
-    b = small_clf(max_iter=3, early_stopping=True, n_iter_no_change=2).fit(X, y)
+    b = small_clf(max_iter=3, early_stopping=True, n_iter_no_change=2, n_jobs=1).fit(X, y)
     np.testing.assert_array_equal(a.model_.flat, b.model_.flat)
     n = a.n_iter_
     a.partial_fit(X, y)

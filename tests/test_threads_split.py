@@ -109,12 +109,13 @@ def test_backward_after_inference_forward_raises():
 def test_need_input_grad_false_same_weight_grads():
     layer = Recurrent("lstm", 4, 6, num_layers=2, random_state=0)
     X = np.random.default_rng(0).standard_normal((3, 5, 4)).astype(np.float32)
-    out, _ = layer.forward(X)
-    G = np.ones_like(out)
-    dX, g1 = layer.backward(G)
-    g1 = {k: v.copy() for k, v in g1.items()}
-    layer.forward(X)
-    dX2, g2 = layer.backward(G, need_input_grad=False)
+    with _threads.limit(1):        # bit-identity is promised for a fixed thread count
+        out, _ = layer.forward(X)
+        G = np.ones_like(out)
+        dX, g1 = layer.backward(G)
+        g1 = {k: v.copy() for k, v in g1.items()}
+        layer.forward(X)
+        dX2, g2 = layer.backward(G, need_input_grad=False)
     assert dX2 is None
     for k in g1:
         assert np.array_equal(g1[k], g2[k])
