@@ -218,27 +218,35 @@ def test_project_packed_blocks_and_blas(dtype):
     strips), with and without a bias, and through BLAS from
     PROJECT_BLAS_MIN_BYTES of weight: every element written, equal to
     ``inp @ w.T + bias`` in float64; a packed row does not depend on the
-    block it falls in (callers split rows freely)."""
+    block it falls in (callers split rows freely).  Which path a weight
+    takes is read from the threshold (it may follow the machine); the last
+    case is sized past it, the first two are a few KB."""
     from fastseq.kernels import matmul as mm
 
     rng = np.random.default_rng(11)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     itemsize = np.dtype(dtype).itemsize
     big_m = mm.PROJECT_BLAS_MIN_BYTES // (64 * itemsize) + 3   # K = 64: past the BLAS threshold
+    # a block reaches the packed product's own BLAS branch from PACKED_BLAS_MIN_ROWS
+    # rows: below it every row runs the same fused multiply-adds, whatever its block
+    assert mm.PROJECT_ROWS < mm.PACKED_BLAS_MIN_ROWS
+    shifted = 0
     for n, K, M in [(1, 5, 16), (70, 28, 37), (33, 64, 200), (9, 64, big_m)]:
         inp = rng.standard_normal((n, K)).astype(dtype)
         w = rng.standard_normal((M, K)).astype(dtype)
-        assert (w.nbytes >= mm.PROJECT_BLAS_MIN_BYTES) == (M == big_m)
+        packed = w.nbytes < mm.PROJECT_BLAS_MIN_BYTES
+        shifted += packed and n > 1
         for bias in (rng.standard_normal(M).astype(dtype), np.empty(0, dtype)):
             out = _nan((n, M), dtype)
             mm.project(inp, w, bias, out)
             ref = inp.astype(np.float64) @ w.astype(np.float64).T + (bias if bias.size else 0)
             np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(K) * 4,
                                        err_msg=f"n={n} K={K} M={M} bias={bias.size}")
-            if M != big_m and n > 1:
+            if packed and n > 1:
                 part = _nan((n - 1, M), dtype)
                 mm.project(inp[1:], w, bias, part)     # rows shifted across the blocks
                 np.testing.assert_array_equal(part, out[1:])
+    assert shifted                  # the packed blocks took a batch of several rows
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -359,6 +359,7 @@ def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
     are grouped); dX and the weight gradients (then computed behind the
     backward loop, in chunks) and all of it close to one thread."""
     import fastseq.network.recurrent as R
+    from fastseq.kernels.matmul import PROJECT_BLAS_MIN_BYTES
     rng = np.random.default_rng(0)
 
     def run(layer, X, lengths, G):
@@ -368,6 +369,11 @@ def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
     real = R.run_pipelined
     for B, T, F, H, L, bi, ragged in [(1, 40, 8, 32, 1, False, False), (3, 30, 5, 24, 2, True, True)]:
         layer = Recurrent(cell, F, H, num_layers=L, bidirectional=bi, random_state=0)
+        # the unpipelined projection (project) takes the packed blocks, as
+        # project_ahead always does, only below PROJECT_BLAS_MIN_BYTES of
+        # weight: the outputs are bit-identical on that side of it
+        assert all(w.nbytes < PROJECT_BLAS_MIN_BYTES
+                   for k, w in layer.params.items() if k.startswith("weight_ih"))
         X = rng.standard_normal((B, T, F)).astype(np.float32)
         lengths = None
         if ragged:
