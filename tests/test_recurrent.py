@@ -140,6 +140,12 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
             X = np.nan_to_num(X)                          # (NaN padding): all steps valid
             layer.forward(X, need_grad=False)             # the one-call inference path
             layer.forward(X, need_grad=False, h0=np.zeros((1, 3, 3)) if cell != "lstm" else None)
+            # read-only input and state (a memmap, a frozen array): no new signature
+            one = np.ascontiguousarray(X[:1].astype(dtype))
+            one.setflags(write=False)
+            frozen = np.zeros((1, 1, 3), dtype=dtype)
+            frozen.setflags(write=False)
+            layer.forward(one, need_grad=False, h0=(frozen, frozen) if cell == "lstm" else frozen)
     import importlib
     module = importlib.import_module("fastseq.kernels." + {"gru_rb": "gru_reset_before"}.get(cell, cell))
     prefix = "gru_rb" if cell == "gru_rb" else cell

@@ -36,6 +36,15 @@ from ..init import get_initializer
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
 
 
+def _writable(a):
+    """``a`` as a C-contiguous array the kernels' signatures take: a view
+    when it is one already, else a copy (read-only arrays, a memmap or a
+    caller's frozen state, would have the kernels compiled once more)."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")
+
+
 def _transposed(w):
     """``w.T`` as a C-contiguous copy, 32 rows of ``w`` at a time (each block
     stays in cache: 0.16 ms for a 1 MB W_hh against 0.41 ms for
@@ -421,7 +430,8 @@ class Recurrent:
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
-        if B == 1 and X.dtype == dt and X.flags.c_contiguous:
+        # a read-only array (a memmap) would compile the kernels again for it
+        if B == 1 and X.dtype == dt and X.flags.c_contiguous and X.flags.writeable:
             inp = X.reshape(N, F)  # step-major already: a view (only read)
         else:
             inp = np.empty((T, B, F), dtype=dt)
@@ -444,10 +454,10 @@ class Recurrent:
                         b_ih = b_hh = no_bias
                     w_ih = np.ascontiguousarray(W_ih)
                     w_hh = np.ascontiguousarray(W_hh)
-                    h0s = np.ascontiguousarray(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
+                    h0s = _writable(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
                     c0s = None
                     if self.cell == "lstm":
-                        c0s = np.ascontiguousarray(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
+                        c0s = _writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
                     if pipe and _plan.current().pipeline(2, N * inp.shape[1] * w_ih.shape[0]):
