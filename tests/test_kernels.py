@@ -5,6 +5,8 @@ Outputs are pre-filled with NaN: a kernel that read a row before writing it
 code) would leave NaN behind.
 """
 
+import os
+
 import numpy as np
 import pytest
 
@@ -267,3 +269,43 @@ def test_step_matmul_every_blocking_path(dtype):
             ref = a.astype(np.float64) @ w.astype(np.float64).T
             np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(K) * 4,
                                        err_msg=f"K={K} M={M} n={n}")
+
+
+def test_stale_kernel_cache_is_dropped(tmp_path):
+    """numba keys a cached kernel by its own file only, while the time loops
+    compile in code from matmul.py: one digest over the kernel sources and
+    _config.py is kept beside the cache files, and they are removed when it
+    changes (an edit of any one source), kept while it holds."""
+    from fastseq.kernels._cache import STAMP, cache_folder, drop_stale_cache
+
+    pkg = tmp_path / "pkg"
+    kernels = pkg / "kernels"
+    kernels.mkdir(parents=True)
+    (pkg / "_config.py").write_text("X = 1\n")
+    (kernels / "__init__.py").write_text("")
+    (kernels / "a.py").write_text("def f():\n    return 1\n")
+    cache = cache_folder(str(kernels))
+    assert cache is not None
+    os.makedirs(cache, exist_ok=True)
+
+    def plant():
+        for name in ("a.f-1.py311.nbi", "a.f-1.py311.1.nbc"):
+            with open(os.path.join(cache, name), "w") as f:
+                f.write("stale")
+
+    def planted():
+        return sorted(n for n in os.listdir(cache) if n.endswith((".nbi", ".nbc")))
+
+    plant()
+    drop_stale_cache(str(kernels))                      # no stamp yet: dropped
+    assert planted() == [] and os.path.exists(os.path.join(cache, STAMP))
+    plant()
+    drop_stale_cache(str(kernels))                      # same sources: kept
+    assert len(planted()) == 2
+    (kernels / "a.py").write_text("def f():\n    return 2\n")
+    drop_stale_cache(str(kernels))                      # one source changed
+    assert planted() == []
+    plant()
+    (pkg / "_config.py").write_text("X = 2\n")           # a compiled-in constant changed
+    drop_stale_cache(str(kernels))
+    assert planted() == []

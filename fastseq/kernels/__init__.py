@@ -5,6 +5,13 @@ anything of fastseq but :mod:`fastseq._config`.  Kernels compile lazily on
 first call (``cache=True``); importing this package compiles nothing.
 """
 
+import os as _os
+
+from ._cache import drop_stale_cache as _drop_stale_cache
+
+# before any kernel module is imported: a cache compiled from other sources goes
+_drop_stale_cache(_os.path.dirname(__file__))
+
 from .clip import clip_grad_norm, clip_grad_value, grad_norm
 from .gru import gru_sequence_backward, gru_sequence_forward
 from .gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
