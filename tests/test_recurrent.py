@@ -1,5 +1,6 @@
 """The Recurrent layer against the naive reference, padding, states, checks."""
 
+import pickle
 import subprocess
 import sys
 
@@ -126,6 +127,12 @@ def test_reverse_direction_starts_at_each_sequences_last_step(rng):
     np.testing.assert_allclose(padded[:, :3], short, rtol=0, atol=0)
 
 
+def _read_only(a):
+    a = a.copy()
+    a.setflags(write=False)
+    return a
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru", "gru_rb"])
 def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
     kw = {"reset_after": False} if cell == "gru_rb" else {}
@@ -146,6 +153,10 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
             frozen = np.zeros((1, 1, 3), dtype=dtype)
             frozen.setflags(write=False)
             layer.forward(one, need_grad=False, h0=(frozen, frozen) if cell == "lstm" else frozen)
+            # weights loaded read-only (joblib's mmap_mode, as scikit-learn's readonly checks do)
+            mapped = pickle.loads(pickle.dumps(layer))
+            mapped.__setstate__({**mapped.__dict__, "flat": _read_only(mapped.flat)})
+            mapped.forward(X, need_grad=False)
     import importlib
     module = importlib.import_module("fastseq.kernels." + {"gru_rb": "gru_reset_before"}.get(cell, cell))
     prefix = "gru_rb" if cell == "gru_rb" else cell

@@ -307,6 +307,8 @@ class Recurrent:
 
     def __setstate__(self, state):
         state.setdefault("n_jobs", None)  # pickled before the layer had it
+        if not state["flat"].flags.writeable:  # a memmap (joblib's mmap_mode): the kernels take writable arrays
+            state["flat"] = np.array(state["flat"])
         self.__dict__.update(state)
         self.params = self._views(self.flat)
 

@@ -220,6 +220,8 @@ class Seq2Seq:
         return state
 
     def __setstate__(self, state):
+        if not state["flat"].flags.writeable:  # a memmap (joblib's mmap_mode): the kernels take writable arrays
+            state["flat"] = np.array(state["flat"])
         self.__dict__.update(state)
         self.params = self._views(self.flat)
         self.encoder.bind(self.params["encoder"], copy=False)
