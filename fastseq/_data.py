@@ -79,3 +79,13 @@ class Packing:
         """Write a sorted (B, ...) array into ``out`` in original order."""
         out[self.order] = state_sorted
         return out
+
+
+def writable(a):
+    """``a`` as a writable C-contiguous array, the kind the kernels' one
+    signature per dtype takes: ``a`` itself when it is one, else a copy (a
+    read-only array, such as a memmap or a frozen state, would have the
+    kernels compiled once more)."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")

@@ -417,6 +417,14 @@ def matmul_splits(m, k, n):
     return _matmul_threads(m, k, n) > 1
 
 
+def pipelines(work):
+    """Whether a second thread should compute ``work`` multiply-adds (an
+    input projection ahead of a time loop, weight gradients behind it)
+    beside the loop on this one (:meth:`fastseq._plan.Plan.pipeline`)."""
+    n = get_num_threads()
+    return n > 1 and _plan.current().pipeline(n, work)
+
+
 def run_sliced(kernel, args, lengths_sorted, work):
     """Run ``kernel(*args, b0, b1)`` over the whole sorted batch: in one call, or
     on :func:`get_num_threads` slices in parallel threads when the batch and

@@ -13,7 +13,7 @@ from .. import _plan
 from .. import kernels as K
 from .._threads import (
     blas_single_thread, get_num_threads, limit, matmul_splits, parallel_copy, parallel_matmul,
-    parallel_project, run_pipelined, run_sliced, run_units, splits, unit_split_slot,
+    parallel_project, pipelines, run_pipelined, run_sliced, run_units, splits, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
@@ -24,7 +24,7 @@ from ..kernels.matmul import project_ahead, step_matmul
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
-from .._data import Packing
+from .._data import Packing, writable
 from ._flat import flat_views, layout_size
 from .._validation import (
     check_choice, check_finite, check_fraction, check_lengths, check_n_jobs, check_positive_int,
@@ -34,15 +34,6 @@ from ..init import get_initializer
 
 #: "no producer" for the time loops' ``ready`` argument (never written)
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
-
-
-def _writable(a):
-    """``a`` as a C-contiguous array the kernels' signatures take: a view
-    when it is one already, else a copy (read-only arrays, a memmap or a
-    caller's frozen state, would have the kernels compiled once more)."""
-    if a.flags.c_contiguous and a.flags.writeable:
-        return a
-    return np.array(a, order="C")
 
 
 def _transposed(w):
@@ -307,8 +298,7 @@ class Recurrent:
 
     def __setstate__(self, state):
         state.setdefault("n_jobs", None)  # pickled before the layer had it
-        if not state["flat"].flags.writeable:  # a memmap (joblib's mmap_mode): the kernels take writable arrays
-            state["flat"] = np.array(state["flat"])
+        state["flat"] = writable(state["flat"])  # a memmap (joblib's mmap_mode) is read-only
         self.__dict__.update(state)
         self.params = self._views(self.flat)
 
@@ -456,13 +446,13 @@ class Recurrent:
                         b_ih = b_hh = no_bias
                     w_ih = np.ascontiguousarray(W_ih)
                     w_hh = np.ascontiguousarray(W_hh)
-                    h0s = _writable(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
+                    h0s = writable(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
                     c0s = None
                     if self.cell == "lstm":
-                        c0s = _writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
+                        c0s = writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
-                    if pipe and _plan.current().pipeline(2, N * inp.shape[1] * w_ih.shape[0]):
+                    if pipe and pipelines(N * inp.shape[1] * w_ih.shape[0]):
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
                     else:
                         if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
@@ -591,7 +581,7 @@ class Recurrent:
         units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
-                and _plan.current().pipeline(2, N * inp_c.shape[1] * w_ih.shape[0])):
+                and pipelines(N * inp_c.shape[1] * w_ih.shape[0])):
             # one thread runs the loop: a second computes its input ahead
             xp = np.empty((N, w_ih.shape[0]), dtype=dt)
 
@@ -745,7 +735,7 @@ class Recurrent:
         units = self.cell == "lstm" and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (PIPELINE_BACKWARD and not units and get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE
                 and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
-                and _plan.current().pipeline(2, N * GH * (inp.shape[1] + H))):
+                and pipelines(N * GH * (inp.shape[1] + H))):
             # the loop on one thread, the weight gradients behind it on another
             no_bias = np.empty(0, dtype=dt)
             d_inp = np.empty((N if want_dx else 0, inp.shape[1]), dtype=dt)

@@ -18,6 +18,7 @@ the previous vector).
 import numpy as np
 
 from .._config import DEFAULT_DTYPE, resolve_dtype
+from .._data import writable
 from .._threads import blas_single_thread
 from ._flat import flat_views, layout_size
 from .._validation import check_choice, check_positive_int
@@ -220,8 +221,7 @@ class Seq2Seq:
         return state
 
     def __setstate__(self, state):
-        if not state["flat"].flags.writeable:  # a memmap (joblib's mmap_mode): the kernels take writable arrays
-            state["flat"] = np.array(state["flat"])
+        state["flat"] = writable(state["flat"])  # a memmap (joblib's mmap_mode) is read-only
         self.__dict__.update(state)
         self.params = self._views(self.flat)
         self.encoder.bind(self.params["encoder"], copy=False)
