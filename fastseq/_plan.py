@@ -184,13 +184,13 @@ def measure():
 
 def _cache_path():
     from ._config import VECTOR_BYTES
-    from ._threads import default_num_threads
+    from ._threads import _process_threads
     import llvmlite.binding as llvm
 
     folder = os.environ.get("FASTSEQ_CACHE_DIR") or os.environ.get("NUMBA_CACHE_DIR")
     if not folder:
         folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastseq")
-    key = f"{llvm.get_host_cpu_name()}-v{VECTOR_BYTES}-c{default_num_threads()}"
+    key = f"{llvm.get_host_cpu_name()}-v{VECTOR_BYTES}-c{_process_threads()[0]}"  # cores, not a limit
     return os.path.join(folder, f"plan-{key}.json")
 
 
