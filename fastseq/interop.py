@@ -26,6 +26,17 @@ def from_torch(module, dtype=None):
     -----
     fastseq layers are always batch-first; the module's ``batch_first`` does
     not matter for the weights.  LSTMs with ``proj_size > 0`` are not supported.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from fastseq.interop import from_torch
+    >>> gru = torch.nn.GRU(3, 4, num_layers=2, batch_first=True)
+    >>> layer = from_torch(gru)
+    >>> X = torch.randn(2, 5, 3)
+    >>> out, h_n = layer.forward(X.numpy())
+    >>> bool(np.allclose(out, gru(X)[0].detach().numpy(), atol=1e-5))
+    True
     """
     import torch
 

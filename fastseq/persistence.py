@@ -89,7 +89,21 @@ def save(est, path):
 
 def load(path):
     """Read an estimator written by ``est.save(path)``.  Raises ``ValueError``
-    for a file that is not one, is corrupt or truncated, or has a newer version."""
+    for a file that is not one, is corrupt or truncated, or has a newer version.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np, fastseq
+    >>> X = np.random.default_rng(0).normal(size=(30, 8, 2))
+    >>> clf = fastseq.RNNClassifier(hidden_size=8, max_iter=2, random_state=0)
+    >>> clf = clf.fit(X, X[:, :, 0].sum(axis=1) > 0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.fastseq")
+    >>> clf.save(path)
+    >>> same = fastseq.load(path)
+    >>> bool((same.predict_proba(X) == clf.predict_proba(X)).all())
+    True
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}

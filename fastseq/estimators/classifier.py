@@ -48,6 +48,21 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
     best_loss_, best_validation_score_, grad_norm_curve_, fit_time_,
     n_skipped_updates_
         Training history (see the base class).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastseq import RNNClassifier
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(60, 15, 2)).astype("float32")
+    >>> y = np.where(X[:, :, 0].mean(axis=1) > 0, "up", "down")
+    >>> clf = RNNClassifier(cell="gru", hidden_size=16, max_iter=5, random_state=0).fit(X, y)
+    >>> clf.classes_
+    array(['down', 'up'], dtype='<U4')
+    >>> clf.predict_proba(X[:3]).shape
+    (3, 2)
+    >>> clf.predict([X[0, :9], X[1]]).shape      # ragged: a list of (T_i, F) arrays
+    (2,)
     """
 
     _score_name = "accuracy"

@@ -30,6 +30,17 @@ class RNNRegressor(RegressorMixin, BaseRNN):
     internally (``y_mean_``, ``y_scale_``) and the loss is the mean squared
     error on that scale; predictions are mapped back.  Parameters are those of
     :class:`fastseq.estimators._base.BaseRNN`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastseq import RNNRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(50, 20, 3)).astype("float32")
+    >>> y = X[:, -4:, :2]                        # the next 4 steps of 2 variables
+    >>> reg = RNNRegressor(hidden_size=16, max_iter=3, random_state=0).fit(X, y)
+    >>> reg.predict(X[:5]).shape                 # predictions keep y's shape
+    (5, 4, 2)
     """
 
     _score_name = "r2"

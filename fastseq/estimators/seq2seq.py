@@ -232,7 +232,8 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         cgroup quota, ``OMP_NUM_THREADS`` as joblib and Dask set it in their
         workers, ``threadpoolctl.threadpool_limits``); an integer fixes it
         (see ``BaseRNN``).
-    Other parameters: the training loop's (see ``BaseRNN``).
+    optimizer, learning_rate, momentum, nesterovs_momentum, beta_1, beta_2, epsilon, batch_size, max_iter, clip_norm, clip_value, alpha, early_stopping, validation_fraction, validation_holdout, n_iter_no_change, tol, shuffle, random_state, warm_start, verbose, dtype :
+        The training loop's (see ``BaseRNN``).
 
     Attributes
     ----------
@@ -245,6 +246,16 @@ class Seq2SeqClassifier(_Seq2SeqBase):
     max_target_length_ : int
     n_features_in_, n_iter_, loss_curve_, validation_scores_, best_loss_, ...
         As the other estimators.
+
+    Examples
+    --------
+    >>> from fastseq import Seq2SeqClassifier
+    >>> words = ["abc", "bca", "cab", "acb", "bac", "cba"]
+    >>> s2s = Seq2SeqClassifier(hidden_size=16, embedding_dim=8, max_iter=2,
+    ...                         random_state=0).fit(words, [w[::-1] for w in words])
+    >>> out = s2s.predict(["abc", "ccc"])
+    >>> len(out), all(isinstance(s, str) for s in out)
+    (2, True)
     """
 
     _score_name = "exact_match"
@@ -429,6 +440,16 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
         k.
     output_length_ : int
         T_out seen at fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastseq import Seq2SeqRegressor
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(40, 12, 2)).astype("float32")
+    >>> reg = Seq2SeqRegressor(hidden_size=16, max_iter=2, random_state=0).fit(X, X[:, :5])
+    >>> reg.predict(X[:3]).shape
+    (3, 5, 2)
     """
 
     _score_name = "r2"

@@ -16,6 +16,16 @@ class SequenceTagger(BaseRNN):
     averaged over valid steps (padding is masked out).  A bidirectional
     encoder lets each label see the whole sequence.  Parameters are those of
     :class:`fastseq.estimators._base.BaseRNN` (``pooling`` is not used).
+
+    Examples
+    --------
+    >>> from fastseq import SequenceTagger
+    >>> words = [["the", "cat", "sat"], ["a", "dog", "ran", "off"]]
+    >>> tags = [["DET", "NOUN", "VERB"], ["DET", "NOUN", "VERB", "ADP"]]
+    >>> tagger = SequenceTagger(embedding_dim=8, hidden_size=16, max_iter=3,
+    ...                         random_state=0).fit(words, tags)
+    >>> [p.shape for p in tagger.predict([["the", "dog"], ["a", "cat", "sat"]])]
+    [(2,), (3,)]
     """
 
     _score_name = "accuracy"

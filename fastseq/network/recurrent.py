@@ -193,6 +193,22 @@ class Recurrent:
         After :meth:`backward`: gradients with respect to the initial states.
     training : bool
         Dropout applies only while True (see :meth:`train`, :meth:`eval`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastseq.nn import Recurrent
+    >>> layer = Recurrent("lstm", input_size=3, hidden_size=4, bidirectional=True,
+    ...                   random_state=0)
+    >>> X = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+    >>> out, (h_n, c_n) = layer.forward(X, lengths=[5, 2])
+    >>> out.shape, h_n.shape
+    ((2, 5, 8), (2, 2, 4))
+    >>> float(abs(out[1, 2:]).max())             # padded steps are zero
+    0.0
+    >>> dX, grads = layer.backward(np.ones_like(out))
+    >>> dX.shape, grads["weight_hh_l0"].shape
+    ((2, 5, 3), (16, 4))
     """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bidirectional=False,
