@@ -95,7 +95,7 @@ def run_case(cell, H, B, T, threads, repeats):
     got = sess.run(["probabilities"], feed)[0]
     err = float(np.abs(got - clf.predict_proba(X)).max())
     times.update(time_alternating({"ort": lambda: sess.run(["probabilities"], feed)}, repeats))
-    del sess
+    sess = None  # close it: its worker threads must not slow the next case
     return dict(cell=cell, H=H, B=B, T=T, max_abs_diff=err, **times,
                 ratio=times["ort"] / times["fastseq"], ratio_model=times["ort"] / times["model"])
 

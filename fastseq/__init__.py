@@ -13,9 +13,10 @@ __all__ = ["Recurrent", "RNNClassifier", "RNNRegressor", "SequenceTagger", "Seq2
 
 
 def __getattr__(name):
-    # fastseq.to_onnx loads fastseq.onnx on first use (onnx itself is imported
+    # fastseq.to_onnx (and fastseq.onnx) load fastseq.onnx on first use (onnx itself is imported
     # only inside its functions): ``import fastseq`` stays light
-    if name == "to_onnx":
-        from .onnx import to_onnx
-        return to_onnx
+    if name in ("to_onnx", "onnx"):
+        import importlib
+        mod = importlib.import_module(".onnx", __name__)
+        return mod if name == "onnx" else mod.to_onnx
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

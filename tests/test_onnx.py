@@ -235,7 +235,8 @@ def test_bad_opset_and_nonfinite_weights():
 
 def test_import_fastseq_does_not_import_onnx():
     code = ("import sys, fastseq; assert 'onnx' not in sys.modules; "
-            "f = fastseq.to_onnx; assert 'onnx' not in sys.modules; print('ok')")
+            "f = fastseq.to_onnx; e = fastseq.onnx.encode; assert 'onnx' not in sys.modules; "
+            "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=str(__import__("pathlib").Path(fastseq.__file__).parents[1]))
     assert out.stdout.strip() == "ok", out.stderr
@@ -286,3 +287,18 @@ def test_skl2onnx_refuses_token_estimators():
               np.array([0, 1, 0, 1]))
     with pytest.raises(NotImplementedError, match="embeds tokens"):
         skl2onnx.to_onnx(clf, np.zeros((1, 3), dtype=np.float32))
+
+
+def test_bench_onnx_export_runs_one_tiny_case(monkeypatch, tmp_path, capsys):
+    import json
+    import os
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench import onnx_export
+
+    monkeypatch.setattr(onnx_export, "CASES", [("gru", 4, 2, 5)])
+    out = tmp_path / "r.json"
+    onnx_export.main(["--threads", "1", "--repeats", "1", "--json", str(out)])
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["max_abs_diff"] < ATOL and row["ort"] > 0 and row["fastseq"] > 0
+    assert "CPU:" in capsys.readouterr().out
