@@ -29,7 +29,7 @@ is ``linear_before_reset=1``; the "reset before" form (Cho et al. 2014,
 
 import numpy as np
 
-#: opset used when ``opset`` is None (ONNX Runtime 1.14 and later run it)
+#: opset used when ``opset`` is None (run by every recent ONNX Runtime)
 DEFAULT_OPSET = 17
 #: oldest opset the export writes (Softmax over one axis, axes as inputs)
 MIN_OPSET = 13

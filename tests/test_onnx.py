@@ -76,11 +76,12 @@ def test_classifier_matches_predict_proba(cell, bidirectional, num_layers, pooli
     np.testing.assert_array_equal(label, clf.predict(X))
 
 
-def test_relu_rnn_string_classes_and_float64_estimator():
+def test_relu_rnn_string_classes_float64_and_dropout_left_out():
     X = seqs()
     y = np.array(["cat", "dog", "emu", "cat", "dog", "emu", "cat", "dog"])
     clf = fit(small(RNNClassifier, cell="rnn", nonlinearity="relu", bidirectional=True,
-                    num_layers=2, dtype="float64"), X, y, scale=1.5)
+                    num_layers=2, dtype="float64", dropout=0.3, recurrent_dropout=0.2),
+              X, y, scale=1.5)
     Xp, lengths = padded(clf, X)
     label, proba = session(fastseq.to_onnx(clf)).run(None, {"X": Xp, "lengths": lengths})
     np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=0, atol=ATOL)
