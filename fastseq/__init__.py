@@ -9,4 +9,14 @@ from .estimators.seq2seq import Seq2SeqClassifier, Seq2SeqRegressor  # noqa: E40
 from .persistence import load  # noqa: E402
 
 __all__ = ["Recurrent", "RNNClassifier", "RNNRegressor", "SequenceTagger", "Seq2SeqClassifier",
-           "Seq2SeqRegressor", "load", "__version__"]
+           "Seq2SeqRegressor", "load", "to_onnx", "__version__"]
+
+
+def __getattr__(name):
+    # fastseq.to_onnx (and fastseq.onnx) load fastseq.onnx on first use (onnx itself is imported
+    # only inside its functions): ``import fastseq`` stays light
+    if name in ("to_onnx", "onnx"):
+        import importlib
+        mod = importlib.import_module(".onnx", __name__)
+        return mod if name == "onnx" else mod.to_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
