@@ -8,4 +8,5 @@ from .seq2seq import Seq2SeqClassifier, Seq2SeqRegressor
 from .tagger import SequenceTagger
 
 __all__ = ["BaseRNN", "CTCClassifier", "FitInterruptedWarning", "NumericalWarning",
-           "RNNClassifier",            "RNNRegressor", "Seq2SeqClassifier", "Seq2SeqRegressor", "SequenceTagger"]
+           "RNNClassifier", "RNNRegressor", "Seq2SeqClassifier", "Seq2SeqRegressor",
+           "SequenceTagger"]
