@@ -87,7 +87,16 @@ def required_length(labels):
     return int(len(labels) + np.count_nonzero(labels[1:] == labels[:-1]))
 
 
-def _check_scores(x, name, dtype=None, allow_neg_inf=False):
+def _check_finite(x, name, allow_neg_inf):
+    bad = np.isnan(x) | (x == np.inf) if allow_neg_inf else ~np.isfinite(x)
+    if np.any(bad):
+        raise ValueError(f"{name} contains NaN or infinity at valid steps" +
+                         (" (-inf log-probabilities are allowed)" if allow_neg_inf else ""))
+
+
+def _check_scores(x, name, dtype=None, allow_neg_inf=False, finite=True):
+    """Real array as float32/float64; finite (or -inf when ``allow_neg_inf``)
+    unless ``finite=False`` (padded: the caller checks the valid steps)."""
     if isinstance(x, (list, tuple)) or not hasattr(x, "dtype"):
         x = np.asarray(x)
     if x.dtype.kind not in "fiu":
@@ -95,10 +104,8 @@ def _check_scores(x, name, dtype=None, allow_neg_inf=False):
     dt = resolve_dtype(dtype) if dtype is not None else (
         x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64))
     x = np.ascontiguousarray(x, dtype=dt)
-    bad = np.isnan(x) | (x == np.inf) if allow_neg_inf else ~np.isfinite(x)
-    if np.any(bad):
-        raise ValueError(f"{name} contains NaN or infinity" +
-                         (" (-inf log-probabilities are allowed)" if allow_neg_inf else ""))
+    if finite:
+        _check_finite(x, name, allow_neg_inf)
     return x
 
 
@@ -147,7 +154,8 @@ def ctc_loss(x, targets, input_lengths, target_lengths, *, reduction="mean", log
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    x = _check_scores(x, "log_probs" if log_probs else "logits", allow_neg_inf=log_probs)
+    name = "log_probs" if log_probs else "logits"
+    x = _check_scores(x, name, allow_neg_inf=log_probs, finite=False)
     if x.ndim != 3:
         raise ValueError(f"x must be 3-D ({'(B, T, V)' if batch_first else '(T, B, V)'}), got "
                          f"shape {x.shape}")
@@ -162,6 +170,7 @@ def ctc_loss(x, targets, input_lengths, target_lengths, *, reduction="mean", log
     if np.any(il < 1) or np.any(il > T):
         raise ValueError(f"input_lengths must lie in 1..T={T}, got {il.min()}..{il.max()}")
     tg, tl = check_targets(targets, target_lengths, V, B)
+    _check_finite(x[np.arange(T)[:, None] < il[None, :]], name, log_probs)
     denom = np.maximum(tl, 1).astype(np.float64) if reduction == "mean" else np.ones(B)
     scale = 1.0 / denom / (B if reduction == "mean" else 1)
     losses = np.empty(B, dtype=np.float64)
@@ -227,10 +236,11 @@ def _as_sequences(log_probs, input_lengths, batch_first, name="log_probs"):
             raise ValueError("input_lengths is only for a padded 3-D log_probs")
         single = False
     else:
-        x = _check_scores(log_probs, name, "float64", allow_neg_inf=True)
+        x = _check_scores(log_probs, name, "float64", allow_neg_inf=True, finite=False)
         if x.ndim == 2:
             if input_lengths is not None:
                 raise ValueError("input_lengths is only for a padded 3-D log_probs")
+            _check_finite(x, name, True)
             seqs, single = [x], True
         elif x.ndim == 3:
             if not batch_first:
@@ -241,6 +251,8 @@ def _as_sequences(log_probs, input_lengths, batch_first, name="log_probs"):
             if np.any(il < 0) or np.any(il > T):
                 raise ValueError(f"input_lengths must lie in 0..T={T}")
             seqs, single = [x[b, :il[b]] for b in range(B)], False
+            for b, s in enumerate(seqs):
+                _check_finite(s, f"{name}[{b}]", True)
         else:
             raise ValueError(f"{name} must be (T, V), (T, B, V) or a list of (T_i, V) arrays, "
                              f"got shape {x.shape}")
