@@ -94,6 +94,8 @@ def test_unknown_labels_at_score_count_as_errors(fitted):
     yy[1] = [1, 2]
     s = est.score(X[:10], yy)
     assert 0 <= s <= 0.8 + 1e-9
+    with pytest.raises(TypeError, match=r"y\[0\] must be a string"):
+        est.score(X[:2], [3, 4])
 
 
 def test_summary_history_and_verbose(fitted, capsys):
