@@ -308,3 +308,25 @@ def test_character_error_rate_hand_cases():
         character_error_rate([""], ["a"])
     with pytest.raises(TypeError, match="lists"):
         character_error_rate("abc", "abd")
+
+
+def test_batch_split_over_threads_gives_identical_results(monkeypatch):
+    from fastseq import _threads
+    rng = np.random.default_rng(10)
+    T, B, V, L = 400, 8, 5, 40
+    x = rng.normal(size=(T, B, V)).astype(np.float32)
+    tg = rng.integers(1, V, size=(B, L))
+    il = np.full(B, T)
+    il[3] = 250
+    tl = np.full(B, L)
+    with _threads.limit(1):
+        ref = ctc_loss(x, tg, il, tl, reduction="none")
+    calls = []
+    on_pool = _threads._on_pool
+    monkeypatch.setattr(_threads, "_on_pool", lambda bounds, fn: (calls.append(bounds),
+                                                                    on_pool(bounds, fn)))
+    with _threads.limit(2):
+        got = ctc_loss(x, tg, il, tl, reduction="none")
+    assert calls and len(calls[0]) == 2        # the batch was split in two slices
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

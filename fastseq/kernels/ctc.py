@@ -51,21 +51,24 @@ def _lse2(a, b):
 
 @njit(**JIT)
 def _lse3(a, b, c):
-    m = a
-    if b > m:
-        m = b
-    if c > m:
-        m = c
-    if m == NEG_INF:
-        return m
-    return m + np.log(np.exp(a - m) + np.exp(b - m) + np.exp(c - m))
+    """log(exp(a) + exp(b) + exp(c)), exact at -inf (two exp and one log)."""
+    if a < b:
+        a, b = b, a
+    if a < c:
+        a, c = c, a
+    if a == NEG_INF:
+        return a
+    return a + np.log(1.0 + np.exp(b - a) + np.exp(c - a))
 
 
 @njit(**JIT)
-def _sample(x, b, Tb, ext, S, from_logits, lp, alpha, beta, occ, scale, out_grad):
+def _sample(x, b, Tb, ext, skip, S, from_logits, lp, alpha, beta, row, occ, scale,
+            out_grad):
     """Loss of sample ``b`` (rows ``x[:Tb, b]``) and its gradient times
-    ``scale`` into ``out_grad[:, b]``.  ``lp`` (T, V), ``alpha``/``beta``
-    (T, S_max), ``occ`` (V,) are float64 work buffers."""
+    ``scale`` into ``out_grad[:, b]``.  ``ext`` (S_max,) is the extended
+    label sequence, ``skip[s]`` whether state s may be entered from s - 2.
+    ``lp`` (T, V), ``alpha``/``beta`` (T, S_max), ``row`` (S_max,) and
+    ``occ`` (V,) are float64 work buffers."""
     T, V = x.shape[0], x.shape[2]
     # log-probabilities of the valid steps
     for t in range(Tb):
@@ -84,67 +87,68 @@ def _sample(x, b, Tb, ext, S, from_logits, lp, alpha, beta, occ, scale, out_grad
         else:
             for k in range(V):
                 lp[t, k] = np.float64(x[t, b, k])
-    # forward
+    # forward, over the states that were reachable from the start and can
+    # still reach the end: lo(t) <= s < hi(t)
     for s in range(S):
         alpha[0, s] = NEG_INF
     alpha[0, 0] = lp[0, 0]
     if S > 1:
         alpha[0, 1] = lp[0, ext[1]]
     for t in range(1, Tb):
-        # states that can still reach the end and were reachable from the start
-        lo = S - 2 * (Tb - t)
-        if lo < 0:
-            lo = 0
-        hi = 2 * t + 2
-        if hi > S:
-            hi = S
+        lo = max(0, S - 2 * (Tb - t))
+        hi = min(S, 2 * t + 2)
         for s in range(lo):
             alpha[t, s] = NEG_INF
         for s in range(hi, S):
             alpha[t, s] = NEG_INF
         for s in range(lo, hi):
-            a = alpha[t - 1, s]
-            if s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]:
-                v = _lse3(a, alpha[t - 1, s - 1], alpha[t - 1, s - 2])
+            if skip[s]:
+                v = _lse3(alpha[t - 1, s], alpha[t - 1, s - 1], alpha[t - 1, s - 2])
             elif s >= 1:
-                v = _lse2(a, alpha[t - 1, s - 1])
+                v = _lse2(alpha[t - 1, s], alpha[t - 1, s - 1])
             else:
-                v = a
-            alpha[t, s] = v + lp[t, ext[s]] if v != NEG_INF else NEG_INF
+                v = alpha[t - 1, s]
+            alpha[t, s] = v + lp[t, ext[s]]
     logp = alpha[Tb - 1, S - 1]
     if S > 1:
         logp = _lse2(logp, alpha[Tb - 1, S - 2])
-    if logp == NEG_INF or not np.isfinite(logp):
+    if not np.isfinite(logp):
         for t in range(T):
             for k in range(V):
                 out_grad[t, b, k] = 0.0
         return np.inf if logp == NEG_INF else logp
-    # backward
+    # backward; row[s] = beta_{t+1}(s) + lp_{t+1}(l'_s)
     for s in range(S):
         beta[Tb - 1, s] = NEG_INF
     beta[Tb - 1, S - 1] = 0.0
     if S > 1:
         beta[Tb - 1, S - 2] = 0.0
     for t in range(Tb - 2, -1, -1):
-        for s in range(S):
-            v = beta[t + 1, s] + lp[t + 1, ext[s]]
-            if s + 1 < S:
-                w = beta[t + 1, s + 1] + lp[t + 1, ext[s + 1]]
-                if s + 2 < S and ext[s + 2] != 0 and ext[s + 2] != ext[s]:
-                    v = _lse3(v, w, beta[t + 1, s + 2] + lp[t + 1, ext[s + 2]])
-                else:
-                    v = _lse2(v, w)
-            beta[t, s] = v
-    # occupancies -> gradient
+        lo = max(0, S - 2 * (Tb - t))
+        hi = min(S, 2 * t + 2)
+        for s in range(lo, min(S, hi + 2)):
+            row[s] = beta[t + 1, s] + lp[t + 1, ext[s]]
+        for s in range(lo):
+            beta[t, s] = NEG_INF
+        for s in range(hi, S):
+            beta[t, s] = NEG_INF
+        for s in range(lo, hi):
+            if s + 2 < S and skip[s + 2]:
+                beta[t, s] = _lse3(row[s], row[s + 1], row[s + 2])
+            elif s + 1 < S:
+                beta[t, s] = _lse2(row[s], row[s + 1])
+            else:
+                beta[t, s] = row[s]
+    # occupancies (linear: alpha + beta <= log p, nothing overflows) -> gradient
     for t in range(Tb):
+        lo = max(0, S - 2 * (Tb - t))
+        hi = min(S, 2 * t + 2)
         for k in range(V):
-            occ[k] = NEG_INF
-        for s in range(S):
-            ab = alpha[t, s] + beta[t, s]
-            if ab != NEG_INF:
-                occ[ext[s]] = _lse2(occ[ext[s]], ab)
+            occ[k] = 0.0
+        for s in range(lo, hi):
+            occ[ext[s]] += np.exp(alpha[t, s] + beta[t, s] - logp)
         for k in range(V):
-            g = -np.exp(occ[k] - logp)
+            g = -occ[k]
             if from_logits:
                 g += np.exp(lp[t, k])
             out_grad[t, b, k] = g * scale
@@ -156,7 +160,7 @@ def _sample(x, b, Tb, ext, S, from_logits, lp, alpha, beta, occ, scale, out_grad
 
 @njit(**JIT)
 def ctc_loss_grad(x, targets, input_lengths, target_lengths, from_logits, grad_scale,
-                  b0, b1, out_loss, out_grad):
+                  out_loss, out_grad, b0, b1):
     """CTC loss of samples ``b0 <= b < b1`` and their gradient.
 
     Parameters
@@ -172,13 +176,13 @@ def ctc_loss_grad(x, targets, input_lengths, target_lengths, from_logits, grad_s
         Gradient w.r.t. the logits (softmax fused) or w.r.t. ``x`` as given.
     grad_scale : (B,) float64
         Factor of each sample's gradient (the reduction's weight).
-    b0, b1 : int
-        Samples to process (slices of a batch may run in parallel threads).
     out_loss : (B,) float64
         ``-log p(l_b | x_b)`` (``+inf`` for an infeasible sample).
     out_grad : (T, B, V), dtype of x
         Gradient times ``grad_scale[b]``; 0 at padded steps and for
         infeasible samples.
+    b0, b1 : int
+        Samples to process (slices of a batch may run in parallel threads).
 
     Notes
     -----
@@ -190,12 +194,16 @@ def ctc_loss_grad(x, targets, input_lengths, target_lengths, from_logits, grad_s
     lp = np.empty((T, V))
     alpha = np.empty((T, S_max))
     beta = np.empty((T, S_max))
+    row = np.empty(S_max)
     occ = np.empty(V)
     ext = np.zeros(S_max, dtype=np.int64)
+    skip = np.zeros(S_max, dtype=np.bool_)
     for b in range(b0, b1):
         L = target_lengths[b]
         S = 2 * L + 1
         for j in range(L):
             ext[2 * j + 1] = targets[b, j]
-        out_loss[b] = _sample(x, b, input_lengths[b], ext, S, from_logits, lp, alpha, beta,
-                              occ, grad_scale[b], out_grad)
+        for s in range(S):
+            skip[s] = s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]
+        out_loss[b] = _sample(x, b, input_lengths[b], ext, skip, S, from_logits, lp, alpha,
+                              beta, row, occ, grad_scale[b], out_grad)

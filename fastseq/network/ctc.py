@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 
+from .. import _threads
 from .._config import INDEX_DTYPE, resolve_dtype
 from ..kernels.ctc import ctc_loss_grad as _kernel
 
@@ -110,6 +111,19 @@ def _check_scores(x, name, dtype=None, allow_neg_inf=False, finite=True):
 
 
 # --------------------------------------------------------------------- loss
+#: rough multiply-add equivalents of one (step, state) cell of the
+#: forward-backward (a few exp/log each), for the thread planner
+CELL_WORK = 40
+
+
+def _run(x, tg, il, tl, from_logits, scale, losses, grad):
+    """The kernel over the whole batch, split over threads (contiguous
+    slices balanced by each sample's steps x states) when it pays."""
+    cost = il * (2 * tl + 1)
+    _threads.run_sliced(_kernel, (x, tg, il, tl, from_logits, scale, losses, grad), cost,
+                        int(cost.sum()) * CELL_WORK)
+
+
 def ctc_loss(x, targets, input_lengths, target_lengths, *, reduction="mean", log_probs=False,
              batch_first=False, zero_infinity=True, return_grad=True):
     """CTC loss (``torch.nn.functional.ctc_loss`` semantics, blank 0) and its gradient.
@@ -175,7 +189,7 @@ def ctc_loss(x, targets, input_lengths, target_lengths, *, reduction="mean", log
     scale = 1.0 / denom / (B if reduction == "mean" else 1)
     losses = np.empty(B, dtype=np.float64)
     grad = np.empty_like(x)
-    _kernel(x, tg, il, tl, bool(not log_probs), scale, 0, B, losses, grad)
+    _run(x, tg, il, tl, bool(not log_probs), scale, losses, grad)
     inf = ~np.isfinite(losses)
     if np.any(inf):
         if zero_infinity:
@@ -213,7 +227,7 @@ def ctc_rows_loss(rows, target, need_grad=True):
     scale = 1.0 / np.maximum(tl, 1) / B
     losses = np.empty(B)
     grad = np.empty_like(x)
-    _kernel(x, tg, lengths.astype(INDEX_DTYPE), tl, True, scale, 0, B, losses, grad)
+    _run(x, tg, np.ascontiguousarray(lengths, dtype=INDEX_DTYPE), tl, True, scale, losses, grad)
     inf = ~np.isfinite(losses)
     if np.any(inf):
         warnings.warn(f"CTC: {int(inf.sum())} sample(s) of the batch have an input too short "
