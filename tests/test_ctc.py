@@ -313,11 +313,11 @@ def test_character_error_rate_hand_cases():
 def test_batch_split_over_threads_gives_identical_results(monkeypatch):
     from fastseq import _threads
     rng = np.random.default_rng(10)
-    T, B, V, L = 400, 8, 5, 40
+    T, B, V, L = 800, 8, 5, 40     # work above the reference plan's split threshold
     x = rng.normal(size=(T, B, V)).astype(np.float32)
     tg = rng.integers(1, V, size=(B, L))
     il = np.full(B, T)
-    il[3] = 250
+    il[3] = 500
     tl = np.full(B, L)
     with _threads.limit(1):
         ref = ctc_loss(x, tg, il, tl, reduction="none")
