@@ -114,7 +114,8 @@ def test_label_sequences_early_stopping_partial_fit_and_warm_start():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est = CTCClassifier(max_iter=3, early_stopping=True, **SMALL).fit(X, labels)
     assert est.classes_.tolist() == [0, 7, 10] and not est.y_is_str_
-    assert len(est.validation_scores_) == est.n_iter_ and all(s <= 0 for s in est.validation_scores_)
+    assert len(est.validation_scores_) == est.n_iter_
+    assert all(s <= 0 for s in est.validation_scores_)
     pred = est.predict(X[:4])
     assert isinstance(pred, list) and all(isinstance(p, list) for p in pred)
     assert all(t in (0, 7, 10) for p in pred for t in p)
