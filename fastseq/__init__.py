@@ -6,10 +6,12 @@ __version__ = "0.1.0"
 from .network.recurrent import Recurrent  # noqa: E402
 from .estimators import RNNClassifier, RNNRegressor, SequenceTagger  # noqa: E402
 from .estimators.seq2seq import Seq2SeqClassifier, Seq2SeqRegressor  # noqa: E402
+from .estimators.ctc import CTCClassifier  # noqa: E402
+from . import ctc, metrics  # noqa: E402
 from .persistence import load  # noqa: E402
 
 __all__ = ["Recurrent", "RNNClassifier", "RNNRegressor", "SequenceTagger", "Seq2SeqClassifier",
-           "Seq2SeqRegressor", "load", "to_onnx", "__version__"]
+           "Seq2SeqRegressor", "CTCClassifier", "ctc", "metrics", "load", "to_onnx", "__version__"]
 
 
 def __getattr__(name):

@@ -8,6 +8,7 @@ V outputs (classes or regression targets).
 import numpy as np
 
 from ..init import get_initializer
+from .ctc import ctc_rows_loss
 
 
 class Dense:
@@ -89,4 +90,6 @@ def squared_error(pred, y, need_grad=True):
     return loss, diff / diff.dtype.type(diff.size)
 
 
-LOSSES = {"softmax": softmax_cross_entropy, "squared_error": squared_error}
+#: loss name -> ``f(outputs, targets, need_grad) -> (loss, doutputs)``; "ctc"
+#: takes the rows of the valid steps and ``(labels, input lengths)``
+LOSSES = {"softmax": softmax_cross_entropy, "squared_error": squared_error, "ctc": ctc_rows_loss}

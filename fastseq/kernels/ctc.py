@@ -1,0 +1,209 @@
+"""Connectionist temporal classification (CTC): loss and gradient.
+
+Glossary as in :mod:`fastseq.kernels.lstm`, plus L target length (labels of
+a sample), S = 2 L + 1 states of the extended label sequence
+``l' = (blank, l_1, blank, l_2, ..., l_L, blank)``.  The blank is class 0;
+labels are 1..V-1.
+
+Notes
+-----
+Forward-backward in log space (Graves et al. 2006), one sample at a time,
+internally in float64 whatever the input dtype.  With ``y_t(k)`` the
+probability of class k at step t (``lp = log y``), for a sample of ``T_b``
+valid steps::
+
+    alpha_0(0) = y_0(blank),  alpha_0(1) = y_0(l_1),  alpha_0(s > 1) = 0
+    alpha_t(s) = y_t(l'_s) * (alpha_{t-1}(s) + alpha_{t-1}(s-1)
+                              + [l'_s != blank and l'_s != l'_{s-2}] alpha_{t-1}(s-2))
+    beta_{T_b-1}(S-1) = beta_{T_b-1}(S-2) = 1, other beta_{T_b-1}(s) = 0
+    beta_t(s) = sum over s' in {s, s+1, s+2 (same condition on l'_{s+2})}
+                of y_{t+1}(l'_{s'}) beta_{t+1}(s')
+    p(l | x) = alpha_{T_b-1}(S-1) + alpha_{T_b-1}(S-2) = sum_s alpha_t(s) beta_t(s)
+
+(``beta`` excludes the emission at t.)  The loss is ``-log p``.  The
+occupancy of class k at step t is ``gamma_t(k) = sum_{s: l'_s = k} alpha_t(s)
+beta_t(s) / p``; the gradient of the loss w.r.t. the log-probabilities is
+``-gamma_t(k)``, and w.r.t. the logits z of ``lp = log_softmax(z)`` it is
+``softmax(z)_t(k) - gamma_t(k)`` (what PyTorch returns through
+``log_softmax``).  Steps ``t >= T_b`` and targets past ``L_b`` are never read;
+their gradient is 0.  A sample whose ``T_b`` is shorter than its labels need
+(``L_b`` plus the number of equal adjacent labels) has ``p = 0``: its loss is
+``+inf`` and its gradient 0 (the caller decides what to report).
+"""
+
+import numpy as np
+from numba import njit
+
+from .._config import JIT
+
+NEG_INF = -np.inf
+
+
+@njit(**JIT)
+def _lse2(a, b):
+    """log(exp(a) + exp(b)), exact at -inf."""
+    if a < b:
+        a, b = b, a
+    if b == NEG_INF:
+        return a
+    return a + np.log1p(np.exp(b - a))
+
+
+@njit(**JIT)
+def _lse3(a, b, c):
+    """log(exp(a) + exp(b) + exp(c)), exact at -inf (two exp and one log)."""
+    if a < b:
+        a, b = b, a
+    if a < c:
+        a, c = c, a
+    if a == NEG_INF:
+        return a
+    return a + np.log(1.0 + np.exp(b - a) + np.exp(c - a))
+
+
+@njit(**JIT)
+def _sample(x, b, Tb, ext, skip, S, from_logits, lp, alpha, beta, row, occ, scale,
+            out_grad):
+    """Loss of sample ``b`` (rows ``x[:Tb, b]``) and its gradient times
+    ``scale`` into ``out_grad[:, b]``.  ``ext`` (S_max,) is the extended
+    label sequence, ``skip[s]`` whether state s may be entered from s - 2.
+    ``lp`` (T, V), ``alpha``/``beta`` (T, S_max), ``row`` (S_max,) and
+    ``occ`` (V,) are float64 work buffers."""
+    T, V = x.shape[0], x.shape[2]
+    # log-probabilities of the valid steps
+    for t in range(Tb):
+        if from_logits:
+            m = NEG_INF
+            for k in range(V):
+                v = np.float64(x[t, b, k])
+                if v > m:
+                    m = v
+            acc = 0.0
+            for k in range(V):
+                acc += np.exp(np.float64(x[t, b, k]) - m)
+            lz = m + np.log(acc)
+            for k in range(V):
+                lp[t, k] = np.float64(x[t, b, k]) - lz
+        else:
+            for k in range(V):
+                lp[t, k] = np.float64(x[t, b, k])
+    # forward, over the states that were reachable from the start and can
+    # still reach the end: lo(t) <= s < hi(t)
+    for s in range(S):
+        alpha[0, s] = NEG_INF
+    alpha[0, 0] = lp[0, 0]
+    if S > 1:
+        alpha[0, 1] = lp[0, ext[1]]
+    for t in range(1, Tb):
+        lo = max(0, S - 2 * (Tb - t))
+        hi = min(S, 2 * t + 2)
+        for s in range(lo):
+            alpha[t, s] = NEG_INF
+        for s in range(hi, S):
+            alpha[t, s] = NEG_INF
+        for s in range(lo, hi):
+            if skip[s]:
+                v = _lse3(alpha[t - 1, s], alpha[t - 1, s - 1], alpha[t - 1, s - 2])
+            elif s >= 1:
+                v = _lse2(alpha[t - 1, s], alpha[t - 1, s - 1])
+            else:
+                v = alpha[t - 1, s]
+            alpha[t, s] = v + lp[t, ext[s]]
+    logp = alpha[Tb - 1, S - 1]
+    if S > 1:
+        logp = _lse2(logp, alpha[Tb - 1, S - 2])
+    if not np.isfinite(logp):
+        for t in range(T):
+            for k in range(V):
+                out_grad[t, b, k] = 0.0
+        return np.inf if logp == NEG_INF else logp
+    # backward; row[s] = beta_{t+1}(s) + lp_{t+1}(l'_s)
+    for s in range(S):
+        beta[Tb - 1, s] = NEG_INF
+    beta[Tb - 1, S - 1] = 0.0
+    if S > 1:
+        beta[Tb - 1, S - 2] = 0.0
+    for t in range(Tb - 2, -1, -1):
+        lo = max(0, S - 2 * (Tb - t))
+        hi = min(S, 2 * t + 2)
+        for s in range(lo, min(S, hi + 2)):
+            row[s] = beta[t + 1, s] + lp[t + 1, ext[s]]
+        for s in range(lo):
+            beta[t, s] = NEG_INF
+        for s in range(hi, S):
+            beta[t, s] = NEG_INF
+        for s in range(lo, hi):
+            if s + 2 < S and skip[s + 2]:
+                beta[t, s] = _lse3(row[s], row[s + 1], row[s + 2])
+            elif s + 1 < S:
+                beta[t, s] = _lse2(row[s], row[s + 1])
+            else:
+                beta[t, s] = row[s]
+    # occupancies (linear: alpha + beta <= log p, nothing overflows) -> gradient
+    for t in range(Tb):
+        lo = max(0, S - 2 * (Tb - t))
+        hi = min(S, 2 * t + 2)
+        for k in range(V):
+            occ[k] = 0.0
+        for s in range(lo, hi):
+            occ[ext[s]] += np.exp(alpha[t, s] + beta[t, s] - logp)
+        for k in range(V):
+            g = -occ[k]
+            if from_logits:
+                g += np.exp(lp[t, k])
+            out_grad[t, b, k] = g * scale
+    for t in range(Tb, T):
+        for k in range(V):
+            out_grad[t, b, k] = 0.0
+    return -logp
+
+
+@njit(**JIT)
+def ctc_loss_grad(x, targets, input_lengths, target_lengths, from_logits, grad_scale,
+                  out_loss, out_grad, b0, b1):
+    """CTC loss of samples ``b0 <= b < b1`` and their gradient.
+
+    Parameters
+    ----------
+    x : (T, B, V) float32 or float64
+        Logits (``from_logits``) or log-probabilities; step t of sample b is
+        read only for ``t < input_lengths[b]``.
+    targets : (B, L_max) int64
+        Labels in 1..V-1; ``targets[b, :target_lengths[b]]`` are read.
+    input_lengths, target_lengths : (B,) int64
+        ``1 <= input_lengths[b] <= T``, ``0 <= target_lengths[b] <= L_max``.
+    from_logits : bool
+        Gradient w.r.t. the logits (softmax fused) or w.r.t. ``x`` as given.
+    grad_scale : (B,) float64
+        Factor of each sample's gradient (the reduction's weight).
+    out_loss : (B,) float64
+        ``-log p(l_b | x_b)`` (``+inf`` for an infeasible sample).
+    out_grad : (T, B, V), dtype of x
+        Gradient times ``grad_scale[b]``; 0 at padded steps and for
+        infeasible samples.
+    b0, b1 : int
+        Samples to process (slices of a batch may run in parallel threads).
+
+    Notes
+    -----
+    See the module docstring.
+    """
+    T, V = x.shape[0], x.shape[2]
+    L_max = targets.shape[1]
+    S_max = 2 * L_max + 1
+    lp = np.empty((T, V))
+    alpha = np.empty((T, S_max))
+    beta = np.empty((T, S_max))
+    row = np.empty(S_max)
+    occ = np.empty(V)
+    ext = np.zeros(S_max, dtype=np.int64)
+    skip = np.zeros(S_max, dtype=np.bool_)
+    for b in range(b0, b1):
+        L = target_lengths[b]
+        S = 2 * L + 1
+        for j in range(L):
+            ext[2 * j + 1] = targets[b, j]
+        for s in range(S):
+            skip[s] = s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2]
+        out_loss[b] = _sample(x, b, input_lengths[b], ext, skip, S, from_logits, lp, alpha,
+                              beta, row, occ, grad_scale[b], out_grad)
