@@ -338,10 +338,17 @@ def to_onnx(estimator, opset=None):
 
     Examples
     --------
-    >>> model = fastseq.to_onnx(clf)                        # doctest: +SKIP
+    >>> import numpy as np, onnxruntime, fastseq
+    >>> rng = np.random.default_rng(0)
+    >>> seqs = [rng.normal(size=(t, 2)) for t in (5, 9, 7, 6)] * 5
+    >>> clf = fastseq.RNNClassifier(cell="gru", hidden_size=8, max_iter=2, random_state=0)
+    >>> clf = clf.fit(seqs, ["a", "b"] * 10)
+    >>> model = fastseq.to_onnx(clf)
     >>> sess = onnxruntime.InferenceSession(model.SerializeToString())
-    >>> X, lengths = fastseq.onnx.encode(clf, sequences)     # doctest: +SKIP
+    >>> X, lengths = fastseq.onnx.encode(clf, seqs[:3])     # padded (3, 9, 2), lengths (3,)
     >>> label, proba = sess.run(None, {"X": X, "lengths": lengths})
+    >>> bool(np.allclose(proba, clf.predict_proba(seqs[:3]), atol=1e-5))
+    True
     """
     onnx = _onnx()
     spec = _Spec(estimator)

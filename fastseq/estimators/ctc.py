@@ -36,15 +36,16 @@ class CTCClassifier(BaseRNN):
     form of :class:`~fastseq.estimators._base.BaseRNN` (3-D, 2-D, ragged,
     tokens with ``embedding_dim``).
 
+    The other parameters are those of
+    :class:`~fastseq.estimators._base.BaseRNN` (``pooling`` is not used: the
+    output is per step).  With ``early_stopping`` the validation score is
+    minus the character error rate of greedy decoding.
+
     Parameters
     ----------
     beam_width : int >= 1, default 1
         1: best-path (greedy) decoding; more: prefix beam search keeping this
         many prefixes (slower: a Python loop over steps and prefixes).
-    Other parameters: those of :class:`~fastseq.estimators._base.BaseRNN`
-    (``pooling`` is not used: the output is per step).  With
-    ``early_stopping`` the validation score is minus the character error
-    rate of greedy decoding.
 
     Attributes
     ----------
