@@ -219,3 +219,20 @@ def test_tagger_streams_without_new_steps_get_empty_outputs():
     labels, state = est.predict_stream([X[0][:2], X[1][:0], X[2][:1]])
     assert [len(a) for a in labels] == [2, 0, 1]
     assert state.steps_seen.tolist() == [2, 0, 1]
+
+
+def test_long_sequences_example_reduced():
+    """examples/long_sequences.py on ACSF1 (shipped with aeon), one epoch of a
+    tiny GRU: both trainings run and the streamed answer is predict's."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / "long_sequences.py"
+    spec = importlib.util.spec_from_file_location("example_long_sequences", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(cells=("gru",), max_iter=1, hidden_size=4)
+    assert [r[1] for r in rows] == [None, 100]
+    X_tr, y_tr, X_te, y_te = mod.load()
+    assert X_tr.shape == (100, 1460) and len(np.unique(y_tr)) == 10
+    accs, same = mod.stream_test(rows[1][-1], X_te[:10], y_te[:10], parts=3)
+    assert same and len(accs) == 3
