@@ -13,7 +13,9 @@ RNNClassifier())`` works on each of them:
   series, not column by column as ``StandardScaler`` would;
 - a list of arrays ``(T_i, n_features)`` or ``(T_i,)`` (the ragged form) ->
   a list of arrays ``(T_i, k)`` (``(T_i,)`` for 1-D items when ``k == 1``),
-  also when the lengths happen to be equal.  A list of plain numbers (nested
+  also when the lengths happen to be equal.  Items may be empty (``T_i =
+  0``, e.g. streams without new steps: see ``predict_stream``), as long as
+  a fit sees at least one step.  A list of plain numbers (nested
   lists) is read as the array it makes.
 
 Both fit their per-step transformer on every valid step of every sequence
@@ -150,8 +152,6 @@ def _check_items(items, allow_nan, name):
         if a.ndim != 2:
             raise ValueError(f"{name}[{i}] must be a 2-D array (n_timesteps, n_features) or "
                              f"1-D (n_timesteps,), got shape {a.shape}")
-        if a.shape[0] == 0:
-            raise ValueError(f"{name}[{i}] is a zero-length sequence; every sequence needs >= 1 step")
         if a.shape[1] == 0:
             raise ValueError(f"{name}[{i}] has zero features per step")
         if F is None:
@@ -210,6 +210,9 @@ class _StepTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
         steps = _check_input(X, self._nan_ok())
         name = type(self).__name__
         if reset:
+            if steps.steps.shape[0] == 0:
+                raise ValueError(f"X has no step: every sequence is empty; {name} needs at "
+                                 "least one step to fit")
             self.n_features_per_step_ = int(steps.steps.shape[1])
             self.n_timesteps_in_ = steps.n_columns
             self.n_features_in_ = self.n_timesteps_in_ or self.n_features_per_step_
@@ -281,7 +284,10 @@ class _StepTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
     def transform(self, X):
         """Apply the per-step transformer to every step; X's format back."""
         steps = self._read(X, reset=False)
-        return steps.rebuild(self._rows(self.inner_.transform(steps.steps), steps.steps.shape[0]))
+        N = steps.steps.shape[0]
+        if N == 0:  # only empty sequences (the next steps of streams, say)
+            return steps.rebuild(np.zeros((0, self.n_features_out_), dtype=steps.steps.dtype))
+        return steps.rebuild(self._rows(self.inner_.transform(steps.steps), N))
 
     @available_if(_inner_has("inverse_transform"))
     def inverse_transform(self, X):

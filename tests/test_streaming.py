@@ -236,3 +236,17 @@ def test_long_sequences_example_reduced():
     assert X_tr.shape == (100, 1460) and len(np.unique(y_tr)) == 10
     accs, same = mod.stream_test(rows[1][-1], X_te[:10], y_te[:10], parts=3)
     assert same and len(accs) == 3
+
+
+def test_stream_through_a_pipelines_per_step_transformers():
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+    from fastseq import SequenceScaler, TimeDistributed
+    X = [x * 10 + 3 for x in _ragged(seed=10, n=8, F=3, lo=2, hi=20)]
+    y = np.arange(8) % 2
+    model = _fit(make_pipeline(SequenceScaler(), TimeDistributed(PCA(2)),
+                               RNNClassifier(cell="gru", dtype="float64", tbptt_steps=4, **KW)), X, y)
+    state = None
+    for a, b in [(0, 3), (3, 9), (9, 20)]:
+        out, state = model[-1].predict_proba_stream(model[:-1].transform([x[a:b] for x in X]), state)
+    np.testing.assert_allclose(out, model.predict_proba(X), rtol=0, atol=1e-12)
