@@ -325,3 +325,19 @@ def test_tbptt_steps_is_the_last_parameter_and_round_trips(tmp_path):
         est = RNNClassifier(tbptt_steps=4, hidden_size=2, max_iter=1, random_state=0).fit(X, y)
     est.save(tmp_path / "m.npz")
     assert fastseq.load(tmp_path / "m.npz").tbptt_steps == 4
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max", "sequence"])
+def test_one_window_path_equals_the_models_full_gradient(pooling):
+    """The window code itself, with one window over the whole batch, gives
+    the model's own loss and gradient (the training loop routes such batches
+    to the model directly, bit for bit)."""
+    est, batch = _fitted(pooling, "lstm", tagger=pooling == "sequence")
+    model = est.model_
+    g_full = np.empty_like(model.flat)
+    loss_full = model.loss_and_grad(batch, g_full)
+    tb = TruncatedBatch(model, batch, max(LENGTHS))
+    (w,) = list(tb.windows())
+    g = np.empty_like(model.flat)
+    assert tb.loss_and_grad(w, g) == pytest.approx(loss_full, rel=1e-13)
+    np.testing.assert_allclose(g, g_full, rtol=1e-11, atol=1e-14)
