@@ -9,9 +9,11 @@ from .estimators.seq2seq import Seq2SeqClassifier, Seq2SeqRegressor  # noqa: E40
 from .estimators.ctc import CTCClassifier  # noqa: E402
 from . import ctc, metrics  # noqa: E402
 from .persistence import load  # noqa: E402
+from .preprocessing import SequenceScaler, TimeDistributed  # noqa: E402
 
 __all__ = ["Recurrent", "RNNClassifier", "RNNRegressor", "SequenceTagger", "Seq2SeqClassifier",
-           "Seq2SeqRegressor", "CTCClassifier", "ctc", "metrics", "load", "to_onnx", "__version__"]
+           "Seq2SeqRegressor", "CTCClassifier", "SequenceScaler", "TimeDistributed", "ctc",
+           "metrics", "load", "to_onnx", "__version__"]
 
 
 def __getattr__(name):

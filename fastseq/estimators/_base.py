@@ -191,6 +191,14 @@ class BaseRNN(BaseEstimator):
         fixed thread count, and may differ in the last bits between counts:
         fix ``n_jobs`` for bit-identical results across machines.
     dtype : {"float32", "float64"}, default "float32"
+    tbptt_steps : int or None, default None
+        Truncated backpropagation through time: the state flows through each
+        whole sequence, the gradient only within windows of this many steps,
+        with one optimiser step per window (PyTorch's ``h.detach()`` idiom,
+        Keras's stateful layers; see :mod:`fastseq.estimators._stream` for
+        what each window's loss is).  Sequences of at most ``tbptt_steps``
+        steps train exactly as with None (plain BPTT).  Needs
+        ``bidirectional=False``.
 
     Attributes
     ----------
@@ -260,6 +268,7 @@ class BaseRNN(BaseEstimator):
         "verbose": ["verbose"],
         "n_jobs": [numbers.Integral, None],
         "dtype": [StrOptions({"float32", "float64"})],
+        "tbptt_steps": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
     def __init__(self, *, cell="lstm", hidden_size=64, num_layers=1, bidirectional=False,
@@ -270,7 +279,7 @@ class BaseRNN(BaseEstimator):
                  clip_value=None, alpha=0.0, early_stopping=False, validation_fraction=0.1,
                  validation_holdout="random", n_iter_no_change=10, tol=1e-4, shuffle=True,
                  random_state=None, warm_start=False, verbose=False, n_jobs=None,
-                 dtype="float32"):
+                 dtype="float32", tbptt_steps=None):
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -304,6 +313,7 @@ class BaseRNN(BaseEstimator):
         self.verbose = verbose
         self.n_jobs = n_jobs
         self.dtype = dtype
+        self.tbptt_steps = tbptt_steps
 
     # ------------------------------------------------------------ sklearn API
     def fit(self, X, y):
@@ -436,7 +446,7 @@ class BaseRNN(BaseEstimator):
         try:
             for idx in iter_batches(train.lengths, self.batch_size, self._rng, self.shuffle):
                 batch = train.batch(idx)
-                loss = self._apply_update(batch)
+                loss = self._train_batch(batch)
                 if loss is None:
                     continue
                 total += loss * batch.size
@@ -455,15 +465,28 @@ class BaseRNN(BaseEstimator):
         mean_loss = total / count if count else np.nan
         return mean_loss, (float(np.mean(norms)) if norms else np.nan)
 
-    def _apply_update(self, batch):
-        """Loss and gradient of one batch, clipping, one optimiser step.
+    def _train_batch(self, batch):
+        """One mini-batch: one update, or one per window of ``tbptt_steps``
+        steps (:func:`fastseq.estimators._stream.train_truncated`)."""
+        steps = getattr(self, "tbptt_steps", None)
+        if steps is None:
+            return self._apply_update(batch)
+        from ._stream import check_supported, train_truncated
+        check_supported(self.model_, "tbptt_steps")
+        if batch.X.shape[1] <= steps:
+            return self._apply_update(batch)
+        return train_truncated(self, batch, steps)
+
+    def _apply_update(self, batch, loss_and_grad=None):
+        """Loss and gradient of one batch (``model.loss_and_grad``, or the
+        given function of ``(batch, grad)``), clipping, one optimiser step.
 
         A non-finite loss, gradient or updated weights skip the step (weights
         restored, optimiser state reset) with one warning per fit; returns the
         batch loss (with the L2 term), or None when skipped.
         """
         model, grad, flat = self.model_, self._grad, self.model_.flat
-        loss = model.loss_and_grad(batch, grad)
+        loss = (loss_and_grad or model.loss_and_grad)(batch, grad)
         ok = np.isfinite(loss)
         if ok and self.clip_value is not None:
             ok = K.clip_grad_value(grad, float(self.clip_value))

@@ -8,6 +8,7 @@ from sklearn.utils.validation import column_or_1d
 from .._input import Dataset
 from ..network.dense import softmax
 from ._base import BaseRNN
+from ._stream import stream
 
 
 def check_labels(y, n, name="y"):
@@ -141,3 +142,46 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
         with self._limit():
             z = self._logits(X)
         return self.classes_[z.argmax(axis=1)]
+
+    def predict_stream(self, X, state=None, lengths=None):
+        """Streaming prediction: feed the next steps of a batch of streams.
+
+        Returns the label of each stream as if it ended after these steps,
+        and the new state.  Fed piece by piece, the last call's labels are
+        ``predict`` on the whole sequences (the ``"mean"`` / ``"max"``
+        readouts keep their running sum / maximum in the state).  Needs
+        ``bidirectional=False``.
+
+        Parameters
+        ----------
+        X : array or list
+            The next steps of each stream: a 3-D array (n_streams, n_steps,
+            n_features) (with ``lengths``, streams may get fewer steps), a
+            2-D array (n_streams, n_steps) of univariate streams (any
+            n_steps), a list of one (t_i, n_features) or (t_i,) array per
+            stream (t_i may be 0: a stream without new steps), or token
+            sequences for a token model.
+        state : StreamState or None
+            None for new streams; else the state returned by the previous
+            call, for the same streams in the same order.
+        lengths : (n_streams,) int, optional
+            New steps of each stream in a 3-D or 2-D array X, in 0..n_steps;
+            the rest is padding and never read.
+
+        Returns
+        -------
+        labels : (n_streams,) ndarray
+        state : StreamState
+            Plain arrays (picklable) tied to this fitted model: refused by
+            another model, or after this one's weights changed.
+        """
+        with self._limit():
+            z, state = stream(self, X, state, lengths)
+        return self.classes_[z.argmax(axis=1)], state
+
+    def predict_proba_stream(self, X, state=None, lengths=None):
+        """:meth:`predict_stream` with class probabilities (n_streams,
+        n_classes) instead of labels."""
+        with self._limit():
+            z, state = stream(self, X, state, lengths)
+        return softmax(z), state

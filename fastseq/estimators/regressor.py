@@ -6,6 +6,7 @@ from sklearn.base import RegressorMixin
 
 from .._input import Dataset, _check_real
 from ._base import BaseRNN
+from ._stream import stream
 
 
 def check_targets(y, n, dtype, name="y"):
@@ -88,3 +89,36 @@ class RNNRegressor(RegressorMixin, BaseRNN):
             z = np.stack(self._predict_raw(self._check_X(X, reset=False)))
         y = z.astype(np.float64) * self.y_scale_ + self.y_mean_
         return y.reshape((len(y),) + self.y_shape_)
+
+    def predict_stream(self, X, state=None, lengths=None):
+        """Streaming prediction: feed the next steps of a batch of streams.
+
+        Returns each stream's prediction as if it ended after these steps
+        (shaped like y), and the new state; see
+        :meth:`fastseq.RNNClassifier.predict_stream`.
+
+        Parameters
+        ----------
+        X : array or list
+            The next steps of each stream: a 3-D array (n_streams, n_steps,
+            n_features) (with ``lengths``, streams may get fewer steps), a
+            2-D array (n_streams, n_steps) of univariate streams (any
+            n_steps), a list of one (t_i, n_features) or (t_i,) array per
+            stream (t_i may be 0: a stream without new steps), or token
+            sequences for a token model.
+        state : StreamState or None
+            None for new streams; else the state returned by the previous
+            call, for the same streams in the same order.
+        lengths : (n_streams,) int, optional
+            New steps of each stream in a 3-D or 2-D array X, in 0..n_steps;
+            the rest is padding and never read.
+
+        Returns
+        -------
+        y_pred : (n_streams,) + y's shape per sample
+        state : StreamState
+        """
+        with self._limit():
+            z, state = stream(self, X, state, lengths)
+        y = z.astype(np.float64) * self.y_scale_ + self.y_mean_
+        return y.reshape((len(y),) + self.y_shape_), state

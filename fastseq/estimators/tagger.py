@@ -5,6 +5,7 @@ from sklearn.utils.multiclass import check_classification_targets
 
 from .._input import Dataset
 from ._base import BaseRNN
+from ._stream import stream
 
 
 class SequenceTagger(BaseRNN):
@@ -101,6 +102,47 @@ class SequenceTagger(BaseRNN):
         """List of label arrays (T_i,), one per sequence."""
         with self._limit():
             return [self.classes_[z.argmax(axis=1)] for z in self._step_logits(X)]
+
+    def predict_stream(self, X, state=None, lengths=None):
+        """Streaming tagging: feed the next steps of a batch of streams.
+
+        Returns the labels of the new steps (a list of (t_i,) arrays, one
+        per stream) and the new state; fed piece by piece, the labels are
+        those of ``predict`` on the whole sequences.  Needs
+        ``bidirectional=False`` (a label then depends on the past only).
+
+        Parameters
+        ----------
+        X : array or list
+            The next steps of each stream: a 3-D array (n_streams, n_steps,
+            n_features) (with ``lengths``, streams may get fewer steps), a
+            2-D array (n_streams, n_steps) of univariate streams (any
+            n_steps), a list of one (t_i, n_features) or (t_i,) array per
+            stream (t_i may be 0: a stream without new steps), or token
+            sequences for a token model.
+        state : StreamState or None
+            None for new streams; else the state returned by the previous
+            call, for the same streams in the same order.
+        lengths : (n_streams,) int, optional
+            New steps of each stream in a 3-D or 2-D array X, in 0..n_steps;
+            the rest is padding and never read.
+
+        Returns
+        -------
+        labels : list of (t_i,) ndarray
+        state : StreamState
+            See :meth:`fastseq.RNNClassifier.predict_stream`.
+        """
+        with self._limit():
+            z, state = stream(self, X, state, lengths)
+        return [self.classes_[r.argmax(axis=1)] for r in z], state
+
+    def predict_proba_stream(self, X, state=None, lengths=None):
+        """:meth:`predict_stream` with probabilities (t_i, n_classes) per stream."""
+        from ..network.dense import softmax
+        with self._limit():
+            z, state = stream(self, X, state, lengths)
+        return [softmax(r) for r in z], state
 
     def score(self, X, y):
         """Accuracy over all time steps."""
