@@ -201,3 +201,10 @@ def test_beam_width_below_one_is_refused(bw):
 def test_bad_targets(y, err, match):
     with pytest.raises(err, match=match):
         CTCClassifier(max_iter=1).fit([np.zeros((3, 2)), np.zeros((3, 2))], y)
+
+
+def test_truncated_bptt_is_refused_clearly():
+    """The CTC loss couples every step of a sequence: no window holds it."""
+    X = [np.zeros((6, 2)), np.ones((6, 2))]
+    with pytest.raises(ValueError, match="tbptt_steps is not available for CTCClassifier"):
+        CTCClassifier(tbptt_steps=3, max_iter=1).fit(X, ["ab", "b"])

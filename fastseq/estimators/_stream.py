@@ -70,6 +70,9 @@ _KNOWN_CONFIG = frozenset(("n_features", "vocab_size", "embedding_dim", "cell", 
 def check_supported(model, what):
     """ValueError when ``model`` has a part that cannot run piece by piece."""
     c = model.config
+    if c["loss"] == "ctc":
+        raise ValueError(f"{what} is not available for CTCClassifier: the CTC loss sums over "
+                         "every alignment of a whole sequence, which no window holds")
     if c["bidirectional"]:
         raise ValueError(f"{what} needs a unidirectional encoder (bidirectional=False): the "
                          "reverse direction reads each sequence from its end")
