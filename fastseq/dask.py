@@ -241,6 +241,8 @@ def _needs_classes(est):
         check_is_fitted(est)
     except NotFittedError:
         return True
+    except TypeError:  # not a scikit-learn estimator (no fit): it knows best
+        return False
     return False
 
 
