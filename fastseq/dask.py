@@ -199,8 +199,9 @@ def decision_function(est, X):
 
 # ---------------------------------------------------- incremental training
 def _aligned_y(y, X):
-    """``y`` as a dask array chunked as ``X`` along samples, one chunk along
-    its other axes."""
+    """``y`` cut as ``X`` along samples: a dask array with X's chunks along
+    samples and one chunk along its other axes, or an in-memory array (sliced
+    here, block by block, never shipped to the cluster whole at each block)."""
     if not isinstance(y, da.Array):
         y = np.asarray(y)
         if y.ndim == 0:
@@ -210,7 +211,7 @@ def _aligned_y(y, X):
         if any(np.isnan(c) for c in X.chunks[0]):
             raise ValueError("X has unknown chunk sizes along samples: call X.compute_chunk_sizes() "
                              "first (y is an in-memory array and must be cut as X is)")
-        return da.from_array(y, chunks=(X.chunks[0],) + y.shape[1:])
+        return y
     if y.ndim == 0:
         raise ValueError("y must have one entry per sample, got a 0-d dask array")
     if y.ndim > 1 and any(len(c) > 1 for c in y.chunks[1:]):
@@ -297,10 +298,18 @@ def partial_fit(est, X, y, classes=None, epochs=1, shuffle_blocks=True, random_s
     kwargs = {} if classes is None else {"classes": np.asarray(classes)}
     rng = check_random_state(random_state)
     n_blocks = X.numblocks[0]
+    if isinstance(y, da.Array):
+        def block(i):
+            return dask.compute(X.blocks[i], y.blocks[i])
+    else:
+        ends = np.cumsum(X.chunks[0]).astype(int)
+
+        def block(i):
+            return X.blocks[i].compute(), y[ends[i] - X.chunks[0][i]:ends[i]]
     for _ in range(epochs):
         order = rng.permutation(n_blocks) if shuffle_blocks else range(n_blocks)
         for i in order:
-            Xb, yb = dask.compute(X.blocks[int(i)], y.blocks[int(i)])
+            Xb, yb = block(int(i))
             if len(Xb) == 0:
                 continue
             est.partial_fit(Xb, yb, **kwargs)
