@@ -11,7 +11,7 @@ dask is imported only by this module: ``import fastseq`` never imports it.
 - **Batch inference**: :func:`predict`, :func:`predict_proba`,
   :func:`predict_log_proba` and :func:`decision_function` map a fitted
   estimator over the blocks of a dask array ``(n, T, F)`` or ``(n, T)``
-  chunked along samples, lazily.
+  chunked along samples, lazily (no fastseq estimator has ``transform``).
 - **Training from data larger than memory**: :func:`partial_fit` streams the
   blocks of dask arrays through ``est.partial_fit``, one block in memory at
   a time (as dask-ml's ``Incremental`` does for 2-D data).
