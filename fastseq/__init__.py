@@ -11,16 +11,20 @@ from . import ctc, metrics  # noqa: E402
 from .persistence import load  # noqa: E402
 from .preprocessing import SequenceScaler, TimeDistributed  # noqa: E402
 
+
 __all__ = ["Recurrent", "RNNClassifier", "RNNRegressor", "SequenceTagger", "Seq2SeqClassifier",
            "Seq2SeqRegressor", "CTCClassifier", "SequenceScaler", "TimeDistributed", "ctc",
            "metrics", "load", "to_onnx", "__version__"]
 
 
 def __getattr__(name):
-    # fastseq.to_onnx (and fastseq.onnx) load fastseq.onnx on first use (onnx itself is imported
-    # only inside its functions): ``import fastseq`` stays light
+    """``fastseq.dask``, ``fastseq.onnx`` and ``fastseq.to_onnx`` load on first
+    use: they import dask / onnx, which ``import fastseq`` must not."""
+    import importlib
+
+    if name == "dask":
+        return importlib.import_module(".dask", __name__)
     if name in ("to_onnx", "onnx"):
-        import importlib
         mod = importlib.import_module(".onnx", __name__)
         return mod if name == "onnx" else mod.to_onnx
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
