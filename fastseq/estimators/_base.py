@@ -727,8 +727,10 @@ class BaseRNN(BaseEstimator):
 
     def _predict_raw(self, seqs):
         """Model output for every sample of :class:`Sequences` ``seqs``, in
-        input order (batched by length; each sequence's result does not depend
-        on its batch)."""
+        input order (batched by length).  The recurrent layers give each
+        sequence the same result in any batch; the output layer's BLAS
+        product may round a row differently in a batch of another size (last
+        bit of float32)."""
         model = self.model_
         outs = [None] * seqs.n_samples
         for idx in iter_batches(seqs.lengths, max(self.batch_size, 256)):
