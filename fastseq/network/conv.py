@@ -1,0 +1,261 @@
+"""``ConvStack``: a temporal convolution front end, 1-D convolutions over time,
+each followed by ReLU and optional max pooling (the CNN of a hybrid CNN + RNN).
+
+Each layer l computes, per sequence b of valid length L_b (see
+:mod:`fastseq.kernels.conv` for the equations)::
+
+    z = Conv1d(x, W_l, bias_l)   "same" zero padding at the ends of each
+                                 sequence's own valid steps (K odd)
+    y = MaxPool1d(ReLU(z), p)    stride p, floor: L_b -> L_b // p
+
+so a padded batch gives exactly what each sequence gives alone, and padded
+steps are never read.  A sequence whose pooled length would reach 0 is an
+error (``ValueError``, before any kernel runs): a stack of n layers with pool
+p needs at least ``p ** n`` steps (:meth:`ConvStack.min_length`).
+
+The convolution is one gemm per layer over the valid steps only: the kernels
+pack each step's window into a row of ``cols`` (N, K*F), then ``cols @ Wm.T``
+runs in BLAS (:func:`fastseq._threads.parallel_matmul`: row blocks on
+fastseq's threads).
+"""
+
+import numpy as np
+
+from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
+from .._data import writable
+from .._threads import parallel_matmul
+from .._validation import check_lengths, check_positive_int
+from ..kernels.conv import conv_pack, conv_relu_pool, conv_relu_pool_backward, conv_unpack
+from ._flat import layout_size
+
+
+def check_conv_args(filters, kernel_size, pool, prefix=""):
+    """Validated ``(filters tuple, kernel_size, pool)``; errors name
+    ``{prefix}filters``, ``{prefix}kernel_size``, ``{prefix}pool``."""
+    if isinstance(filters, (list, tuple)):
+        if len(filters) == 0:
+            raise ValueError(f"{prefix}filters must be an int >= 1 or a non-empty tuple of "
+                             "them, got an empty sequence")
+        filters = tuple(check_positive_int(f, f"{prefix}filters[{i}]")
+                        for i, f in enumerate(filters))
+    else:
+        filters = (check_positive_int(filters, f"{prefix}filters"),)
+    kernel_size = check_positive_int(kernel_size, f"{prefix}kernel_size")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"{prefix}kernel_size must be odd (\"same\" padding centres the "
+                         f"window on each step), got {kernel_size}")
+    pool = check_positive_int(pool, f"{prefix}pool")
+    return filters, kernel_size, pool
+
+
+class ConvStack:
+    """Conv1d -> ReLU -> MaxPool1d, stacked, over batch-first sequences.
+
+    Parameters
+    ----------
+    input_size : int
+        F, features per step of the input.
+    filters : int or tuple of int
+        C_l, output channels of each layer (an int: one layer).
+    kernel_size : int, default 3
+        K, odd, shared by every layer.
+    pool : int, default 1
+        p, max-pooling size and stride after each layer (1: no pooling).
+    dtype : {"float32", "float64"}
+    random_state : None, int or numpy Generator
+        PyTorch's ``Conv1d`` initialisation: weight and bias
+        uniform(+-1/sqrt(F_l*K)).
+
+    Attributes
+    ----------
+    params : dict of str -> ndarray
+        ``weight_l{l}`` (C_l, F_l, K) in PyTorch's ``Conv1d.weight`` layout and
+        ``bias_l{l}`` (C_l,): views into :attr:`flat` (the weight is a
+        transposed view of its (C_l, K, F_l) storage, the gemm's layout).
+    flat : (P,) ndarray
+    output_size : int
+        C of the last layer.
+    """
+
+    def __init__(self, input_size, filters, kernel_size=3, pool=1, dtype=DEFAULT_DTYPE,
+                 random_state=None):
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.filters, self.kernel_size, self.pool = check_conv_args(filters, kernel_size, pool)
+        self.dtype = resolve_dtype(dtype)
+        self.num_layers = len(self.filters)
+        self.output_size = self.filters[-1]
+        self._in_sizes = (self.input_size,) + self.filters[:-1]
+        K = self.kernel_size
+        self._layout = []
+        for l, (F, C) in enumerate(zip(self._in_sizes, self.filters)):
+            self._layout += [(f"weight_l{l}", (C, K, F)), (f"bias_l{l}", (C,))]
+        self.n_params = layout_size(self._layout)
+        self.bind(np.zeros(self.n_params, dtype=self.dtype), copy=False)
+        rng = np.random.default_rng(random_state)
+        for l, F in enumerate(self._in_sizes):
+            bound = 1.0 / np.sqrt(F * K)
+            for name in (f"weight_l{l}", f"bias_l{l}"):
+                self.params[name][...] = rng.uniform(-bound, bound, self.params[name].shape)
+
+    # ------------------------------------------------------------ params
+    def _views(self, flat):
+        """{name: view}: weights (C, F, K) (PyTorch) over (C, K, F) storage,
+        and ``_gemm_l{l}`` (C, K*F), the same storage as the gemm reads it."""
+        views, pos = {}, 0
+        for name, shape in self._layout:
+            size = int(np.prod(shape))
+            v = flat[pos:pos + size].reshape(shape)
+            if name.startswith("weight"):
+                C, K, F = shape
+                views[name] = v.transpose(0, 2, 1)
+                views["_gemm" + name[6:]] = v.reshape(C, K * F)
+            else:
+                views[name] = v
+            pos += size
+        return views
+
+    def bind(self, flat, copy=True):
+        """Make the parameters views into ``flat`` (P,) (with ``copy`` the
+        current values move along)."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.n_params,) or flat.dtype != self.dtype:
+            raise ValueError(f"flat must be a ({self.n_params},) {self.dtype} array, "
+                             f"got {flat.shape} {flat.dtype}")
+        if copy:
+            flat[...] = self.flat
+        self.flat = flat
+        views = self._views(flat)
+        self._gemm = [views.pop(f"_gemm_l{l}") for l in range(self.num_layers)]
+        self.params = views
+        return self
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("params")
+        state.pop("_gemm")
+        return state
+
+    def __setstate__(self, state):
+        state["flat"] = writable(state["flat"])
+        self.__dict__.update(state)
+        self.bind(self.flat, copy=False)
+
+    # ------------------------------------------------------------ lengths
+    def min_length(self):
+        """Fewest steps a sequence needs (pooled length >= 1 after every layer)."""
+        return self.pool ** self.num_layers
+
+    def output_lengths(self, lengths):
+        """Valid lengths after the stack: ``L // p ** n`` (n layers), int64."""
+        lengths = np.asarray(lengths, dtype=INDEX_DTYPE)
+        for _ in range(self.num_layers):
+            lengths = lengths // self.pool
+        return lengths
+
+    def output_steps(self, T):
+        """Padded steps of the output for an input of T steps."""
+        for _ in range(self.num_layers):
+            T //= self.pool
+        return T
+
+    def check_lengths(self, lengths, name="lengths"):
+        """ValueError naming the first sequence too short for the pooling."""
+        need = self.min_length()
+        short = np.flatnonzero(np.asarray(lengths) < need)
+        if short.size:
+            i = int(short[0])
+            raise ValueError(
+                f"{name}[{i}] = {int(lengths[i])}: sequence {i} is too short for the "
+                f"convolution front end ({self.num_layers} layer(s) with max pooling of "
+                f"{self.pool}), which needs at least {need} steps (pooled length would be 0)")
+
+    # ------------------------------------------------------------ forward
+    def forward(self, X, lengths=None, need_grad=True):
+        """Run the stack.
+
+        Parameters
+        ----------
+        X : (B, T, F) float
+            Batch-first; steps ``t >= lengths[b]`` are never read.
+        lengths : (B,) int, optional
+            L_b in 1..T (default all T), each at least :meth:`min_length`.
+        need_grad : bool
+            Keep what :meth:`backward` needs in the returned cache.
+
+        Returns
+        -------
+        out : (B, T2, C) float
+            Zero at padded steps; T2 = ``output_steps(T)``.
+        out_lengths : (B,) int64
+            The valid lengths of ``out``.
+        cache : list or None
+            For :meth:`backward` (None when ``need_grad`` is False).
+        """
+        X = np.asarray(X)
+        if X.ndim != 3 or X.shape[2] != self.input_size:
+            raise ValueError(f"X must have shape (B, T, {self.input_size}), got {X.shape}")
+        B, T = X.shape[:2]
+        lengths = check_lengths(lengths, B, T)
+        self.check_lengths(lengths)
+        x = np.ascontiguousarray(X, dtype=self.dtype)
+        K, p = self.kernel_size, self.pool
+        cache = [] if need_grad else None
+        for l in range(self.num_layers):
+            Tl, Fl, C = x.shape[1], x.shape[2], self.filters[l]
+            offsets = np.zeros(B, dtype=INDEX_DTYPE)
+            np.cumsum(lengths[:-1], out=offsets[1:])
+            N = int(lengths.sum())
+            cols = np.empty((N, K * Fl), dtype=self.dtype)
+            conv_pack(x, lengths, offsets, K, cols)
+            z = parallel_matmul(cols, self._gemm[l].T)
+            out = np.empty((B, Tl // p, C), dtype=self.dtype)
+            arg = np.empty(out.shape, dtype=INDEX_DTYPE)
+            conv_relu_pool(z, self.params[f"bias_l{l}"], lengths, offsets, p, out, arg)
+            out_lengths = lengths // p
+            if need_grad:
+                cache.append((Tl, Fl, lengths, offsets, cols, out, arg, out_lengths))
+            x, lengths = out, out_lengths
+        return x, lengths, cache
+
+    def backward(self, d_out, cache, out=None, need_input_grad=True):
+        """Gradients of the forward pass that produced ``cache``.
+
+        Parameters
+        ----------
+        d_out : (B, T2, C) float
+            Gradient of ``out``; padded steps are never read.
+        cache : from :meth:`forward` with ``need_grad=True``.
+        out : (P,) float, optional
+            Receives the parameter gradients (overwritten), laid out as
+            :attr:`flat`.
+        need_input_grad : bool
+            Compute the gradient with respect to X.
+
+        Returns
+        -------
+        dX : (B, T, F) float or None
+            Zero at padded steps.
+        grad : (P,) float
+        """
+        if cache is None:
+            raise RuntimeError("backward() needs a forward(need_grad=True) cache")
+        grad = np.zeros(self.n_params, dtype=self.dtype) if out is None else out
+        g = self._views(grad)
+        d = np.ascontiguousarray(d_out, dtype=self.dtype)
+        K = self.kernel_size
+        dX = None
+        for l in reversed(range(self.num_layers)):
+            Tl, Fl, lengths, offsets, cols, y, arg, out_lengths = cache[l]
+            if d.shape != y.shape:
+                raise ValueError(f"d_out must have shape {y.shape}, got {d.shape}")
+            dz = np.empty((cols.shape[0], self.filters[l]), dtype=self.dtype)
+            conv_relu_pool_backward(d, y, arg, out_lengths, dz)
+            np.matmul(dz.T, cols, out=g[f"_gemm_l{l}"])
+            g[f"bias_l{l}"][...] = dz.sum(axis=0)
+            if l == 0 and not need_input_grad:
+                break
+            d_cols = parallel_matmul(dz, self._gemm[l])
+            dX = np.empty((len(lengths), Tl, Fl), dtype=self.dtype)
+            conv_unpack(d_cols, lengths, offsets, K, dX)
+            d = dX
+        return (dX if need_input_grad else None), grad
