@@ -74,7 +74,7 @@ def test_relu_pool_backward_routes_to_argmax(rng):
     d_out = rng.standard_normal(out.shape)
     d_out[1, 1:] = np.nan  # past sequence 1's pooled length (1): never read
     dz = np.full(z.shape, np.nan)
-    conv_relu_pool_backward(d_out, out, arg, lengths // pool, dz)
+    conv_relu_pool_backward(d_out, out, arg, lengths // pool, offsets, dz)
     expect = np.zeros_like(z)
     for b in range(B):
         for t in range(lengths[b] // pool):
@@ -398,3 +398,26 @@ def test_estimator_sequence_too_short_for_pooling(rng):
     _fit(clf, X, y)
     with pytest.raises(ValueError, match=r"X\[1\] has 2 steps.*at least 4 steps"):
         clf.predict([X[0], X[0][:2]])
+
+
+def test_blocks_and_threads_give_the_same_result(rng, monkeypatch):
+    """Many small blocks of sequences, on two threads, give what one block
+    gives (forward exactly; gradients up to the order of the block sums)."""
+    import fastseq.network.conv as conv_mod
+    from fastseq._threads import limit
+    X, lengths = ragged_batch(rng, 7, 15, 3, lengths=[15, 4, 9, 12, 6, 15, 8])
+    cs = ConvStack(3, (4, 5), 3, 2, dtype="float64", random_state=6)
+    out, ol, cache = cs.forward(X, lengths)
+    R = rng.standard_normal(out.shape)
+    dX, grad = cs.backward(R, cache)
+    assert len(cache[0][4]) == 1
+    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 8)
+    monkeypatch.setattr(conv_mod, "MIN_SPLIT_WORK", 0)
+    with limit(2):
+        out2, ol2, cache2 = cs.forward(X, lengths)
+        dX2, grad2 = cs.backward(R, cache2)
+    assert len(cache2[0][4]) == 7
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(ol2, ol)
+    np.testing.assert_allclose(dX2, dX, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(grad2, grad, rtol=1e-12, atol=1e-13)

@@ -90,10 +90,11 @@ def conv_relu_pool(z, bias, lengths, offsets, pool, out, out_arg):
         p >= 1.
     out : (B, T2, C) float
         Written: ``y`` at ``t < L_b // p``, 0 after.
-    out_arg : (B, T2, C) int64
+    out_arg : (B, T2, C) int64, or (0, 0, 0) to skip it
         Written at ``t < L_b // p``: the row of ``z`` each maximum came from
-        (the first on ties).
+        (the first on ties).  Not needed for a backward pass when p = 1.
     """
+    keep = out_arg.shape[0] != 0
     B, T2, C = out.shape
     for b in range(B):
         L2 = lengths[b] // pool
@@ -102,14 +103,17 @@ def conv_relu_pool(z, bias, lengths, offsets, pool, out, out_arg):
             r0 = o + t * pool
             for c in range(C):
                 out[b, t, c] = z[r0, c]
-                out_arg[b, t, c] = r0
+            if keep:
+                for c in range(C):
+                    out_arg[b, t, c] = r0
             for j in range(1, pool):
                 r = r0 + j
                 for c in range(C):
                     v = z[r, c]
                     if v > out[b, t, c]:
                         out[b, t, c] = v
-                        out_arg[b, t, c] = r
+                        if keep:
+                            out_arg[b, t, c] = r
             for c in range(C):
                 v = out[b, t, c] + bias[c]
                 out[b, t, c] = v if v > 0.0 else 0.0
@@ -119,7 +123,7 @@ def conv_relu_pool(z, bias, lengths, offsets, pool, out, out_arg):
 
 
 @njit(**JIT)
-def conv_relu_pool_backward(d_out, out, arg, lengths2, out_dz):
+def conv_relu_pool_backward(d_out, out, arg, lengths2, offsets, out_dz):
     """Gradient of :func:`conv_relu_pool` with respect to ``z``.
 
     Parameters
@@ -127,9 +131,12 @@ def conv_relu_pool_backward(d_out, out, arg, lengths2, out_dz):
     d_out : (B, T2, C) float
         Gradient of ``out``; steps ``t >= lengths2[b]`` are never read.
     out, arg : (B, T2, C)
-        :func:`conv_relu_pool`'s outputs.
+        :func:`conv_relu_pool`'s outputs; ``arg`` may be (0, 0, 0) when p = 1
+        (the row of step t is then ``offsets[b] + t``).
     lengths2 : (B,) int64
         Pooled lengths L2_b.
+    offsets : (B,) int64
+        Exclusive cumulative sum of the *input* lengths.
     out_dz : (N, C) float
         Overwritten: ``d_out`` at the row each maximum came from where the
         output is positive (ReLU's derivative at 0 is 0, as PyTorch's), 0
@@ -140,11 +147,15 @@ def conv_relu_pool_backward(d_out, out, arg, lengths2, out_dz):
     for r in range(N):
         for c in range(C):
             out_dz[r, c] = 0.0
+    keep = arg.shape[0] != 0
     for b in range(B):
         for t in range(lengths2[b]):
+            r = offsets[b] + t
             for c in range(C):
                 if out[b, t, c] > 0.0:
-                    out_dz[arg[b, t, c], c] = d_out[b, t, c]
+                    if keep:
+                        r = arg[b, t, c]
+                    out_dz[r, c] = d_out[b, t, c]
 
 
 @njit(**JIT)

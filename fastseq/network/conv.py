@@ -13,20 +13,30 @@ steps are never read.  A sequence whose pooled length would reach 0 is an
 error (``ValueError``, before any kernel runs): a stack of n layers with pool
 p needs at least ``p ** n`` steps (:meth:`ConvStack.min_length`).
 
-The convolution is one gemm per layer over the valid steps only: the kernels
-pack each step's window into a row of ``cols`` (N, K*F), then ``cols @ Wm.T``
-runs in BLAS (:func:`fastseq._threads.parallel_matmul`: row blocks on
-fastseq's threads).
+The convolution is a gemm over the valid steps only: the kernels pack each
+step's window into a row of ``cols`` (N, K*F), ``cols @ Wm.T`` runs in BLAS
+(single-threaded), and one pass adds the bias, applies ReLU and pools.  This
+runs on blocks of whole sequences of about :data:`BLOCK_BYTES`, so that each
+block's rows stay in cache from packing to pooling, and memory holds one
+block's rows, not the batch's (the backward pass packs them again rather than
+keeping them).  Blocks go to fastseq's threads
+(:func:`fastseq._threads.get_num_threads`) when the call is large enough.
 """
 
 import numpy as np
 
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import writable
-from .._threads import parallel_matmul
+from .._threads import _on_pool, blas_single_thread, get_num_threads
 from .._validation import check_lengths, check_positive_int
 from ..kernels.conv import conv_pack, conv_relu_pool, conv_relu_pool_backward, conv_unpack
 from ._flat import layout_size
+
+#: bytes of packed rows and their products per block of sequences (half of a
+#: 512 KB L2, the smallest the project targets)
+BLOCK_BYTES = 256 * 1024
+#: multiply-adds of a layer's call from which its blocks go to several threads
+MIN_SPLIT_WORK = 2_000_000
 
 
 def check_conv_args(filters, kernel_size, pool, prefix=""):
@@ -169,6 +179,41 @@ class ConvStack:
                 f"convolution front end ({self.num_layers} layer(s) with max pooling of "
                 f"{self.pool}), which needs at least {need} steps (pooled length would be 0)")
 
+    # ------------------------------------------------------------ blocks
+    def _blocks(self, lengths, row_bytes):
+        """Consecutive sequence ranges ``[(b0, b1)]`` of about
+        :data:`BLOCK_BYTES` of packed rows and products each (at least one
+        sequence): a block's ``cols`` and ``z`` stay in cache between the
+        packing, the gemm and the pooling, and memory holds one block's."""
+        target = max(1, BLOCK_BYTES // row_bytes)
+        ends = np.cumsum(lengths)
+        bounds, b0, base = [], 0, 0
+        for b in range(len(lengths)):
+            if ends[b] - base >= target:
+                bounds.append((b0, b + 1))
+                b0, base = b + 1, ends[b]
+        if b0 < len(lengths):
+            bounds.append((b0, len(lengths)))
+        return bounds
+
+    @staticmethod
+    def _on_threads(blocks, work, fn):
+        """``fn(i, j)`` over the block indices ``[i, j)``: in one call, or on
+        :func:`fastseq._threads.get_num_threads` contiguous groups in threads
+        when the batch has ``work`` multiply-adds enough.  Returns the list of
+        results (one per group, in order; deterministic for a thread count)."""
+        n = min(get_num_threads(), len(blocks))
+        if n <= 1 or work < MIN_SPLIT_WORK:
+            return [fn(0, len(blocks))]
+        step = -(-len(blocks) // n)
+        bounds = [(i, min(i + step, len(blocks))) for i in range(0, len(blocks), step)]
+        res = [None] * len(bounds)
+
+        def one(i, j):
+            res[i // step] = fn(i, j)
+        _on_pool(bounds, one)
+        return res
+
     # ------------------------------------------------------------ forward
     def forward(self, X, lengths=None, need_grad=True):
         """Run the stack.
@@ -198,25 +243,41 @@ class ConvStack:
         lengths = check_lengths(lengths, B, T)
         self.check_lengths(lengths)
         x = np.ascontiguousarray(X, dtype=self.dtype)
-        K, p = self.kernel_size, self.pool
         cache = [] if need_grad else None
-        for l in range(self.num_layers):
-            Tl, Fl, C = x.shape[1], x.shape[2], self.filters[l]
-            offsets = np.zeros(B, dtype=INDEX_DTYPE)
-            np.cumsum(lengths[:-1], out=offsets[1:])
-            N = int(lengths.sum())
-            cols = np.empty((N, K * Fl), dtype=self.dtype)
-            conv_pack(x, lengths, offsets, K, cols)
-            z = parallel_matmul(cols, self._gemm[l].T)
-            out = np.empty((B, Tl // p, C), dtype=self.dtype)
-            arg = np.empty(out.shape, dtype=INDEX_DTYPE)
-            conv_relu_pool(z, self.params[f"bias_l{l}"], lengths, offsets, p, out, arg)
-            out_lengths = lengths // p
-            if need_grad:
-                cache.append((Tl, Fl, lengths, offsets, cols, out, arg, out_lengths))
-            x, lengths = out, out_lengths
+        with blas_single_thread():
+            for l in range(self.num_layers):
+                out, arg, blocks = self._layer_forward(l, x, lengths, need_grad)
+                if need_grad:
+                    cache.append((x, lengths, out, arg, blocks))
+                x, lengths = out, lengths // self.pool
         return x, lengths, cache
 
+    def _layer_forward(self, l, x, lengths, need_grad):
+        B, Tl, Fl = x.shape
+        K, p, C, dt = self.kernel_size, self.pool, self.filters[l], self.dtype
+        W, bias = self._gemm[l], self.params[f"bias_l{l}"]
+        out = np.empty((B, Tl // p, C), dtype=dt)
+        arg = np.empty(out.shape if need_grad and p > 1 else (0, 0, 0), dtype=INDEX_DTYPE)
+        blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C))
+
+        def run(i, j):
+            rows = max(int(lengths[b0:b1].sum()) for b0, b1 in blocks[i:j])
+            cols_buf = np.empty(rows * K * Fl, dtype=dt)
+            z_buf = np.empty(rows * C, dtype=dt)
+            for b0, b1 in blocks[i:j]:
+                L = lengths[b0:b1]
+                off = _offsets(L)
+                N = int(L.sum())
+                cols = cols_buf[:N * K * Fl].reshape(N, K * Fl)
+                z = z_buf[:N * C].reshape(N, C)
+                conv_pack(x[b0:b1], L, off, K, cols)
+                np.matmul(cols, W.T, out=z)
+                conv_relu_pool(z, bias, L, off, p, out[b0:b1], arg[b0:b1])
+
+        self._on_threads(blocks, int(lengths.sum()) * K * Fl * C, run)
+        return out, arg, blocks
+
+    # ------------------------------------------------------------ backward
     def backward(self, d_out, cache, out=None, need_input_grad=True):
         """Gradients of the forward pass that produced ``cache``.
 
@@ -242,20 +303,60 @@ class ConvStack:
         grad = np.zeros(self.n_params, dtype=self.dtype) if out is None else out
         g = self._views(grad)
         d = np.ascontiguousarray(d_out, dtype=self.dtype)
-        K = self.kernel_size
-        dX = None
-        for l in reversed(range(self.num_layers)):
-            Tl, Fl, lengths, offsets, cols, y, arg, out_lengths = cache[l]
-            if d.shape != y.shape:
-                raise ValueError(f"d_out must have shape {y.shape}, got {d.shape}")
-            dz = np.empty((cols.shape[0], self.filters[l]), dtype=self.dtype)
-            conv_relu_pool_backward(d, y, arg, out_lengths, dz)
-            np.matmul(dz.T, cols, out=g[f"_gemm_l{l}"])
-            g[f"bias_l{l}"][...] = dz.sum(axis=0)
-            if l == 0 and not need_input_grad:
-                break
-            d_cols = parallel_matmul(dz, self._gemm[l])
-            dX = np.empty((len(lengths), Tl, Fl), dtype=self.dtype)
-            conv_unpack(d_cols, lengths, offsets, K, dX)
-            d = dX
-        return (dX if need_input_grad else None), grad
+        with blas_single_thread():
+            for l in reversed(range(self.num_layers)):
+                y = cache[l][2]
+                if d.shape != y.shape:
+                    raise ValueError(f"d_out must have shape {y.shape}, got {d.shape}")
+                want_dx = l > 0 or need_input_grad
+                d = self._layer_backward(l, d, cache[l], g, want_dx)
+        return (d if need_input_grad else None), grad
+
+    def _layer_backward(self, l, d, cache, g, want_dx):
+        """Parameter gradients of layer ``l`` into the views ``g``; returns
+        the gradient of its input (or None)."""
+        x, lengths, y, arg, blocks = cache
+        B, Tl, Fl = x.shape
+        K, p, C, dt = self.kernel_size, self.pool, self.filters[l], self.dtype
+        W = self._gemm[l]
+        dx = np.empty(x.shape, dtype=dt) if want_dx else None
+        L2s = lengths // p
+
+        def run(i, j):
+            rows = max(int(lengths[b0:b1].sum()) for b0, b1 in blocks[i:j])
+            cols_buf = np.empty(rows * K * Fl, dtype=dt)
+            dz_buf = np.empty(rows * C, dtype=dt)
+            gW = np.zeros((C, K * Fl), dtype=dt)
+            tmp = np.empty_like(gW)
+            gb = np.zeros(C, dtype=dt)
+            for b0, b1 in blocks[i:j]:
+                L = lengths[b0:b1]
+                off = _offsets(L)
+                N = int(L.sum())
+                cols = cols_buf[:N * K * Fl].reshape(N, K * Fl)
+                dz = dz_buf[:N * C].reshape(N, C)
+                conv_pack(x[b0:b1], L, off, K, cols)  # again: cheaper than keeping it
+                conv_relu_pool_backward(d[b0:b1], y[b0:b1], arg[b0:b1], L2s[b0:b1], off, dz)
+                np.matmul(dz.T, cols, out=tmp)
+                gW += tmp
+                gb += dz.sum(axis=0)
+                if want_dx:
+                    np.matmul(dz, W, out=cols)  # d_cols, in cols' place
+                    conv_unpack(cols, L, off, K, dx[b0:b1])
+            return gW, gb
+
+        parts = self._on_threads(blocks, 2 * int(lengths.sum()) * K * Fl * C, run)
+        gW, gb = parts[0]
+        for pw, pb in parts[1:]:
+            gW += pw
+            gb += pb
+        g[f"_gemm_l{l}"][...] = gW
+        g[f"bias_l{l}"][...] = gb
+        return dx
+
+
+def _offsets(lengths):
+    """Exclusive cumulative sum (B,) int64 of ``lengths``."""
+    off = np.zeros(len(lengths), dtype=INDEX_DTYPE)
+    np.cumsum(lengths[:-1], out=off[1:])
+    return off
