@@ -421,3 +421,50 @@ def test_blocks_and_threads_give_the_same_result(rng, monkeypatch):
     np.testing.assert_array_equal(ol2, ol)
     np.testing.assert_allclose(dX2, dX, rtol=1e-13, atol=1e-14)
     np.testing.assert_allclose(grad2, grad, rtol=1e-12, atol=1e-13)
+
+
+def test_seq2seq_with_conv_front_end(rng, tmp_path):
+    """The Seq2Seq encoder behind a conv front end: gradient by central
+    differences through conv, encoder and attention; estimators fit, predict,
+    pickle and save/load."""
+    from fastseq.network.seq2seq import Seq2Seq
+    m = Seq2Seq(3, outputs="vectors", input_size=2, cell="gru", hidden_size=4,
+                attention="dot", conv_filters=(3,), conv_pool=2, dtype="float64",
+                random_state=0)
+    X, lengths = ragged_batch(rng, 3, 10, 2, lengths=[10, 5, 8])
+    Y = rng.standard_normal((3, 4, 3))
+    y_len = np.array([4, 2, 3])
+    m.forward_loss(X, lengths, Y, y_len)
+    assert np.array_equal(m._cache["src_len"], [5, 2, 4])
+    grad = m.backward().copy()
+    names = [name for name, _ in m._layout]
+    start = sum(int(np.prod(shape)) for _, shape in m._layout[:names.index("conv")])
+    idx = np.concatenate([start + np.arange(m.params["conv"].size),  # every conv parameter
+                          rng.choice(m.n_params, 10, replace=False)])
+    for i in idx:
+        old = m.flat[i]
+        m.flat[i] = old + EPS
+        up = m.forward_loss(X, lengths, Y, y_len)
+        m.flat[i] = old - EPS
+        down = m.forward_loss(X, lengths, Y, y_len)
+        m.flat[i] = old
+        np.testing.assert_allclose(grad[i], (up - down) / (2 * EPS), rtol=1e-5, atol=1e-8)
+    Xs = [rng.standard_normal((int(rng.integers(6, 12)), 2)) for _ in range(12)]
+    ys = rng.standard_normal((12, 3, 1))
+    reg = fastseq.Seq2SeqRegressor(hidden_size=4, conv_filters=3, conv_pool=2, max_iter=2,
+                                   random_state=0, n_jobs=1)
+    _fit(reg, Xs, ys)
+    assert reg.model_.conv is not None and reg.predict(Xs).shape == (12, 3, 1)
+    reg.save(tmp_path / "s2s.npz")
+    np.testing.assert_array_equal(fastseq.load(tmp_path / "s2s.npz").predict(Xs), reg.predict(Xs))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(reg)).predict(Xs), reg.predict(Xs))
+    with pytest.raises(ValueError, match=r"X\[0\] has 1 steps"):
+        reg.predict([Xs[0][:1]])
+    docs, tgt = ["abcdef", "fedcba", "aabbcc", "ccbbaa"] * 3, ["ab", "ba", "ac", "ca"] * 3
+    clf = fastseq.Seq2SeqClassifier(hidden_size=6, embedding_dim=4, conv_filters=(4, 4),
+                                    max_iter=2, random_state=0, n_jobs=1)
+    _fit(clf, docs, tgt)
+    assert clf.model_.conv.input_size == 4 and len(clf.predict(docs)) == 12
+    lines = []
+    clf.summary(print_fn=lines.append)
+    assert "conv_2 (Conv1D(k=3)+ReLU)" in lines[0]
