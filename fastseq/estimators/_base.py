@@ -147,6 +147,20 @@ class BaseRNN(BaseEstimator):
     pooling : {"last", "mean", "max"}, default "last"
         Many-to-one estimators: read the last valid state of each sequence
         (both directions when bidirectional), or pool ``out`` over valid steps.
+    conv_filters : int, tuple of int or None, default None
+        A temporal convolution front end before the recurrent layer (a hybrid
+        CNN + RNN): one 1-D convolution over time per entry, with that many
+        filters, each followed by ReLU and max pooling of ``conv_pool`` steps
+        (see :mod:`fastseq.network.conv`).  None: no front end.
+    conv_kernel_size : int, default 3
+        Odd width K of every convolution; "same" zero padding at the ends of
+        each sequence's own valid steps (a padded batch gives what each
+        sequence gives alone).
+    conv_pool : int, default 1
+        Max-pooling size and stride after each convolution (1: none).  Each
+        layer shortens a sequence of L steps to ``L // conv_pool``; a sequence
+        shorter than ``conv_pool ** n_layers`` is refused with a ValueError.
+        ``SequenceTagger`` (one label per step) refuses ``conv_pool > 1``.
     optimizer : {"adam", "sgd"}, default "adam"
     learning_rate : float, default 1e-3
     momentum : float, default 0.9 (SGD)
@@ -245,6 +259,9 @@ class BaseRNN(BaseEstimator):
         "embedding_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "pretrained_embeddings": [dict, None],
         "pooling": [StrOptions({"last", "mean", "max"})],
+        "conv_filters": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
+        "conv_kernel_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "conv_pool": [Interval(numbers.Integral, 1, None, closed="left")],
         "optimizer": [StrOptions({"adam", "sgd"})],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
@@ -273,7 +290,8 @@ class BaseRNN(BaseEstimator):
 
     def __init__(self, *, cell="lstm", hidden_size=64, num_layers=1, bidirectional=False,
                  nonlinearity="tanh", dropout=0.0, recurrent_dropout=0.0, embedding_dim=None,
-                 pretrained_embeddings=None, pooling="last", optimizer="adam",
+                 pretrained_embeddings=None, pooling="last", conv_filters=None,
+                 conv_kernel_size=3, conv_pool=1, optimizer="adam",
                  learning_rate=1e-3, momentum=0.9, nesterovs_momentum=False, beta_1=0.9,
                  beta_2=0.999, epsilon=1e-8, batch_size=32, max_iter=100, clip_norm=5.0,
                  clip_value=None, alpha=0.0, early_stopping=False, validation_fraction=0.1,
@@ -290,6 +308,9 @@ class BaseRNN(BaseEstimator):
         self.embedding_dim = embedding_dim
         self.pretrained_embeddings = pretrained_embeddings
         self.pooling = pooling
+        self.conv_filters = conv_filters
+        self.conv_kernel_size = conv_kernel_size
+        self.conv_pool = conv_pool
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.momentum = momentum
@@ -642,6 +663,7 @@ class BaseRNN(BaseEstimator):
         tokens = self.embedding_dim is not None if reset else getattr(self, "vocabulary_", None) is not None
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype,
                                tokens=tokens)
+        self._check_conv_lengths(seqs, reset)
         if tokens:
             if reset:
                 self.vocabulary_ = Vocabulary.build(seqs)
@@ -703,8 +725,36 @@ class BaseRNN(BaseEstimator):
             bidirectional=bool(self.bidirectional), nonlinearity=self.nonlinearity,
             dropout=float(self.dropout), recurrent_dropout=float(self.recurrent_dropout),
             pooling=pooling or self.pooling, n_outputs=int(n_outputs), loss=loss,
-            dtype=str(self._dtype))
+            dtype=str(self._dtype), **self._conv_config())
         return cfg
+
+    def _conv_config(self):
+        """The model's ``conv_*`` entries from the (validated) parameters."""
+        from ..network.conv import check_conv_args
+        filters, k, p = check_conv_args(1 if self.conv_filters is None else self.conv_filters,
+                                        self.conv_kernel_size, self.conv_pool, prefix="conv_")
+        if self.conv_filters is None:
+            return dict(conv_filters=None, conv_kernel_size=3, conv_pool=1)
+        return dict(conv_filters=list(filters), conv_kernel_size=k, conv_pool=p)
+
+    def _check_conv_lengths(self, seqs, reset):
+        """ValueError naming the first sequence too short for the conv front
+        end's pooling (before any kernel runs)."""
+        if reset:
+            cfg = self._conv_config()
+            n = 0 if cfg["conv_filters"] is None else len(cfg["conv_filters"])
+            need = cfg["conv_pool"] ** n
+        else:
+            model = getattr(self, "model_", None)
+            need = model.min_length() if hasattr(model, "min_length") else 1
+        if need > 1:
+            short = np.flatnonzero(seqs.lengths < need)
+            if short.size:
+                i = int(short[0])
+                raise ValueError(
+                    f"X[{i}] has {int(seqs.lengths[i])} steps, but the convolution front end "
+                    f"(max pooling after each of its layers, conv_pool) needs at least "
+                    f"{need} steps per sequence (its pooled length would be 0)")
 
     def _new_model(self, config, rng):
         from ._model import SequenceModel

@@ -1,5 +1,5 @@
-"""``SequenceModel``: [Embedding] -> Recurrent -> (pooling) -> dropout -> Dense,
-with a softmax or squared-error loss.  Follows the model protocol of
+"""``SequenceModel``: [Embedding] -> [ConvStack] -> Recurrent -> (pooling) ->
+dropout -> Dense, with a softmax or squared-error loss.  Follows the model protocol of
 :mod:`fastseq.estimators._base`.
 
 Readouts (``pooling``):
@@ -9,10 +9,18 @@ Readouts (``pooling``):
   whole sequence back to step 0), [forward, reverse] concatenated;
 - ``"mean"`` / ``"max"``: mean / max of ``out`` over the valid steps;
 - ``"sequence"``: one output per valid step (many-to-many, the tagger).
+
+The optional convolution front end (``conv_filters`` set; see
+:mod:`fastseq.network.conv`) shortens each sequence by its max pooling:
+the recurrent layer and every readout see the pooled lengths, which
+:meth:`SequenceModel.output_lengths` gives (and ``_forward``'s cache holds as
+``"lengths"``; ``"in_lengths"`` are the input's).  With ``"sequence"`` the
+outputs are one row per *pooled* valid step.
 """
 
 import numpy as np
 
+from ..network.conv import ConvStack
 from ..network.dense import LOSSES, Dense
 from ..network.embedding import Embedding
 from ..network.recurrent import Recurrent
@@ -20,12 +28,18 @@ from ..network.recurrent import Recurrent
 CONFIG_KEYS = ("n_features", "vocab_size", "embedding_dim", "cell", "hidden_size", "num_layers",
                "bidirectional", "nonlinearity", "dropout", "recurrent_dropout", "pooling",
                "n_outputs", "loss", "dtype")
+#: keys added later, with the defaults that configs saved before them mean
+CONV_DEFAULTS = {"conv_filters": None, "conv_kernel_size": 3, "conv_pool": 1}
 
 
 class SequenceModel:
     def __init__(self, config, rng):
         self.config = {k: config[k] for k in CONFIG_KEYS}
+        for k, v in CONV_DEFAULTS.items():
+            self.config[k] = config.get(k, v)
         c = self.config
+        if c["conv_filters"] is not None and not isinstance(c["conv_filters"], int):
+            c["conv_filters"] = [int(f) for f in c["conv_filters"]]  # JSON-safe
         dt = np.dtype(c["dtype"])
         self.rng = rng
         self.training = False
@@ -35,6 +49,11 @@ class SequenceModel:
             in_size = c["embedding_dim"]
         else:
             in_size = c["n_features"]
+        self.conv = None
+        if c["conv_filters"] is not None:
+            self.conv = ConvStack(in_size, c["conv_filters"], c["conv_kernel_size"],
+                                  c["conv_pool"], dt, rng)
+            in_size = self.conv.output_size
         self.rnn = Recurrent(c["cell"], in_size, c["hidden_size"], c["num_layers"],
                              c["bidirectional"], c["nonlinearity"], dropout=c["dropout"],
                              recurrent_dropout=c["recurrent_dropout"], dtype=dt, random_state=rng)
@@ -42,7 +61,7 @@ class SequenceModel:
         self.feat_size = self.D * c["hidden_size"]
         self.head = Dense(self.feat_size, c["n_outputs"], dt, rng)
         self.loss_fn = LOSSES[c["loss"]]
-        layers = ([self.emb] if self.emb is not None else []) + [self.rnn, self.head]
+        layers = [l for l in (self.emb, self.conv) if l is not None] + [self.rnn, self.head]
         self.flat = np.zeros(sum(l.n_params for l in layers), dtype=dt)
         self._slices, pos = [], 0
         for layer in layers:
@@ -51,6 +70,7 @@ class SequenceModel:
             self._slices.append(sl)
             pos += layer.n_params
         self._emb_sl = self._slices[0] if self.emb is not None else None
+        self._conv_sl = self._slices[-3] if self.conv is not None else None
         self._rnn_sl, self._head_sl = self._slices[-2], self._slices[-1]
 
     # --------------------------------------------------------------- modes
@@ -76,13 +96,28 @@ class SequenceModel:
         self.train(state["training"])
 
     # ------------------------------------------------------------- forward
+    def output_lengths(self, lengths):
+        """Valid steps the recurrent layer and the readout see for inputs of
+        ``lengths``: shortened by the convolution front end's pooling."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        return lengths if self.conv is None else self.conv.output_lengths(lengths)
+
+    def min_length(self):
+        """Fewest input steps a sequence needs (1 without conv pooling)."""
+        return 1 if self.conv is None else self.conv.min_length()
+
     def _forward(self, X, lengths, training, need_grad=True):
-        """Outputs (rows: samples, or valid steps for "sequence") and a cache.
+        """Outputs (rows: samples, or valid steps for "sequence") and a cache
+        (``cache["lengths"]``: the valid lengths after the front end).
         ``need_grad=False`` (prediction, validation loss) keeps nothing for a
         backward pass and writes no layer state."""
         c = self.config
-        B, T = X.shape[:2]
+        in_lengths = lengths
         inp = self.emb.forward(X) if self.emb is not None else X
+        conv_cache = None
+        if self.conv is not None:
+            inp, lengths, conv_cache = self.conv.forward(inp, lengths, need_grad=need_grad)
+        B, T = inp.shape[:2]
         out, h_n = self.rnn.forward(inp, lengths, need_grad=need_grad)
         rnn_cache = self.rnn._cache
         if isinstance(h_n, tuple):
@@ -109,14 +144,14 @@ class SequenceModel:
             feat = feat * mask
         y = self.head.forward(feat)
         cache = {"X": X, "lengths": lengths, "B": B, "T": T, "feat": feat, "mask": mask,
-                 "arg": arg, "rnn": rnn_cache}
+                 "arg": arg, "rnn": rnn_cache, "in_lengths": in_lengths, "conv": conv_cache}
         return y, cache
 
     def predict_batch(self, X, lengths):
         """Eval-mode outputs: (B, V) rows, or a list of (T_i, V) for "sequence"."""
-        y, _ = self._forward(X, lengths, training=False, need_grad=False)
+        y, cache = self._forward(X, lengths, training=False, need_grad=False)
         if self.config["pooling"] == "sequence":
-            return np.split(y, np.cumsum(lengths)[:-1])
+            return np.split(y, np.cumsum(cache["lengths"])[:-1])
         return y
 
     def _targets(self, batch):
@@ -160,7 +195,11 @@ class SequenceModel:
             d_out[valid] = dfeat
         self.rnn._cache = cache["rnn"]
         dX, _ = self.rnn.backward(d_out, d_h_n, out=grad[self._rnn_sl],
-                                  need_input_grad=self.emb is not None)
+                                  need_input_grad=self.emb is not None or self.conv is not None)
+        if self.conv is not None:
+            dX, _ = self.conv.backward(dX, cache["conv"], out=grad[self._conv_sl],
+                                       need_input_grad=self.emb is not None)
+            T, lengths = cache["X"].shape[1], cache["in_lengths"]
         if self.emb is not None:
             valid = np.arange(T)[None, :] < lengths[:, None]
             self.emb.backward(dX[valid], cache["X"][valid], grad[self._emb_sl])
@@ -174,6 +213,15 @@ class SequenceModel:
         if self.emb is not None:
             rows.append(("embedding", "Embedding", (None, T, c["embedding_dim"]),
                          self.emb.n_params))
+        if self.conv is not None:
+            cv = self.conv
+            for l, C in enumerate(cv.filters):
+                kind = f"Conv1D(k={cv.kernel_size})+ReLU"
+                if cv.pool > 1:
+                    kind += f"+MaxPool({cv.pool})"
+                    T = f"T/{cv.pool ** (l + 1)}"
+                n = cv.params[f"weight_l{l}"].size + cv.params[f"bias_l{l}"].size
+                rows.append((f"conv_{l + 1}", kind, (None, T, C), n))
         kind = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[c["cell"]]
         if c["bidirectional"]:
             kind = f"Bidirectional {kind}"

@@ -78,7 +78,7 @@ class _Seq2SeqBase(BaseRNN):
                  nonlinearity="tanh", dropout=0.0, recurrent_dropout=0.0, embedding_dim=32,
                  attention="bahdanau", attention_units=None, decoder_cell=None, beam_width=1,
                  length_penalty=1.0, max_output_length=None, teacher_forcing=1.0,
-                 optimizer="adam", learning_rate=1e-3, momentum=0.9, nesterovs_momentum=False,
+                 conv_filters=None, conv_kernel_size=3, conv_pool=1, optimizer="adam", learning_rate=1e-3, momentum=0.9, nesterovs_momentum=False,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, batch_size=32, max_iter=100,
                  clip_norm=5.0, clip_value=None, alpha=0.0, early_stopping=False,
                  validation_fraction=0.1, validation_holdout="random", n_iter_no_change=10,
@@ -99,6 +99,9 @@ class _Seq2SeqBase(BaseRNN):
         self.length_penalty = length_penalty
         self.max_output_length = max_output_length
         self.teacher_forcing = teacher_forcing
+        self.conv_filters = conv_filters
+        self.conv_kernel_size = conv_kernel_size
+        self.conv_pool = conv_pool
         self.optimizer = optimizer
         self.learning_rate = learning_rate
         self.momentum = momentum
@@ -138,7 +141,8 @@ class _Seq2SeqBase(BaseRNN):
                     recurrent_dropout=float(self.recurrent_dropout),
                     decoder_cell=self.decoder_cell, attention=self.attention,
                     attention_units=self.attention_units,
-                    teacher_forcing=float(self.teacher_forcing), dtype=self._dtype)
+                    teacher_forcing=float(self.teacher_forcing), dtype=self._dtype,
+                    **self._conv_config())
 
     def _check_pair_counts(self, seqs, n_y):
         if n_y != seqs.n_samples:
@@ -226,6 +230,10 @@ class Seq2SeqClassifier(_Seq2SeqBase):
     teacher_forcing : float in [0, 1], default 1
         Probability of feeding the true previous token while training; below 1
         the model's own argmax is fed otherwise (scheduled sampling).
+    conv_filters, conv_kernel_size, conv_pool : default None, 3, 1
+        A convolution front end before the encoder, as in ``BaseRNN`` (over
+        the source embeddings here); its pooling shortens the source that
+        attention reads.
     n_jobs : int or None, default None
         Threads of each call (training and decoding).  None: every core this
         process may run on, within the limits set around it (CPU affinity,
@@ -288,6 +296,7 @@ class Seq2SeqClassifier(_Seq2SeqBase):
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=None, tokens=True, name="X")
+        self._check_conv_lengths(seqs, reset)
         if reset:
             self.vocabulary_ = Vocabulary.build(seqs)
             self._set_input_shape(X, seqs)
@@ -471,6 +480,7 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
 
     def _check_X(self, X, reset):
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype, name="X")
+        self._check_conv_lengths(seqs, reset)
         if reset:
             self._set_input_shape(X, seqs)
         else:

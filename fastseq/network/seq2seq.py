@@ -25,6 +25,7 @@ from .._validation import check_choice, check_positive_int
 from ..kernels.attention import ATTENTION_KINDS, BAHDANAU, COSINE, LUONG, NONE
 from ..kernels.decoder import CELL_CODES, decoder_backward, decoder_forward, decoder_step
 from ..kernels.matmul import pack_into, packed_shape
+from .conv import ConvStack
 from .recurrent import CELLS, Recurrent
 
 ATTENTIONS = ("bahdanau", "luong", "dot", "cosine", None)
@@ -80,6 +81,10 @@ class Seq2Seq:
         (scheduled sampling below 1).
     begin_index, end_index : int
         Token outputs: the begin token fed at step 0 and the end token.
+    conv_filters, conv_kernel_size, conv_pool : optional
+        A convolution front end before the encoder (:class:`ConvStack`;
+        None: none).  Its pooling shortens the source: attention reads the
+        pooled encoder states.
     dtype, random_state
 
     Attributes
@@ -97,7 +102,10 @@ class Seq2Seq:
                  bidirectional=False, nonlinearity="tanh", dropout=0.0, recurrent_dropout=0.0,
                  decoder_cell=None, attention="bahdanau", attention_units=None,
                  cosine_sharpness=None, teacher_forcing=1.0, begin_index=0, end_index=1,
+                 conv_filters=None, conv_kernel_size=3, conv_pool=1,
                  dtype=DEFAULT_DTYPE, random_state=None):
+        if conv_filters is not None and not isinstance(conv_filters, int):
+            conv_filters = [int(f) for f in conv_filters]  # JSON-safe
         self.config = dict(
             model_class="Seq2Seq", n_outputs=n_outputs, outputs=outputs, input_size=input_size,
             src_vocab=src_vocab, embedding_dim=embedding_dim, cell=cell,
@@ -106,7 +114,9 @@ class Seq2Seq:
             recurrent_dropout=float(recurrent_dropout), decoder_cell=decoder_cell,
             attention=attention, attention_units=attention_units,
             cosine_sharpness=cosine_sharpness, teacher_forcing=float(teacher_forcing),
-            begin_index=int(begin_index), end_index=int(end_index), dtype=str(np.dtype(dtype)))
+            begin_index=int(begin_index), end_index=int(end_index), conv_filters=conv_filters,
+            conv_kernel_size=int(conv_kernel_size), conv_pool=int(conv_pool),
+            dtype=str(np.dtype(dtype)))
         self.outputs = check_choice(outputs, "outputs", ("tokens", "vectors"))
         self.n_outputs = check_positive_int(n_outputs, "n_outputs")
         self.attention = check_choice(attention, "attention", ATTENTIONS)
@@ -127,7 +137,14 @@ class Seq2Seq:
         self.teacher_forcing = float(teacher_forcing)
         self.begin_index, self.end_index = int(begin_index), int(end_index)
         self._rng = np.random.default_rng(random_state)
-        self.encoder = Recurrent(cell, self.input_size, hidden_size, num_layers, bidirectional,
+        self.conv = None
+        enc_in = self.input_size
+        if conv_filters is not None:
+            self.conv = ConvStack(self.input_size, conv_filters, conv_kernel_size, conv_pool,
+                                  self.dtype, self._rng)
+            enc_in = self.conv.output_size
+        self._conv_cache = None
+        self.encoder = Recurrent(cell, enc_in, hidden_size, num_layers, bidirectional,
                                  nonlinearity, dropout=dropout,
                                  recurrent_dropout=recurrent_dropout, dtype=self.dtype,
                                  random_state=self._rng)
@@ -146,6 +163,8 @@ class Seq2Seq:
         self.flat = np.zeros(self.n_params, dtype=self.dtype)
         self.params = self._views(self.flat)
         self.encoder.bind(self.params["encoder"], copy=True)
+        if self.conv is not None:
+            self.conv.bind(self.params["conv"], copy=True)
         self._init_params()
         self.training = False
         self._cache = None
@@ -160,6 +179,8 @@ class Seq2Seq:
     def _param_layout(self):
         Q, A, U, V, R = self.Q, self.A, self.U, self.n_outputs, self.G * self.Q
         lay = [("encoder", (self.encoder.n_params,))]
+        if self.conv is not None:
+            lay.append(("conv", (self.conv.n_params,)))
         if self.src_vocab is not None:
             lay.append(("src_embedding", (self.src_vocab, self.embedding_dim)))
         if self.outputs == "tokens":
@@ -181,7 +202,7 @@ class Seq2Seq:
     def _init_params(self):
         rng, p = self._rng, self.params
         for name, shape in self._layout:
-            if name == "encoder":
+            if name in ("encoder", "conv"):
                 continue
             if name.endswith("embedding"):
                 p[name][...] = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), size=shape)
@@ -200,6 +221,8 @@ class Seq2Seq:
         self.flat = flat
         self.params = self._views(flat)
         self.encoder.bind(self.params["encoder"], copy=False)
+        if self.conv is not None:
+            self.conv.bind(self.params["conv"], copy=False)
         return self
 
     def train(self, mode=True):
@@ -212,23 +235,46 @@ class Seq2Seq:
 
     def clear_cache(self):
         self._cache = None
+        self._conv_cache = None
         self.encoder._cache = None
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = None
+        state["_conv_cache"] = None
         state.pop("params")
         return state
 
     def __setstate__(self, state):
         state["flat"] = writable(state["flat"])  # a memmap (joblib's mmap_mode) is read-only
+        state.setdefault("conv", None)  # pickled before the front end existed
+        state.setdefault("_conv_cache", None)
         self.__dict__.update(state)
         self.params = self._views(self.flat)
         self.encoder.bind(self.params["encoder"], copy=False)
+        if self.conv is not None:
+            self.conv.bind(self.params["conv"], copy=False)
+
+    def min_length(self):
+        """Fewest source steps a sequence needs (1 without conv pooling)."""
+        return 1 if self.conv is None else self.conv.min_length()
 
     def summary_rows(self):
-        rows = [("encoder", f"Recurrent[{self.cell}]", f"(B, S, {self.A})", self.encoder.n_params)]
+        rows = []
+        if self.conv is not None:
+            cv, S = self.conv, "S"
+            for l, C in enumerate(cv.filters):
+                kind = f"Conv1D(k={cv.kernel_size})+ReLU"
+                if cv.pool > 1:
+                    kind += f"+MaxPool({cv.pool})"
+                    S = f"S/{cv.pool ** (l + 1)}"
+                n = cv.params[f"weight_l{l}"].size + cv.params[f"bias_l{l}"].size
+                rows.append((f"conv_{l + 1}", kind, f"(B, {S}, {C})", n))
+        rows.append(("encoder", f"Recurrent[{self.cell}]", f"(B, S, {self.A})",
+                     self.encoder.n_params))
         for name, shape in self._layout[1:]:
+            if name == "conv":
+                continue
             rows.append((name, "weight", str(shape), int(np.prod(shape))))
         return rows
 
@@ -273,6 +319,10 @@ class Seq2Seq:
             inp = self.params["src_embedding"][X]
         else:
             inp = X
+        if self.conv is not None:
+            inp, lengths, conv_cache = self.conv.forward(inp, lengths, need_grad=need_grad)
+            if need_grad:
+                self._conv_cache = conv_cache
         out, hn = self.encoder.forward(inp, lengths, need_grad=need_grad)
         if self.encoder.cell == "lstm":
             h_n, c_n = hn
@@ -333,8 +383,9 @@ class Seq2Seq:
                else np.zeros((0, self.M), self.dtype))
         decoder_forward(self.cell_code, self.kind, w, _packed(w), att, emb, mem, keys, src_len,
                         feed_true, use_truth, cache)
+        conv_cache, self._conv_cache = self._conv_cache, None
         return {"mem": mem, "keys": keys, "src_len": src_len, "cache": cache,
-                "w_b": w_b, "att": att, "lengths": lengths}
+                "w_b": w_b, "att": att, "lengths": lengths, "conv": conv_cache}
 
     # ------------------------------------------------------------ loss
     def forward_loss(self, X, lengths, Y, y_len, use_truth=None):
@@ -454,6 +505,9 @@ class Seq2Seq:
         else:
             d_out = d_mem
         dX, _ = enc.backward(d_out, d_hn, d_cn, out=g["encoder"])
+        if self.conv is not None:
+            dX, _ = self.conv.backward(dX, st["conv"], out=g["conv"],
+                                       need_input_grad=self.src_vocab is not None)
         if self.src_vocab is not None:
             Xs = st["X"]
             valid = np.arange(Xs.shape[1])[None, :] < st["lengths"][:, None]
