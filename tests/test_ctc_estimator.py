@@ -208,3 +208,20 @@ def test_truncated_bptt_is_refused_clearly():
     X = [np.zeros((6, 2)), np.ones((6, 2))]
     with pytest.raises(ValueError, match="tbptt_steps is not available for CTCClassifier"):
         CTCClassifier(tbptt_steps=3, max_iter=1).fit(X, ["ab", "b"])
+
+
+def test_conv_front_end_pools_the_steps_ctc_reads():
+    """CRNN: the CTC loss reads the pooled outputs, and a label that needs
+    more steps than pooling leaves is refused before training."""
+    rng = np.random.default_rng(0)
+    X = [rng.normal(size=(16, 3)) for _ in range(8)]
+    clf = CTCClassifier(conv_filters=4, conv_pool=2, hidden_size=8, max_iter=2,
+                        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, ["ab", "ba"] * 4)
+    proba = clf.predict_proba(X[:2])
+    assert [p.shape for p in proba] == [(8, 3), (8, 3)]
+    assert all(isinstance(p, str) for p in clf.predict(X[:2]))
+    with pytest.raises(ValueError, match=r"X\[0\] has 16 steps \(8 after .*conv_pool"):
+        CTCClassifier(conv_filters=4, conv_pool=2, max_iter=1).fit(X[:2], ["abababaab", "a"])

@@ -737,6 +737,16 @@ class BaseRNN(BaseEstimator):
             return dict(conv_filters=None, conv_kernel_size=3, conv_pool=1)
         return dict(conv_filters=list(filters), conv_kernel_size=k, conv_pool=p)
 
+    def _pooled_lengths(self, lengths, reset):
+        """The valid steps the recurrent layer sees for inputs of ``lengths``
+        (shortened by ``conv_pool`` after each convolution layer)."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if not reset and hasattr(getattr(self, "model_", None), "output_lengths"):
+            return self.model_.output_lengths(lengths)
+        cfg = self._conv_config()
+        n = 0 if cfg["conv_filters"] is None else len(cfg["conv_filters"])
+        return lengths // (cfg["conv_pool"] ** n)
+
     def _check_conv_lengths(self, seqs, reset):
         """ValueError naming the first sequence too short for the conv front
         end's pooling (before any kernel runs)."""

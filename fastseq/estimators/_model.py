@@ -156,8 +156,8 @@ class SequenceModel:
 
     def _targets(self, batch):
         y = batch.y
-        if self.config["loss"] == "ctc":  # labels (B, T) padded with 0, per-sample lengths
-            return y, batch.lengths
+        if self.config["loss"] == "ctc":  # labels (B, L) padded with 0, per-sample output lengths
+            return y, self.output_lengths(batch.lengths)
         if self.config["pooling"] == "sequence":
             valid = np.arange(batch.X.shape[1])[None, :] < batch.lengths[:, None]
             y = y[valid]

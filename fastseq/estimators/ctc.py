@@ -138,6 +138,8 @@ class CTCClassifier(BaseRNN):
             self.y_is_str_ = all(isinstance(s, str) for s in items)
         index = {t: i + 1 for i, t in enumerate(self.classes_.tolist())}
         codes = []
+        steps = self._pooled_lengths(seqs.lengths, reset)
+        pooled = bool(np.any(steps != seqs.lengths))
         for i, s in enumerate(ys):
             try:
                 c = np.array([index[t] for t in s], dtype=INDEX_DTYPE)
@@ -145,11 +147,13 @@ class CTCClassifier(BaseRNN):
                 raise ValueError(f"y[{i}] holds the label {exc.args[0]!r}, not seen at the first "
                                  f"fit; known labels are {self.classes_.tolist()[:20]}") from None
             need = required_length(c)
-            if need > seqs.lengths[i]:
+            if need > steps[i]:
+                after = (f" ({steps[i]} after the convolution front end's pooling, conv_pool)"
+                         if pooled else "")
                 raise ValueError(
-                    f"X[{i}] has {seqs.lengths[i]} steps but its label sequence of length "
-                    f"{len(c)} needs at least {need} (one step per label plus a blank between "
-                    "each pair of equal adjacent labels)")
+                    f"X[{i}] has {seqs.lengths[i]} steps{after} but its label sequence of "
+                    f"length {len(c)} needs at least {need} (one step per label plus a blank "
+                    "between each pair of equal adjacent labels)")
             codes.append(c)
         return Dataset(seqs, codes, y_pad=0)
 
