@@ -56,6 +56,7 @@ loop is split into small named steps (``_init_training``, ``_run_epochs``,
 import numbers
 import time
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -260,7 +261,7 @@ class BaseRNN(BaseEstimator):
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "recurrent_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "embedding_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "pretrained_embeddings": [dict, HasMethods(["__getitem__", "__contains__"]), None],
+        "pretrained_embeddings": [Mapping, HasMethods(["__getitem__", "__contains__"]), None],
         "pooling": [StrOptions({"last", "mean", "max"})],
         "optimizer": [StrOptions({"adam", "sgd"})],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -727,11 +728,15 @@ class BaseRNN(BaseEstimator):
         if pre is not None and model.emb is not None:
             W = model.emb.params["weight"]
             size = getattr(pre, "vector_size", None)
-            if not isinstance(pre, dict) and size is not None and size != W.shape[1]:
+            if not isinstance(pre, Mapping) and size is None:
+                raise ValueError(
+                    f"pretrained_embeddings must be a dict token -> vector or a KeyedVectors-"
+                    f"like object (with vector_size), got {type(pre).__name__}")
+            if not isinstance(pre, Mapping) and size != W.shape[1]:
                 raise ValueError(
                     f"pretrained_embeddings has vector_size={size}, but embedding_dim="
                     f"{W.shape[1]}: set embedding_dim to the vectors' size")
-            get = getattr(pre, "get_vector", None) if not isinstance(pre, dict) else None
+            get = getattr(pre, "get_vector", None) if not isinstance(pre, Mapping) else None
             for tok, i in self.vocabulary_.index.items():
                 if tok not in pre:
                     continue
