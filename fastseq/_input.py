@@ -257,8 +257,8 @@ def _check_tokens(X, name, tokenizer="char"):
         cut = isinstance(s, str)
         if cut:
             if not s:
-                raise ValueError(f"{name}[{i}] is an empty string; every sequence needs >= 1 "
-                                 "token (a recurrent network needs at least one step)")
+                raise ValueError(f"{name}[{i}] is a zero-length sequence (an empty string); every "
+                                 "sequence needs >= 1 token (a recurrent network needs a step)")
             seq = tokenize(s)
             if not isinstance(seq, (list, tuple)):
                 raise TypeError(

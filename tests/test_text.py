@@ -206,7 +206,7 @@ def test_callable_tokenizer_pickles_but_cannot_be_saved(tmp_path):
 @pytest.mark.parametrize("Est,y", [(RNNClassifier, [0, 1, 0]), (RNNRegressor, [0.0, 1.0, 2.0])])
 def test_empty_sequences_are_errors_naming_the_sample(Est, y):
     est = Est(embedding_dim=3, tokenizer="word", **SMALL)
-    with pytest.raises(ValueError, match=r"X\[1\] is an empty string"):
+    with pytest.raises(ValueError, match=r"X\[1\] is a zero-length sequence \(an empty string\)"):
         est.fit(["good", "", "bad"], y)
     with pytest.raises(ValueError, match=r"X\[2\] is a zero-length sequence"):
         est.fit([["good"], ["bad"], []], y)
