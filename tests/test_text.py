@@ -307,6 +307,8 @@ def test_one_to_many_classifier(tmp_path):
         est.predict(np.zeros((2, 1, 7)))
     with pytest.raises(TypeError, match="real numbers"):
         est.predict(["ab"])
+    with pytest.raises(TypeError, match=r"2-D float array.*X\[:, None, :\]"):
+        est.predict(X[:, 0, :])
     # a 2-D array is token ids, never one-step features
     tok = Seq2SeqClassifier(hidden_size=4, embedding_dim=2, max_iter=1, random_state=0)
     tok.fit(np.array([[1, 2], [2, 1]]), ["a", "b"])

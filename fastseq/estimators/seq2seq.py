@@ -309,6 +309,12 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+            raise TypeError(
+                f"X is a 2-D float array {X.shape}: {type(self).__name__} reads a 2-D array as "
+                "token ids. For one vector per sample (one to many) pass it as (n, 1, F): "
+                "X[:, None, :]; for series of vectors, a 3-D array (n, S, F) or a list of "
+                "(S_i, F) arrays")
         features = _is_feature_input(X) if reset else self.vocabulary_ is None
         if features:
             dtype = self._dtype if reset else self.model_.flat.dtype
