@@ -309,7 +309,7 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
-        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.size:
             raise TypeError(
                 f"X is a 2-D float array {X.shape}: {type(self).__name__} reads a 2-D array as "
                 "token ids. For one vector per sample (one to many) pass it as (n, 1, F): "
