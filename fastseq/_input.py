@@ -11,13 +11,15 @@ Accepted ``X`` (see DESIGN.md):
 - a list of 2-D arrays ``(T_i, F)`` of different lengths (1-D ``(T_i,)`` items
   count as univariate; a list of equal-length 1-D items is a 2-D array, a list
   of equal-length ``(T, F)`` items a 3-D one);
-- token sequences (lists of hashable tokens, or strings read as characters)
-  when the estimator embeds tokens.
+- token sequences (lists of int or str tokens, or raw strings cut by a
+  tokenizer: "char", "word" or a callable) when the estimator embeds tokens.
 
 Everything is checked here, in Python, before any compiled kernel runs.
 """
 
 import numbers
+import re
+from collections import Counter
 
 import numpy as np
 
@@ -27,6 +29,37 @@ from ._config import INDEX_DTYPE
 PAD_INDEX = 0
 UNKNOWN_INDEX = 1
 N_RESERVED = 2
+
+#: the "word" tokenizer's pattern, applied to ``str.lower()``: runs of word
+#: characters with an optional inner apostrophe ("don't", "it's"), or any one
+#: other non-space character (punctuation)
+WORD_PATTERN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+
+
+def char_tokenizer(text):
+    """``"abc"`` -> ``["a", "b", "c"]`` (the default: a string read as characters)."""
+    return list(text)
+
+
+def word_tokenizer(text):
+    """Lower-cased word tokens and punctuation: ``"It's GOOD!"`` ->
+    ``["it's", "good", "!"]`` (:data:`WORD_PATTERN`)."""
+    return WORD_PATTERN.findall(text.lower())
+
+
+#: the built-in tokenizers, by the name given as ``tokenizer``
+TOKENIZERS = {"char": char_tokenizer, "word": word_tokenizer}
+
+
+def resolve_tokenizer(tokenizer):
+    """The function of ``tokenizer`` ("char", "word" or a callable str -> list
+    of tokens); ValueError naming ``tokenizer`` for anything else."""
+    if callable(tokenizer):
+        return tokenizer
+    if isinstance(tokenizer, str) and tokenizer in TOKENIZERS:
+        return TOKENIZERS[tokenizer]
+    raise ValueError(f"tokenizer must be 'char', 'word' or a callable str -> list of tokens, "
+                     f"got {tokenizer!r}")
 
 
 # --------------------------------------------------------------------- checks
@@ -118,10 +151,12 @@ class Sequences:
         return X, lengths
 
 
-def check_sequences(X, *, dtype, tokens=False, name="X"):
+def check_sequences(X, *, dtype, tokens=False, name="X", tokenizer="char"):
     """Validate ``X`` in any accepted format; return :class:`Sequences` of raw
     values (token sequences are returned as lists of Python objects in
-    ``items`` with ``tokens=True``; encode them with a :class:`Vocabulary`)."""
+    ``items`` with ``tokens=True``; encode them with a :class:`Vocabulary`).
+    With ``tokens``, raw strings are cut by ``tokenizer`` ("char", "word" or a
+    callable); lists of tokens are taken as they are."""
     if X is None:
         raise ValueError(f"{name} is None; expected an array or a list of sequences")
     if isinstance(X, str):
@@ -130,7 +165,7 @@ def check_sequences(X, *, dtype, tokens=False, name="X"):
         raise TypeError(f"{name} is a sparse matrix/array: sparse input is not supported; "
                         "pass a dense array or a list of sequences")
     if tokens:
-        return _check_tokens(X, name)
+        return _check_tokens(X, name, tokenizer)
     if isinstance(X, np.ndarray) and X.dtype.kind == "O" and X.ndim >= 2:
         return _dense(_check_real(X, name, np.float64), name, dtype)
     if isinstance(X, np.ndarray) and X.dtype.kind != "O":
@@ -204,7 +239,10 @@ def _ragged(items, name, dtype):
     return Sequences(items=out)
 
 
-def _check_tokens(X, name):
+def _check_tokens(X, name, tokenizer="char"):
+    tokenize = resolve_tokenizer(tokenizer)
+    label = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "__name__",
+                                                                 type(tokenizer).__name__)
     if isinstance(X, np.ndarray) and X.ndim == 2 and len(X) and X.shape[1] == 0:
         raise ValueError(f"{name} has zero time steps: 0 feature(s) (shape={X.shape}) while a "
                          "minimum of 1 is required.")
@@ -216,8 +254,22 @@ def _check_tokens(X, name):
         raise ValueError(f"{name} is empty: at least one sequence is required")
     items = []
     for i, s in enumerate(X):
-        if isinstance(s, str):
-            seq = list(s)
+        cut = isinstance(s, str)
+        if cut:
+            if not s:
+                raise ValueError(f"{name}[{i}] is a zero-length sequence (an empty string); every "
+                                 "sequence needs >= 1 token (a recurrent network needs a step)")
+            seq = tokenize(s)
+            if not isinstance(seq, (list, tuple)):
+                raise TypeError(
+                    f"tokenizer {label!r} returned {type(seq).__name__} for {name}[{i}]; a "
+                    "tokenizer must return a list of tokens (ints or strings)")
+            seq = list(seq)
+            if len(seq) == 0:
+                raise ValueError(
+                    f"{name}[{i}] = {s[:40]!r} gives no tokens with tokenizer {label!r}; every "
+                    "sequence needs >= 1 token (a recurrent network needs at least one step): "
+                    "drop or fill such samples")
         elif isinstance(s, (list, tuple, np.ndarray)):
             seq = s.tolist() if isinstance(s, np.ndarray) else list(s)
         else:
@@ -229,16 +281,18 @@ def _check_tokens(X, name):
             raise ValueError(f"{name}[{i}] is a zero-length sequence; every sequence needs >= 1 token")
         for t in seq:
             if isinstance(t, (bool, np.bool_)) or not isinstance(t, (str, numbers.Integral)):
+                where = f" (from tokenizer {label!r})" if cut else ""
                 raise TypeError(
-                    f"{name}[{i}] holds {t!r} of type {type(t).__name__}; tokens must be ints or strings"
+                    f"{name}[{i}] holds {t!r} of type {type(t).__name__}{where}; tokens must "
+                    "be ints or strings"
                 )
         items.append([int(t) if isinstance(t, numbers.Integral) else t for t in seq])
     return Sequences(items=items, tokens=True)
 
 
 class Vocabulary:
-    """Token -> index map built at fit: 0 pads, 1 is every unseen token, known
-    tokens take 2.. in order of first appearance (deterministic)."""
+    """Token -> index map built at fit: 0 pads, 1 is every unseen (or cut)
+    token, kept tokens take 2.. in order of first appearance (deterministic)."""
 
     def __init__(self, tokens=()):
         self.index = {}
@@ -247,8 +301,38 @@ class Vocabulary:
                 self.index[t] = len(self.index) + N_RESERVED
 
     @classmethod
-    def build(cls, seqs):
-        return cls(t for s in seqs.items for t in s)
+    def build(cls, seqs, max_vocabulary=None, min_frequency=1):
+        """The vocabulary of raw token :class:`Sequences` ``seqs``.
+
+        Parameters
+        ----------
+        max_vocabulary : int or None
+            Size of the whole vocabulary, the :data:`N_RESERVED` reserved
+            indices (padding, unknown) included: at most ``max_vocabulary -
+            N_RESERVED`` tokens are kept, the most frequent ones (ties broken
+            by first appearance).  None: no cap.
+        min_frequency : int >= 1
+            Tokens seen fewer times are left out.
+
+        Tokens left out map to :data:`UNKNOWN_INDEX`, also at fit, so that the
+        unknown token's vector is trained on them.
+        """
+        if max_vocabulary is not None and int(max_vocabulary) <= N_RESERVED:
+            raise ValueError(
+                f"max_vocabulary={max_vocabulary} leaves no room for tokens: it counts the "
+                f"{N_RESERVED} reserved indices (padding, unknown) too, so it must be at least "
+                f"{N_RESERVED + 1} (or None for no cap)")
+        if int(min_frequency) < 1:
+            raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+        if max_vocabulary is None and min_frequency == 1:
+            return cls(t for s in seqs.items for t in s)
+        counts = Counter(t for s in seqs.items for t in s)  # insertion order = first appearance
+        first = {t: r for r, t in enumerate(counts)}
+        kept = [t for t, c in counts.items() if c >= min_frequency]
+        if max_vocabulary is not None and len(kept) > max_vocabulary - N_RESERVED:
+            kept.sort(key=lambda t: (-counts[t], first[t]))
+            kept = sorted(kept[:int(max_vocabulary) - N_RESERVED], key=first.__getitem__)
+        return cls(kept)
 
     def __len__(self):
         return len(self.index) + N_RESERVED

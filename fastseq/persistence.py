@@ -52,6 +52,12 @@ def save(est, path):
     """Write a fitted (or unfitted) estimator to ``path``."""
     params, dropped = {}, []
     for k, v in est.get_params(deep=False).items():
+        if callable(v):
+            raise TypeError(
+                f"cannot save {type(est).__name__} with {k}={v!r}: a callable cannot go in "
+                f"the save format (arrays plus JSON, which runs no code at load). Pickle or "
+                f"joblib the estimator instead (the callable must be picklable), or use a "
+                f"built-in {k}" + (" ('char' or 'word')" if k == "tokenizer" else ""))
         try:
             params[k] = _json_value(v)
         except TypeError:

@@ -56,16 +56,17 @@ loop is split into small named steps (``_init_training``, ``_run_epochs``,
 import numbers
 import time
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from .. import kernels as K
 from .._config import resolve_dtype
-from .._input import Vocabulary, check_sequences, iter_batches
+from .._input import TOKENIZERS, Vocabulary, check_sequences, iter_batches
 from .._threads import limit
 from ..network.recurrent import CELLS
 
@@ -139,11 +140,19 @@ class BaseRNN(BaseEstimator):
     recurrent_dropout : float in [0, 1), default 0
         Variational dropout on the recurrent state (one mask per sequence).
     embedding_dim : int or None, default None
-        When set, X holds token sequences (ints, or strings read as characters)
-        embedded by a learned table; the vocabulary is built at fit and unseen
-        tokens map to a reserved index.
-    pretrained_embeddings : dict token -> vector, optional
-        Initial vectors (length ``embedding_dim``) for the tokens they name.
+        When set, X holds token sequences (lists of ints or strings, or raw
+        strings cut by ``tokenizer``) embedded by a learned table; the
+        vocabulary is built at fit (see ``max_vocabulary``,
+        ``min_frequency``) and unseen tokens map to a reserved index.
+    pretrained_embeddings : dict token -> vector, or KeyedVectors-like, optional
+        Initial vectors (length ``embedding_dim``) for the tokens of the
+        vocabulary they name: a dict, or any object with gensim's
+        ``KeyedVectors`` interface (``__contains__``, ``get_vector`` or
+        ``__getitem__``, and ``vector_size``, checked against
+        ``embedding_dim``).  Only tokens kept in the vocabulary get one: a
+        token left out by ``max_vocabulary`` or ``min_frequency`` stays
+        unknown even when it has a pretrained vector.  Not stored by
+        ``save`` (it only initialises the fitted weights, which are).
     pooling : {"last", "mean", "max"}, default "last"
         Many-to-one estimators: read the last valid state of each sequence
         (both directions when bidirectional), or pool ``out`` over valid steps.
@@ -205,6 +214,23 @@ class BaseRNN(BaseEstimator):
         fixed thread count, and may differ in the last bits between counts:
         fix ``n_jobs`` for bit-identical results across machines.
     dtype : {"float32", "float64"}, default "float32"
+    tokenizer : {"char", "word"} or callable, default "char"
+        How a raw string of X is cut into tokens (when ``embedding_dim`` is
+        set; lists of tokens are used as given): "char" reads characters,
+        "word" lower-cases and takes words (an inner apostrophe kept) and
+        punctuation marks (:data:`fastseq._input.WORD_PATTERN`), a callable
+        maps a str to a list of int or str tokens.  A string that gives no
+        token is an error (a recurrent network needs one step).  A callable
+        pickles (when it is picklable) but cannot be saved by ``save``.
+    max_vocabulary : int or None, default None
+        Cap on the size of the vocabulary, the 2 reserved indices (padding,
+        unknown) included, i.e. the rows of the embedding table: the most
+        frequent ``max_vocabulary - 2`` tokens of the training data are kept
+        (ties broken by first appearance), so it must be at least 3.
+    min_frequency : int, default 1
+        Tokens seen fewer times in the training data are left out.  Tokens
+        left out map to the unknown index, also at fit, so its vector learns
+        what a rare token means.
     tbptt_steps : int or None, default None
         Truncated backpropagation through time: the state flows through each
         whole sequence, the gradient only within windows of this many steps,
@@ -257,7 +283,7 @@ class BaseRNN(BaseEstimator):
         "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "recurrent_dropout": [Interval(numbers.Real, 0, 1, closed="left")],
         "embedding_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "pretrained_embeddings": [dict, None],
+        "pretrained_embeddings": [Mapping, HasMethods(["__getitem__", "__contains__"]), None],
         "pooling": [StrOptions({"last", "mean", "max"})],
         "conv_filters": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
         "conv_kernel_size": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -285,6 +311,9 @@ class BaseRNN(BaseEstimator):
         "verbose": ["verbose"],
         "n_jobs": [numbers.Integral, None],
         "dtype": [StrOptions({"float32", "float64"})],
+        "tokenizer": [StrOptions(set(TOKENIZERS)), callable],
+        "max_vocabulary": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "min_frequency": [Interval(numbers.Integral, 1, None, closed="left")],
         "tbptt_steps": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
@@ -297,7 +326,8 @@ class BaseRNN(BaseEstimator):
                  clip_value=None, alpha=0.0, early_stopping=False, validation_fraction=0.1,
                  validation_holdout="random", n_iter_no_change=10, tol=1e-4, shuffle=True,
                  random_state=None, warm_start=False, verbose=False, n_jobs=None,
-                 dtype="float32", tbptt_steps=None):
+                 dtype="float32", tokenizer="char", max_vocabulary=None, min_frequency=1,
+                 tbptt_steps=None):
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -334,6 +364,9 @@ class BaseRNN(BaseEstimator):
         self.verbose = verbose
         self.n_jobs = n_jobs
         self.dtype = dtype
+        self.tokenizer = tokenizer
+        self.max_vocabulary = max_vocabulary
+        self.min_frequency = min_frequency
         self.tbptt_steps = tbptt_steps
 
     # ------------------------------------------------------------ sklearn API
@@ -662,11 +695,11 @@ class BaseRNN(BaseEstimator):
         when ``embedding_dim`` is set); set or check the fitted input shape."""
         tokens = self.embedding_dim is not None if reset else getattr(self, "vocabulary_", None) is not None
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype,
-                               tokens=tokens)
+                               tokens=tokens, tokenizer=self.tokenizer)
         self._check_conv_lengths(seqs, reset)
         if tokens:
             if reset:
-                self.vocabulary_ = Vocabulary.build(seqs)
+                self.vocabulary_ = self._build_vocabulary(seqs)
                 self._set_input_shape(X, seqs)
             return self.vocabulary_.encode(seqs)
         if reset:
@@ -675,6 +708,12 @@ class BaseRNN(BaseEstimator):
         else:
             self._check_input_shape(X, seqs)
         return seqs
+
+    def _build_vocabulary(self, seqs):
+        """The fitted vocabulary of raw token ``seqs`` (``max_vocabulary``,
+        ``min_frequency``)."""
+        return Vocabulary.build(seqs, max_vocabulary=self.max_vocabulary,
+                                min_frequency=self.min_frequency)
 
     def _set_input_shape(self, X, seqs):
         """At fit: ``n_features_in_`` (the width of a 2-D X, else the features
@@ -769,13 +808,23 @@ class BaseRNN(BaseEstimator):
     def _new_model(self, config, rng):
         from ._model import SequenceModel
         model = SequenceModel(config, rng)
-        if self.pretrained_embeddings and model.emb is not None:
+        pre = self.pretrained_embeddings
+        if pre is not None and model.emb is not None:
             W = model.emb.params["weight"]
-            for tok, vec in self.pretrained_embeddings.items():
-                i = self.vocabulary_.index.get(tok)
-                if i is None:
+            size = getattr(pre, "vector_size", None)
+            if not isinstance(pre, Mapping) and size is None:
+                raise ValueError(
+                    f"pretrained_embeddings must be a dict token -> vector or a KeyedVectors-"
+                    f"like object (with vector_size), got {type(pre).__name__}")
+            if not isinstance(pre, Mapping) and size != W.shape[1]:
+                raise ValueError(
+                    f"pretrained_embeddings has vector_size={size}, but embedding_dim="
+                    f"{W.shape[1]}: set embedding_dim to the vectors' size")
+            get = getattr(pre, "get_vector", None) if not isinstance(pre, Mapping) else None
+            for tok, i in self.vocabulary_.index.items():
+                if tok not in pre:
                     continue
-                vec = np.asarray(vec, dtype=W.dtype)
+                vec = np.asarray(get(tok) if get is not None else pre[tok], dtype=W.dtype)
                 if vec.shape != (W.shape[1],):
                     raise ValueError(
                         f"pretrained_embeddings[{tok!r}] must have length embedding_dim="

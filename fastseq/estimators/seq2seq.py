@@ -59,6 +59,24 @@ class _PairData:
         return Batch(X, lengths, (Y, y_len), idx)
 
 
+def _is_feature_input(X):
+    """True when X holds real-valued source features: a 3-D array
+    ``(n, S, F)`` (``(n, 1, F)`` for one-to-many) or a list of 2-D ``(S_i, F)``
+    arrays.  Anything else (strings, token lists, a 2-D array of token ids)
+    is read as token sequences."""
+    if isinstance(X, (list, tuple)):
+        if not X or isinstance(X[0], str):
+            return False
+        try:
+            return np.ndim(X[0]) == 2
+        except ValueError:  # a ragged nested list
+            return False
+    try:
+        return np.ndim(X) == 3
+    except ValueError:
+        return False
+
+
 class _Seq2SeqBase(BaseRNN):
     """Parameters shared by the two estimators (see :class:`Seq2SeqClassifier`)."""
 
@@ -83,7 +101,8 @@ class _Seq2SeqBase(BaseRNN):
                  clip_norm=5.0, clip_value=None, alpha=0.0, early_stopping=False,
                  validation_fraction=0.1, validation_holdout="random", n_iter_no_change=10,
                  tol=1e-4, shuffle=True, random_state=None, warm_start=False, verbose=False,
-                 n_jobs=None, dtype="float32"):
+                 n_jobs=None, dtype="float32", tokenizer="char", max_vocabulary=None,
+                 min_frequency=1):
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -125,6 +144,9 @@ class _Seq2SeqBase(BaseRNN):
         self.verbose = verbose
         self.n_jobs = n_jobs
         self.dtype = dtype
+        self.tokenizer = tokenizer
+        self.max_vocabulary = max_vocabulary
+        self.min_frequency = min_frequency
 
     def partial_fit(self, X, y):
         """One epoch over (X, y) from the current weights."""
@@ -200,12 +222,18 @@ _CHECKS_FITTING_ON_REAL_X = (
 @register
 class Seq2SeqClassifier(_Seq2SeqBase):
     """Sequence-to-token-sequence model with attention (translation,
-    normalisation).
+    normalisation, captioning).
 
-    X and y are token sequences: lists of hashable tokens, or strings read as
-    characters.  Begin and end tokens are handled internally; unseen source
-    tokens map to a reserved index.  Predictions are of the same kind as y
-    (strings when y held strings).
+    y holds token sequences: lists of int or str tokens, or strings read as
+    characters.  X holds either token sequences (lists of tokens, a 2-D array
+    of token ids, or raw strings cut by ``tokenizer``; unseen or capped-out
+    tokens map to a reserved index), or real-valued features: a 3-D array
+    ``(n, S, F)`` or a list of ``(S_i, F)`` arrays, fed to the encoder as
+    they are.  One-to-many (a sequence generated from one vector, as in image
+    captioning) is the 3-D form with one step: ``X`` of shape ``(n, 1, F)``
+    (a 2-D array is never read as features here: it holds token ids).  The
+    form is fixed at fit.  Begin and end tokens are handled internally.
+    Predictions are of the same kind as y (strings when y held strings).
 
     Parameters
     ----------
@@ -215,6 +243,10 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         starts from the encoder's final top-layer state(s).
     embedding_dim : int, default 32
         Size of the source and target token embeddings.
+    tokenizer, max_vocabulary, min_frequency :
+        The source side's (see ``BaseRNN``): how raw source strings are cut
+        and which source tokens are kept.  The targets are not cut: a target
+        string is read as characters, every target token is kept.
     attention : {"bahdanau", "luong", "dot", "cosine"} or None, default "bahdanau"
         Score of the attention (None: the context is the final encoder state).
     attention_units : int, optional
@@ -247,8 +279,8 @@ class Seq2SeqClassifier(_Seq2SeqBase):
     ----------
     classes_ : ndarray
         Target tokens, in index order.
-    vocabulary_ : Vocabulary
-        Source tokens.
+    vocabulary_ : Vocabulary or None
+        Source tokens (None after a fit on real-valued features).
         Target token ``classes_[i]`` has index ``i + 2`` (0 and 1 are the begin
         and end tokens).
     max_target_length_ : int
@@ -278,8 +310,9 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         """scikit-learn checks that cannot apply by design, check -> reason:
         every check that fits, since they all pass real-valued X."""
         tokens = ("X holds token sequences (strings, lists of tokens, or a 2-D integer array "
-                  "of token ids); the check's X is real-valued, which is refused with a "
-                  "TypeError (not tokens)")
+                  "of token ids) or real-valued features in 3-D (n, S, F) or ragged form; the "
+                  "check's X is a 2-D real-valued array, which is refused with a TypeError "
+                  "(not tokens)")
         failed = dict.fromkeys(_CHECKS_FITTING_ON_REAL_X, tokens)
         failed.update(
             check_complex_data=tokens + " before its values are looked at; the check "
@@ -295,10 +328,27 @@ class Seq2SeqClassifier(_Seq2SeqBase):
 
     # --------------------------------------------------------------- data
     def _check_X(self, X, reset):
-        seqs = check_sequences(X, dtype=None, tokens=True, name="X")
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f" and X.size:
+            raise TypeError(
+                f"X is a 2-D float array {X.shape}: {type(self).__name__} reads a 2-D array as "
+                "token ids. For one vector per sample (one to many) pass it as (n, 1, F): "
+                "X[:, None, :]; for series of vectors, a 3-D array (n, S, F) or a list of "
+                "(S_i, F) arrays")
+        features = _is_feature_input(X) if reset else self.vocabulary_ is None
+        if features:
+            dtype = self._dtype if reset else self.model_.flat.dtype
+            seqs = check_sequences(X, dtype=dtype, name="X")
+            if reset:
+                self.vocabulary_ = None
+                self._set_input_shape(X, seqs)
+            else:
+                self._check_input_shape(X, seqs)
+            self._check_conv_lengths(seqs, reset)
+            return seqs
+        seqs = check_sequences(X, dtype=None, tokens=True, name="X", tokenizer=self.tokenizer)
         self._check_conv_lengths(seqs, reset)
         if reset:
-            self.vocabulary_ = Vocabulary.build(seqs)
+            self.vocabulary_ = self._build_vocabulary(seqs)
             self._set_input_shape(X, seqs)
         return self.vocabulary_.encode(seqs)
 
@@ -336,8 +386,10 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         return Vocabulary(self.classes_.tolist())
 
     def _build_model(self, data, rng):
+        source = (dict(input_size=int(self.n_features_per_step_)) if self.vocabulary_ is None
+                  else dict(src_vocab=len(self.vocabulary_)))
         return Seq2Seq(len(self._target_vocabulary), outputs="tokens",
-                       src_vocab=len(self.vocabulary_), embedding_dim=int(self.embedding_dim),
+                       embedding_dim=int(self.embedding_dim), **source,
                        begin_index=BEGIN_INDEX, end_index=END_INDEX, random_state=rng,
                        **self._model_kwargs())
 
@@ -420,8 +472,14 @@ class Seq2SeqClassifier(_Seq2SeqBase):
         horizontal one.  Returns the matplotlib Figure."""
         if self.attention is None:
             raise ValueError("plot_attention needs attention (attention=None has none)")
-        pred, att = self.predict([x], return_attention=True)
-        xs = list(x)
+        if self.vocabulary_ is None:
+            x = np.asarray(x)
+            pred, att = self.predict([x], return_attention=True)
+            xs = list(range(len(x)))
+        else:
+            pred, att = self.predict([x], return_attention=True)
+            xs = list(x) if not isinstance(x, str) else check_sequences(
+                [x], dtype=None, tokens=True, tokenizer=self.tokenizer).items[0]
         ys = list(pred[0])
         ylabels = ys + (["<end>"] if len(att[0]) > len(ys) else [])
         return self._plot_matrix(att[0], xs, ylabels, ax, "attention")
@@ -433,12 +491,14 @@ class Seq2SeqRegressor(RegressorMixin, _Seq2SeqBase):
 
     X is (n, T_in, F), (n, T_in) (univariate series of one fixed length: the
     width is ``n_features_in_`` and must be the same after fit; give other
-    lengths as a list of (T_i, 1) arrays) or ragged; y is (n, T_out, k) (or
+    lengths as a list of (T_i, 1) arrays) or ragged; one-to-many (a sequence
+    generated from one vector) is X of shape (n, 1, F); y is (n, T_out, k) (or
     (n, T_out) for k = 1).  The decoder feeds back its own previous output (the true one
     while teacher forcing; at step 0 a zero vector, which is the mean of the
     internally standardised targets).  Predictions are (n, T_out, k) with
     T_out = ``max_output_length`` or the fitted one.  Parameters are those of
-    :class:`Seq2SeqClassifier` (``embedding_dim`` and beam search unused).
+    :class:`Seq2SeqClassifier` (``embedding_dim``, the tokenizer and vocabulary
+    caps, and beam search unused).
 
     Attributes
     ----------
