@@ -29,7 +29,7 @@ DBLSTM-CTC model on the CMU dictionary; as reported in Yao & Zweig 2015
 ("Sequence-to-sequence neural net models for grapheme-to-phoneme
 conversion") and Toshniwal & Livescu 2016 ("Jointly learning to align and
 convert graphemes to phonemes with neural attention models"), encoder-decoder
-models reach roughly 5-7 % PER and 21-29 % WER on the common CMUdict split
+models reach roughly 5-8 % PER and 21-29 % WER on the common CMUdict split
 (about 107k training and 12k test words, stress removed), the attention
 models at the low end.  Those models are larger (hundreds of units, several
 layers) and train for many more epochs than the default budget here.
