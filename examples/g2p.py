@@ -37,6 +37,13 @@ layers) and train for many more epochs than the default budget here.
 The training time, the epochs run and the test figures are printed; the
 attention heatmaps of a few held-out words are saved as one PNG.
 
+Budget: one epoch over all 105,744 training words took about 70 s on a
+2-vCPU AMD EPYC (znver4) at a load average near 2, so the default 15 epochs
+(early stopping may end sooner) take about 17 minutes.  The time per epoch is
+linear in ``--n-train``; the error rates fall with more words and epochs (4
+epochs on all words: PER 10.4 %, WER 40.3 %; 6 epochs on 20,000 words: PER
+13.5 %, WER 50.9 %).
+
 Run::
 
     python examples/g2p.py                      # all training words, full budget
