@@ -71,6 +71,16 @@ from .._threads import limit
 from ..network.recurrent import CELLS
 
 
+#: ``conv_filters="auto"``: the many-to-one estimators get a convolution front
+#: end of one layer of AUTO_CONV_FILTERS filters (kernel AUTO_CONV_KERNEL, max
+#: pooling AUTO_CONV_POOL) when the shortest real-valued training sequence has
+#: at least AUTO_CONV_MIN_STEPS steps (the evidence: bench/defaults.py)
+AUTO_CONV_MIN_STEPS = 32
+AUTO_CONV_FILTERS = (32,)
+AUTO_CONV_KERNEL = 7
+AUTO_CONV_POOL = 4
+
+
 class NumericalWarning(RuntimeWarning):
     """A non-finite loss or gradient: the update was skipped."""
 
@@ -127,7 +137,9 @@ class BaseRNN(BaseEstimator):
 
     Parameters
     ----------
-    cell : {"rnn", "lstm", "gru"}, default "lstm"
+    cell : {"rnn", "lstm", "gru"}, default "gru"
+        The GRU learned better than the LSTM on most small real sets
+        measured (``bench/defaults.py``); it is also the cheaper cell.
     hidden_size : int, default 64
         H, units per direction and layer.
     num_layers : int, default 1
@@ -156,17 +168,26 @@ class BaseRNN(BaseEstimator):
     pooling : {"last", "mean", "max"}, default "last"
         Many-to-one estimators: read the last valid state of each sequence
         (both directions when bidirectional), or pool ``out`` over valid steps.
-    conv_filters : int, tuple of int or None, default None
+    conv_filters : "auto", int, tuple of int or None, default "auto"
         A temporal convolution front end before the recurrent layer (a hybrid
         CNN + RNN): one 1-D convolution over time per entry, with that many
         filters, each followed by ReLU and max pooling of ``conv_pool`` steps
-        (see :mod:`fastseq.network.conv`).  None: no front end.
-    conv_kernel_size : int, default 3
+        (see :mod:`fastseq.network.conv`).  None: no front end.  "auto" (the
+        default) decides at the first fit, from the data: the many-to-one
+        estimators (``RNNClassifier``, ``RNNRegressor``) reading real-valued
+        sequences whose shortest has at least :data:`AUTO_CONV_MIN_STEPS`
+        steps get one layer of :data:`AUTO_CONV_FILTERS` filters; anything
+        else (shorter sequences, tokens, the per-step and sequence-output
+        estimators) none.  The evidence behind this rule is in
+        ``bench/defaults.py`` and the README's defaults table.
+    conv_kernel_size : "auto" or int, default "auto"
         Odd width K of every convolution; "same" zero padding at the ends of
         each sequence's own valid steps (a padded batch gives what each
-        sequence gives alone).
-    conv_pool : int, default 1
-        Max-pooling size and stride after each convolution (1: none).  Each
+        sequence gives alone).  "auto": 7 for the automatic front end, 3 for
+        filters given explicitly.
+    conv_pool : "auto" or int, default "auto"
+        Max-pooling size and stride after each convolution (1: none).  "auto":
+        4 for the automatic front end, 1 for filters given explicitly.  Each
         layer shortens a sequence of L steps to ``L // conv_pool``; a sequence
         shorter than ``conv_pool ** n_layers`` is refused with a ValueError.
         ``SequenceTagger`` (one label per step) refuses ``conv_pool > 1``.
@@ -175,7 +196,12 @@ class BaseRNN(BaseEstimator):
     momentum : float, default 0.9 (SGD)
     nesterovs_momentum : bool, default False (SGD)
     beta_1, beta_2, epsilon : float (Adam)
-    batch_size : int, default 32
+    batch_size : int or "auto", default "auto"
+        Sequences per update.  "auto": ``min(32, max(4, n_samples // 10))``,
+        so that a small training set still gets about ten updates per epoch
+        (a fixed 32 gives 50 series 2 updates an epoch and training stalls);
+        the rule follows Fawaz et al. (2019), who train FCN and ResNet on the
+        UCR archive with ``min(n_samples / 10, 16)``.
     max_iter : int, default 100
         Epochs.
     clip_norm : float or None, default 5.0
@@ -285,9 +311,11 @@ class BaseRNN(BaseEstimator):
         "embedding_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "pretrained_embeddings": [Mapping, HasMethods(["__getitem__", "__contains__"]), None],
         "pooling": [StrOptions({"last", "mean", "max"})],
-        "conv_filters": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None],
-        "conv_kernel_size": [Interval(numbers.Integral, 1, None, closed="left")],
-        "conv_pool": [Interval(numbers.Integral, 1, None, closed="left")],
+        "conv_filters": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None,
+                         StrOptions({"auto"})],
+        "conv_kernel_size": [Interval(numbers.Integral, 1, None, closed="left"),
+                             StrOptions({"auto"})],
+        "conv_pool": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "optimizer": [StrOptions({"adam", "sgd"})],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
@@ -295,7 +323,7 @@ class BaseRNN(BaseEstimator):
         "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
         "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
         "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "clip_value": [Interval(numbers.Real, 0, None, closed="neither"), None],
@@ -317,12 +345,12 @@ class BaseRNN(BaseEstimator):
         "tbptt_steps": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(self, *, cell="lstm", hidden_size=64, num_layers=1, bidirectional=False,
+    def __init__(self, *, cell="gru", hidden_size=64, num_layers=1, bidirectional=False,
                  nonlinearity="tanh", dropout=0.0, recurrent_dropout=0.0, embedding_dim=None,
-                 pretrained_embeddings=None, pooling="last", conv_filters=None,
-                 conv_kernel_size=3, conv_pool=1, optimizer="adam",
+                 pretrained_embeddings=None, pooling="last", conv_filters="auto",
+                 conv_kernel_size="auto", conv_pool="auto", optimizer="adam",
                  learning_rate=1e-3, momentum=0.9, nesterovs_momentum=False, beta_1=0.9,
-                 beta_2=0.999, epsilon=1e-8, batch_size=32, max_iter=100, clip_norm=5.0,
+                 beta_2=0.999, epsilon=1e-8, batch_size="auto", max_iter=100, clip_norm=5.0,
                  clip_value=None, alpha=0.0, early_stopping=False, validation_fraction=0.1,
                  validation_holdout="random", n_iter_no_change=10, tol=1e-4, shuffle=True,
                  random_state=None, warm_start=False, verbose=False, n_jobs=None,
@@ -498,7 +526,8 @@ class BaseRNN(BaseEstimator):
         norms = []
         model.train()
         try:
-            for idx in iter_batches(train.lengths, self.batch_size, self._rng, self.shuffle):
+            for idx in iter_batches(train.lengths, self._batch_size(train.n_samples), self._rng,
+                                    self.shuffle):
                 batch = train.batch(idx)
                 loss = self._train_batch(batch)
                 if loss is None:
@@ -602,7 +631,7 @@ class BaseRNN(BaseEstimator):
     def _evaluate(self, data):
         """Mean validation loss and validation score (higher is better)."""
         total = 0.0
-        for idx in iter_batches(data.lengths, max(self.batch_size, 256)):
+        for idx in iter_batches(data.lengths, self._inference_batch_size()):
             b = data.batch(idx)
             total += self.model_.loss(b) * b.size
         return total / data.n_samples, float(self._validation_score(data))
@@ -696,6 +725,8 @@ class BaseRNN(BaseEstimator):
         tokens = self.embedding_dim is not None if reset else getattr(self, "vocabulary_", None) is not None
         seqs = check_sequences(X, dtype=self._dtype if reset else self.model_.flat.dtype,
                                tokens=tokens, tokenizer=self.tokenizer)
+        if reset:
+            self._resolve_auto_conv(seqs, tokens)
         self._check_conv_lengths(seqs, reset)
         if tokens:
             if reset:
@@ -767,12 +798,44 @@ class BaseRNN(BaseEstimator):
             dtype=str(self._dtype), **self._conv_config())
         return cfg
 
+    def _batch_size(self, n_samples):
+        """Sequences per update for a training set of ``n_samples``."""
+        if isinstance(self.batch_size, str):  # "auto"
+            return int(min(32, max(4, n_samples // 10)))
+        return int(self.batch_size)
+
+    def _inference_batch_size(self, least=256):
+        """Sequences per call when predicting (larger than in training)."""
+        return least if isinstance(self.batch_size, str) else max(int(self.batch_size), least)
+
+    #: many-to-one estimators get the automatic convolution front end
+    _auto_front_end = False
+
+    def _resolve_auto_conv(self, seqs, tokens):
+        """Decide ``conv_filters="auto"`` from the training data (first fit)."""
+        self._auto_conv = bool(self._auto_front_end and not tokens
+                               and int(seqs.lengths.min()) >= AUTO_CONV_MIN_STEPS)
+
+    def _conv_params(self):
+        """(filters, kernel_size, pool) with "auto" resolved: None filters for
+        no front end."""
+        filters, k, p = self.conv_filters, self.conv_kernel_size, self.conv_pool
+        automatic = isinstance(filters, str)
+        if automatic:
+            filters = AUTO_CONV_FILTERS if getattr(self, "_auto_conv", False) else None
+        if isinstance(k, str):
+            k = AUTO_CONV_KERNEL if automatic else 3
+        if isinstance(p, str):
+            p = AUTO_CONV_POOL if automatic else 1
+        return filters, k, p
+
     def _conv_config(self):
         """The model's ``conv_*`` entries from the (validated) parameters."""
         from ..network.conv import check_conv_args
-        filters, k, p = check_conv_args(1 if self.conv_filters is None else self.conv_filters,
-                                        self.conv_kernel_size, self.conv_pool, prefix="conv_")
-        if self.conv_filters is None:
+        conv_filters, kernel, pool = self._conv_params()
+        filters, k, p = check_conv_args(1 if conv_filters is None else conv_filters,
+                                        kernel, pool, prefix="conv_")
+        if conv_filters is None:
             return dict(conv_filters=None, conv_kernel_size=3, conv_pool=1)
         return dict(conv_filters=list(filters), conv_kernel_size=k, conv_pool=p)
 
@@ -842,7 +905,7 @@ class BaseRNN(BaseEstimator):
         bit of float32)."""
         model = self.model_
         outs = [None] * seqs.n_samples
-        for idx in iter_batches(seqs.lengths, max(self.batch_size, 256)):
+        for idx in iter_batches(seqs.lengths, self._inference_batch_size()):
             X, lengths = seqs.pad(idx)
             res = model.predict_batch(X, lengths)
             for j, i in enumerate(idx):

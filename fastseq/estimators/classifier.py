@@ -67,6 +67,7 @@ class RNNClassifier(ClassifierMixin, BaseRNN):
     """
 
     _score_name = "accuracy"
+    _auto_front_end = True
 
     def partial_fit(self, X, y, classes=None):
         """One epoch over (X, y) from the current weights.  ``classes`` (all

@@ -45,6 +45,7 @@ class RNNRegressor(RegressorMixin, BaseRNN):
     """
 
     _score_name = "r2"
+    _auto_front_end = True
 
     def partial_fit(self, X, y):
         """One epoch over (X, y) from the current weights."""

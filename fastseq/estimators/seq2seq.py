@@ -97,7 +97,7 @@ class _Seq2SeqBase(BaseRNN):
                  attention="bahdanau", attention_units=None, decoder_cell=None, beam_width=1,
                  length_penalty=1.0, max_output_length=None, teacher_forcing=1.0,
                  conv_filters=None, conv_kernel_size=3, conv_pool=1, optimizer="adam", learning_rate=1e-3, momentum=0.9, nesterovs_momentum=False,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, batch_size=32, max_iter=100,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, batch_size="auto", max_iter=100,
                  clip_norm=5.0, clip_value=None, alpha=0.0, early_stopping=False,
                  validation_fraction=0.1, validation_holdout="random", n_iter_no_change=10,
                  tol=1e-4, shuffle=True, random_state=None, warm_start=False, verbose=False,
@@ -180,7 +180,7 @@ class _Seq2SeqBase(BaseRNN):
         """Apply ``fn(X, lengths) -> per-sample list`` over length-sorted batches;
         results in input order."""
         outs = [None] * seqs.n_samples
-        for idx in iter_batches(seqs.lengths, max(int(self.batch_size), 64)):
+        for idx in iter_batches(seqs.lengths, self._inference_batch_size(64)):
             X, lengths = seqs.pad(idx)
             for j, r in zip(idx, fn(X, lengths)):
                 outs[j] = r
