@@ -292,16 +292,16 @@ def test_conv_token_classifier():
     texts = ["abcabca", "cbaa", "aaabcc", "bcbcbcbcb", "caab", "bbbb", "abcab", "cccac"]
     y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
     clf = fit(small(RNNClassifier, cell="gru", embedding_dim=4, pooling="max",
-                    conv_filters=[5], conv_kernel_size=3, conv_pool=2), texts, y, scale=2.0)
+                    conv_filters=[5, 3], conv_kernel_size=3, conv_pool=2), texts, y, scale=2.0)
     model = fastseq.to_onnx(clf)
-    check_conv_graph(model, 1, 2)
-    new = ["abzab", "zzzz", "cabcabcabc"]
+    check_conv_graph(model, 2, 2)
+    new = ["abzab", "zzzz", "cabcabcabcab", "bcaaaa"]
     Xp, lengths = encode(clf, new)
     label, proba = session(model).run(None, {"X": Xp, "lengths": lengths})
     np.testing.assert_allclose(proba, clf.predict_proba(new), rtol=0, atol=ATOL)
     np.testing.assert_array_equal(label, clf.predict(new))
-    with pytest.raises(ValueError, match="at least 2 steps"):
-        encode(clf, ["a"])  # pooled length 0: refused, as predict refuses it
+    with pytest.raises(ValueError, match="at least 4 steps"):
+        encode(clf, ["abc"])  # pooled length 0: refused, as predict refuses it
 
 
 # ------------------------------------------------------------------- errors
@@ -415,3 +415,26 @@ def test_bench_onnx_export_runs_one_tiny_case(monkeypatch, tmp_path, capsys):
     row = json.loads(out.read_text())["rows"][0]
     assert row["max_abs_diff"] < ATOL and row["ort"] > 0 and row["fastseq"] > 0
     assert "CPU:" in capsys.readouterr().out
+
+
+def test_skl2onnx_pipeline_with_conv_front_end():
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fastseq.onnx import register_skl2onnx
+    register_skl2onnx()
+    rng = np.random.default_rng(6)
+    X = (1.0 + 2.0 * rng.standard_normal((10, 11))).astype(np.float32)  # (N, T) univariate
+    y = np.array([0, 1] * 5)
+    pipe = make_pipeline(StandardScaler(),
+                         small(RNNClassifier, cell="lstm", pooling="mean", conv_filters=[4, 3],
+                               conv_kernel_size=5, conv_pool=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.fit(X, y)
+    pipe[-1].model_.flat[...] *= np.float32(2.5)
+    model = skl2onnx.to_onnx(pipe, X[:1], options={RNNClassifier: {"zipmap": False}})
+    label, proba = session(model).run(None, {model.graph.input[0].name: X})
+    np.testing.assert_allclose(proba, pipe.predict_proba(X), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(label, pipe.predict(X))
