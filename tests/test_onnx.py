@@ -275,7 +275,7 @@ def test_conv_tagger_pool1_matches_predict_proba(filters, kernel):
     X = seqs()
     y = [np.arange(len(s)) % 3 for s in X]
     tag = fit(small(SequenceTagger, cell="lstm", bidirectional=True, conv_filters=filters,
-                    conv_kernel_size=kernel), X, y)
+                    conv_kernel_size=kernel, conv_pool=1), X, y)
     model = fastseq.to_onnx(tag)
     check_conv_graph(model, len(filters), 1)
     Xp, lengths = padded(tag, X)
