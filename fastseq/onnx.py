@@ -18,6 +18,17 @@ ONNX Runtime runs them on the CPU):
   (regressor); ``probabilities`` ``(N, T, C)`` float32 (tagger; zero at
   padded steps).
 
+A convolution front end (``conv_filters``, see :mod:`fastseq.network.conv`)
+becomes, per layer, ``Conv`` ("same" zero padding of ``K // 2`` steps each
+side) + ``Relu`` + ``MaxPool`` (kernel and stride ``conv_pool``, floor)
+over ``(N, F, T)``; the steps at and past each sequence's valid length are
+set to zero (``Where``) before every ``Conv``, so that its padding reads
+zeros exactly as fastseq's per-sequence "same" padding does, and the valid
+lengths become ``lengths // conv_pool`` after each layer: the recurrent
+operators' ``sequence_lens``, the mean / max readouts and the tagger's mask
+use those pooled lengths.  Each ``lengths[b]`` must then be at least
+``conv_pool ** n_layers`` (as ``predict`` requires; :func:`encode` checks).
+
 The weights are float32 (a float64 estimator is exported in float32).
 Dropout is the identity at inference and is left out.  Gate orders differ
 from PyTorch's (and fastseq's): ONNX LSTM is (i, o, f, c) against (i, f, g,
@@ -38,7 +49,8 @@ ONNX_GATE_ORDER = {"rnn": (0,), "lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
 #: model configuration keys the export understands (anything else: refused)
 _KNOWN_CONFIG = {"n_features", "vocab_size", "embedding_dim", "cell", "hidden_size",
                  "num_layers", "bidirectional", "nonlinearity", "dropout",
-                 "recurrent_dropout", "pooling", "n_outputs", "loss", "dtype"}
+                 "recurrent_dropout", "pooling", "n_outputs", "loss", "dtype",
+                 "conv_filters", "conv_kernel_size", "conv_pool"}
 
 
 def _onnx():
@@ -58,6 +70,7 @@ class _Spec:
     def __init__(self, est):
         from .estimators import RNNClassifier, RNNRegressor, SequenceTagger
         from .estimators._model import SequenceModel
+        from .network.conv import ConvStack
         from .network.recurrent import Recurrent
 
         name = type(est).__name__
@@ -100,6 +113,20 @@ class _Spec:
         f32 = np.float32
         self.embedding = (model.emb.params["weight"].astype(f32) if self.tokens else None)
         self.layers = [self._layer(rnn, k) for k in range(self.L)]
+        self.conv = []  # [(W (C, F, K), bias (C,))] float32, one per conv layer
+        self.conv_kernel_size = self.conv_pool = 1
+        conv = getattr(model, "conv", None)
+        if (conv is None) != (c.get("conv_filters") is None) or not (
+                conv is None or type(conv) is ConvStack):
+            raise NotImplementedError(
+                f"to_onnx: {name} has a convolution front end the export does not know "
+                f"(conv_filters={c.get('conv_filters')!r}, layer "
+                f"{type(conv).__name__})")
+        if conv is not None:
+            self.conv_kernel_size, self.conv_pool = int(conv.kernel_size), int(conv.pool)
+            self.conv = [(np.ascontiguousarray(conv.params[f"weight_l{l}"], dtype=f32),
+                          conv.params[f"bias_l{l}"].astype(f32))
+                         for l in range(conv.num_layers)]
         self.head_w = model.head.params["weight"].astype(f32)  # (V, D*H)
         self.head_b = model.head.params["bias"].astype(f32)
         self.n_outputs = self.head_w.shape[0]
@@ -109,7 +136,8 @@ class _Spec:
             self.y_shape = tuple(int(s) for s in est.y_shape_)
             self.y_scale = np.asarray(est.y_scale_, dtype=f32)
             self.y_mean = np.asarray(est.y_mean_, dtype=f32)
-        for arr in [self.head_w, self.head_b] + [a for l in self.layers for a in l]:
+        for arr in ([self.head_w, self.head_b] + [a for l in self.layers for a in l]
+                    + [a for l in self.conv for a in l]):
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"to_onnx: {name} has non-finite weights (or weights that "
                                  "overflow float32)")
@@ -204,13 +232,54 @@ class _SklGraph(_Graph):
 
 
 # ------------------------------------------------------------------ the graph
+def _steps_valid(g, lengths, x, axis, lengths_axis):
+    """Bool mask of ``x``'s steps (its dimension ``axis``) before ``lengths``:
+    steps on dimension 0 and ``lengths`` on ``lengths_axis`` of a 2-D
+    result, ``(T, N)`` or ``(N, T)``."""
+    T = g.op("Gather", g.op("Shape", x), g.const("axis", np.array(axis, dtype=np.int64)),
+             axis=0)
+    steps = g.op("Range", g.const("zero", np.array(0, dtype=np.int64)), T,
+                 g.const("one", np.array(1, dtype=np.int64)))  # (T,)
+    if lengths_axis == 1:  # (T, N)
+        return g.op("Less", g.op("Unsqueeze", steps, g.axes([1])),
+                    g.op("Unsqueeze", lengths, g.axes([0])))
+    return g.op("Less", g.op("Unsqueeze", steps, g.axes([0])),
+                g.op("Unsqueeze", lengths, g.axes([1])))  # (N, T)
+
+
+def _conv_front(g, spec, X, lengths):
+    """The convolution front end on ``X`` (N, T, F): returns its output
+    (N, T2, C) and the pooled ``lengths`` (N,) int64.  Before every ``Conv``
+    the steps at and past each sequence's current valid length are set to
+    zero (``Where``: NaN padding cannot leak), so the "same" padding reads
+    zeros past each sequence's own end as fastseq's does (a layer's output
+    there is not zero: a window of zeros gives ReLU(bias))."""
+    K, p = spec.conv_kernel_size, spec.conv_pool
+    zero = g.const("zerof", np.array(0, dtype=np.float32))
+    x = g.op("Transpose", X, perm=[0, 2, 1])  # (N, F, T)
+    for l, (W, b) in enumerate(spec.conv):
+        valid = g.op("Unsqueeze", _steps_valid(g, lengths, x, 2, 0), g.axes([1]))  # (N, 1, T)
+        x = g.op("Where", valid, x, zero)
+        x = g.op("Conv", x, g.const(f"conv_W{l}", W), g.const(f"conv_b{l}", b),
+                 kernel_shape=[K], pads=[K // 2, K // 2], strides=[1], dilations=[1],
+                 group=1)
+        x = g.op("Relu", x)
+        if p > 1:
+            x = g.op("MaxPool", x, kernel_shape=[p], strides=[p], pads=[0, 0], ceil_mode=0)
+            lengths = g.op("Div", lengths, g.const("pool", np.array(p, dtype=np.int64)))
+    return g.op("Transpose", x, perm=[0, 2, 1]), lengths  # (N, T2, C)
+
+
 def _encoder(g, spec, X, lengths):
     """Encoder outputs: ``out`` (T, N, D*H) (zero past each length), ``h_last``
     (N, D*H) (the top layer's state at each sequence's last step, [forward,
-    reverse]), ``mask`` (T, N, 1) bool (valid steps)."""
+    reverse]), ``mask`` (T, N, 1) bool (valid steps) and ``lengths`` (N,)
+    int64, the valid lengths after the convolution front end's pooling."""
     TP = g.onnx.TensorProto
     if spec.tokens:
         X = g.op("Gather", g.const("embedding", spec.embedding), X, axis=0)  # (N, T, E)
+    if spec.conv:
+        X, lengths = _conv_front(g, spec, X, lengths)
     x = g.op("Transpose", X, perm=[1, 0, 2])  # (T, N, F)
     seq_lens = g.op("Cast", lengths, to=TP.INT32)
     op = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[spec.cell]
@@ -231,13 +300,8 @@ def _encoder(g, spec, X, lengths):
                      g.const("shape", np.array([0, 0, -1], dtype=np.int64)))
     h_last = g.op("Reshape", g.op("Transpose", y_h, perm=[1, 0, 2]),
                   g.const("shape", np.array([0, -1], dtype=np.int64)))
-    T = g.op("Gather", g.op("Shape", x), g.const("zero", np.array(0, dtype=np.int64)), axis=0)
-    steps = g.op("Range", g.const("zero", np.array(0, dtype=np.int64)), T,
-                 g.const("one", np.array(1, dtype=np.int64)))  # (T,)
-    valid = g.op("Less", g.op("Unsqueeze", steps, g.axes([1])),
-                 g.op("Unsqueeze", lengths, g.axes([0])))  # (T, N)
-    mask = g.op("Unsqueeze", valid, g.axes([2]))  # (T, N, 1)
-    return x, h_last, mask
+    mask = g.op("Unsqueeze", _steps_valid(g, lengths, x, 0, 1), g.axes([2]))  # (T, N, 1)
+    return x, h_last, mask, lengths
 
 
 def _pooled(g, spec, out, h_last, mask, lengths):
@@ -259,7 +323,7 @@ def _pooled(g, spec, out, h_last, mask, lengths):
 def _emit(g, spec, X, lengths, names):
     """Every node from ``X``, ``lengths`` to the outputs named ``names`` (a dict
     of output -> graph name)."""
-    out, h_last, mask = _encoder(g, spec, X, lengths)
+    out, h_last, mask, lengths = _encoder(g, spec, X, lengths)
     W, b = g.const("head_W", spec.head_w.T.copy()), g.const("head_b", spec.head_b)
     if spec.task == "tagger":
         logits = g.op("Add", g.op("MatMul", out, W), b)  # (T, N, C)
@@ -314,7 +378,7 @@ def to_onnx(estimator, opset=None):
     ----------
     estimator : fitted RNNClassifier, RNNRegressor or SequenceTagger
         Any cell, stacked, bidirectional, any pooling, with or without a token
-        embedding.
+        embedding and a convolution front end (``conv_filters``).
     opset : int, optional
         ONNX opset (default :data:`DEFAULT_OPSET`, at least :data:`MIN_OPSET`).
 
@@ -323,7 +387,8 @@ def to_onnx(estimator, opset=None):
     onnx.ModelProto
         Inputs ``X`` float32 ``(N, T, F)`` (token estimators: int64 ``(N, T)``
         vocabulary indices, see :func:`encode`) and ``lengths`` int64 ``(N,)``
-        (each in 1..T), N and T dynamic.  Outputs: ``label`` ``(N,)`` (the
+        (each in 1..T, and at least ``conv_pool ** n_conv_layers`` with a
+        pooling front end), N and T dynamic.  Outputs: ``label`` ``(N,)`` (the
         values of ``classes_``) and ``probabilities`` float32 ``(N, C)``
         (classifier); ``prediction`` float32 of ``predict``'s shape
         (regressor); ``probabilities`` float32 ``(N, T, C)``, zero at padded

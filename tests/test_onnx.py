@@ -196,6 +196,114 @@ def test_token_classifier_and_encode():
     np.testing.assert_array_equal(label, clf.predict(new))
 
 
+# --------------------------------------------------------- conv front end
+def conv_lengths(pool, n_layers):
+    """Ragged lengths, each at least pool ** n_layers, whose pooled lengths
+    differ across the batch (and from the padded T's)."""
+    need = pool ** n_layers
+    return [need + d for d in (0, 1, 2, 5, 8, 3, 11, 4)]
+
+
+def check_conv_graph(model, n_layers, pool):
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == n_layers
+    assert ops.count("MaxPool") == (n_layers if pool > 1 else 0)
+    # padding zeroed before every Conv (the first one against NaN padding)
+    assert ops.count("Where") >= n_layers
+
+
+@pytest.mark.parametrize("filters,kernel,pool,cell,bidirectional,pooling", [
+    ([4], 3, 1, "gru", False, "last"),
+    ([4], 5, 2, "lstm", True, "mean"),
+    ([4], 3, 3, "rnn", True, "max"),
+    ([4, 3], 3, 2, "gru", True, "last"),
+    ([4, 3], 5, 1, "lstm", False, "max"),
+    ([3, 4], 3, 3, "gru", False, "mean"),
+    ([4, 3], 5, 2, "rnn", False, "last"),
+    ([4, 3], 3, 2, "lstm", True, "max"),
+])
+def test_conv_classifier_matches_predict_proba(filters, kernel, pool, cell, bidirectional,
+                                               pooling):
+    X = seqs(lengths=conv_lengths(pool, len(filters)), seed=7)
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    clf = fit(small(RNNClassifier, cell=cell, bidirectional=bidirectional, pooling=pooling,
+                    conv_filters=filters, conv_kernel_size=kernel, conv_pool=pool), X, y)
+    model = fastseq.to_onnx(clf)
+    check_conv_graph(model, len(filters), pool)
+    Xp, lengths = padded(clf, X)
+    pooled = clf.model_.output_lengths(lengths)
+    assert len(set(pooled.tolist())) > 1  # ragged after pooling too
+    label, proba = session(model).run(None, {"X": Xp, "lengths": lengths})
+    want = clf.predict_proba(X)
+    assert np.ptp(want) > 0.2
+    np.testing.assert_allclose(proba, want, rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(label, clf.predict(X))
+
+
+def test_conv_dynamic_batch_length_and_opset13():
+    """One session over batches of other sizes and T, with sequences whose
+    pooled length is 1 beside long ones (T // pool ** 2 much larger)."""
+    clf = fit(small(RNNClassifier, cell="gru", bidirectional=True, pooling="mean",
+                    conv_filters=[3, 4], conv_kernel_size=3, conv_pool=2),
+              seqs(lengths=conv_lengths(2, 2)), np.array([0, 1] * 4))
+    sess = session(fastseq.to_onnx(clf, opset=13))
+    for lengths in ([4], [23, 5], [4, 7, 8, 31, 4, 9, 12, 4, 6]):
+        X = seqs(lengths=lengths, seed=len(lengths))
+        Xp, ln = padded(clf, X)
+        _, proba = sess.run(None, {"X": Xp, "lengths": ln})
+        np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("cell,pooling,pool", [("lstm", "last", 2), ("gru", "max", 3)])
+def test_conv_regressor_matches_predict(cell, pooling, pool):
+    X = seqs(lengths=conv_lengths(pool, 2), seed=8)
+    rng = np.random.default_rng(4)
+    y = 50.0 + 20.0 * rng.standard_normal((len(X), 2))
+    reg = fit(small(RNNRegressor, cell=cell, pooling=pooling, bidirectional=True,
+                    conv_filters=[4, 3], conv_kernel_size=5, conv_pool=pool), X, y)
+    model = fastseq.to_onnx(reg)
+    check_conv_graph(model, 2, pool)
+    Xp, lengths = padded(reg, X)
+    (pred,) = session(model).run(None, {"X": Xp, "lengths": lengths})
+    want = reg.predict(X)
+    assert pred.shape == want.shape == (len(X), 2)
+    np.testing.assert_allclose(pred, want, rtol=1e-6, atol=ATOL * np.abs(want).max())
+
+
+@pytest.mark.parametrize("filters,kernel", [([4], 5), ([4, 3], 3)])
+def test_conv_tagger_pool1_matches_predict_proba(filters, kernel):
+    X = seqs()
+    y = [np.arange(len(s)) % 3 for s in X]
+    tag = fit(small(SequenceTagger, cell="lstm", bidirectional=True, conv_filters=filters,
+                    conv_kernel_size=kernel, conv_pool=1), X, y)
+    model = fastseq.to_onnx(tag)
+    check_conv_graph(model, len(filters), 1)
+    Xp, lengths = padded(tag, X)
+    (proba,) = session(model).run(None, {"X": Xp, "lengths": lengths})
+    assert proba.shape == (len(X), max(LENGTHS), 3)
+    for b, want in enumerate(tag.predict_proba(X)):
+        n = lengths[b]
+        np.testing.assert_allclose(proba[b, :n], want, rtol=0, atol=ATOL)
+        assert np.all(proba[b, n:] == 0)
+
+
+def test_conv_token_classifier():
+    """Embedding, then the convolution front end, then the recurrent layer."""
+    texts = ["abcabca", "cbaa", "aaabcc", "bcbcbcbcb", "caab", "bbbb", "abcab", "cccac"]
+    y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    clf = fit(small(RNNClassifier, cell="gru", embedding_dim=4, pooling="max",
+                    conv_filters=[5, 3], conv_kernel_size=3, conv_pool=2), texts, y, scale=2.0)
+    model = fastseq.to_onnx(clf)
+    check_conv_graph(model, 2, 2)
+    new = ["abzab", "zzzz", "cabcabcabcab", "bcaaaa"]
+    Xp, lengths = encode(clf, new)
+    label, proba = session(model).run(None, {"X": Xp, "lengths": lengths})
+    np.testing.assert_allclose(proba, clf.predict_proba(new), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(label, clf.predict(new))
+    with pytest.raises(ValueError, match="at least 4 steps"):
+        encode(clf, ["abc"])  # pooled length 0: refused, as predict refuses it
+
+
 # ------------------------------------------------------------------- errors
 def test_unfitted_raises_not_fitted():
     for cls in (RNNClassifier, RNNRegressor, SequenceTagger):
@@ -214,10 +322,14 @@ def test_unsupported_estimators_and_options_are_named():
     with pytest.raises(TypeError, match="LogisticRegression"):
         fastseq.to_onnx(LogisticRegression())
     clf = fit(small(RNNClassifier), seqs(), np.array([0, 1] * 4))
-    clf.model_.config["conv_kernel"] = 3  # a front end the export does not know
-    with pytest.raises(NotImplementedError, match="conv_kernel"):
+    clf.model_.config["attention_heads"] = 3  # an option the export does not know
+    with pytest.raises(NotImplementedError, match="attention_heads"):
         fastseq.to_onnx(clf)
-    del clf.model_.config["conv_kernel"]
+    del clf.model_.config["attention_heads"]
+    clf.model_.config["conv_filters"] = "auto"  # unresolved: the model has no conv layer
+    with pytest.raises(NotImplementedError, match="convolution front end"):
+        fastseq.to_onnx(clf)
+    clf.model_.config["conv_filters"] = None
     clf.classes_ = np.array([(1, 2), "a"], dtype=object)
     with pytest.raises(NotImplementedError, match="class labels"):
         fastseq.to_onnx(clf)
@@ -303,3 +415,26 @@ def test_bench_onnx_export_runs_one_tiny_case(monkeypatch, tmp_path, capsys):
     row = json.loads(out.read_text())["rows"][0]
     assert row["max_abs_diff"] < ATOL and row["ort"] > 0 and row["fastseq"] > 0
     assert "CPU:" in capsys.readouterr().out
+
+
+def test_skl2onnx_pipeline_with_conv_front_end():
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fastseq.onnx import register_skl2onnx
+    register_skl2onnx()
+    rng = np.random.default_rng(6)
+    X = (1.0 + 2.0 * rng.standard_normal((10, 11))).astype(np.float32)  # (N, T) univariate
+    y = np.array([0, 1] * 5)
+    pipe = make_pipeline(StandardScaler(),
+                         small(RNNClassifier, cell="lstm", pooling="mean", conv_filters=[4, 3],
+                               conv_kernel_size=5, conv_pool=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe.fit(X, y)
+    pipe[-1].model_.flat[...] *= np.float32(2.5)
+    model = skl2onnx.to_onnx(pipe, X[:1], options={RNNClassifier: {"zipmap": False}})
+    label, proba = session(model).run(None, {model.graph.input[0].name: X})
+    np.testing.assert_allclose(proba, pipe.predict_proba(X), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(label, pipe.predict(X))
