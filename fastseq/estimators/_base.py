@@ -73,8 +73,9 @@ from ..network.recurrent import CELLS
 
 #: ``conv_filters="auto"``: the many-to-one estimators get a convolution front
 #: end of one layer of AUTO_CONV_FILTERS filters (kernel AUTO_CONV_KERNEL, max
-#: pooling AUTO_CONV_POOL) when the shortest real-valued training sequence has
-#: at least AUTO_CONV_MIN_STEPS steps (the evidence: bench/defaults.py)
+#: pooling AUTO_CONV_POOL) when the real-valued training sequences have a
+#: median length of at least AUTO_CONV_MIN_STEPS steps and none is shorter than
+#: the pooling (the evidence: bench/defaults.py)
 AUTO_CONV_MIN_STEPS = 32
 AUTO_CONV_FILTERS = (32,)
 AUTO_CONV_KERNEL = 7
@@ -175,10 +176,12 @@ class BaseRNN(BaseEstimator):
         (see :mod:`fastseq.network.conv`).  None: no front end.  "auto" (the
         default) decides at the first fit, from the data: the many-to-one
         estimators (``RNNClassifier``, ``RNNRegressor``) reading real-valued
-        sequences whose shortest has at least :data:`AUTO_CONV_MIN_STEPS`
-        steps get one layer of :data:`AUTO_CONV_FILTERS` filters; anything
-        else (shorter sequences, tokens, the per-step and sequence-output
-        estimators) none.  The evidence behind this rule is in
+        sequences of a median length of at least :data:`AUTO_CONV_MIN_STEPS`
+        steps (and every one at least :data:`AUTO_CONV_POOL`) get one layer
+        of :data:`AUTO_CONV_FILTERS` filters; anything else (shorter
+        sequences, tokens, the per-step and sequence-output estimators)
+        none.  A model fitted with that front end refuses sequences shorter
+        than its pooling (4 steps) at predict.  The evidence behind this rule is in
         ``bench/defaults.py`` and the README's defaults table.
     conv_kernel_size : "auto" or int, default "auto"
         Odd width K of every convolution; "same" zero padding at the ends of
@@ -813,8 +816,10 @@ class BaseRNN(BaseEstimator):
 
     def _resolve_auto_conv(self, seqs, tokens):
         """Decide ``conv_filters="auto"`` from the training data (first fit)."""
+        lengths = seqs.lengths
         self._auto_conv = bool(self._auto_front_end and not tokens
-                               and int(seqs.lengths.min()) >= AUTO_CONV_MIN_STEPS)
+                               and np.median(lengths) >= AUTO_CONV_MIN_STEPS
+                               and int(lengths.min()) >= AUTO_CONV_POOL)
 
     def _conv_params(self):
         """(filters, kernel_size, pool) with "auto" resolved: None filters for

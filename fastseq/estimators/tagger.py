@@ -81,10 +81,11 @@ class SequenceTagger(BaseRNN):
         return Dataset(seqs, codes, y_pad=0)
 
     def _build_model(self, data, rng):
-        if self.conv_filters is not None and self.conv_pool != 1:
+        filters, _, pool = self._conv_params()  # "auto" resolved
+        if filters is not None and pool != 1:
             raise ValueError(
                 f"SequenceTagger predicts one label per input step, so its convolution front "
-                f"end cannot pool: conv_pool must be 1, got {self.conv_pool}")
+                f"end cannot pool: conv_pool must be 1, got {pool}")
         return self._new_model(self._model_config(len(self.classes_), "softmax", "sequence"), rng)
 
     def _validation_score(self, data):
