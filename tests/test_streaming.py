@@ -250,3 +250,24 @@ def test_stream_through_a_pipelines_per_step_transformers():
     for a, b in [(0, 3), (3, 9), (9, 20)]:
         out, state = model[-1].predict_proba_stream(model[:-1].transform([x[a:b] for x in X]), state)
     np.testing.assert_allclose(out, model.predict_proba(X), rtol=0, atol=1e-12)
+
+
+def test_convolution_front_end_is_refused_clearly_and_default_models_stream():
+    """A conv front end reads steps ahead ("same" padding) and groups steps
+    (pooling): streaming and truncation refuse it by name; a model of the
+    default configuration (front end "auto", resolved to none on short
+    series) streams."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 40, 2))
+    y = np.arange(12) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        conv = RNNClassifier(conv_filters=4, max_iter=1, random_state=0).fit(X, y)
+        plain = RNNClassifier(max_iter=1, random_state=0).fit(X[:, :20], y)
+    with pytest.raises(ValueError, match="predict_stream needs a model without a convolution"):
+        conv.predict_stream(X[:, :5])
+    with pytest.raises(ValueError, match="tbptt_steps needs a model without a convolution"):
+        RNNClassifier(conv_filters=4, tbptt_steps=10, max_iter=1).fit(X, y)
+    labels, state = plain.predict_stream(X[:, :20])
+    assert labels.shape == (12,) and state.n_streams == 12
+    assert (labels == plain.predict(X[:, :20])).all()
