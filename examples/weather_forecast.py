@@ -82,7 +82,7 @@ def make_model(name, hidden_size, max_iter, learning_rate, batch_size, random_st
                   clip_norm=1.0)
     if name == "seq2seq":
         return Seq2SeqRegressor(cell="gru", attention="bahdanau", teacher_forcing=0.5, **common)
-    return RNNRegressor(cell=name, **common)
+    return RNNRegressor(cell=name, conv_filters=None, **common)  # the course: plain RNN / LSTM / GRU
 
 
 def mse(pred, y):

@@ -119,7 +119,7 @@ def make_model(name, hidden_size, max_iter, learning_rate, batch_size, random_st
                   clip_norm=1.0)
     if name == "seq2seq":
         return Seq2SeqRegressor(cell="gru", attention="luong", teacher_forcing=0.5, **common)
-    return RNNRegressor(cell=name, **common)
+    return RNNRegressor(cell=name, conv_filters=None, **common)  # the course: plain RNN / LSTM / GRU
 
 
 def main(horizons=(24, 48, 72), input_steps=48, models=MODELS, hidden_size=32, max_iter=20,
