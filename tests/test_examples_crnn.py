@@ -86,6 +86,17 @@ def test_digit_columns_crop_scale_and_min_width(mod, splits):
     cols = mod.digit_columns(thin, rng)
     assert cols.shape == (mod.MIN_WIDTH, 28) and cols.max() == 1.0
     assert mod.digit_columns(thin, rng, crop=False).shape[0] >= round(0.8 * 28)
+    # no crop, no stretch, no shift: the image's columns as they are
+    assert np.array_equal(mod.digit_columns(img, rng, scale=(1, 1), crop=False, max_shift=0),
+                          img.T)
+    # a shift moves the rows (features) by at most max_shift, blank rows enter
+    rows = set()
+    for _ in range(30):
+        cols = mod.digit_columns(thin, rng, scale=(1, 1), max_shift=2)
+        ink_rows = np.flatnonzero(cols.max(axis=0) > 0)
+        assert len(ink_rows) == 15 and abs(ink_rows[0] - 5) <= 2
+        rows.add(int(ink_rows[0]))
+    assert len(rows) > 1
 
 
 def test_tiny_fit_runs(mod, tmp_path):
