@@ -48,10 +48,10 @@ CER 0.0407, exact lines 0.7970, early stopping after 31 epochs, fit 203 s
 and without dropout and the row shift, gave CER 0.043-0.048 and exact
 lines 0.77-0.79: the score moves by about half a point with the settings
 and the run.  Those runs printed their test scores, so the test lines
-were not untouched by the (small) choice of settings between them.  The errors in the picture are misread digits
-(a 2 read as 3; 82 read as 97), not lost or doubled ones: with 3,600
-training images, recognising each digit is the likely limit (not
-measured further).
+were not untouched by the (small) choice of settings between them.  The
+errors in the picture are misread digits (a 2 read as 3; 82 read as 97),
+not lost or doubled ones: with 3,600 training images, recognising each
+digit is the likely limit (not measured further).
 """
 
 import argparse
