@@ -240,6 +240,20 @@ def test_conv_classifier_matches_predict_proba(filters, kernel, pool, cell, bidi
     np.testing.assert_array_equal(label, clf.predict(X))
 
 
+def test_default_front_end_exports():
+    """The default ``conv_filters="auto"`` on long series resolves to a front
+    end at fit; the exported graph carries it."""
+    X = seqs(lengths=[40, 36, 52, 33, 61, 45, 38, 50], seed=11)
+    y = np.array([0, 1] * 4)
+    clf = fit(RNNClassifier(hidden_size=5, max_iter=1, random_state=0), X, y)
+    assert clf.model_.config["conv_filters"] == [32]
+    model = fastseq.to_onnx(clf)
+    check_conv_graph(model, 1, 4)
+    Xp, lengths = padded(clf, X)
+    _, proba = session(model).run(None, {"X": Xp, "lengths": lengths})
+    np.testing.assert_allclose(proba, clf.predict_proba(X), rtol=0, atol=ATOL)
+
+
 def test_conv_dynamic_batch_length_and_opset13():
     """One session over batches of other sizes and T, with sequences whose
     pooled length is 1 beside long ones (T // pool ** 2 much larger)."""
