@@ -322,7 +322,8 @@ def test_verbose_progress_summary_and_plot(tmp_path, capsys):
     assert "epoch 1/3" in err and "loss" in err and "seq/s" in err and "val_accuracy" in err
     clf.summary()
     out = capsys.readouterr().out
-    assert "Bidirectional LSTM" in out and f"Total params: {clf.model_.flat.size:,}" in out
+    assert f"Bidirectional {clf.cell.upper()}" in out  # the default cell
+    assert f"Total params: {clf.model_.flat.size:,}" in out
     assert "Dense" in out
     fig = clf.plot_history()
     fig.savefig(tmp_path / "h.png")
@@ -631,9 +632,9 @@ def test_fit_and_predict_from_two_threads():
         assert_allclose(r, ref, rtol=1e-6)
 
 
-def _child(est, X, q):
+def _child(est, X, y, q):
     q.put(est.predict_proba(X).tolist())
-    est.fit(X, est.predict(X))
+    est.fit(X, y)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
@@ -642,7 +643,7 @@ def test_predict_and_fit_in_forked_child_after_fit():
     clf = RNNClassifier(**SMALL).fit(X, y)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(clf, X, q))
+    p = ctx.Process(target=_child, args=(clf, X, y, q))
     p.start()
     p.join(timeout=120)
     if p.is_alive():
