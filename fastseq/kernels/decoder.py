@@ -35,9 +35,14 @@ embedding.
 
 Cell codes: :data:`CELL_CODES`.  The per-step cell math is that of the packed
 sequence kernels (their row functions ``cell_forward``, ``gru_cell`` and
-``rnn_cell`` of :mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``); the forward
-step's products use weights packed once per decoding (1-row products of a
-768 x 256 weight: 10 against 14-16 us unpacked, and 2x from 4 rows on).
+``rnn_cell`` of :mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``, and the
+backward's ``cell_backward`` and the GRU's and RNN's row loops written out);
+the forward step's products use weights packed once per decoding (1-row
+products of a 768 x 256 weight: 10 against 14-16 us unpacked, and 2x from 4
+rows on), the backward's once per call (the sequence backward kernels, called
+for one step at a time, packed nothing: 183 against 60 us for the GRU step of
+B=64, Q=128).  The feed gradients are one product after the backward loop
+unless a vector model fed its own outputs back (then they flow into the loop).
 """
 
 import numpy as np
