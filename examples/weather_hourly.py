@@ -32,9 +32,10 @@ scored):
   multi-horizon (the whole horizon from the last state, y (n, horizon, 6));
 - ``seq2seq``: :class:`fastseq.Seq2SeqRegressor` (GRU encoder-decoder,
   Luong's "general" multiplicative attention, scheduled sampling
-  ``teacher_forcing=0.5``).  Not Bahdanau's additive score: it evaluates a
-  tanh layer for every (output step, input step) pair, which made this model
-  about 8 times slower to train here (48 hours in, 48 out) than Luong's.
+  ``teacher_forcing=0.5``).  Bahdanau's additive score evaluates a tanh
+  layer for every (output step, input step) pair: about 1.4 times Luong's
+  training time here (48 hours in, 48 out, one thread; it was 6-8 times
+  before its tanh was vectorised).
 
 The table gives, per horizon, the validation and test MSE in standardised
 units (averaged over steps and the six columns) and the test MSE per column

@@ -92,6 +92,46 @@ def test_gradcheck_scheduled_sampling(outputs):
     assert_gradcheck(m, X, lengths, Y, y_len, use_truth)
 
 
+def test_gradcheck_relu_rnn_decoder():
+    rng = np.random.default_rng(5)
+    m = make_model("dot", cell="rnn", nonlinearity="relu")
+    assert_gradcheck(m, *make_batch(rng, m))
+
+
+@pytest.mark.parametrize("outputs,cell,attention,teacher", [
+    ("tokens", "gru", "bahdanau", True), ("tokens", "lstm", "luong", True),
+    ("vectors", "gru", "bahdanau", False), ("vectors", "rnn", "cosine", False),
+])
+def test_float32_loss_and_gradient_match_float64(outputs, cell, attention, teacher):
+    """The float32 kernels (weights packed once per call, the cells' rational
+    tanh, products after the loop) against the float64 ones with the same
+    parameters.  Q = 40 and B = 6 run the packed products' strips, tiles and
+    remainders; ``teacher`` False feeds some outputs back (for vectors, the
+    gradient through the fed-back output runs inside the loop)."""
+    rng = np.random.default_rng(6)
+    kw = dict(embedding_dim=5, cell=cell, hidden_size=20, bidirectional=True,
+              attention=attention, attention_units=24, random_state=1, src_vocab=9)
+    m64 = Seq2Seq(7, outputs=outputs, dtype="float64", **kw)
+    m32 = Seq2Seq(7, outputs=outputs, dtype="float32", **kw)
+    m32.flat[...] = m64.flat
+    B, S, T = 6, 7, 5
+    X = rng.integers(0, 9, (B, S))
+    lengths = np.array([7, 3, 5, 1, 6, 7])
+    Y = (rng.integers(0, 7, (B, T)) if outputs == "tokens"
+         else rng.standard_normal((B, T, 7)))
+    y_len = np.array([5, 2, 4, 1, 5, 3])
+    use_truth = np.ones((T, B), dtype=np.int64)
+    if not teacher:
+        use_truth[1:] = rng.integers(0, 2, (T - 1, B))
+    l64 = m64.forward_loss(X, lengths, Y, y_len, use_truth)
+    g64 = m64.backward()
+    l32 = m32.forward_loss(X, lengths, Y.astype(np.float32) if outputs == "vectors" else Y,
+                           y_len, use_truth)
+    g32 = m32.backward()
+    assert abs(l32 - l64) <= 1e-4 * abs(l64)
+    assert np.abs(g32 - g64).max() <= 1e-3 * np.abs(g64).max()
+
+
 def test_fixed_cosine_sharpness_has_no_parameter():
     a = make_model("cosine")
     b = make_model("cosine", cosine_sharpness=4.0)

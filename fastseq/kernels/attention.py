@@ -39,6 +39,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from .activations import tanh
 
 BAHDANAU = 0
 LUONG = 1
@@ -58,12 +59,17 @@ def _scores(kind, q, qp, keys_b, L, att, out_e):
     v = att[1]
     g = att[2][0]
     K = keys_b.shape[1]
+    z = keys_b.dtype.type(0)
     if kind == BAHDANAU:
+        # accumulated in the arrays' dtype with the package's tanh (a rational
+        # form for float32): the loop over u vectorises (np.tanh and a float64
+        # accumulator kept it scalar libm calls, ~16 ns a term)
         U = qp.shape[0]
         for s in range(L):
-            acc = 0.0
+            kr = keys_b[s]
+            acc = z
             for u in range(U):
-                acc += v[u] * np.tanh(keys_b[s, u] + qp[u])
+                acc += v[u] * tanh(kr[u] + qp[u])
             out_e[s] = acc
     elif kind == COSINE:
         nq = 0.0
@@ -79,9 +85,10 @@ def _scores(kind, q, qp, keys_b, L, att, out_e):
             out_e[s] = g * dot / (nq * np.sqrt(nk + COSINE_EPS))
     else:
         for s in range(L):
-            acc = 0.0
+            kr = keys_b[s]
+            acc = z
             for j in range(K):
-                acc += q[j] * keys_b[s, j]
+                acc += q[j] * kr[j]
             out_e[s] = acc
 
 
@@ -164,43 +171,47 @@ def attention_backward(kind, d_ctx, query, keys, mem, src_len, att, weights, gra
     U = v.shape[0]
     g = gv[0]
     da = np.empty(S, dtype=mem.dtype)
+    one = mem.dtype.type(1)
     qp = np.zeros((B, U), dtype=mem.dtype)
     if kind == BAHDANAU:
         np.dot(query, w2_t, qp)
-    dqp = np.zeros(U, dtype=mem.dtype)
+    # Bahdanau: the projected query's gradient of every row, then its share
+    # of d_query as one product after the loop over the batch
+    dqp_all = np.zeros((B, U), dtype=mem.dtype)
+    z = mem.dtype.type(0)
     for b in range(B):
         L = src_len[b]
         # context: ctx = sum_s a_s h_s
-        ssum = 0.0
+        ssum = z
+        dcb = d_ctx[b]
         for s in range(L):
-            acc = 0.0
+            acc = z
             a = weights[b, s]
+            mr = mem[b, s]
+            dm = d_mem[b, s]
             for j in range(A):
-                acc += d_ctx[b, j] * mem[b, s, j]
-                d_mem[b, s, j] += a * d_ctx[b, j]
+                acc += dcb[j] * mr[j]
+                dm[j] += a * dcb[j]
             da[s] = acc
             ssum += a * acc
         # softmax: d e_s = a_s (d a_s - sum a d a)
         for s in range(L):
             da[s] = weights[b, s] * (da[s] - ssum)
         if kind == BAHDANAU:
-            for u in range(U):
-                dqp[u] = 0.0
+            dqp = dqp_all[b]
+            qb = qp[b]
             for s in range(L):
                 de = da[s]
+                kr = keys[b, s]
+                dk = d_keys[b, s]
                 for u in range(U):
-                    th = np.tanh(keys[b, s, u] + qp[b, u])
+                    th = tanh(kr[u] + qb[u])
                     d_v[u] += de * th
-                    dpre = de * v[u] * (1.0 - th * th)
-                    d_keys[b, s, u] += dpre
+                    dpre = de * v[u] * (one - th * th)
+                    dk[u] += dpre
                     dqp[u] += dpre
             for u in range(U):
                 d_qp[b, u] += dqp[u]
-            for i in range(Q):
-                acc = 0.0
-                for u in range(U):
-                    acc += w2_t[i, u] * dqp[u]
-                d_query[b, i] += acc
         elif kind == COSINE:
             nq2 = 0.0
             for j in range(K):
@@ -227,3 +238,9 @@ def attention_backward(kind, d_ctx, query, keys, mem, src_len, att, weights, gra
                 for j in range(K):
                     d_query[b, j] += de * keys[b, s, j]
                     d_keys[b, s, j] += de * query[b, j]
+    if kind == BAHDANAU:
+        dq = np.empty((B, Q), dtype=mem.dtype)
+        np.dot(dqp_all, w2_t.T, dq)
+        for b in range(B):
+            for i in range(Q):
+                d_query[b, i] += dq[b, i]

@@ -35,9 +35,14 @@ embedding.
 
 Cell codes: :data:`CELL_CODES`.  The per-step cell math is that of the packed
 sequence kernels (their row functions ``cell_forward``, ``gru_cell`` and
-``rnn_cell`` of :mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``); the forward
-step's products use weights packed once per decoding (1-row products of a
-768 x 256 weight: 10 against 14-16 us unpacked, and 2x from 4 rows on).
+``rnn_cell`` of :mod:`fastseq.kernels.lstm`, ``gru``, ``rnn``, and the
+backward's ``cell_backward`` and the GRU's and RNN's row loops written out);
+the forward step's products use weights packed once per decoding (1-row
+products of a 768 x 256 weight: 10 against 14-16 us unpacked, and 2x from 4
+rows on), the backward's once per call (the sequence backward kernels, called
+for one step at a time, packed nothing: 183 against 60 us for the GRU step of
+B=64, Q=128).  The feed gradients are one product after the backward loop
+unless a vector model fed its own outputs back (then they flow into the loop).
 """
 
 import numpy as np
@@ -45,10 +50,10 @@ from numba import njit
 
 from .._config import JIT
 from .attention import BAHDANAU, NONE, attention_backward, attention_forward
-from .gru import gru_cell, gru_sequence_backward
-from .lstm import cell_forward, lstm_sequence_backward
-from .matmul import packed_matmul, step_matmul
-from .rnn import rnn_cell, rnn_sequence_backward
+from .gru import gru_cell
+from .lstm import cell_backward, cell_forward
+from .matmul import pack_weight, packed_matmul
+from .rnn import rnn_cell
 
 RNN_TANH = 0
 RNN_RELU = 1
@@ -240,26 +245,41 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
     d_x, d_h, d_feed, d_s0, d_c0, d_keys, d_mem, d_qp, d_v, d_g = grads
     T, B, Q = d_x.shape[0], s.shape[1], s.shape[2]
     A = mem.shape[2]
+    V = d_o.shape[2]
     before = kind == BAHDANAU or kind == NONE
     dt = mem.dtype
+    one = dt.type(1)
+    zero = dt.type(0)
     d_keys[...] = 0.0
     d_mem[...] = 0.0
     d_v[...] = 0.0
     d_g[...] = 0.0
+    # every product of the loop through weights packed once per call (the
+    # sequence kernels, called for one step at a time, packed nothing and
+    # fell back to plain dot products: 3x slower for the recurrent product)
+    wp_e = pack_weight(w_e_t)
+    wp_c = pack_weight(w_c_t)
+    wp_hh = pack_weight(w_hh_t)
+    wp_os = pack_weight(w_os_t)
+    wp_oc = pack_weight(w_oc_t)
     ds = np.zeros((B, Q), dtype=dt)
     dc = np.zeros((B, Q), dtype=dt)
-    dh_prev = np.empty((B, Q), dtype=dt)
+    carry = np.zeros((B, Q), dtype=dt)
+    no_dh = np.zeros(Q, dtype=dt)
     d_ctx = np.empty((B, A), dtype=dt)
     d_ctx_next = np.zeros((B, A), dtype=dt)
     d_ctx_in = np.empty((B, A), dtype=dt)
     tmp_q = np.empty((B, Q), dtype=dt)
-    bs = np.full(1, B, dtype=np.int64)
-    no_mask = np.empty((0, Q), dtype=dt)
+    own_vectors = False
+    for t in range(1, T):
+        for b in range(B):
+            if fed[t, b] == FED_OWN_VECTOR:
+                own_vectors = True
     for t in range(T - 1, -1, -1):
         d_qp[t, :, :] = 0.0
         # output layer: o_t = W_os s_t + W_oc ctx_t + b
-        step_matmul(d_o[t], w_oc_t, d_ctx)
-        step_matmul(d_o[t], w_os_t, tmp_q)
+        packed_matmul(d_o[t], w_oc_t, wp_oc, d_ctx)
+        packed_matmul(d_o[t], w_os_t, wp_os, tmp_q)
         for b in range(B):
             for j in range(A):
                 d_ctx[b, j] += d_ctx_next[b, j]
@@ -269,27 +289,66 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
         if not before:
             attention_backward(kind, d_ctx, s[t + 1], keys, mem, src_len, att, weights[t],
                                grads_att)
-        # the cell: ds is the gradient with respect to s_t
-        dh_prev[...] = 0.0
+        # the cell (the sequence kernels' row arithmetic): ds is the gradient
+        # with respect to s_t; gate gradients into d_x[t] (input side) and
+        # d_h[t] (recurrent side), then ds <- carry + d_h[t] @ W_hh
+        dxt = d_x[t]
+        dht = d_h[t]
         if cell == LSTM:
-            lstm_sequence_backward(ds, w_hh_t, c[t], c[t + 1], gates[t], bs, no_mask,
-                                   dh_prev, dc, d_x[t])
-            d_h[t, :, :] = d_x[t]
+            for b in range(B):
+                cell_backward(gates[t, b], dxt[b], c[t + 1, b], ds[b], c[t, b], no_dh, dc[b],
+                              Q, 0, Q, one)
+            dht[:, :] = dxt
         elif cell == GRU:
-            gru_sequence_backward(ds, w_hh_t, s[t], s[t + 1], gates[t], bs, no_mask,
-                                  dh_prev, d_x[t], d_h[t])
+            for b in range(B):
+                g = gates[t, b]
+                hpr = s[t, b]
+                dor = ds[b]
+                dgx = dxt[b]
+                dgh = dht[b]
+                cb = carry[b]
+                for j in range(Q):
+                    gr = g[j]
+                    gz = g[Q + j]
+                    gn = g[2 * Q + j]
+                    a = g[3 * Q + j]
+                    dh = dor[j]
+                    dn = dh * (one - gz) * (one - gn * gn)
+                    dz = dh * (hpr[j] - gn) * gz * (one - gz)
+                    dr = dn * a * gr * (one - gr)
+                    dgx[j] = dr
+                    dgx[Q + j] = dz
+                    dgx[2 * Q + j] = dn
+                    dgh[j] = dr
+                    dgh[Q + j] = dz
+                    dgh[2 * Q + j] = dn * gr
+                    cb[j] = dh * gz
         else:
-            rnn_sequence_backward(ds, w_hh_t, s[t + 1], bs, no_mask, 1 if cell == RNN_RELU else 0,
-                                  dh_prev, d_x[t])
-            d_h[t, :, :] = d_x[t]
-        step_matmul(d_x[t], w_e_t, d_feed[t])
-        step_matmul(d_x[t], w_c_t, d_ctx_in)
-        if t > 0:
+            for b in range(B):
+                hr = s[t + 1, b]
+                dor = ds[b]
+                dg = dxt[b]
+                if cell == RNN_RELU:
+                    for j in range(Q):
+                        dg[j] = dor[j] if hr[j] > zero else zero
+                else:
+                    for j in range(Q):
+                        h = hr[j]
+                        dg[j] = dor[j] * (one - h * h)
+            dht[:, :] = dxt
+        packed_matmul(dht, w_hh_t, wp_hh, ds)
+        if cell == GRU:
+            for b in range(B):
+                for j in range(Q):
+                    ds[b, j] += carry[b, j]
+        if own_vectors:
+            packed_matmul(dxt, w_e_t, wp_e, d_feed[t])
+        packed_matmul(dxt, w_c_t, wp_c, d_ctx_in)
+        if t > 0 and own_vectors:
             for b in range(B):
                 if fed[t, b] == FED_OWN_VECTOR:
-                    for j in range(d_o.shape[2]):
+                    for j in range(V):
                         d_o[t - 1, b, j] += d_feed[t, b, j]
-        ds[...] = dh_prev
         if before:
             for b in range(B):
                 for j in range(A):
@@ -298,5 +357,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
                                (ds, d_keys, d_mem, d_qp[t], d_v, d_g))
         else:
             d_ctx_next[...] = d_ctx_in
+    if not own_vectors:
+        # no feed gradient flows back into the loop: one product for all steps
+        np.dot(d_x.reshape(T * B, d_x.shape[2]), w_e_t.T, d_feed.reshape(T * B, d_feed.shape[2]))
     d_s0[...] = ds
     d_c0[...] = dc

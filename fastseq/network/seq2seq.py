@@ -504,7 +504,9 @@ class Seq2Seq:
             d_out = np.zeros((B, enc._cache["T"], A), dt)
         else:
             d_out = d_mem
-        dX, _ = enc.backward(d_out, d_hn, d_cn, out=g["encoder"])
+        # raw features straight into the encoder need no input gradient
+        dX, _ = enc.backward(d_out, d_hn, d_cn, out=g["encoder"],
+                             need_input_grad=self.src_vocab is not None or self.conv is not None)
         if self.conv is not None:
             dX, _ = self.conv.backward(dX, st["conv"], out=g["conv"],
                                        need_input_grad=self.src_vocab is not None)
