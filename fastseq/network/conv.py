@@ -29,7 +29,9 @@ from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import writable
 from .._threads import _on_pool, blas_single_thread, get_num_threads
 from .._validation import check_lengths, check_positive_int
-from ..kernels.conv import conv_pack, conv_relu_pool, conv_relu_pool_backward, conv_unpack
+from ..kernels.conv import (CHUNK_ROWS, conv_forward, conv_pack, conv_pack_weight,
+                            conv_relu_pool_backward, conv_unpack, strips)
+from ..kernels.matmul import STRIP_BYTES
 from ._flat import layout_size
 
 #: bytes of packed rows and their products per block of sequences (half of a
@@ -255,26 +257,24 @@ class ConvStack:
     def _layer_forward(self, l, x, lengths, need_grad):
         B, Tl, Fl = x.shape
         K, p, C, dt = self.kernel_size, self.pool, self.filters[l], self.dtype
-        W, bias = self._gemm[l], self.params[f"bias_l{l}"]
+        bias = self.params[f"bias_l{l}"]
         out = np.empty((B, Tl // p, C), dtype=dt)
         arg = np.empty(out.shape if need_grad and p > 1 else (0, 0, 0), dtype=INDEX_DTYPE)
-        blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C))
+        S = strips(C, dt.itemsize)
+        SW = STRIP_BYTES // dt.itemsize
+        wp = np.empty((S, K * Fl, SW), dtype=dt)
+        conv_pack_weight(self._gemm[l], wp)
+        rows = max(1, CHUNK_ROWS // p) * p
+        groups = [(b, b + 1) for b in range(B)]
 
         def run(i, j):
-            rows = max(int(lengths[b0:b1].sum()) for b0, b1 in blocks[i:j])
-            cols_buf = np.empty(rows * K * Fl, dtype=dt)
-            z_buf = np.empty(rows * C, dtype=dt)
-            for b0, b1 in blocks[i:j]:
-                L = lengths[b0:b1]
-                off = _offsets(L)
-                N = int(L.sum())
-                cols = cols_buf[:N * K * Fl].reshape(N, K * Fl)
-                z = z_buf[:N * C].reshape(N, C)
-                conv_pack(x[b0:b1], L, off, K, cols)
-                np.matmul(cols, W.T, out=z)
-                conv_relu_pool(z, bias, L, off, p, out[b0:b1], arg[b0:b1])
+            work = np.empty((rows, S * SW), dtype=dt)
+            edge = np.empty(max(1, K - 1) * K * Fl, dtype=dt)
+            conv_forward(x, lengths, K, wp, bias, p, i, j, work, edge, out, arg)
 
-        self._on_threads(blocks, int(lengths.sum()) * K * Fl * C, run)
+        self._on_threads(groups, int(lengths.sum()) * K * Fl * C, run)
+        # the backward pass packs blocks of whole sequences
+        blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C)) if need_grad else None
         return out, arg, blocks
 
     # ------------------------------------------------------------ backward
