@@ -1,6 +1,9 @@
-"""Temporal convolution front end: packing, bias + ReLU + max pooling, and
-their backward passes.  The matrix products between them are the caller's
-(one BLAS gemm each, see :class:`fastseq.network.conv.ConvStack`).
+"""Temporal convolution front end: the fused forward pass
+(:func:`conv_forward`: convolution, bias, ReLU and max pooling in one kernel,
+register tiles over views of the input), and for the backward pass packing,
+routing through the pooling and unpacking, with the matrix products between
+them the caller's (one BLAS gemm each, see
+:class:`fastseq.network.conv.ConvStack`).
 
 Glossary as in :mod:`fastseq.kernels.lstm`, plus K kernel size (odd),
 P = (K - 1) // 2 the steps on each side, C filters (output channels),
@@ -12,8 +15,9 @@ Layout
 Unlike the recurrent kernels, these run **batch-first**: ``x`` (B, T, F) as
 the recurrent layer's API takes it.  A convolution reads neighbours along
 time, so batch-first makes the window of step t of sequence b one
-contiguous run ``x[b, t-P : t+P+1, :]`` of K*F values: packing is K short
-copies per row.  Only valid steps are packed: row ``offsets[b] + t`` of
+contiguous run ``x[b, t-P : t+P+1, :]`` of K*F values: the forward pass
+reads the rows of the product straight from ``x`` (overlapping rows of
+stride F), and packing for the backward pass is K short copies per row.  Only valid steps are packed: row ``offsets[b] + t`` of
 ``cols`` (N, K*F) is step t < L_b of sequence b (``offsets`` is the
 exclusive cumulative sum of ``lengths``), so the gemm never touches
 padding.

@@ -13,14 +13,19 @@ steps are never read.  A sequence whose pooled length would reach 0 is an
 error (``ValueError``, before any kernel runs): a stack of n layers with pool
 p needs at least ``p ** n`` steps (:meth:`ConvStack.min_length`).
 
-The convolution is a gemm over the valid steps only: the kernels pack each
-step's window into a row of ``cols`` (N, K*F), ``cols @ Wm.T`` runs in BLAS
-(single-threaded), and one pass adds the bias, applies ReLU and pools.  This
-runs on blocks of whole sequences of about :data:`BLOCK_BYTES`, so that each
-block's rows stay in cache from packing to pooling, and memory holds one
-block's rows, not the batch's (the backward pass packs them again rather than
-keeping them).  Blocks go to fastseq's threads
-(:func:`fastseq._threads.get_num_threads`) when the call is large enough.
+The forward pass is one compiled kernel per group of sequences
+(:func:`fastseq.kernels.conv.conv_forward`): the window of each step is a
+contiguous run of the batch-first input, so register tiles read the rows of
+the product straight from ``x`` (only the steps within K // 2 of an end are
+packed, with zeros), for chunks of steps whose products stay in cache while
+one pass adds the bias, applies ReLU and pools; only the steps the pooling
+keeps are computed.  The backward pass is a gemm over the valid steps: the
+kernels pack each step's window into a row of ``cols`` (N, K*F), and the
+products run in BLAS (single-threaded), on blocks of whole sequences of about
+:data:`BLOCK_BYTES`, so that each block's rows stay in cache, and memory holds
+one block's rows, not the batch's.  Sequences (forward) and blocks (backward)
+go to fastseq's threads (:func:`fastseq._threads.get_num_threads`) when the
+call is large enough.
 """
 
 import numpy as np
