@@ -492,6 +492,9 @@ def test_blocks_and_threads_give_the_same_result(rng, monkeypatch):
     assert len(cache[0][4]) == 1
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 8)
     monkeypatch.setattr(conv_mod, "MIN_SPLIT_WORK", 0)
+    from fastseq import _plan
+    monkeypatch.setattr(_plan.current(), "split_min_work", 1)
+    monkeypatch.setattr(_plan.current(), "min_split_rows", 1)
     with limit(2):
         out2, ol2, cache2 = cs.forward(X, lengths)
         dX2, grad2 = cs.backward(R, cache2)

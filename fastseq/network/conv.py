@@ -32,7 +32,7 @@ import numpy as np
 
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import writable
-from .._threads import _on_pool, blas_single_thread, get_num_threads
+from .._threads import _on_pool, _split_threads, blas_single_thread, get_num_threads
 from .._validation import check_lengths, check_positive_int
 from ..kernels.conv import (CHUNK_ROWS, conv_forward, conv_pack, conv_pack_weight,
                             conv_relu_pool_backward, conv_unpack, strips)
@@ -204,13 +204,16 @@ class ConvStack:
         return bounds
 
     @staticmethod
-    def _on_threads(blocks, work, fn):
+    def _on_threads(blocks, work, fn, n_threads=None):
         """``fn(i, j)`` over the block indices ``[i, j)``: in one call, or on
-        :func:`fastseq._threads.get_num_threads` contiguous groups in threads
-        when the batch has ``work`` multiply-adds enough.  Returns the list of
-        results (one per group, in order; deterministic for a thread count)."""
-        n = min(get_num_threads(), len(blocks))
-        if n <= 1 or work < MIN_SPLIT_WORK:
+        ``n_threads`` (default :func:`fastseq._threads.get_num_threads`, when
+        the batch has ``work`` multiply-adds enough) contiguous groups in
+        threads.  Returns the list of results (one per group, in order;
+        deterministic for a thread count)."""
+        if n_threads is None:
+            n_threads = get_num_threads() if work >= MIN_SPLIT_WORK else 1
+        n = min(n_threads, len(blocks))
+        if n <= 1:
             return [fn(0, len(blocks))]
         step = -(-len(blocks) // n)
         bounds = [(i, min(i + step, len(blocks))) for i in range(0, len(blocks), step)]
@@ -277,7 +280,11 @@ class ConvStack:
             edge = np.empty(max(1, K - 1) * K * Fl, dtype=dt)
             conv_forward(x, lengths, K, wp, bias, p, i, j, work, edge, out, arg)
 
-        self._on_threads(groups, int(lengths.sum()) * K * Fl * C, run)
+        # sequences to threads as the planner splits a batch (its hand-over
+        # against the work: the fused pass is too quick to repay it below a
+        # few million multiply-adds)
+        work = int(lengths.sum()) * K * Fl * C
+        self._on_threads(groups, work, run, n_threads=_split_threads(B, work))
         # the backward pass packs blocks of whole sequences
         blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C)) if need_grad else None
         return out, arg, blocks
