@@ -17,7 +17,10 @@ kernel K ("same" padding), ReLU and MaxPool1d(p).  Modes:
              first layer of a model).
 
 Both run at the same thread count (``torch.set_num_threads`` and
-threadpoolctl for torch, :func:`fastseq._threads.limit` for fastseq), timed
+threadpoolctl for torch, one :func:`fastseq._threads.limit` block around the
+whole run for fastseq, as an estimator holds one around its fit: entering it
+per call would time threadpoolctl setting OpenBLAS's threads to 1 and back,
+about 0.25 ms a call at 2 threads here), timed
 alternately with :func:`bench.compare.time_alternating` (median of the
 repeats); ratios are torch's time over fastseq's (> 1: fastseq faster).
 """
@@ -39,9 +42,9 @@ def cases(quick=False):
 
 
 def run_case(case, threads, repeats):
+    """One case, inside the caller's ``fastseq._threads.limit(threads)``."""
     import torch
 
-    from fastseq._threads import limit
     from fastseq.network.conv import ConvStack
     from bench.compare import time_alternating
 
@@ -62,18 +65,15 @@ def run_case(case, threads, repeats):
 
     with torch.inference_mode():
         ref = net(tX).numpy().transpose(0, 2, 1)
-    with limit(threads):
-        out = cs.forward(X, lengths, need_grad=False)[0]
+    out = cs.forward(X, lengths, need_grad=False)[0]
     err = float(np.abs(out - ref).max())
 
     def fs_forward():
-        with limit(threads):
-            cs.forward(X, lengths, need_grad=False)
+        cs.forward(X, lengths, need_grad=False)
 
     def fs_train():
-        with limit(threads):
-            out, _, cache = cs.forward(X, lengths)
-            cs.backward(G, cache, out=grad, need_input_grad=False)
+        out, _, cache = cs.forward(X, lengths)
+        cs.backward(G, cache, out=grad, need_input_grad=False)
 
     def torch_forward():
         with torch.inference_mode():
@@ -103,8 +103,10 @@ def main(argv=None):
 
     from bench.compare import cpu_kind, cpu_model, set_threads
 
+    from fastseq._threads import limit
+
     name, isa = cpu_kind()
-    with set_threads(args.threads):
+    with set_threads(args.threads), limit(args.threads):
         import torch
         head = (f"CPU: {cpu_model()} ({name}, {isa}), {args.threads} thread(s), "
                 f"torch {torch.__version__}")

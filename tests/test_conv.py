@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import fastseq
-from fastseq.kernels.conv import conv_pack, conv_relu_pool, conv_relu_pool_backward, conv_unpack
+from fastseq.kernels.conv import (conv_pack, conv_pack_weight, conv_relu_pool,
+                                  conv_relu_pool_backward, conv_unpack, strips)
 from fastseq.network.conv import ConvStack
 from conftest import ragged_batch
 from reference import conv1d_relu_pool
@@ -41,6 +42,84 @@ def test_kernels_match_reference(rng, dtype, K, pool):
         ref = _stack_reference(cs, X[b, :lengths[b]])
         np.testing.assert_allclose(out[b, :out_len[b]], ref, **tol)
         assert np.all(out[b, out_len[b]:] == 0.0)
+
+
+def _run_conv_forward(fwd, X, lengths, W, bias, K, pool, b0, b1, keep):
+    """``fwd`` (a compiled :func:`conv_forward`) on sequences b0..b1-1 into
+    NaN-filled outputs (so that any entry it should write and does not shows)."""
+    import fastseq.kernels.conv as kc
+    B, T, F = X.shape
+    C = W.shape[0]
+    sw = kc.STRIP_BYTES // X.itemsize
+    wp = np.full((strips(C, X.itemsize), K * F, sw), np.nan, dtype=X.dtype)
+    conv_pack_weight(W.transpose(0, 2, 1).reshape(C, K * F).copy(), wp)
+    out = np.full((B, T // pool, C), np.nan, dtype=X.dtype)
+    arg = np.full(out.shape, -1, dtype=np.int64) if keep else np.empty((0, 0, 0), np.int64)
+    rows = max(1, kc.CHUNK_ROWS // pool) * pool
+    work = np.full((rows, wp.shape[0] * sw), np.nan, dtype=X.dtype)
+    edge = np.full(max(1, K - 1) * K * F, np.nan, dtype=X.dtype)
+    fwd(X, np.asarray(lengths, np.int64), K, wp, bias, pool, b0, b1, work, edge, out, arg)
+    return out, arg
+
+
+@pytest.mark.parametrize("vector_bytes,dtype", [(None, "float32"), (None, "float64"),
+                                                (32, "float64"), (16, "float64")])
+def test_conv_forward_kernel_matches_reference(rng, vector_bytes, dtype):
+    """The fused kernel (overlapping views of x for the interior steps, packed
+    edges, register tiles over every strip group and k-block, pooling per
+    chunk) against the naive reference, at the package's vector width and the
+    narrower ones: NaN padding never read, sequences shorter than the window,
+    chunks of more than CHUNK_ROWS steps, filters that fill no strip, 5 strips
+    (a group of 4 and one), K*F over one k-block; the argmax steps match a
+    naive argmax on the reference's pre-activations."""
+    import fastseq.kernels.conv as kc
+    from fastseq._config import JIT
+    from numba import njit
+    fwd = (kc.conv_forward if vector_bytes is None
+           else njit(**{**JIT, "cache": False})(kc._conv_forward_for(vector_bytes)))
+    dt = np.dtype(dtype)
+    sw = kc.STRIP_BYTES // dt.itemsize
+    tol = dict(rtol=1e-12, atol=1e-12) if dt == np.float64 else dict(rtol=1e-4, atol=1e-5)
+    for (T, F, C, K, pool, lengths) in [
+            (kc.CHUNK_ROWS * 2 + 37, 3, 2 * sw + 3, 5, 3, [kc.CHUNK_ROWS * 2 + 37, 3, 5, 130, 6]),
+            (11, 1, 5 * sw, 7, 1, [11, 1, 2, 6, 7]),
+            (9, 21, 3, 7, 2, [9, 2, 4, 7, 8]),  # K*F = 147: two k-blocks
+            (6, 2, 4 * sw + 1, 1, 2, [6, 2, 5, 3, 4])]:
+        X, L = ragged_batch(rng, len(lengths), T, F, lengths=lengths)
+        X = X.astype(dt)
+        W = rng.standard_normal((C, F, K)).astype(dt)
+        bias = rng.standard_normal(C).astype(dt)
+        for keep in (False, True):
+            out, arg = _run_conv_forward(fwd, X, L, W, bias, K, pool, 1, len(L), keep)
+            assert np.all(np.isnan(out[0])) and np.all(arg[:1] == -1)  # b0 = 1
+            for b in range(1, len(L)):
+                L2 = L[b] // pool
+                ref = conv1d_relu_pool(X[b, :L[b]], W, bias, pool)
+                np.testing.assert_allclose(out[b, :L2], ref, **tol)
+                assert np.all(out[b, L2:] == 0.0)
+                if keep:  # the step of each maximum (up to rounding on near-ties)
+                    pre = _preactivation(X[b, :L[b]], W)
+                    win = pre[:L2 * pool].reshape(L2, pool, C)
+                    a = arg[b, :L2]
+                    assert np.all((a >= np.arange(L2)[:, None] * pool)
+                                  & (a < np.arange(1, L2 + 1)[:, None] * pool))
+                    np.testing.assert_allclose(np.take_along_axis(pre, a, axis=0),
+                                               win.max(axis=1), **tol)
+                    assert np.all(arg[b, L2:] == -1)
+
+
+def _preactivation(x, W):
+    """z - bias of one sequence (L, F), straight from the equations."""
+    C, F, K = W.shape
+    P = (K - 1) // 2
+    L = x.shape[0]
+    z = np.zeros((L, C))
+    for t in range(L):
+        for k in range(K):
+            s = t + k - P
+            if 0 <= s < L:
+                z[t] += W[:, :, k] @ x[s]
+    return z
 
 
 def test_pack_and_unpack_are_adjoint(rng):
@@ -413,6 +492,9 @@ def test_blocks_and_threads_give_the_same_result(rng, monkeypatch):
     assert len(cache[0][4]) == 1
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 8)
     monkeypatch.setattr(conv_mod, "MIN_SPLIT_WORK", 0)
+    from fastseq import _plan
+    monkeypatch.setattr(_plan.current(), "split_min_work", 1)
+    monkeypatch.setattr(_plan.current(), "min_split_rows", 1)
     with limit(2):
         out2, ol2, cache2 = cs.forward(X, lengths)
         dX2, grad2 = cs.backward(R, cache2)

@@ -1,6 +1,9 @@
-"""Temporal convolution front end: packing, bias + ReLU + max pooling, and
-their backward passes.  The matrix products between them are the caller's
-(one BLAS gemm each, see :class:`fastseq.network.conv.ConvStack`).
+"""Temporal convolution front end: the fused forward pass
+(:func:`conv_forward`: convolution, bias, ReLU and max pooling in one kernel,
+register tiles over views of the input), and for the backward pass packing,
+routing through the pooling and unpacking, with the matrix products between
+them the caller's (one BLAS gemm each, see
+:class:`fastseq.network.conv.ConvStack`).
 
 Glossary as in :mod:`fastseq.kernels.lstm`, plus K kernel size (odd),
 P = (K - 1) // 2 the steps on each side, C filters (output channels),
@@ -12,8 +15,9 @@ Layout
 Unlike the recurrent kernels, these run **batch-first**: ``x`` (B, T, F) as
 the recurrent layer's API takes it.  A convolution reads neighbours along
 time, so batch-first makes the window of step t of sequence b one
-contiguous run ``x[b, t-P : t+P+1, :]`` of K*F values: packing is K short
-copies per row.  Only valid steps are packed: row ``offsets[b] + t`` of
+contiguous run ``x[b, t-P : t+P+1, :]`` of K*F values: the forward pass
+reads the rows of the product straight from ``x`` (overlapping rows of
+stride F), and packing for the backward pass is K short copies per row.  Only valid steps are packed: row ``offsets[b] + t`` of
 ``cols`` (N, K*F) is step t < L_b of sequence b (``offsets`` is the
 exclusive cumulative sum of ``lengths``), so the gemm never touches
 padding.
@@ -34,9 +38,23 @@ Pooling has stride p and drops the last ``L_b mod p`` steps (``MaxPool1d``);
 the caller ensures L2_b >= 1.
 """
 
+import numpy as np
 from numba import njit
 
-from .._config import JIT
+from .._config import JIT, VECTOR_BYTES
+from .matmul import KBLOCK_BYTES, STRIP_BYTES, _tile_rows
+
+#: register blocking ``(rows, strips)`` of :func:`conv_forward`'s tiles for
+#: each vector width in bytes, for 4 or more strips left, 2-3 and 1 (a strip
+#: is one 64-byte line of outputs): 16 accumulators of AVX-512's 32 registers
+#: in each; 8 of the 16 (AVX2) or 32 (NEON) of narrower vectors, as
+#: :data:`fastseq.kernels.matmul.BLOCKING`.
+CONV_BLOCKING = {64: ((4, 4), (8, 2), (8, 1)), 32: ((4, 1), (4, 1), (4, 1)),
+                 16: ((4, 1), (4, 1), (4, 1))}
+#: output steps per chunk of :func:`conv_forward` (rounded down to a multiple
+#: of the pool size): the chunk's products (128 x 64 float32 = 32 KB) stay in
+#: L1/L2 from the gemm tiles to the pooling pass
+CHUNK_ROWS = 128
 
 
 @njit(**JIT)
@@ -75,9 +93,199 @@ def conv_pack(x, lengths, offsets, K, out_cols):
                         out_cols[r, base + f] = 0.0
 
 
+def strips(C, itemsize):
+    """Strips of one 64-byte line of outputs that hold ``C`` filters."""
+    sw = STRIP_BYTES // itemsize
+    return -(-C // sw)
+
+
+@njit(**JIT)
+def conv_pack_weight(w, out_wp):
+    """The gemm weight ``w`` (C, K*F) as strips for :func:`conv_forward`:
+    ``out_wp[s, j, c] = w[s*SW + c, j]``, 0 for ``s*SW + c >= C``.
+
+    Parameters
+    ----------
+    w : (C, K*F) float
+    out_wp : (S, K*F, SW) float, S = ceil(C / SW), SW = 64 // itemsize
+    """
+    C, KF = w.shape
+    S, _, SW = out_wp.shape
+    for s in range(S):
+        for j in range(KF):
+            for c in range(SW):
+                m = s * SW + c
+                out_wp[s, j, c] = w[m, j] if m < C else 0.0
+
+
+@njit(**JIT, inline="always")
+def _relu_pool_rows(z, zr0, bias, pool, n2, out, arg, b, t2, step0):
+    """``out[b, t2 + i, c] = max_j relu(z[zr0 + i*pool + j, c] + bias[c])``
+    for ``i < n2``, and (when ``arg`` is not empty) ``arg[b, t2 + i, c]`` the
+    step ``step0 + i*pool + j`` of the first maximum."""
+    keep = arg.shape[0] != 0
+    C = out.shape[2]
+    for i in range(n2):
+        r0 = zr0 + i * pool
+        o = out[b, t2 + i]
+        zr = z[r0]
+        for c in range(C):
+            o[c] = zr[c]
+        if keep:
+            a = arg[b, t2 + i]
+            for c in range(C):
+                a[c] = step0 + i * pool
+            for j in range(1, pool):
+                zr = z[r0 + j]
+                for c in range(C):
+                    v = zr[c]
+                    if v > o[c]:
+                        o[c] = v
+                        a[c] = step0 + i * pool + j
+        else:
+            for j in range(1, pool):
+                zr = z[r0 + j]
+                for c in range(C):
+                    v = zr[c]
+                    o[c] = v if v > o[c] else o[c]
+        for c in range(C):
+            v = o[c] + bias[c]
+            o[c] = v if v > 0.0 else 0.0
+
+
+def _conv_forward_for(vector_bytes):
+    """:func:`conv_forward` with tiles of ``vector_bytes`` vectors, as a plain
+    Python function to compile (the package compiles it for
+    :data:`fastseq._config.VECTOR_BYTES`, tests for every width)."""
+    VB = vector_bytes
+    (R4, S4), (R2, S2), (R1, S1) = CONV_BLOCKING[VB]
+
+    def conv_forward(x, lengths, K, wp, bias, pool, b0, b1, work, edge, out, out_arg):
+        """Convolution, bias, ReLU and max pooling of sequences ``b0..b1-1``
+        in one pass, without an im2col copy.
+
+        The window of step t (``P <= t < L_b - P``) is the contiguous run
+        ``x[b, t-P : t+P+1, :]``, so the rows of the product are overlapping
+        views of ``x`` itself (row stride F); only the steps within P of an
+        end are packed (zeros outside the sequence) into ``edge``.  Chunks
+        of :data:`CHUNK_ROWS` steps go through register tiles
+        (:func:`fastseq.kernels.matmul._tile_rows`, every strip of filters,
+        blocks of :data:`fastseq.kernels.matmul.KBLOCK_BYTES` of the weight)
+        into ``work``, then one pass adds the bias, applies ReLU and pools.
+        Only the ``(L_b // p) * p`` steps that the pooling keeps are computed.
+
+        Parameters
+        ----------
+        x : (B, T, F) float, C-contiguous
+            Steps ``t >= lengths[b]`` are never read.
+        lengths : (B,) int64
+        K : int
+        wp : (S, K*F, SW) float
+            :func:`conv_pack_weight` of the gemm weight.
+        bias : (C,) float
+        pool : int
+        b0, b1 : int
+            The sequences to compute.
+        work : (rows, S*SW) float
+            Scratch; rows >= :data:`CHUNK_ROWS` rounded down to a multiple
+            of ``pool``, and >= ``pool``.
+        edge : (max(1, K - 1) * K*F,) float
+            Scratch.
+        out : (B, T2, C) float
+            Written at ``b0 <= b < b1``: ``y``, 0 from ``L_b // p``.
+        out_arg : (B, T2, C) int64, or (0, 0, 0) to skip it
+            Written at ``t < L_b // p``: the step (of the sequence, before
+            pooling) each maximum came from (the first on ties).
+        """
+        B, T, F = x.shape
+        S, KF, SW = wp.shape
+        T2 = out.shape[1]
+        isz = x.itemsize
+        P = (K - 1) // 2
+        ch = max(1, CHUNK_ROWS // pool) * pool
+        KB = max(1, KBLOCK_BYTES // (SW * isz))
+        xf = x.reshape(B * T * F)
+        for b in range(b0, b1):
+            L = lengths[b]
+            L2 = L // pool
+            Lp = L2 * pool
+            xoff = b * T * F
+            for t0 in range(0, Lp, ch):
+                t1 = min(t0 + ch, Lp)
+                lo = max(t0, P)
+                hi = min(t1, L - P)
+                if hi <= lo:
+                    lo = t1
+                    hi = t1
+                # the edge steps [t0, lo) and [hi, t1), packed
+                ne = 0
+                for t in range(t0, t1):
+                    if t >= lo and t < hi:
+                        continue
+                    base = ne * KF
+                    for k in range(K):
+                        s = t + k - P
+                        if s >= 0 and s < L:
+                            for f in range(F):
+                                edge[base + k * F + f] = xf[xoff + s * F + f]
+                        else:
+                            for f in range(F):
+                                edge[base + k * F + f] = 0.0
+                    ne += 1
+                nl = lo - t0
+                for part in range(3):
+                    if part == 0:  # interior: views of x
+                        n = hi - lo
+                        if n <= 0:
+                            continue
+                        a = np.lib.stride_tricks.as_strided(
+                            xf[xoff + (lo - P) * F:], shape=(n, KF), strides=(F * isz, isz))
+                        zo = work[lo - t0:]
+                    elif part == 1:  # left edge
+                        n = nl
+                        if n <= 0:
+                            continue
+                        a = np.lib.stride_tricks.as_strided(edge, shape=(n, KF),
+                                                            strides=(KF * isz, isz))
+                        zo = work[0:]
+                    else:  # right edge
+                        n = t1 - hi
+                        if n <= 0:
+                            continue
+                        a = np.lib.stride_tricks.as_strided(
+                            edge[nl * KF:], shape=(n, KF), strides=(KF * isz, isz))
+                        zo = work[hi - t0:]
+                    s0 = 0
+                    while s0 < S:
+                        left = S - s0
+                        for k0 in range(0, KF, KB):
+                            k1 = min(KF, k0 + KB)
+                            acc = 1 if k0 > 0 else 0
+                            if left >= S4:
+                                _tile_rows(a, wp, zo, n, s0, s0 * SW, k0, k1, acc, R4, S4, VB)
+                            elif left >= S2:
+                                _tile_rows(a, wp, zo, n, s0, s0 * SW, k0, k1, acc, R2, S2, VB)
+                            else:
+                                _tile_rows(a, wp, zo, n, s0, s0 * SW, k0, k1, acc, R1, S1, VB)
+                        s0 += S4 if left >= S4 else (S2 if left >= S2 else S1)
+                _relu_pool_rows(work, 0, bias, pool, (t1 - t0) // pool, out, out_arg, b,
+                                t0 // pool, t0)
+            for t in range(L2, T2):
+                for c in range(out.shape[2]):
+                    out[b, t, c] = 0.0
+
+    return conv_forward
+
+
+#: the fused forward pass (see :func:`_conv_forward_for`) with this machine's
+#: vector width
+conv_forward = njit(**JIT)(_conv_forward_for(VECTOR_BYTES))
+
+
 @njit(**JIT)
 def conv_relu_pool(z, bias, lengths, offsets, pool, out, out_arg):
-    """Bias, ReLU and max pooling (stride ``pool``) of the gemm's result.
+    """Bias, ReLU and max pooling (stride ``pool``) of a gemm's result
+    (the pooling pass of :func:`conv_forward`, on a packed product).
 
     Parameters
     ----------
@@ -91,32 +299,14 @@ def conv_relu_pool(z, bias, lengths, offsets, pool, out, out_arg):
     out : (B, T2, C) float
         Written: ``y`` at ``t < L_b // p``, 0 after.
     out_arg : (B, T2, C) int64, or (0, 0, 0) to skip it
-        Written at ``t < L_b // p``: the row of ``z`` each maximum came from
-        (the first on ties).  Not needed for a backward pass when p = 1.
+        Written at ``t < L_b // p``: the step of sequence b (row
+        ``offsets[b] + step`` of ``z``) each maximum came from (the first on
+        ties).  Not needed for a backward pass when p = 1.
     """
-    keep = out_arg.shape[0] != 0
     B, T2, C = out.shape
     for b in range(B):
         L2 = lengths[b] // pool
-        o = offsets[b]
-        for t in range(L2):
-            r0 = o + t * pool
-            for c in range(C):
-                out[b, t, c] = z[r0, c]
-            if keep:
-                for c in range(C):
-                    out_arg[b, t, c] = r0
-            for j in range(1, pool):
-                r = r0 + j
-                for c in range(C):
-                    v = z[r, c]
-                    if v > out[b, t, c]:
-                        out[b, t, c] = v
-                        if keep:
-                            out_arg[b, t, c] = r
-            for c in range(C):
-                v = out[b, t, c] + bias[c]
-                out[b, t, c] = v if v > 0.0 else 0.0
+        _relu_pool_rows(z, offsets[b], bias, pool, L2, out, out_arg, b, 0, 0)
         for t in range(L2, T2):
             for c in range(C):
                 out[b, t, c] = 0.0
@@ -131,14 +321,15 @@ def conv_relu_pool_backward(d_out, out, arg, lengths2, offsets, out_dz):
     d_out : (B, T2, C) float
         Gradient of ``out``; steps ``t >= lengths2[b]`` are never read.
     out, arg : (B, T2, C)
-        :func:`conv_relu_pool`'s outputs; ``arg`` may be (0, 0, 0) when p = 1
-        (the row of step t is then ``offsets[b] + t``).
+        :func:`conv_forward`'s outputs; ``arg`` (the step of each maximum) may
+        be (0, 0, 0) when p = 1 (the step of output t is then t).
     lengths2 : (B,) int64
         Pooled lengths L2_b.
     offsets : (B,) int64
         Exclusive cumulative sum of the *input* lengths.
     out_dz : (N, C) float
-        Overwritten: ``d_out`` at the row each maximum came from where the
+        Overwritten: ``d_out`` at the row ``offsets[b] + step`` each maximum
+        came from where the
         output is positive (ReLU's derivative at 0 is 0, as PyTorch's), 0
         elsewhere.
     """
@@ -150,11 +341,10 @@ def conv_relu_pool_backward(d_out, out, arg, lengths2, offsets, out_dz):
     keep = arg.shape[0] != 0
     for b in range(B):
         for t in range(lengths2[b]):
-            r = offsets[b] + t
+            o = offsets[b]
             for c in range(C):
                 if out[b, t, c] > 0.0:
-                    if keep:
-                        r = arg[b, t, c]
+                    r = o + (arg[b, t, c] if keep else t)
                     out_dz[r, c] = d_out[b, t, c]
 
 

@@ -13,23 +13,30 @@ steps are never read.  A sequence whose pooled length would reach 0 is an
 error (``ValueError``, before any kernel runs): a stack of n layers with pool
 p needs at least ``p ** n`` steps (:meth:`ConvStack.min_length`).
 
-The convolution is a gemm over the valid steps only: the kernels pack each
-step's window into a row of ``cols`` (N, K*F), ``cols @ Wm.T`` runs in BLAS
-(single-threaded), and one pass adds the bias, applies ReLU and pools.  This
-runs on blocks of whole sequences of about :data:`BLOCK_BYTES`, so that each
-block's rows stay in cache from packing to pooling, and memory holds one
-block's rows, not the batch's (the backward pass packs them again rather than
-keeping them).  Blocks go to fastseq's threads
-(:func:`fastseq._threads.get_num_threads`) when the call is large enough.
+The forward pass is one compiled kernel per group of sequences
+(:func:`fastseq.kernels.conv.conv_forward`): the window of each step is a
+contiguous run of the batch-first input, so register tiles read the rows of
+the product straight from ``x`` (only the steps within K // 2 of an end are
+packed, with zeros), for chunks of steps whose products stay in cache while
+one pass adds the bias, applies ReLU and pools; only the steps the pooling
+keeps are computed.  The backward pass is a gemm over the valid steps: the
+kernels pack each step's window into a row of ``cols`` (N, K*F), and the
+products run in BLAS (single-threaded), on blocks of whole sequences of about
+:data:`BLOCK_BYTES`, so that each block's rows stay in cache, and memory holds
+one block's rows, not the batch's.  Sequences (forward) and blocks (backward)
+go to fastseq's threads (:func:`fastseq._threads.get_num_threads`) when the
+call is large enough.
 """
 
 import numpy as np
 
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import writable
-from .._threads import _on_pool, blas_single_thread, get_num_threads
+from .._threads import _on_pool, _split_threads, blas_single_thread, get_num_threads
 from .._validation import check_lengths, check_positive_int
-from ..kernels.conv import conv_pack, conv_relu_pool, conv_relu_pool_backward, conv_unpack
+from ..kernels.conv import (CHUNK_ROWS, conv_forward, conv_pack, conv_pack_weight,
+                            conv_relu_pool_backward, conv_unpack, strips)
+from ..kernels.matmul import STRIP_BYTES
 from ._flat import layout_size
 
 #: bytes of packed rows and their products per block of sequences (half of a
@@ -197,13 +204,16 @@ class ConvStack:
         return bounds
 
     @staticmethod
-    def _on_threads(blocks, work, fn):
+    def _on_threads(blocks, work, fn, n_threads=None):
         """``fn(i, j)`` over the block indices ``[i, j)``: in one call, or on
-        :func:`fastseq._threads.get_num_threads` contiguous groups in threads
-        when the batch has ``work`` multiply-adds enough.  Returns the list of
-        results (one per group, in order; deterministic for a thread count)."""
-        n = min(get_num_threads(), len(blocks))
-        if n <= 1 or work < MIN_SPLIT_WORK:
+        ``n_threads`` (default :func:`fastseq._threads.get_num_threads`, when
+        the batch has ``work`` multiply-adds enough) contiguous groups in
+        threads.  Returns the list of results (one per group, in order;
+        deterministic for a thread count)."""
+        if n_threads is None:
+            n_threads = get_num_threads() if work >= MIN_SPLIT_WORK else 1
+        n = min(n_threads, len(blocks))
+        if n <= 1:
             return [fn(0, len(blocks))]
         step = -(-len(blocks) // n)
         bounds = [(i, min(i + step, len(blocks))) for i in range(0, len(blocks), step)]
@@ -255,26 +265,28 @@ class ConvStack:
     def _layer_forward(self, l, x, lengths, need_grad):
         B, Tl, Fl = x.shape
         K, p, C, dt = self.kernel_size, self.pool, self.filters[l], self.dtype
-        W, bias = self._gemm[l], self.params[f"bias_l{l}"]
+        bias = self.params[f"bias_l{l}"]
         out = np.empty((B, Tl // p, C), dtype=dt)
         arg = np.empty(out.shape if need_grad and p > 1 else (0, 0, 0), dtype=INDEX_DTYPE)
-        blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C))
+        S = strips(C, dt.itemsize)
+        SW = STRIP_BYTES // dt.itemsize
+        wp = np.empty((S, K * Fl, SW), dtype=dt)
+        conv_pack_weight(self._gemm[l], wp)
+        rows = max(1, CHUNK_ROWS // p) * p
+        groups = [(b, b + 1) for b in range(B)]
 
         def run(i, j):
-            rows = max(int(lengths[b0:b1].sum()) for b0, b1 in blocks[i:j])
-            cols_buf = np.empty(rows * K * Fl, dtype=dt)
-            z_buf = np.empty(rows * C, dtype=dt)
-            for b0, b1 in blocks[i:j]:
-                L = lengths[b0:b1]
-                off = _offsets(L)
-                N = int(L.sum())
-                cols = cols_buf[:N * K * Fl].reshape(N, K * Fl)
-                z = z_buf[:N * C].reshape(N, C)
-                conv_pack(x[b0:b1], L, off, K, cols)
-                np.matmul(cols, W.T, out=z)
-                conv_relu_pool(z, bias, L, off, p, out[b0:b1], arg[b0:b1])
+            work = np.empty((rows, S * SW), dtype=dt)
+            edge = np.empty(max(1, K - 1) * K * Fl, dtype=dt)
+            conv_forward(x, lengths, K, wp, bias, p, i, j, work, edge, out, arg)
 
-        self._on_threads(blocks, int(lengths.sum()) * K * Fl * C, run)
+        # sequences to threads as the planner splits a batch (its hand-over
+        # against the work: the fused pass is too quick to repay it below a
+        # few million multiply-adds)
+        work = int(lengths.sum()) * K * Fl * C
+        self._on_threads(groups, work, run, n_threads=_split_threads(B, work))
+        # the backward pass packs blocks of whole sequences
+        blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C)) if need_grad else None
         return out, arg, blocks
 
     # ------------------------------------------------------------ backward
