@@ -100,3 +100,39 @@ def check_choice(value, name, choices):
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
+
+
+def check_fitted_width(est, X, n_features, n_columns):
+    """After fit: ``X`` (of ``n_features`` per step, or a 2-D array of
+    ``n_columns`` time steps when ``n_columns`` is not None) must match what
+    ``est`` read at fit (``n_features_per_step_``, ``n_timesteps_in_``).
+
+    A 2-D X at fit fixes its width (scikit-learn's ``n_features_in_``); after
+    a fit on 3-D or ragged X of one feature per step a 2-D X of any width is
+    univariate series; the 3-D and ragged forms take any lengths.
+    """
+    from sklearn.utils.validation import _check_feature_names
+
+    name = type(est).__name__
+    F = getattr(est, "n_features_per_step_", est.n_features_in_)  # older pickles
+    T = getattr(est, "n_timesteps_in_", None)
+    if n_columns is None:
+        if n_features != F:
+            fitted = ", on a 2-D X of univariate series" if T is not None else ""
+            raise ValueError(
+                f"X has {n_features} features per step, but {name} is expecting "
+                f"{F} features per step as input (as at fit{fitted})")
+    elif T is not None:
+        if n_columns != T:
+            raise ValueError(
+                f"X has {n_columns} features, but {name} is expecting {T} features "
+                f"as input: a 2-D X holds univariate series of one fixed length (its "
+                f"columns are the time steps), and {name} was fitted on series of {T} "
+                "steps. For series of other lengths, pass X as a list of (T_i, 1) "
+                "arrays (the ragged form) or as a 3-D array (n_samples, n_timesteps, 1)")
+        _check_feature_names(est, X, reset=False)
+    elif F != 1:
+        raise ValueError(
+            f"X is a 2-D array, read as univariate series (n_samples, n_timesteps), but "
+            f"{name} was fitted on {F} features per step: pass a 3-D array "
+            f"(n_samples, n_timesteps, {F}) or a list of (T_i, {F}) arrays")

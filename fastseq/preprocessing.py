@@ -32,6 +32,8 @@ from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_feature_names, _check_feature_names_in, check_is_fitted
 
+from ._validation import check_fitted_width
+
 
 # --------------------------------------------------------------------- input
 class _Steps:
@@ -222,25 +224,8 @@ class _StepTransformer(TransformerMixin, BaseEstimator, auto_wrap_output_keys=No
                 del self.feature_names_in_
             return steps
         check_is_fitted(self, "inner_")
-        F, T = self.n_features_per_step_, self.n_timesteps_in_
-        if steps.form != "2d":
-            if steps.steps.shape[1] != F:
-                raise ValueError(f"X has {steps.steps.shape[1]} features per step, but {name} is "
-                                 f"expecting {F} features per step as input (as at fit)")
-        elif T is not None:
-            if steps.n_columns != T:
-                raise ValueError(
-                    f"X has {steps.n_columns} features, but {name} is expecting {T} features "
-                    f"as input: a 2-D X holds univariate series of one fixed length (its "
-                    f"columns are the time steps), and {name} was fitted on series of {T} "
-                    "steps. For series of other lengths, pass X as a list of (T_i, 1) "
-                    "arrays (the ragged form) or as a 3-D array (n_samples, n_timesteps, 1)")
-            _check_feature_names(self, X, reset=False)
-        elif F != 1:
-            raise ValueError(
-                f"X is a 2-D array, read as univariate series (n_samples, n_timesteps), but "
-                f"{name} was fitted on {F} features per step: pass a 3-D array "
-                f"(n_samples, n_timesteps, {F}) or a list of (T_i, {F}) arrays")
+        check_fitted_width(self, X, steps.steps.shape[1],
+                           steps.n_columns if steps.form == "2d" else None)
         return steps
 
     def _rows(self, out, n):

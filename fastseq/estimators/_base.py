@@ -68,6 +68,7 @@ from .. import kernels as K
 from .._config import resolve_dtype
 from .._input import TOKENIZERS, Vocabulary, check_sequences, iter_batches
 from .._threads import limit
+from .._validation import check_fitted_width
 from ..network.recurrent import CELLS
 
 
@@ -766,29 +767,7 @@ class BaseRNN(BaseEstimator):
         series) of the fitted width when the model was fitted on a 2-D X, and
         of any width when it was fitted on 3-D or ragged X of 1 feature per
         step.  The 3-D and ragged forms take any lengths."""
-        name = type(self).__name__
-        F = getattr(self, "n_features_per_step_", self.n_features_in_)  # older pickles
-        T = getattr(self, "n_timesteps_in_", None)
-        if seqs.n_columns is None:
-            if seqs.n_features != F:
-                fitted = ", on a 2-D X of univariate series" if T is not None else ""
-                raise ValueError(
-                    f"X has {seqs.n_features} features per step, but {name} is expecting "
-                    f"{F} features per step as input (as at fit{fitted})")
-        elif T is not None:
-            if seqs.n_columns != T:
-                raise ValueError(
-                    f"X has {seqs.n_columns} features, but {name} is expecting {T} features "
-                    f"as input: a 2-D X holds univariate series of one fixed length (its "
-                    f"columns are the time steps), and {name} was fitted on series of {T} "
-                    "steps. For series of other lengths, pass X as a list of (T_i, 1) "
-                    "arrays (the ragged form) or as a 3-D array (n_samples, n_timesteps, 1)")
-            _check_feature_names(self, X, reset=False)
-        elif F != 1:
-            raise ValueError(
-                f"X is a 2-D array, read as univariate series (n_samples, n_timesteps), but "
-                f"{name} was fitted on {F} features per step: pass a 3-D array "
-                f"(n_samples, n_timesteps, {F}) or a list of (T_i, {F}) arrays")
+        check_fitted_width(self, X, seqs.n_features, seqs.n_columns)
 
     def _model_config(self, n_outputs, loss, pooling=None):
         cfg = dict(
