@@ -52,8 +52,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["predict", "predict_proba", "predict_log_proba", "decision_function", "partial_fit",
-           "warm_up", "PerformanceWarning"]
+__all__ = ["predict", "predict_proba", "predict_log_proba", "decision_function", "transform",
+           "partial_fit", "warm_up", "PerformanceWarning"]
 
 
 # ------------------------------------------------------------------ checks
@@ -130,10 +130,10 @@ def _apply_block(block, est, method, tail, dtype):
     return out.astype(dtype, copy=False).reshape((len(block),) + tail)
 
 
-def _map(est, X, method):
+def _map(est, X, method, spec=None):
     _check_fitted(est)  # NotFittedError before any graph is built
-    tail, dtype = _output_spec(est, method)
     X = _one_chunk_per_sample_block(_check_dask_array(X, "X", method), "X")
+    tail, dtype = _output_spec(est, method) if spec is None else spec(X)
     out_ndim = 1 + len(tail)
     kwargs = {}
     if out_ndim < X.ndim:
@@ -147,6 +147,34 @@ def _map(est, X, method):
 
 
 # --------------------------------------------------------- batch inference
+def transform(est, X):
+    """``est.transform`` over the blocks of a dask array, lazily: the per-step
+    transformers (:class:`fastseq.SequenceScaler`,
+    :class:`fastseq.TimeDistributed`) on ``(n, T, F)`` or ``(n, T)``.
+
+    The output's shape per sample (``(T, F_out)``, or ``(T,)`` for a 2-D X of
+    one value per step) is read from the transform of one all-zero sample,
+    computed here; every block then runs ``est.transform`` on a worker.
+    Chunks along time or features are merged as in :func:`predict`.
+
+    Raises
+    ------
+    NotFittedError
+        ``est`` is not fitted (before any graph is built).
+    TypeError
+        X is not a dask array, or ``est`` has no ``transform``.
+    """
+    if not hasattr(est, "transform"):
+        raise TypeError(f"{type(est).__name__} has no transform method: fastseq.dask.transform "
+                        "maps SequenceScaler, TimeDistributed and other per-step transformers")
+
+    def spec(X):
+        probe = np.asarray(est.transform(np.zeros((1,) + X.shape[1:], dtype=X.dtype)))
+        return tuple(probe.shape[1:]), probe.dtype
+
+    return _map(est, X, "transform", spec)
+
+
 def predict(est, X):
     """``est.predict`` over the blocks of a dask array, lazily.
 

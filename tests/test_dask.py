@@ -208,6 +208,30 @@ def test_seq2seq_regressor_predict(client):
     _check_lazy(fd.predict(est, Xd), est, "predict", X3, Xd.chunks[0])
 
 
+@pytest.mark.parametrize("x", ["3d", "2d"])
+def test_transform_of_the_per_step_transformers(client, x):
+    """SequenceScaler and TimeDistributed(PCA) over the blocks: lazy, chunked
+    as X along samples, equal to the transform of each block."""
+    from sklearn.decomposition import PCA
+
+    X = X3 if x == "3d" else X2
+    Xd = da.from_array(X, chunks=(17,) + X.shape[1:])
+    ests = [fastseq.SequenceScaler().fit(X)]
+    if x == "3d":
+        ests.append(fastseq.TimeDistributed(PCA(2)).fit(X))
+    for est in ests:
+        out = fd.transform(est, Xd)
+        want = est.transform(X)
+        assert out.shape == want.shape and out.chunks[0] == Xd.chunks[0]
+        assert out.dtype == want.dtype
+        got = out.compute()
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="has no transform"):
+        fd.transform(small(RNNClassifier).fit(X3, np.arange(N) % 2), da.from_array(X3))
+    with pytest.raises(NotFittedError):
+        fd.transform(fastseq.SequenceScaler(), Xd)
+
+
 def test_chunks_along_time_or_features_are_merged_with_a_warning(client, clf):
     for chunks in [(16, 2, F), (16, T, 1), (16, 4, 1)]:
         Xd = da.from_array(X3, chunks=chunks)
