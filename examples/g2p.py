@@ -60,6 +60,7 @@ import warnings
 import numpy as np
 
 from fastseq import Seq2SeqClassifier
+from fastseq.metrics import edit_distance
 
 #: held-out words whose attention is drawn (always put in the test part)
 SHOWCASE = ("knife", "exit", "phoenix", "thought")
@@ -92,17 +93,6 @@ def split_words(words, test_fraction=0.1, seed=0, always_test=SHOWCASE):
     forced = [w for w in always_test if w in set(words)]
     n_test = max(int(round(test_fraction * len(words))) - len(forced), 0)
     return pool[n_test:], forced + pool[:n_test]
-
-
-def edit_distance(a, b):
-    """Levenshtein distance between two sequences (unit costs)."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
 
 
 def error_rates(predictions, references):
