@@ -63,8 +63,10 @@ def resolve_tokenizer(tokenizer):
 
 
 # --------------------------------------------------------------------- checks
-def _check_real(a, name, dtype):
-    """``a`` as a real array cast to ``dtype`` (TypeError for strings, complex...)."""
+def real_array(a, name):
+    """``a`` as an array of real numbers (object arrays converted to
+    float64), not yet cast or checked for NaN: TypeError for strings, other
+    non-numbers and their dtypes, ValueError for complex numbers."""
     if isinstance(a, str):
         raise TypeError(f"{name} must hold real numbers, got a string {a!r}")
     try:
@@ -82,7 +84,12 @@ def _check_real(a, name, dtype):
                             f"real number, not the objects given ({exc})") from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    return arr
+
+
+def _check_real(a, name, dtype):
+    """``a`` as a real array cast to ``dtype``, finite (:func:`real_array`)."""
+    out = np.ascontiguousarray(real_array(a, name), dtype=dtype)
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{name} contains NaN or infinity")
     return out

@@ -32,6 +32,7 @@ from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_feature_names, _check_feature_names_in, check_is_fitted
 
+from ._input import real_array
 from ._validation import check_fitted_width
 
 
@@ -71,22 +72,7 @@ class _Steps:
 
 def _as_float(a, name, allow_nan):
     """``a`` as a float32/float64 array (other real dtypes -> float64)."""
-    if isinstance(a, str):
-        raise TypeError(f"{name} must hold real numbers, got a string {a!r}")
-    try:
-        arr = np.asarray(a)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
-    if arr.dtype.kind == "c":
-        raise ValueError(f"{name}: Complex data not supported (dtype {arr.dtype})")
-    if arr.dtype.kind == "O":
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must hold real numbers: argument must be a string or a "
-                            f"real number, not the objects given ({exc})") from None
-    if arr.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    arr = real_array(a, name)
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
     if allow_nan:
