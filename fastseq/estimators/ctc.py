@@ -13,6 +13,7 @@ from ..network.ctc import _beam_one, _greedy_one, required_length
 from ..network.dense import log_softmax
 from ..persistence import register
 from ._base import BaseRNN
+from .tagger import _CHECKS_FITTING_ON_SAMPLE_LABELS
 
 
 @register
@@ -243,16 +244,3 @@ class CTCClassifier(BaseRNN):
                   "TypeError that points to RNNClassifier")
         return dict.fromkeys(_CHECKS_FITTING_ON_SAMPLE_LABELS, reason)
 
-
-#: the scikit-learn checks (as of 1.9) that fit with y of one label per sample
-_CHECKS_FITTING_ON_SAMPLE_LABELS = (
-    "check_fit_score_takes_y", "check_estimators_overwrite_params",
-    "check_dont_overwrite_parameters", "check_estimators_fit_returns_self",
-    "check_readonly_memmap_input", "check_n_features_in_after_fitting",
-    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_dtype_object",
-    "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
-    "check_f_contiguous_array_estimator", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature",
-    "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
-    "check_n_features_in", "check_fit2d_predict1d", "check_array_api_input",
-)
