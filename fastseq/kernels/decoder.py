@@ -50,7 +50,7 @@ from numba import njit
 
 from .._config import JIT
 from .attention import BAHDANAU, NONE, attention_backward, attention_forward
-from .gru import gru_cell
+from .gru import gru_cell, gru_cell_backward
 from .lstm import cell_backward, cell_forward
 from .matmul import pack_weight, packed_matmul
 from .rnn import rnn_cell
@@ -301,28 +301,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
             dht[:, :] = dxt
         elif cell == GRU:
             for b in range(B):
-                g = gates[t, b]
-                hpr = s[t, b]
-                dor = ds[b]
-                dgx = dxt[b]
-                dgh = dht[b]
-                cb = carry[b]
-                for j in range(Q):
-                    gr = g[j]
-                    gz = g[Q + j]
-                    gn = g[2 * Q + j]
-                    a = g[3 * Q + j]
-                    dh = dor[j]
-                    dn = dh * (one - gz) * (one - gn * gn)
-                    dz = dh * (hpr[j] - gn) * gz * (one - gz)
-                    dr = dn * a * gr * (one - gr)
-                    dgx[j] = dr
-                    dgx[Q + j] = dz
-                    dgx[2 * Q + j] = dn
-                    dgh[j] = dr
-                    dgh[Q + j] = dz
-                    dgh[2 * Q + j] = dn * gr
-                    cb[j] = dh * gz
+                gru_cell_backward(gates[t, b], s[t, b], ds[b], no_dh, dxt[b], dht[b], carry[b],
+                                  one, Q)
         else:
             for b in range(B):
                 hr = s[t + 1, b]

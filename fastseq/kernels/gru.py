@@ -48,6 +48,31 @@ def gru_cell(x, p, hb, b_hn, oh, g, store, H):
             g[3 * H + j] = a
 
 
+@njit(inline="always", **JIT)
+def gru_cell_backward(g, hpr, dh_a, dh_b, dgx, dgh, carry, one, H):
+    """The gate gradients of one row of :func:`gru_cell`, from the gradient
+    ``dh_a + dh_b`` of its new state, its stored gates ``g`` = (r, z, n, a)
+    and previous state ``hpr``: writes ``dgx`` (3H,) (input-side
+    pre-activations), ``dgh`` (3H,) (recurrent product) and ``carry`` (H,)
+    (the part of the previous state's gradient through the update gate)."""
+    for j in range(H):
+        gr = g[j]
+        gz = g[H + j]
+        gn = g[2 * H + j]
+        a = g[3 * H + j]
+        dh = dh_a[j] + dh_b[j]
+        dn = dh * (one - gz) * (one - gn * gn)
+        dz = dh * (hpr[j] - gn) * gz * (one - gz)
+        dr = dn * a * gr * (one - gr)
+        dgx[j] = dr
+        dgx[H + j] = dz
+        dgx[2 * H + j] = dn
+        dgh[j] = dr
+        dgh[H + j] = dz
+        dgh[2 * H + j] = dn * gr
+        carry[j] = dh * gz
+
+
 @njit(**JIT)
 def gru_sequence_forward(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates):
     """Run a GRU over a packed batch.
@@ -201,22 +226,7 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
             dor = d_out[r]
             dhb = io_dh[b0 + b]
             cb = carry[b]
-            for j in range(H):
-                gr = g[j]
-                gz = g[H + j]
-                gn = g[2 * H + j]
-                a = g[3 * H + j]
-                dh = dhb[j] + dor[j]
-                dn = dh * (one - gz) * (one - gn * gn)
-                dz = dh * (hpr[j] - gn) * gz * (one - gz)
-                dr = dn * a * gr * (one - gr)
-                dgx[j] = dr
-                dgx[H + j] = dz
-                dgx[2 * H + j] = dn
-                dgh[j] = dr
-                dgh[H + j] = dz
-                dgh[2 * H + j] = dn * gr
-                cb[j] = dh * gz
+            gru_cell_backward(g, hpr, dhb, dor, dgx, dgh, cb, one, H)
             if store_dgn:
                 dgn = out_dgn[r]
                 for j in range(H):
