@@ -41,14 +41,13 @@ the ratio.  Test accuracy is ``score`` on the 1,000 test images and
 ``argmax`` of the torch model in eval mode.
 """
 
-import importlib.util
-import os
 import time
 import warnings
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.example_loader import load_example
+
 CELLS = ("rnn", "lstm", "gru")
 HIDDEN, DROPOUT, BATCH, LR = 256, 0.2, 128, 1e-3
 WARMUP_SAMPLES = 512
@@ -60,11 +59,7 @@ TARGET_SPEEDUP, TARGET_ACC_DIFF = 1.5, 0.01
 def load_mnist_rows():
     """(X_tr, X_te, y_tr, y_te): 4,000 / 1,000 images as (n, 28, 28) float32
     in [0, 1], by ``examples/mnist_rows.py``'s ``load`` (stratified, fixed)."""
-    path = os.path.join(ROOT, "examples", "mnist_rows.py")
-    spec = importlib.util.spec_from_file_location("_fastseq_example_mnist_rows", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines functions only: its main is guarded
-    return mod.load()
+    return load_example("mnist_rows").load()
 
 
 def fastseq_estimator(cell, epochs, random_state=0):

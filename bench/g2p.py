@@ -34,24 +34,20 @@ Run::
 """
 
 import argparse
-import importlib.util
 import os
 import time
 import warnings
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import example_loader
+
 HIDDEN, EMBED, BATCH, LR, CLIP = 64, 32, 64, 3e-3, 5.0
 WARMUP_WORDS = 512
 
 
 def load_example():
-    path = os.path.join(ROOT, "examples", "g2p.py")
-    spec = importlib.util.spec_from_file_location("_fastseq_example_g2p", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines functions only: its main is guarded
-    return mod
+    return example_loader.load_example("g2p")
 
 
 def load_words(n_train, seed=0):

@@ -43,7 +43,6 @@ alternated runs, moves less than the seconds.
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -52,16 +51,14 @@ import warnings
 
 import numpy as np
 
+from bench import example_loader
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED, HIDDEN, VOCAB, DROPOUT, LR, BATCH, CLIP = 64, 64, 8000, 0.3, 2e-3, 64, 5.0
 
 
 def load_example():
-    path = os.path.join(ROOT, "examples", "sentiment.py")
-    spec = importlib.util.spec_from_file_location("_fastseq_example_sentiment", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines functions only: its main is guarded
-    return mod
+    return example_loader.load_example("sentiment")
 
 
 def fastseq_estimator(example, cell, epochs, threads, random_state=0):

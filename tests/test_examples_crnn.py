@@ -2,26 +2,21 @@
 split, the lines have the documented shapes, and a tiny fit runs (seconds;
 no accuracy asserted)."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.example_loader import load_example
+
 pytest.importorskip("mlxtend")
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @pytest.fixture(scope="module")
 def mod():
-    spec = importlib.util.spec_from_file_location("example_crnn_digits",
-                                                  EXAMPLES / "crnn_digits.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
-    return m
+    return load_example("crnn_digits")
 
 
 @pytest.fixture(scope="module")

@@ -224,12 +224,8 @@ def test_tagger_streams_without_new_steps_get_empty_outputs():
 def test_long_sequences_example_reduced():
     """examples/long_sequences.py on ACSF1 (shipped with aeon), one epoch of a
     tiny GRU: both trainings run and the streamed answer is predict's."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "examples" / "long_sequences.py"
-    spec = importlib.util.spec_from_file_location("example_long_sequences", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from bench.example_loader import load_example
+    mod = load_example("long_sequences")
     rows = mod.main(cells=("gru",), max_iter=1, hidden_size=4)
     assert [r[1] for r in rows] == [None, 100]
     X_tr, y_tr, X_te, y_te = mod.load()
