@@ -131,6 +131,10 @@ def _apply_block(block, est, method, tail, dtype):
 
 
 def _map(est, X, method, spec=None):
+    # token= (a key prefix), never name=: dask then names the output by a hash
+    # of the estimator, the method and X, so two estimators mapped over one X
+    # get different keys (a fixed name made the scheduler hand one's blocks
+    # to the other whenever both were in memory at once).
     _check_fitted(est)  # NotFittedError before any graph is built
     X = _one_chunk_per_sample_block(_check_dask_array(X, "X", method), "X")
     tail, dtype = _output_spec(est, method) if spec is None else spec(X)
@@ -143,7 +147,7 @@ def _map(est, X, method, spec=None):
     return X.map_blocks(_apply_block, est, method, tail, dtype, dtype=dtype,
                         chunks=(X.chunks[0],) + tuple((s,) for s in tail),
                         meta=np.empty((0,) + tail, dtype=dtype),
-                        name=f"fastseq-{method}", **kwargs)
+                        token=f"fastseq-{method}", **kwargs)
 
 
 # --------------------------------------------------------- batch inference

@@ -232,6 +232,28 @@ def test_transform_of_the_per_step_transformers(client, x):
         fd.transform(fastseq.SequenceScaler(), Xd)
 
 
+def test_two_estimators_over_one_array_keep_their_own_results(client, clf):
+    """Each mapped estimator names its output blocks by its own hash: two
+    estimators (or two methods) over one X in one graph never share keys, so
+    the scheduler never hands one's results to the other."""
+    from sklearn.decomposition import PCA
+
+    other = small(RNNClassifier, random_state=1).fit(X3, Y_CLASS)
+    scaler = fastseq.SequenceScaler().fit(X3)
+    pca = fastseq.TimeDistributed(PCA(2)).fit(X3)  # same output shape as the scaler's (F = 2)
+    Xd = da.from_array(X3, chunks=(16, T, F))
+    outs = [fd.predict_proba(clf, Xd), fd.predict_proba(other, Xd), fd.decision_function(clf, Xd),
+            fd.transform(scaler, Xd), fd.transform(pca, Xd)]
+    assert len({o.name for o in outs}) == len(outs)
+    assert fd.predict_proba(clf, Xd).name == outs[0].name  # deterministic: same inputs, same key
+    got = dask.compute(*outs)
+    want = [clf.predict_proba(X3), other.predict_proba(X3), clf.decision_function(X3),
+            scaler.transform(X3), pca.transform(X3)]
+    assert not np.allclose(want[0], want[1]) and not np.allclose(want[3], want[4])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
 def test_chunks_along_time_or_features_are_merged_with_a_warning(client, clf):
     for chunks in [(16, 2, F), (16, T, 1), (16, 4, 1)]:
         Xd = da.from_array(X3, chunks=chunks)
