@@ -160,6 +160,103 @@ def test_log_probs_gradient_through_log_softmax_equals_logits_gradient():
     np.testing.assert_allclose(back[valid], g_logits[valid], rtol=1e-9, atol=1e-12)
 
 
+# ------------------------------------------- scaled and log-space recursions
+def _log_space(x, tg, il, tl, from_logits):
+    """Losses and gradients (scale 1) of the kernel's log-space recursion
+    alone (the fallback of the scaled one), sample by sample."""
+    from fastseq.kernels.ctc import _log_probs, _sample_log
+
+    T, B, V = x.shape
+    S_max = 2 * tg.shape[1] + 1
+    lp, alpha, beta = np.empty((T, V)), np.empty((T, S_max)), np.empty((T, S_max))
+    row, occ = np.empty(S_max), np.empty(V)
+    losses, grad = np.empty(B), np.empty(x.shape, dtype=x.dtype)
+    for b in range(B):
+        ext, skip = _extended(tg, tl, b)
+        _log_probs(x, b, il[b], from_logits, lp)
+        losses[b] = _sample_log(b, il[b], ext, skip, 2 * tl[b] + 1, from_logits, lp, alpha, beta,
+                                row, occ, 1.0, grad)
+    return losses, grad
+
+
+def _extended(tg, tl, b):
+    """The kernel's extended label sequence of sample b and its skip flags."""
+    S_max = 2 * tg.shape[1] + 1
+    ext = np.zeros(S_max, dtype=np.int64)
+    ext[1:2 * tl[b]:2] = tg[b, :tl[b]]
+    skip = np.array([s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2] for s in range(S_max)])
+    return ext, skip
+
+
+def _scaled_ok(x, tg, il, tl, b, from_logits):
+    """Whether the scaled recursion alone accepts sample b."""
+    from fastseq.kernels.ctc import _sample_scaled
+
+    T, B, V = x.shape
+    S_max = 2 * tg.shape[1] + 1
+    ext, skip = _extended(tg, tl, b)
+    return _sample_scaled(x, b, il[b], ext, skip, 2 * tl[b] + 1, from_logits, np.empty((T, V)),
+                          np.empty((T, S_max)), np.empty((T, S_max)), np.empty(V), 1.0,
+                          np.empty(x.shape, dtype=x.dtype))[1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("log_probs", [False, True])
+def test_scaled_recursion_equals_log_space(dtype, log_probs):
+    """The scaled-probability recursion (the kernel's first try) gives the
+    log-space results to float64 rounding: ragged inputs, repeats, an empty
+    target, and samples with just the steps their labels need (states that
+    cannot reach the end pruned from the first step on)."""
+    rng = np.random.default_rng(11)
+    x, tg, il, tl = _batch(rng, dtype=dtype)
+    il = il.copy()
+    il[2], tl[2] = 3, 3                       # [x, y, z] with no repeat: exactly 3 steps
+    tg[2, :3] = [1, 2, 3]
+    il[4], tl[4] = 3, 2
+    tg[4, :2] = [4, 4]                        # a repeat needs a blank between: 3 steps
+    for b in range(len(il)):
+        x[:il[b], b] = rng.normal(scale=3.0, size=(il[b], x.shape[2]))
+        x[il[b]:, b] = np.nan
+    if log_probs:
+        x = np.where(np.isnan(x), x, x - np.log(np.exp(x).sum(-1, keepdims=True))).astype(dtype)
+    loss, grad = ctc_loss(x, tg, il, tl, reduction="none", log_probs=log_probs)
+    tg = np.where(tg == 999, 1, tg)
+    assert all(_scaled_ok(x, tg, il, tl, b, not log_probs) for b in range(len(il)))
+    ref_loss, ref_grad = _log_space(x, tg, il, tl, not log_probs)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    valid = np.arange(x.shape[0])[:, None] < il[None, :]
+    atol = 1e-13 if dtype == np.float64 else 1e-6   # the gradient is stored in x's dtype
+    np.testing.assert_allclose(grad[valid], ref_grad[valid], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("log_probs", [False, True])
+def test_extreme_scores_fall_back_to_log_space(log_probs):
+    """Probabilities float64 cannot hold to full precision (logits 900
+    apart, log-probabilities of -900) send the sample to the log-space
+    recursion: finite losses and gradients equal to torch's (float64), the
+    other samples of the batch unaffected."""
+    rng = np.random.default_rng(12)
+    T, B, V = 9, 3, 4
+    z = rng.normal(size=(T, B, V))
+    z[:, 0, :] *= 300.0                       # sample 0: peaked far beyond exp's range
+    z[2, 0, 0] = 900.0
+    tg = np.array([[1, 2], [3, 3], [2, 1]])
+    il, tl = np.array([9, 9, 7]), np.array([2, 2, 2])
+    x = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - z.max(-1, keepdims=True) if log_probs else z
+    assert x[:, 0].min() < -700 if log_probs else np.ptp(z[:, 0]) > 700
+    assert [_scaled_ok(x, tg, il, tl, b, not log_probs) for b in range(B)] == [False, True, True]
+    loss, grad = ctc_loss(x, tg, il, tl, reduction="none", log_probs=log_probs)
+    assert np.all(np.isfinite(loss)) and np.all(np.isfinite(grad))
+    ref_loss, ref_grad = _log_space(x, tg, il, tl, not log_probs)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=1e-12)
+    if not log_probs:
+        t_loss, t_grad = _torch(x, tg, il, tl, "none")
+        np.testing.assert_allclose(loss, t_loss, rtol=1e-9)
+        np.testing.assert_allclose(grad, t_grad, rtol=0, atol=1e-9)
+
+
 # ------------------------------------------------------------- infeasible
 def test_input_too_short_warns_and_is_skipped_with_zero_gradient():
     rng = np.random.default_rng(7)

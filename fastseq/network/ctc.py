@@ -112,10 +112,11 @@ def _check_scores(x, name, dtype=None, allow_neg_inf=False, finite=True):
 
 # --------------------------------------------------------------------- loss
 #: multiply-add equivalents of one (step, state) cell of the forward-backward
-#: (a few float64 exp/log each), for the thread planner, whose work unit is
-#: a multiply-add at one core's sgemm rate: a cell takes 40-70 ns against
-#: about 47 G multiply-adds/s on the 2-vCPU znver4 (``python -m bench.ctc``)
-CELL_WORK = 2000
+#: (a few float64 multiply-adds in the scaled recursion, the softmax shared
+#: out), for the thread planner, whose work unit is a multiply-add at one
+#: core's sgemm rate: a cell takes about 11 ns against about 47 G
+#: multiply-adds/s on the 2-vCPU znver4 (``python -m bench.ctc --threads 1``)
+CELL_WORK = 500
 
 
 def _run(x, tg, il, tl, from_logits, scale, losses, grad):
