@@ -468,3 +468,28 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
     for a, b, c in zip(got, ref, again):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.skipif(not _threads.PLACEMENT_AVAILABLE or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux's sched_getcpu/sched_setaffinity and two CPUs")
+def test_pool_threads_are_placed_off_the_callers_cpu(monkeypatch):
+    """Each hand-over lets the pool's threads run on every CPU of the
+    process but the caller's current one (so that a woken pool thread never
+    queues behind its caller), follows the caller to another CPU, and
+    leaves them free when there are not more CPUs than pool threads."""
+    allowed = frozenset(os.sched_getaffinity(0))
+    lo, hi = min(allowed), max(allowed)
+
+    def worker_cpus():
+        return _threads._pool(1).submit(lambda: frozenset(os.sched_getaffinity(0))).result()
+    try:
+        monkeypatch.setattr(_threads, "_current_cpu", lambda: lo)
+        assert worker_cpus() == allowed - {lo}
+        monkeypatch.setattr(_threads, "_current_cpu", lambda: hi)
+        assert worker_cpus() == allowed - {hi}
+        monkeypatch.setattr(_threads, "_allowed_cpus", lambda: frozenset({hi}))
+        assert worker_cpus() == {hi}                     # one CPU for one thread: no choice
+    finally:
+        monkeypatch.undo()
+        monkeypatch.setattr(_threads, "_current_cpu", lambda: -1)   # unknown: every CPU
+        assert worker_cpus() == allowed
