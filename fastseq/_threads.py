@@ -11,6 +11,7 @@ default every core the process may run on, within the limits set around it,
 (threadpoolctl) while fastseq works.
 """
 
+import functools
 import os
 import sys
 import threading
@@ -335,6 +336,68 @@ def _place(workers):
             _set_affinity(tid, cpus)
 
 
+# ------------------------------------------------------------------------
+# Hand-overs that spin before they sleep.  A pool thread that sleeps between
+# calls must be woken at the next one, and a caller that sleeps while a part
+# finishes must be woken too; on a virtual machine each wake-up costs 50-150
+# us (the vCPU halted), more than a small part takes (a split conv layer of
+# 8.6M multiply-adds: 110 us a thread, 250 us a call with two wake-ups).
+# OpenMP runtimes spin for a while for the same reason.  Here a worker, after
+# its task, polls a hand-over counter for LINGER_SPINS polls (about 0.1-0.3
+# ms, the GIL released) before it goes back to sleep, and a caller polls each
+# part's done flag for JOIN_SPINS polls before it blocks.
+
+#: polls a pool thread spends waiting for the next hand-over after a task
+LINGER_SPINS = 200_000
+#: polls a caller spends waiting for a part to finish before it blocks
+JOIN_SPINS = 400_000
+
+_handovers = np.zeros(8, dtype=np.int64)   # hand-overs so far (slot 0)
+_handovers_lock = threading.Lock()
+
+
+def _linger(seen):
+    from .kernels._sync import spin_until
+
+    spin_until(_handovers, 0, seen + 1, LINGER_SPINS)
+
+
+def _start(workers, fns):
+    """Run each no-argument callable of ``fns`` on the pool of ``workers``
+    threads (denormals flushed there, :func:`_flushed`); returns ``join``,
+    which waits for all of them (spinning first) and re-raises the first
+    error.  Call ``join`` even when this thread's own part raised."""
+    from .kernels._sync import STRIDE, publish, spin_until
+
+    pool = _pool(workers)
+    n = len(fns)
+    done = np.zeros(max(n, 1) * STRIDE, dtype=np.int64)
+    errors = [None] * n
+
+    def task(k, fn):
+        try:
+            _flushed(fn)
+        except BaseException as exc:  # handed to the caller by join
+            errors[k] = exc
+        finally:
+            publish(done, k * STRIDE, 1)
+    futures = [pool.submit(task, k, fn) for k, fn in enumerate(fns)]
+    with _handovers_lock:
+        seen = int(_handovers[0]) + 1
+        publish(_handovers, 0, seen)   # wakes the workers lingering on the last value
+    for _ in range(workers):
+        pool.submit(_linger, seen)
+
+    def join():
+        for k in range(n):
+            if not spin_until(done, k * STRIDE, 1, JOIN_SPINS):
+                futures[k].result()
+        for exc in errors:
+            if exc is not None:
+                raise exc
+    return join
+
+
 def _pool(workers):
     """A persistent executor with ``workers`` threads (recreated after fork),
     its threads placed off the calling thread's CPU (:func:`_place`)."""
@@ -586,11 +649,11 @@ def run_pipelined(produce, consume, parallel=True):
             ready[0] = _RELEASE_ALL
             raise
     with blas_single_thread():
-        future = _pool(1).submit(_flushed, guarded)
+        join = _start(1, [guarded])
         try:
             consume(ready)
         finally:
-            future.result()
+            join()
 
 
 def run_units(part, H):
@@ -613,13 +676,11 @@ def run_units(part, H):
             flags[tid * STRIDE] = _RELEASE_ALL
             raise
     with blas_single_thread():
-        pool = _pool(n - 1)
-        futures = [pool.submit(_flushed, guarded, tid) for tid in range(1, n)]
+        join = _start(n - 1, [functools.partial(guarded, tid) for tid in range(1, n)])
         try:
             guarded(0)
         finally:
-            for f in futures:
-                f.result()
+            join()
 
 
 def parallel_matmul(a, b, out=None):
@@ -648,13 +709,11 @@ def _in_chunks(m, n, fn):
 def _on_pool(bounds, fn):
     """``fn(i, j)`` for every ``(i, j)`` in ``bounds`` (two or more): the
     first on this thread, the others on the pool; waits for all."""
-    pool = _pool(len(bounds) - 1)
-    futures = [pool.submit(_flushed, fn, i, j) for i, j in bounds[1:]]
+    join = _start(len(bounds) - 1, [functools.partial(fn, i, j) for i, j in bounds[1:]])
     try:
         fn(*bounds[0])
     finally:
-        for f in futures:
-            f.result()
+        join()
 
 
 def parallel_project(inp, w, bias):

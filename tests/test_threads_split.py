@@ -493,3 +493,35 @@ def test_pool_threads_are_placed_off_the_callers_cpu(monkeypatch):
         monkeypatch.undo()
         monkeypatch.setattr(_threads, "_current_cpu", lambda: -1)   # unknown: every CPU
         assert worker_cpus() == allowed
+
+
+@pytest.mark.parametrize("join_spins", [0, 1_000_000])
+def test_hand_over_waits_for_every_part_and_reraises_the_first_error(monkeypatch, join_spins):
+    """``_start``: parts that outlast the caller's spin are waited for
+    (blocking), parts that finish within it are seen through their flags;
+    every part runs even when one raises, and the first error (in part
+    order) reaches the caller; lingering workers take the next hand-over."""
+    import time
+
+    monkeypatch.setattr(_threads, "JOIN_SPINS", join_spins)
+    out = [None] * 3
+
+    def part(k, delay):
+        time.sleep(delay)
+        out[k] = k * 10
+    join = _threads._start(3, [lambda: part(0, 0.05), lambda: part(1, 0.0), lambda: part(2, 0.01)])
+    join()
+    assert out == [0, 10, 20]
+
+    def bad(k):
+        time.sleep(0.01 * k)
+        raise ValueError(f"part {k}")
+    out[:] = [None] * 3
+    join = _threads._start(3, [lambda: bad(1), lambda: part(1, 0.02), lambda: bad(2)])
+    with pytest.raises(ValueError, match="part 1"):
+        join()
+    assert out[1] == 10
+    for _ in range(20):                          # back to back: the lingering workers
+        join = _threads._start(1, [lambda: part(0, 0.0)])
+        join()
+    assert out[0] == 0

@@ -93,3 +93,23 @@ def barrier(flags, tid, value):
     for k in range(flags.shape[0] // STRIDE):
         if k != tid:
             wait_for(flags, k, value)
+
+
+@njit(**JIT)
+def spin_until(flags, slot, value, spins):
+    """Poll ``flags[slot] >= value`` (acquire) up to ``spins`` times, the GIL
+    released; True as soon as it holds, False when the polls ran out.  The
+    pool's hand-over (:mod:`fastseq._threads`) spins with it rather than
+    sleep at once: waking a sleeping thread costs 50-150 us on a virtual
+    machine, more than a small part of a split call takes."""
+    for _ in range(spins):
+        if load_acquire(flags, slot) >= value:
+            return True
+    return False
+
+
+@njit(**JIT)
+def publish(flags, slot, value):
+    """``flags[slot] = value`` as a release store, from Python: what the
+    publishing thread wrote before is visible to a thread that sees it."""
+    store_release(flags, slot, value)
