@@ -6,6 +6,11 @@ Run from the repository root::
     python -m bench.conv --quick          # four cases
     python -m bench.conv --threads 2 --json out.json
 
+After the grid, the CRNN example's own front end (``examples/crnn_digits.py``:
+one batch of 32 of its lines, 28 pixels a column, Conv1d 32 then 64 filters,
+K 5, pooling of 2 twice), fastseq on the padded batch (torch's work) and on
+the ragged one (what its estimators run), torch on the padded one.
+
 Each case is float32, B sequences of T steps and F features (all of length T:
 torch pads, so both do the same work) through one Conv1d of C filters and
 kernel K ("same" padding), ReLU and MaxPool1d(p).  Modes:
@@ -93,6 +98,81 @@ def run_case(case, threads, repeats):
     return res
 
 
+def example_batch(B=32, seed=0):
+    """One batch of ``examples/crnn_digits.py``: ``B`` lines of 3-8 real MNIST
+    digits read column by column, zero-padded to the longest: ``(X (B, W, 28)
+    float32, lengths (B,) int64, y (digit strings))``."""
+    from bench.example_loader import load_example
+
+    ex = load_example("crnn_digits")
+    train, _, _ = ex.load_digits()
+    lines, y, _ = ex.make_lines(train, B, seed=seed)
+    lengths = np.array([len(x) for x in lines], dtype=np.int64)
+    X = np.zeros((B, int(lengths.max()), 28), np.float32)
+    for b, x in enumerate(lines):
+        X[b, :len(x)] = x
+    return X, lengths, y
+
+
+def run_example(threads, repeats, B=32):
+    """The CRNN example's front end (28 pixels a column, Conv1d 32 then 64
+    filters, K 5, ReLU and max pooling of 2 after each) on one batch of its
+    lines: fastseq on the ragged batch as its estimators run it (padded steps
+    skipped) and on the padded one (torch's work), torch on the padded one."""
+    import torch
+
+    from bench.compare import time_alternating
+    from fastseq.network.conv import ConvStack
+
+    X, lengths, _ = example_batch(B)
+    Bn, W, F = X.shape
+    K, p = 5, 2
+    cs = ConvStack(F, (32, 64), K, p, dtype="float32", random_state=0)
+    layers = []
+    for l, (fi, fo) in enumerate(((F, 32), (32, 64))):
+        conv = torch.nn.Conv1d(fi, fo, K, padding=K // 2)
+        with torch.no_grad():
+            conv.weight.copy_(torch.tensor(np.array(cs.params[f"weight_l{l}"])))
+            conv.bias.copy_(torch.tensor(cs.params[f"bias_l{l}"]))
+        layers += [conv, torch.nn.ReLU(), torch.nn.MaxPool1d(p)]
+    net = torch.nn.Sequential(*layers)
+    tX = torch.tensor(np.ascontiguousarray(X.transpose(0, 2, 1)))
+    full = np.full(Bn, W, dtype=np.int64)
+    W2 = cs.output_steps(W)
+    G = np.random.default_rng(1).standard_normal((Bn, W2, 64)).astype(np.float32)
+    tG = torch.tensor(np.ascontiguousarray(G.transpose(0, 2, 1)))
+    grad = np.zeros(cs.n_params, np.float32)
+    with torch.inference_mode():
+        ref = net(tX).numpy().transpose(0, 2, 1)
+    err = float(np.abs(cs.forward(X, full, need_grad=False)[0] - ref).max())
+
+    def fs_forward(lens):
+        return lambda: cs.forward(X, lens, need_grad=False)
+
+    def fs_train(lens):
+        def step():
+            out, _, cache = cs.forward(X, lens)
+            cs.backward(G, cache, out=grad, need_input_grad=False)
+        return step
+
+    def torch_forward():
+        with torch.inference_mode():
+            net(tX)
+
+    def torch_train():
+        net.zero_grad(set_to_none=True)
+        (net(tX) * tG).sum().backward()
+
+    res = dict(B=Bn, W=W, W_min=int(lengths.min()), max_abs_diff=err)
+    for mode, fs, tt in (("forward", fs_forward, torch_forward), ("train", fs_train, torch_train)):
+        t = time_alternating({"ragged": fs(lengths), "padded": fs(full), "torch": tt}, repeats)
+        for k in ("ragged", "padded", "torch"):
+            res[f"{mode}_{k}_ms"] = 1e3 * t[k]
+        res[f"{mode}_ratio_padded"] = t["torch"] / t["padded"]
+        res[f"{mode}_ratio_ragged"] = t["torch"] / t["ragged"]
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -122,15 +202,22 @@ def main(argv=None):
                   f"{r['forward_fastseq_ms']:9.3f} {r['forward_torch_ms']:8.3f} "
                   f"{r['forward_ratio']:6.2f} | {r['train_fastseq_ms']:9.3f} "
                   f"{r['train_torch_ms']:8.3f} {r['train_ratio']:6.2f}", flush=True)
+        ex = run_example(args.threads, args.repeats)
     for mode in ("forward", "train"):
         ratios = [r[f"{mode}_ratio"] for r in rows]
         gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
         print(f"{mode}: geometric mean of torch/fastseq {gm:.2f}, worst {min(ratios):.2f}, "
               f"{sum(x < 1 for x in ratios)} of {len(ratios)} cases below 1.0")
+    print(f"CRNN example front end (B {ex['B']}, W {ex['W_min']}..{ex['W']}, 28 -> conv 32 -> "
+          f"conv 64, K 5, pool 2 twice): max |diff| {ex['max_abs_diff']:.1e}")
+    for mode in ("forward", "train"):
+        print(f"  {mode:7s} fastseq {ex[f'{mode}_padded_ms']:.3f} ms padded "
+              f"({ex[f'{mode}_ragged_ms']:.3f} ragged), torch {ex[f'{mode}_torch_ms']:.3f} ms: "
+              f"{ex[f'{mode}_ratio_padded']:.2f}x padded, {ex[f'{mode}_ratio_ragged']:.2f}x ragged")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu_model(), "llvm_cpu": name, "vector_isa": isa,
-                       "threads": args.threads, "cases": rows}, f, indent=1)
+                       "threads": args.threads, "cases": rows, "crnn_example": ex}, f, indent=1)
 
 
 if __name__ == "__main__":

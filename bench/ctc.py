@@ -6,7 +6,9 @@
 Both engines start from float32 logits (T, B, V) and return the mean loss
 (torch's "mean" reduction) and its gradient w.r.t. the logits.  Cases:
 "handwriting" (B=32, T 56..112 ragged, V=11: 10 digits + blank, target
-lengths 3..8) and "speech" (B=32, T=200, V=30, L=40).  Timings use
+lengths 3..8), "speech" (B=32, T=200, V=30, L=40) and "crnn-example" (the
+shapes of ``examples/crnn_digits.py``: one batch of 32 of its lines, the
+recurrent layer's steps and the lines' digit strings, see :func:`example_case`).  Timings use
 :func:`bench.compare.time_alternating` (median per call, engines timed in
 turn); the ratio is torch's time over fastseq's (> 1: fastseq is faster).
 """
@@ -34,6 +36,24 @@ def make_case(B, T, V, L, seed=0):
     return x, tg, il, tl
 
 
+def example_case(B=32, seed=0):
+    """The shapes of ``examples/crnn_digits.py``'s CTC loss for one batch of
+    its lines: the recurrent layer's steps (each line's columns // 4, after
+    the two poolings), 11 classes (blank + 10 digits), the lines' own digit
+    strings as targets; random logits."""
+    from bench.conv import example_batch
+
+    _, lengths, y = example_batch(B, seed)
+    il = lengths // 4
+    tl = np.array([len(s) for s in y], dtype=np.int64)
+    tg = np.zeros((B, int(tl.max())), dtype=np.int64)
+    for b, s in enumerate(y):
+        tg[b, :len(s)] = [int(c) + 1 for c in s]
+    x = np.random.default_rng(seed).normal(size=(int(il.max()), B, 11)).astype(np.float32)
+    spec = dict(B=B, T=(int(il.min()), int(il.max())), V=11, L=(int(tl.min()), int(tl.max())))
+    return (x, tg, il, tl), spec
+
+
 def run(threads, repeats):
     import torch
 
@@ -42,8 +62,9 @@ def run(threads, repeats):
 
     rows = []
     with set_threads(threads), _threads.limit(threads):
-        for name, spec in CASES.items():
-            x, tg, il, tl = make_case(**spec)
+        cases = [(name, make_case(**spec), spec) for name, spec in CASES.items()]
+        cases.append(("crnn-example",) + example_case())
+        for name, (x, tg, il, tl), spec in cases:
             tx = torch.tensor(x, requires_grad=True)
             ttg, til, ttl = torch.tensor(tg), torch.tensor(il), torch.tensor(tl)
 

@@ -481,7 +481,8 @@ def test_estimator_sequence_too_short_for_pooling(rng):
 
 def test_blocks_and_threads_give_the_same_result(rng, monkeypatch):
     """Many small blocks of sequences, on two threads, give what one block
-    gives (forward exactly; gradients up to the order of the block sums)."""
+    gives (forward exactly, both layers in one split; gradients up to the
+    order of the block sums)."""
     import fastseq.network.conv as conv_mod
     from fastseq._threads import limit
     X, lengths = ragged_batch(rng, 7, 15, 3, lengths=[15, 4, 9, 12, 6, 15, 8])
@@ -495,8 +496,12 @@ def test_blocks_and_threads_give_the_same_result(rng, monkeypatch):
     from fastseq import _plan
     monkeypatch.setattr(_plan.current(), "split_min_work", 1)
     monkeypatch.setattr(_plan.current(), "min_split_rows", 1)
+    splits = []
+    real = conv_mod._on_pool
+    monkeypatch.setattr(conv_mod, "_on_pool", lambda b, fn: splits.append(len(b)) or real(b, fn))
     with limit(2):
         out2, ol2, cache2 = cs.forward(X, lengths)
+        assert splits == [2]          # one hand-over for both layers: each thread its sequences
         dX2, grad2 = cs.backward(R, cache2)
     assert len(cache2[0][4]) == 7
     np.testing.assert_array_equal(out2, out)

@@ -253,41 +253,54 @@ class ConvStack:
         lengths = check_lengths(lengths, B, T)
         self.check_lengths(lengths)
         x = np.ascontiguousarray(X, dtype=self.dtype)
-        cache = [] if need_grad else None
-        with blas_single_thread():
-            for l in range(self.num_layers):
-                out, arg, blocks = self._layer_forward(l, x, lengths, need_grad)
-                if need_grad:
-                    cache.append((x, lengths, out, arg, blocks))
-                x, lengths = out, lengths // self.pool
-        return x, lengths, cache
-
-    def _layer_forward(self, l, x, lengths, need_grad):
-        B, Tl, Fl = x.shape
-        K, p, C, dt = self.kernel_size, self.pool, self.filters[l], self.dtype
-        bias = self.params[f"bias_l{l}"]
-        out = np.empty((B, Tl // p, C), dtype=dt)
-        arg = np.empty(out.shape if need_grad and p > 1 else (0, 0, 0), dtype=INDEX_DTYPE)
-        S = strips(C, dt.itemsize)
-        SW = STRIP_BYTES // dt.itemsize
-        wp = np.empty((S, K * Fl, SW), dtype=dt)
-        conv_pack_weight(self._gemm[l], wp)
+        K, p, dt = self.kernel_size, self.pool, self.dtype
+        layers = [self._layer_setup(l, (B, T), lengths, need_grad) for l in range(self.num_layers)]
         rows = max(1, CHUNK_ROWS // p) * p
-        groups = [(b, b + 1) for b in range(B)]
+        SW = STRIP_BYTES // dt.itemsize
 
         def run(i, j):
-            work = np.empty((rows, S * SW), dtype=dt)
-            edge = np.empty(max(1, K - 1) * K * Fl, dtype=dt)
-            conv_forward(x, lengths, K, wp, bias, p, i, j, work, edge, out, arg)
+            # sequences i..j-1 through every layer: a sequence's steps of one
+            # layer depend on its own steps of the layer below only
+            xl = x
+            for out, arg, wp, bias, lens_l, Fl in layers:
+                work = np.empty((rows, wp.shape[0] * SW), dtype=dt)
+                edge = np.empty(max(1, K - 1) * K * Fl, dtype=dt)
+                conv_forward(xl, lens_l, K, wp, bias, p, i, j, work, edge, out, arg)
+                xl = out
 
         # sequences to threads as the planner splits a batch (its hand-over
         # against the work: the fused pass is too quick to repay it below a
-        # few million multiply-adds)
-        work = int(lengths.sum()) * K * Fl * C
-        self._on_threads(groups, work, run, n_threads=_split_threads(B, work))
-        # the backward pass packs blocks of whole sequences
-        blocks = self._blocks(lengths, dt.itemsize * (K * Fl + C)) if need_grad else None
-        return out, arg, blocks
+        # few million multiply-adds); one split for the whole stack
+        work = sum(int(lens_l.sum()) * K * Fl * out.shape[2] for out, _, _, _, lens_l, Fl in layers)
+        with blas_single_thread():
+            self._on_threads([(b, b + 1) for b in range(B)], work, run,
+                             n_threads=_split_threads(B, work))
+        cache = None
+        if need_grad:
+            # the backward pass packs blocks of whole sequences
+            cache, xl = [], x
+            for out, arg, _, _, lens_l, Fl in layers:
+                blocks = self._blocks(lens_l, dt.itemsize * (K * Fl + out.shape[2]))
+                cache.append((xl, lens_l, out, arg, blocks))
+                xl = out
+        out, _, _, _, lens_l, _ = layers[-1]
+        return out, lens_l // p, cache
+
+    def _layer_setup(self, l, BT, lengths, need_grad):
+        """Layer ``l``'s output arrays, packed weight and bias, the valid
+        lengths of its input and its input width, for a batch of ``BT`` =
+        (B, T) input steps of the stack."""
+        B, T = BT
+        p, dt = self.pool, self.dtype
+        Tl, lens_l = T, lengths
+        for _ in range(l):
+            Tl, lens_l = Tl // p, lens_l // p
+        Fl, C, K = self._in_sizes[l], self.filters[l], self.kernel_size
+        out = np.empty((B, Tl // p, C), dtype=dt)
+        arg = np.empty(out.shape if need_grad and p > 1 else (0, 0, 0), dtype=INDEX_DTYPE)
+        wp = np.empty((strips(C, dt.itemsize), K * Fl, STRIP_BYTES // dt.itemsize), dtype=dt)
+        conv_pack_weight(self._gemm[l], wp)
+        return out, arg, wp, self.params[f"bias_l{l}"], lens_l, Fl
 
     # ------------------------------------------------------------ backward
     def backward(self, d_out, cache, out=None, need_input_grad=True):
