@@ -347,10 +347,17 @@ def _place(workers):
 # ms, the GIL released) before it goes back to sleep, and a caller polls each
 # part's done flag for JOIN_SPINS polls before it blocks.
 
+def _passive():
+    """Whether ``OMP_WAIT_POLICY=passive`` asks threads to sleep at once
+    (the OpenMP convention, which fastseq follows: no spinning then)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+
+
 #: polls a pool thread spends waiting for the next hand-over after a task
-LINGER_SPINS = 200_000
+#: (0 under ``OMP_WAIT_POLICY=passive``)
+LINGER_SPINS = 0 if _passive() else 200_000
 #: polls a caller spends waiting for a part to finish before it blocks
-JOIN_SPINS = 400_000
+JOIN_SPINS = 0 if _passive() else 400_000
 
 _handovers = np.zeros(8, dtype=np.int64)   # hand-overs so far (slot 0)
 _handovers_lock = threading.Lock()

@@ -210,6 +210,14 @@ print(_threads.default_num_threads(), seen[0])
 """
 
 
+@pytest.mark.parametrize("policy,spins", [("passive", "0 0"), ("PASSIVE", "0 0"),
+                                          ("active", "200000 400000"), ("", "200000 400000")])
+def test_omp_wait_policy_passive_turns_the_polling_off(policy, spins):
+    out = _run_python("from fastseq import _threads; print(_threads.LINGER_SPINS, _threads.JOIN_SPINS)",
+                      OMP_WAIT_POLICY=policy)
+    assert " ".join(out) == spins
+
+
 @pytest.mark.parametrize("var", _threads.THREAD_ENV_VARS)
 def test_environment_caps_the_default_in_a_new_process(var):
     assert _run_python(_PROBE, **{var: "1"}) == ["1", "1"]
