@@ -46,6 +46,32 @@ def cases(quick=False):
             for T, F, C, K in itertools.product((100, 400), (1, 12, 40), (32, 64), (3, 7))]
 
 
+def _steps(cs, X, G, net, tX, tG):
+    """What is timed: fastseq's forward and training step for given lengths
+    (functions of the lengths), torch's forward and training step."""
+    import torch
+
+    grad = np.zeros(cs.n_params, X.dtype)
+
+    def fs_forward(lengths):
+        return lambda: cs.forward(X, lengths, need_grad=False)
+
+    def fs_train(lengths):
+        def step():
+            _, _, cache = cs.forward(X, lengths)
+            cs.backward(G, cache, out=grad, need_input_grad=False)
+        return step
+
+    def torch_forward():
+        with torch.inference_mode():
+            net(tX)
+
+    def torch_train():
+        net.zero_grad(set_to_none=True)
+        (net(tX) * tG).sum().backward()
+    return fs_forward, fs_train, torch_forward, torch_train
+
+
 def run_case(case, threads, repeats):
     """One case, inside the caller's ``fastseq._threads.limit(threads)``."""
     import torch
@@ -66,28 +92,14 @@ def run_case(case, threads, repeats):
     tX = torch.tensor(np.ascontiguousarray(X.transpose(0, 2, 1)))
     G = rng.standard_normal((B, T // p, C)).astype(np.float32)
     tG = torch.tensor(np.ascontiguousarray(G.transpose(0, 2, 1)))
-    grad = np.zeros(cs.n_params, np.float32)
 
     with torch.inference_mode():
         ref = net(tX).numpy().transpose(0, 2, 1)
     out = cs.forward(X, lengths, need_grad=False)[0]
     err = float(np.abs(out - ref).max())
 
-    def fs_forward():
-        cs.forward(X, lengths, need_grad=False)
-
-    def fs_train():
-        out, _, cache = cs.forward(X, lengths)
-        cs.backward(G, cache, out=grad, need_input_grad=False)
-
-    def torch_forward():
-        with torch.inference_mode():
-            net(tX)
-
-    def torch_train():
-        net.zero_grad(set_to_none=True)
-        (net(tX) * tG).sum().backward()
-
+    fs_forward, fs_train, torch_forward, torch_train = _steps(cs, X, G, net, tX, tG)
+    fs_forward, fs_train = fs_forward(lengths), fs_train(lengths)
     res = dict(case)
     res["max_abs_diff"] = err
     for mode, fs, tt in (("forward", fs_forward, torch_forward), ("train", fs_train, torch_train)):
@@ -141,28 +153,11 @@ def run_example(threads, repeats, B=32):
     W2 = cs.output_steps(W)
     G = np.random.default_rng(1).standard_normal((Bn, W2, 64)).astype(np.float32)
     tG = torch.tensor(np.ascontiguousarray(G.transpose(0, 2, 1)))
-    grad = np.zeros(cs.n_params, np.float32)
     with torch.inference_mode():
         ref = net(tX).numpy().transpose(0, 2, 1)
     err = float(np.abs(cs.forward(X, full, need_grad=False)[0] - ref).max())
 
-    def fs_forward(lens):
-        return lambda: cs.forward(X, lens, need_grad=False)
-
-    def fs_train(lens):
-        def step():
-            out, _, cache = cs.forward(X, lens)
-            cs.backward(G, cache, out=grad, need_input_grad=False)
-        return step
-
-    def torch_forward():
-        with torch.inference_mode():
-            net(tX)
-
-    def torch_train():
-        net.zero_grad(set_to_none=True)
-        (net(tX) * tG).sum().backward()
-
+    fs_forward, fs_train, torch_forward, torch_train = _steps(cs, X, G, net, tX, tG)
     res = dict(B=Bn, W=W, W_min=int(lengths.min()), max_abs_diff=err)
     for mode, fs, tt in (("forward", fs_forward, torch_forward), ("train", fs_train, torch_train)):
         t = time_alternating({"ragged": fs(lengths), "padded": fs(full), "torch": tt}, repeats)

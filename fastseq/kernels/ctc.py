@@ -79,6 +79,18 @@ def _lse3(a, b, c):
     return a + np.log(1.0 + np.exp(b - a) + np.exp(c - a))
 
 
+@njit(inline="always", **JIT)
+def _row_max(x, t, b):
+    """The largest score of step ``t`` of sample ``b``, in float64 (the
+    shift of a softmax)."""
+    m = NEG_INF
+    for k in range(x.shape[2]):
+        v = np.float64(x[t, b, k])
+        if v > m:
+            m = v
+    return m
+
+
 @njit(**JIT)
 def _log_probs(x, b, Tb, from_logits, lp):
     """``lp[:Tb]`` = the log-probabilities of sample ``b``'s valid steps
@@ -86,11 +98,7 @@ def _log_probs(x, b, Tb, from_logits, lp):
     V = x.shape[2]
     for t in range(Tb):
         if from_logits:
-            m = NEG_INF
-            for k in range(V):
-                v = np.float64(x[t, b, k])
-                if v > m:
-                    m = v
+            m = _row_max(x, t, b)
             acc = 0.0
             for k in range(V):
                 acc += np.exp(np.float64(x[t, b, k]) - m)
@@ -100,6 +108,25 @@ def _log_probs(x, b, Tb, from_logits, lp):
         else:
             for k in range(V):
                 lp[t, k] = np.float64(x[t, b, k])
+
+
+@njit(inline="always", **JIT)
+def _normalise(a, t, lo, hi):
+    """Divide ``a[t, lo:hi]`` by its sum and return the sum; 0.0 (nothing
+    to trust) when the sum, or a quotient other than 0, is below
+    :data:`TINY` (NaN included)."""
+    c = 0.0
+    for s in range(lo, hi):
+        c += a[t, s]
+    if not c >= TINY:
+        return 0.0
+    inv = 1.0 / c
+    for s in range(lo, hi):
+        v = a[t, s] * inv
+        if v < TINY and v != 0.0:
+            return 0.0
+        a[t, s] = v
+    return c
 
 
 @njit(**JIT)
@@ -114,11 +141,7 @@ def _sample_scaled(x, b, Tb, ext, skip, S, from_logits, y, alpha, beta, occ, sca
     # the probabilities y_t(k): softmax of the logits, or exp of log-probabilities
     for t in range(Tb):
         if from_logits:
-            m = NEG_INF
-            for k in range(V):
-                v = np.float64(x[t, b, k])
-                if v > m:
-                    m = v
+            m = _row_max(x, t, b)
             acc = 0.0
             for k in range(V):
                 e = np.exp(np.float64(x[t, b, k]) - m)
@@ -163,17 +186,9 @@ def _sample_scaled(x, b, Tb, ext, skip, S, from_logits, y, alpha, beta, occ, sca
         else:  # states that cannot reach the end in time count for nothing
             for s in range(lo):
                 alpha[0, s] = 0.0
-        c = 0.0
-        for s in range(lo, hi):
-            c += alpha[t, s]
-        if not c >= TINY:  # NaN too
+        c = _normalise(alpha, t, lo, hi)
+        if c == 0.0:
             return 0.0, False
-        inv = 1.0 / c
-        for s in range(lo, hi):
-            a = alpha[t, s] * inv
-            if a < TINY and a != 0.0:
-                return 0.0, False
-            alpha[t, s] = a
         logp += np.log(c)
     end = alpha[Tb - 1, S - 1]
     if S > 1:
@@ -194,7 +209,6 @@ def _sample_scaled(x, b, Tb, ext, skip, S, from_logits, y, alpha, beta, occ, sca
             beta[t, s] = 0.0
         for s in range(hi, S):
             beta[t, s] = 0.0
-        d = 0.0
         for s in range(lo, hi):
             v = beta[t + 1, s] * y[t + 1, ext[s]]
             if s + 1 < S:
@@ -202,15 +216,8 @@ def _sample_scaled(x, b, Tb, ext, skip, S, from_logits, y, alpha, beta, occ, sca
             if s + 2 < S and skip[s + 2]:
                 v += beta[t + 1, s + 2] * y[t + 1, ext[s + 2]]
             beta[t, s] = v
-            d += v
-        if not d >= TINY:
+        if _normalise(beta, t, lo, hi) == 0.0:
             return 0.0, False
-        inv = 1.0 / d
-        for s in range(lo, hi):
-            v = beta[t, s] * inv
-            if v < TINY and v != 0.0:
-                return 0.0, False
-            beta[t, s] = v
     # occupancies: alpha_t(s) beta_t(s) over their sum at t (p, scaled) -> gradient
     for t in range(Tb):
         lo = max(0, S - 2 * (Tb - t))
