@@ -775,32 +775,28 @@ class Recurrent:
         dgh = None if self.cell == "gru" else dgx
         B = pk.B
         F = inp.shape[1]
-        if dgh is not None and F <= H:
-            # RNN, LSTM with inputs no wider than the state: both weight
-            # gradients as one product, dgates.T @ [inputs | h_prev] (a
-            # product of F < H columns runs BLAS far below its rate: LSTM
-            # F=28 H=256, 3,584 rows, 2 threads: 17.5 -> 14.8 ms for both)
+        # RNN, LSTM with inputs no wider than the state: both weight gradients
+        # as one product, dgates.T @ [inputs | h_prev] (a product of F < H
+        # columns runs BLAS far below its rate: LSTM F=28 H=256, 3,584 rows,
+        # 2 threads: 17.5 -> 14.8 ms for both)
+        fused = dgh is not None and F <= H
+        if fused:
             xh = np.empty((N, F + H), dtype=dt)
             parallel_copy(xh[:, :F], inp)
-            xh[:B, F:] = st["h0"]
-            if getattr(pk, "uniform", False):
-                parallel_copy(xh[B:, F:], st["out_h"][:N - B])
-            else:
-                xh[B:, F:] = st["out_h"][pk.prev]
-            if mask.shape[0]:
-                xh[:, F:] *= mask[pk.row_b]
+            self._h_prev(pk, st, mask, xh[:, F:])
             both = parallel_matmul(dgx.T, xh)
             del xh
             grads["weight_ih" + s][...] = both[:, :F]
             grads["weight_hh" + s][...] = both[:, F:]
-            if self.bias:
-                grads["bias_ih" + s][...] = dgx.sum(axis=0)
-                grads["bias_hh" + s][...] = grads["bias_ih" + s]
-            return parallel_matmul(dgx, W_ih) if want_dx else None
-        parallel_matmul(dgx.T, inp, out=grads["weight_ih" + s])
+        else:
+            parallel_matmul(dgx.T, inp, out=grads["weight_ih" + s])
         if self.bias:
             grads["bias_ih" + s][...] = dgx.sum(axis=0)
         d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
+        if fused:
+            if self.bias:
+                grads["bias_hh" + s][...] = grads["bias_ih" + s]
+            return d_inp
         if dgh is None:  # GRU: dgh = dgx with its n-third times r (dgx is done with)
             dgx[:, 2 * H:] *= st["gates"][:, :H]
             dgh = dgx
@@ -812,15 +808,28 @@ class Recurrent:
                 parallel_matmul(g[B:].T, st["out_h"][:N - B], out=dW[rows])
                 dW[rows] += g[:B].T @ st["h0"]
         else:
-            h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
-            if mask.shape[0]:
-                h_prev *= mask[pk.row_b]
+            h_prev = self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt))
             for g, rows in parts:
                 parallel_matmul(g.T, h_prev, out=dW[rows])
         if self.bias:
             for g, rows in parts:
                 db[rows] = g.sum(axis=0)
         return d_inp
+
+    @staticmethod
+    def _h_prev(pk, st, mask, out):
+        """``out`` (N, H) = the recurrent input of every packed row: ``h0``
+        for the first step's B rows, the previous step's output for the
+        others, times the recurrent dropout mask when there is one."""
+        B, N = pk.B, pk.N
+        out[:B] = st["h0"]
+        if getattr(pk, "uniform", False):
+            parallel_copy(out[B:], st["out_h"][:N - B])
+        else:
+            out[B:] = st["out_h"][pk.prev]
+        if mask.shape[0]:
+            out *= mask[pk.row_b]
+        return out
 
     def _backward_reset_before(self, k, d, pk, st, dd, dh, grads, want_dx):
         """:meth:`_backward_direction` of the reset-before GRU: the candidate's
@@ -835,9 +844,7 @@ class Recurrent:
                     st["h0"], st["out_h"], st["gates"], pk.batch_sizes, mask, dh, dgx),
                    pk.lengths_sorted, N * 3 * H * H)
         parallel_matmul(dgx.T, st["inp"], out=grads["weight_ih" + s])
-        h_prev = np.concatenate([st["h0"], st["out_h"][pk.prev]], axis=0)
-        if mask.shape[0]:
-            h_prev *= mask[pk.row_b]
+        h_prev = self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt))
         dW = grads["weight_hh" + s]
         parallel_matmul(dgx[:, :2 * H].T, h_prev, out=dW[:2 * H])
         parallel_matmul(dgx[:, 2 * H:].T, st["gates"][:, :H] * h_prev, out=dW[2 * H:])
