@@ -158,12 +158,9 @@ class Sequences:
         return X, lengths
 
 
-def check_sequences(X, *, dtype, tokens=False, name="X", tokenizer="char"):
-    """Validate ``X`` in any accepted format; return :class:`Sequences` of raw
-    values (token sequences are returned as lists of Python objects in
-    ``items`` with ``tokens=True``; encode them with a :class:`Vocabulary`).
-    With ``tokens``, raw strings are cut by ``tokenizer`` ("char", "word" or a
-    callable); lists of tokens are taken as they are."""
+def refuse_non_sequences(X, name="X"):
+    """Errors naming ``name`` for what is no sequence data at all: None, a
+    string, a sparse matrix or array."""
     if X is None:
         raise ValueError(f"{name} is None; expected an array or a list of sequences")
     if isinstance(X, str):
@@ -171,6 +168,15 @@ def check_sequences(X, *, dtype, tokens=False, name="X", tokenizer="char"):
     if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
         raise TypeError(f"{name} is a sparse matrix/array: sparse input is not supported; "
                         "pass a dense array or a list of sequences")
+
+
+def check_sequences(X, *, dtype, tokens=False, name="X", tokenizer="char"):
+    """Validate ``X`` in any accepted format; return :class:`Sequences` of raw
+    values (token sequences are returned as lists of Python objects in
+    ``items`` with ``tokens=True``; encode them with a :class:`Vocabulary`).
+    With ``tokens``, raw strings are cut by ``tokenizer`` ("char", "word" or a
+    callable); lists of tokens are taken as they are."""
+    refuse_non_sequences(X, name)
     if tokens:
         return _check_tokens(X, name, tokenizer)
     if isinstance(X, np.ndarray) and X.dtype.kind == "O" and X.ndim >= 2:

@@ -32,7 +32,7 @@ from sklearn.utils._param_validation import HasMethods
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import _check_feature_names, _check_feature_names_in, check_is_fitted
 
-from ._input import real_array
+from ._input import real_array, refuse_non_sequences
 from ._validation import check_fitted_width
 
 
@@ -86,13 +86,7 @@ def _as_float(a, name, allow_nan):
 
 def _check_input(X, allow_nan, name="X"):
     """Validate ``X`` (any accepted format) -> :class:`_Steps`."""
-    if X is None:
-        raise ValueError(f"{name} is None; expected an array or a list of sequences")
-    if isinstance(X, str):
-        raise TypeError(f"{name} must be an array or a list of sequences, got a string")
-    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError(f"{name} is a sparse matrix/array: sparse input is not supported; "
-                        "pass a dense array or a list of sequences")
+    refuse_non_sequences(X, name)
     items = None
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
