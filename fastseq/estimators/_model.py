@@ -214,14 +214,8 @@ class SequenceModel:
             rows.append(("embedding", "Embedding", (None, T, c["embedding_dim"]),
                          self.emb.n_params))
         if self.conv is not None:
-            cv = self.conv
-            for l, C in enumerate(cv.filters):
-                kind = f"Conv1D(k={cv.kernel_size})+ReLU"
-                if cv.pool > 1:
-                    kind += f"+MaxPool({cv.pool})"
-                    T = f"T/{cv.pool ** (l + 1)}"
-                n = cv.params[f"weight_l{l}"].size + cv.params[f"bias_l{l}"].size
-                rows.append((f"conv_{l + 1}", kind, (None, T, C), n))
+            for name, kind, T, C, n in self.conv.summary_rows("T"):
+                rows.append((name, kind, (None, T, C), n))
         kind = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[c["cell"]]
         if c["bidirectional"]:
             kind = f"Bidirectional {kind}"

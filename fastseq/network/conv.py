@@ -169,6 +169,20 @@ class ConvStack:
             lengths = lengths // self.pool
         return lengths
 
+    def summary_rows(self, steps):
+        """One ``(name, kind, steps label, filters, parameters)`` row per
+        layer for a model summary; ``steps`` names the input's steps ("T")
+        and becomes ``steps/p**l`` after each pooling."""
+        rows, label = [], steps
+        for l, C in enumerate(self.filters):
+            kind = f"Conv1D(k={self.kernel_size})+ReLU"
+            if self.pool > 1:
+                kind += f"+MaxPool({self.pool})"
+                label = f"{steps}/{self.pool ** (l + 1)}"
+            n = self.params[f"weight_l{l}"].size + self.params[f"bias_l{l}"].size
+            rows.append((f"conv_{l + 1}", kind, label, C, n))
+        return rows
+
     def output_steps(self, T):
         """Padded steps of the output for an input of T steps."""
         for _ in range(self.num_layers):

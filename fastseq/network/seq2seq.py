@@ -262,14 +262,8 @@ class Seq2Seq:
     def summary_rows(self):
         rows = []
         if self.conv is not None:
-            cv, S = self.conv, "S"
-            for l, C in enumerate(cv.filters):
-                kind = f"Conv1D(k={cv.kernel_size})+ReLU"
-                if cv.pool > 1:
-                    kind += f"+MaxPool({cv.pool})"
-                    S = f"S/{cv.pool ** (l + 1)}"
-                n = cv.params[f"weight_l{l}"].size + cv.params[f"bias_l{l}"].size
-                rows.append((f"conv_{l + 1}", kind, f"(B, {S}, {C})", n))
+            for name, kind, S, C, n in self.conv.summary_rows("S"):
+                rows.append((name, kind, f"(B, {S}, {C})", n))
         rows.append(("encoder", f"Recurrent[{self.cell}]", f"(B, S, {self.A})",
                      self.encoder.n_params))
         for name, shape in self._layout[1:]:
