@@ -257,7 +257,6 @@ def make_ort(case, module, threads):
     import io
     import warnings
 
-    import onnxruntime as ort
     import torch
 
     key = (case.cell, case.I, case.H)
@@ -270,13 +269,21 @@ def make_ort(case, module, threads):
                               output_names=["out", "h_n"] if case.cell != "lstm" else ["out", "h_n", "c_n"],
                               dynamic_axes={"x": {0: "B", 1: "T"}, "out": {0: "B", 1: "T"}})
         _ONNX_CACHE[key] = buf.getvalue()
+    return ort_session(_ONNX_CACHE[key], threads)
+
+
+def ort_session(model_bytes, threads):
+    """An ONNX Runtime CPU session of a serialised model: ``threads`` intra-op
+    threads, one inter-op, sequential execution, every graph optimisation."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(_ONNX_CACHE[key], so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
 # ----------------------------------------------------------------- timing

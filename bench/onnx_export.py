@@ -62,16 +62,9 @@ def fitted(cell, H, threads):
 
 
 def session(model, threads):
-    import onnxruntime as ort
+    from bench.compare import ort_session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort_session(model.SerializeToString(), threads)
 
 
 def run_case(cell, H, B, T, threads, repeats):
