@@ -382,11 +382,7 @@ def test_skl2onnx_pipeline_classifier_and_regressor():
     y = np.array(["lo", "hi"] * 5)
     pipe = make_pipeline(StandardScaler(), small(RNNClassifier, cell="gru", bidirectional=True))
     pipe.fit(X, y)
-    pipe[-1].model_.flat[...] *= np.float32(2.5)
-    model = skl2onnx.to_onnx(pipe, X[:1], options={RNNClassifier: {"zipmap": False}})
-    label, proba = session(model).run(None, {model.graph.input[0].name: X})
-    np.testing.assert_allclose(proba, pipe.predict_proba(X), rtol=0, atol=ATOL)
-    np.testing.assert_array_equal(label, pipe.predict(X))
+    _check_classifier_pipeline(skl2onnx, pipe, X)
 
     yr = rng.standard_normal((10, 2))
     pipe = make_pipeline(StandardScaler(), small(RNNRegressor, cell="lstm", pooling="mean"))
@@ -404,6 +400,17 @@ def test_skl2onnx_pipeline_classifier_and_regressor():
     model = skl2onnx.to_onnx(pipe, X[:1])
     (proba,) = session(model).run(None, {model.graph.input[0].name: X})
     np.testing.assert_allclose(proba, np.stack(pipe.predict_proba(X)), rtol=0, atol=ATOL)
+
+
+def _check_classifier_pipeline(skl2onnx, pipe, X):
+    """A fitted pipeline ending in an RNNClassifier (weights scaled so that
+    the outputs are far from uniform), exported by skl2onnx: ONNX Runtime's
+    labels and probabilities are the pipeline's."""
+    pipe[-1].model_.flat[...] *= np.float32(2.5)
+    model = skl2onnx.to_onnx(pipe, X[:1], options={RNNClassifier: {"zipmap": False}})
+    label, proba = session(model).run(None, {model.graph.input[0].name: X})
+    np.testing.assert_allclose(proba, pipe.predict_proba(X), rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(label, pipe.predict(X))
 
 
 def test_skl2onnx_refuses_token_estimators():
@@ -447,8 +454,4 @@ def test_skl2onnx_pipeline_with_conv_front_end():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         pipe.fit(X, y)
-    pipe[-1].model_.flat[...] *= np.float32(2.5)
-    model = skl2onnx.to_onnx(pipe, X[:1], options={RNNClassifier: {"zipmap": False}})
-    label, proba = session(model).run(None, {model.graph.input[0].name: X})
-    np.testing.assert_allclose(proba, pipe.predict_proba(X), rtol=0, atol=ATOL)
-    np.testing.assert_array_equal(label, pipe.predict(X))
+    _check_classifier_pipeline(skl2onnx, pipe, X)
