@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 
@@ -32,3 +34,29 @@ def _reference_plan(monkeypatch):
     from fastseq import _plan
 
     monkeypatch.setattr(_plan, "_current", _plan.Plan.for_machine(_plan.Machine(**REFERENCE_MACHINE)))
+
+
+def sklearn_checks(estimators):
+    """``parametrize_with_checks`` over ``estimators``, each one's
+    ``_expected_failed_checks`` strict (where scikit-learn supports it)."""
+    from sklearn.utils.estimator_checks import parametrize_with_checks
+
+    strict = ({"xfail_strict": True}
+              if "xfail_strict" in inspect.signature(parametrize_with_checks).parameters else {})
+    return parametrize_with_checks(
+        estimators, expected_failed_checks=lambda est: est._expected_failed_checks(), **strict)
+
+
+def assert_expected_failures_name_real_checks(est):
+    """``est``'s expected failures are not empty, each names a check that
+    scikit-learn runs on it, and each gives a reason of a sentence."""
+    from sklearn.utils.estimator_checks import estimator_checks_generator
+
+    names = set()
+    for _, check in estimator_checks_generator(est, legacy=True):
+        while hasattr(check, "func"):
+            check = check.func
+        names.add(check.__name__)
+    failed = est._expected_failed_checks()
+    assert failed and set(failed) <= names, set(failed) - names
+    assert all(isinstance(r, str) and len(r) > 40 for r in failed.values())

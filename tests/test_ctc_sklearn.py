@@ -7,14 +7,13 @@ are strict.  A test-only adapter then runs every check with each scalar
 label read as a one-label sequence, and predictions joined into strings.
 """
 
-import inspect
 import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
 
 from fastseq import CTCClassifier
+from conftest import assert_expected_failures_name_real_checks, sklearn_checks
 
 SMALL = dict(hidden_size=8, max_iter=20, learning_rate=0.03, batch_size=16, random_state=0,
              cell="gru", dtype="float64")
@@ -49,12 +48,7 @@ class OneLabelCTC(CTCClassifier):
 
 
 ESTIMATORS = [CTCClassifier(**SMALL), OneLabelCTC(**SMALL)]
-STRICT = ({"xfail_strict": True}
-          if "xfail_strict" in inspect.signature(parametrize_with_checks).parameters else {})
-
-
-@parametrize_with_checks(
-    ESTIMATORS, expected_failed_checks=lambda est: est._expected_failed_checks(), **STRICT)
+@sklearn_checks(ESTIMATORS)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -63,14 +57,7 @@ def test_sklearn_compatible(estimator, check):
 
 def test_every_expected_failure_names_a_check_that_runs_and_gives_a_reason():
     est = CTCClassifier(**SMALL)
-    names = set()
-    for _, check in estimator_checks_generator(est, legacy=True):
-        while hasattr(check, "func"):
-            check = check.func
-        names.add(check.__name__)
-    failed = est._expected_failed_checks()
-    assert failed and set(failed) <= names, set(failed) - names
-    assert all(isinstance(r, str) and len(r) > 40 for r in failed.values())
+    assert_expected_failures_name_real_checks(est)
 
 
 def test_parameters_are_base_rnn_s_plus_beam_width():

@@ -10,16 +10,15 @@ each sample's label over its steps for SequenceTagger, one gives
 Seq2SeqRegressor's predictions the shape of a 2-D y.
 """
 
-import inspect
 import warnings
 
 import numpy as np
 import pytest
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.estimator_checks import estimator_checks_generator, parametrize_with_checks
 
 from fastseq import (RNNClassifier, RNNRegressor, Seq2SeqClassifier, Seq2SeqRegressor,
                      SequenceTagger)
+from conftest import assert_expected_failures_name_real_checks, sklearn_checks
 
 SMALL = dict(hidden_size=8, max_iter=40, learning_rate=0.03, batch_size=16, random_state=0,
              cell="gru", dtype="float64")
@@ -73,12 +72,7 @@ class SqueezedSeq2SeqRegressor(Seq2SeqRegressor):
 ESTIMATORS = [RNNClassifier(**SMALL), RNNRegressor(**SMALL), SequenceTagger(**SMALL),
               Seq2SeqClassifier(**SMALL), Seq2SeqRegressor(**SMALL), PerStepTagger(**SMALL),
               SqueezedSeq2SeqRegressor(**SMALL)]
-STRICT = ({"xfail_strict": True}
-          if "xfail_strict" in inspect.signature(parametrize_with_checks).parameters else {})
-
-
-@parametrize_with_checks(
-    ESTIMATORS, expected_failed_checks=lambda est: est._expected_failed_checks(), **STRICT)
+@sklearn_checks(ESTIMATORS)
 def test_sklearn_compatible(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -92,11 +86,4 @@ def test_many_to_one_estimators_have_no_expected_failures(cls):
 
 @pytest.mark.parametrize("est", ESTIMATORS[2:5], ids=lambda e: type(e).__name__)
 def test_every_expected_failure_names_a_check_that_runs_and_gives_a_reason(est):
-    names = set()
-    for _, check in estimator_checks_generator(est, legacy=True):
-        while hasattr(check, "func"):
-            check = check.func
-        names.add(check.__name__)
-    failed = est._expected_failed_checks()
-    assert failed and set(failed) <= names, set(failed) - names
-    assert all(isinstance(r, str) and len(r) > 40 for r in failed.values())
+    assert_expected_failures_name_real_checks(est)
