@@ -17,6 +17,18 @@ def ragged_batch(rng, B, T, F, lengths=None, fill=np.nan):
     return X, lengths
 
 
+def central_difference(f, arr, idx, eps=1e-6):
+    """``(f() at arr[idx] + eps - f() at arr[idx] - eps) / 2 eps``, the entry
+    put back after."""
+    old = arr[idx]
+    arr[idx] = old + eps
+    up = f()
+    arr[idx] = old - eps
+    down = f()
+    arr[idx] = old
+    return (up - down) / (2 * eps)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

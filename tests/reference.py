@@ -103,24 +103,29 @@ def recurrent_sequence(params, cell, x, num_layers=1, bidirectional=False, h0=No
     return inp, np.array(h_n), (np.array(c_n) if cell == "lstm" else None)
 
 
+def conv1d_preactivation(x, W):
+    """Conv1d of one sequence without its bias ("same" zero padding, K odd),
+    straight from the equations: x (L, F), W (C, F, K) -> (L, C)."""
+    C, F, K = W.shape
+    P = (K - 1) // 2
+    L = x.shape[0]
+    z = np.zeros((L, C))
+    for t in range(L):
+        for k in range(K):
+            s = t + k - P
+            if 0 <= s < L:
+                z[t] += W[:, :, k] @ x[s]
+    return z
+
+
 def conv1d_relu_pool(x, W, b, pool=1):
     """One sequence through Conv1d ("same" zero padding, K odd) -> ReLU ->
     MaxPool1d(pool), straight from the equations in float64.
 
     x (L, F), W (C, F, K) (PyTorch's layout), b (C,) -> (L // pool, C)."""
     x = np.asarray(x, dtype=np.float64)
-    C, F, K = W.shape
-    P = (K - 1) // 2
+    C = W.shape[0]
     L = x.shape[0]
-    z = np.zeros((L, C))
-    for t in range(L):
-        for c in range(C):
-            acc = b[c]
-            for k in range(K):
-                s = t + k - P
-                if 0 <= s < L:
-                    acc += W[c, :, k] @ x[s]
-            z[t, c] = acc
-    r = np.maximum(z, 0.0)
+    r = np.maximum(conv1d_preactivation(x, W) + b, 0.0)
     L2 = L // pool
     return np.array([r[t * pool:(t + 1) * pool].max(axis=0) for t in range(L2)]).reshape(L2, C)

@@ -6,6 +6,7 @@ import pytest
 from fastseq.kernels.attention import (
     ATTENTION_KINDS, BAHDANAU, COSINE, COSINE_EPS, attention_backward, attention_forward,
 )
+from conftest import central_difference
 
 KINDS = ["bahdanau", "luong", "dot", "cosine"]
 
@@ -137,13 +138,7 @@ def test_backward_central_differences(kind):
         it = np.nditer(arr, flags=["multi_index"])
         for _ in it:
             i = it.multi_index
-            old = arr[i]
-            arr[i] = old + eps
-            lp = loss()
-            arr[i] = old - eps
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / (2 * eps)
+            num[i] = central_difference(loss, arr, i, eps)
         np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
     # padded steps get exactly zero gradient
     for b, L in enumerate(src_len):

@@ -13,8 +13,8 @@ import fastseq
 from fastseq.kernels.conv import (conv_pack, conv_pack_weight, conv_relu_pool,
                                   conv_relu_pool_backward, conv_unpack, strips)
 from fastseq.network.conv import ConvStack
-from conftest import ragged_batch
-from reference import conv1d_relu_pool
+from conftest import central_difference, ragged_batch
+from reference import conv1d_preactivation, conv1d_relu_pool
 
 EPS = 1e-6
 
@@ -98,7 +98,7 @@ def test_conv_forward_kernel_matches_reference(rng, vector_bytes, dtype):
                 np.testing.assert_allclose(out[b, :L2], ref, **tol)
                 assert np.all(out[b, L2:] == 0.0)
                 if keep:  # the step of each maximum (up to rounding on near-ties)
-                    pre = _preactivation(X[b, :L[b]], W)
+                    pre = conv1d_preactivation(X[b, :L[b]], W)
                     win = pre[:L2 * pool].reshape(L2, pool, C)
                     a = arg[b, :L2]
                     assert np.all((a >= np.arange(L2)[:, None] * pool)
@@ -106,20 +106,6 @@ def test_conv_forward_kernel_matches_reference(rng, vector_bytes, dtype):
                     np.testing.assert_allclose(np.take_along_axis(pre, a, axis=0),
                                                win.max(axis=1), **tol)
                     assert np.all(arg[b, L2:] == -1)
-
-
-def _preactivation(x, W):
-    """z - bias of one sequence (L, F), straight from the equations."""
-    C, F, K = W.shape
-    P = (K - 1) // 2
-    L = x.shape[0]
-    z = np.zeros((L, C))
-    for t in range(L):
-        for k in range(K):
-            s = t + k - P
-            if 0 <= s < L:
-                z[t] += W[:, :, k] @ x[s]
-    return z
 
 
 def test_pack_and_unpack_are_adjoint(rng):
@@ -203,13 +189,7 @@ def test_gradcheck(rng, filters, K, pool):
         return np.sum(o * R)
 
     def numeric(arr, idx):
-        old = arr[idx]
-        arr[idx] = old + EPS
-        up = loss()
-        arr[idx] = old - EPS
-        down = loss()
-        arr[idx] = old
-        return (up - down) / (2 * EPS)
+        return central_difference(loss, arr, idx, EPS)
 
     # every parameter (weights and biases of every layer)
     num = np.array([numeric(cs.flat, i) for i in range(cs.n_params)])
@@ -529,13 +509,8 @@ def test_seq2seq_with_conv_front_end(rng, tmp_path):
     idx = np.concatenate([start + np.arange(m.params["conv"].size),  # every conv parameter
                           rng.choice(m.n_params, 10, replace=False)])
     for i in idx:
-        old = m.flat[i]
-        m.flat[i] = old + EPS
-        up = m.forward_loss(X, lengths, Y, y_len)
-        m.flat[i] = old - EPS
-        down = m.forward_loss(X, lengths, Y, y_len)
-        m.flat[i] = old
-        np.testing.assert_allclose(grad[i], (up - down) / (2 * EPS), rtol=1e-5, atol=1e-8)
+        num = central_difference(lambda: m.forward_loss(X, lengths, Y, y_len), m.flat, i, EPS)
+        np.testing.assert_allclose(grad[i], num, rtol=1e-5, atol=1e-8)
     Xs = [rng.standard_normal((int(rng.integers(6, 12)), 2)) for _ in range(12)]
     ys = rng.standard_normal((12, 3, 1))
     reg = fastseq.Seq2SeqRegressor(hidden_size=4, conv_filters=3, conv_pool=2, max_iter=2,

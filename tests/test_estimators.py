@@ -22,6 +22,7 @@ from fastseq import RNNClassifier, RNNRegressor, SequenceTagger
 from fastseq._input import Batch, Dataset, check_sequences, iter_batches
 from fastseq.estimators import FitInterruptedWarning, NumericalWarning
 from fastseq.estimators._model import SequenceModel
+from conftest import central_difference
 
 SMALL = dict(hidden_size=6, max_iter=3, batch_size=8, random_state=0)
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -78,13 +79,7 @@ def test_gradient_matches_central_differences(kw):
     num = np.zeros_like(grad)
     eps = 1e-6
     for k in range(model.flat.size):
-        old = model.flat[k]
-        model.flat[k] = old + eps
-        lp = model.loss(batch)
-        model.flat[k] = old - eps
-        lm = model.loss(batch)
-        model.flat[k] = old
-        num[k] = (lp - lm) / (2 * eps)
+        num[k] = central_difference(lambda: model.loss(batch), model.flat, k, eps)
     assert_allclose(grad, num, rtol=1e-5, atol=1e-8)
 
 

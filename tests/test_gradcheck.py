@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastseq.nn import Recurrent
-from conftest import ragged_batch
+from conftest import central_difference, ragged_batch
 
 EPS = 1e-6
 
@@ -23,13 +23,7 @@ def _loss_fn(layer, X, lengths, h0, c0, R, Rh, Rc, seed=None):
 
 
 def _numeric(f, arr, idx):
-    old = arr[idx]
-    arr[idx] = old + EPS
-    up = f()
-    arr[idx] = old - EPS
-    down = f()
-    arr[idx] = old
-    return (up - down) / (2 * EPS)
+    return central_difference(f, arr, idx, EPS)
 
 
 def _check(analytic, numeric, what):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fastseq.network.seq2seq import Seq2Seq
+from conftest import central_difference
 
 KINDS = ["bahdanau", "luong", "dot", "cosine", None]
 
@@ -36,13 +37,8 @@ def make_batch(rng, model, tokens_in=True, nan_padding=False):
 def numeric_grad(model, X, lengths, Y, y_len, use_truth, eps=1e-6):
     num = np.zeros_like(model.flat)
     for i in range(model.flat.shape[0]):
-        old = model.flat[i]
-        model.flat[i] = old + eps
-        lp = model.forward_loss(X, lengths, Y, y_len, use_truth)
-        model.flat[i] = old - eps
-        lm = model.forward_loss(X, lengths, Y, y_len, use_truth)
-        model.flat[i] = old
-        num[i] = (lp - lm) / (2 * eps)
+        num[i] = central_difference(lambda: model.forward_loss(X, lengths, Y, y_len, use_truth),
+                                    model.flat, i, eps)
     return num
 
 

@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from fastseq import RNNClassifier, RNNRegressor, SequenceTagger
 from fastseq.estimators._stream import TruncatedBatch
 from fastseq.nn import Recurrent
+from conftest import central_difference
 
 #: lengths of the ragged test batch: with windows of 3 steps, sequences end in
 #: windows 0, 0, 1, 3, 3 (window 2 carries no many-to-one loss), and the
@@ -199,16 +200,11 @@ def test_reference_window_gradient_by_central_differences(pooling, cell):
     _, g = ref.window(X, LENGTHS, s, e, target, carried)
     eps = 1e-6
     num = np.empty_like(g)
+    def loss():
+        ref.bind()
+        return ref.window(X, LENGTHS, s, e, target, carried, need_grad=False)
     for i in range(len(g)):
-        old = ref.theta[i]
-        ref.theta[i] = old + eps
-        ref.bind()
-        up = ref.window(X, LENGTHS, s, e, target, carried, need_grad=False)
-        ref.theta[i] = old - eps
-        ref.bind()
-        down = ref.window(X, LENGTHS, s, e, target, carried, need_grad=False)
-        ref.theta[i] = old
-        num[i] = (up - down) / (2 * eps)
+        num[i] = central_difference(loss, ref.theta, i, eps)
     ref.bind()
     np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-8)
     assert np.abs(g).max() > 1e-3  # not a vacuous comparison
