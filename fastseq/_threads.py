@@ -269,8 +269,8 @@ _blas = None
 # machine whose idle vCPUs the guest sees as preempted (KVM's paravirtual
 # steal/preempt flags) it often picks the caller's own CPU: the two halves of
 # a split call then run one after the other.  On the 2-vCPU machines here
-# that happened to 366 of 400 conv front-end calls made in bursts (10 calls
-# after 20 ms of idle), doubling their time.  So each time a call hands work
+# that happened to 361-366 of 400 conv front-end calls made in bursts (10
+# calls after 20 ms of idle; python -m bench.handover), doubling their time.  So each time a call hands work
 # to the pool, the pool's threads are allowed every CPU of the process but
 # the caller's current one (Linux only; nothing is done when there are not
 # more CPUs than pool threads, or the process's CPUs cannot be read).

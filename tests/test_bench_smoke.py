@@ -24,3 +24,16 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     assert r["max_abs_diff"] < 1e-4
     assert r["infer_fastseq_ms"] > 0 and r["train_torch_ms"] > 0
     assert json.loads(out_json.read_text())["results"][0]["case"] == tiny.name
+
+
+def test_handover_runs_its_three_parts(monkeypatch, capsys):
+    from bench import handover
+
+    monkeypatch.setattr(handover, "GRAD_CASES", [("tiny", 8, 3, 4, 64)])
+    res = handover.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "CPU:" in out and "torch / polling" in out and "tiny" in out
+    assert set(res["polling"]) == {"polling", "sleeping", "one thread", "torch"}
+    if res["placement"] is not None:
+        assert set(res["placement"]) == {"anywhere", "placed"}
+        assert all(total > 0 for _, total, _ in res["placement"].values())
