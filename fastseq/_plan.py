@@ -84,6 +84,7 @@ class Plan:
     unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
     min_split_rows: int = MIN_SPLIT_ROWS
+    l2_bytes: int = 1024 ** 2
 
     @classmethod
     def for_machine(cls, m):
@@ -92,7 +93,8 @@ class Plan:
                    split_min_work=_pow2(SPLIT_HANDOVERS * w),
                    matmul_split_min_work=_pow2(MATMUL_SPLIT_HANDOVERS * w),
                    infer_split_step_work=_pow2(INFER_SPLIT_STEP_HANDOVERS * w),
-                   unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes))
+                   unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes),
+                   l2_bytes=m.l2_bytes)
 
     # ------------------------------------------------------------ decisions
     def batch_split(self, n_threads, B, work):
@@ -115,6 +117,18 @@ class Plan:
         """Whether a full-length inference call splits its batch (a step's
         recurrent product ``step_work``, the call's ``work``)."""
         return step_work >= self.infer_split_step_work and self.batch_split(n_threads, B, work) > 1
+
+    def fuse_projection(self, rows, block_rows, weight_bytes):
+        """Whether a time loop whose steps have ``rows`` rows (a thread's
+        share) computes its input projection inside each step's product,
+        whose weights ``[W_ih | W_hh]`` take ``weight_bytes``: from one row
+        block of the product's micro-kernel (``block_rows``) when those
+        weights fit in half of the L2 cache, from two row blocks when they
+        stream from further away, where a row block alone would wait on the
+        weights (bench/RESULTS.md, "Fused input projection")."""
+        if rows < block_rows:
+            return False
+        return weight_bytes <= self.l2_bytes // 2 or rows >= 2 * block_rows
 
     def unit_split(self, n_threads, H, B, T, weight_bytes):
         """Whether an LSTM training pass splits its ``H`` hidden units."""

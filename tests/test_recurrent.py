@@ -146,6 +146,11 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
             layer.eval()
             X = np.nan_to_num(X)                          # (NaN padding): all steps valid
             layer.forward(X, need_grad=False)             # the one-call inference path
+            six = np.repeat(X, 2, axis=0)                 # an LSTM's fused path (from 4 sequences)
+            layer.forward(six, need_grad=False)
+            six = six.astype(dtype)
+            six.setflags(write=False)
+            layer.forward(six, need_grad=False)
             layer.forward(X, need_grad=False, h0=np.zeros((1, 3, 3)) if cell != "lstm" else None)
             # read-only input and state (a memmap, a frozen array): no new signature
             one = np.ascontiguousarray(X[:1].astype(dtype))
@@ -167,6 +172,9 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
     if cell != "gru_rb":
         sigs = getattr(kernels, f"{cell}_infer").signatures
         assert 1 <= len(sigs) <= 2, sigs
+    if cell == "lstm":
+        from fastseq.kernels.infer import lstm_fused_slice
+        assert 1 <= len(lstm_fused_slice.signatures) <= 2, lstm_fused_slice.signatures
 
 
 @pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
@@ -176,11 +184,14 @@ def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, cell, nl, n
                                                    dtype, tol):
     kw = {"nonlinearity": nl} if cell == "rnn" else {}
     D = 2 if bidirectional else 1
-    for bias in (True, False):
+    # B = 3: the one-call kernels; B = 9: an LSTM's fused input projection
+    for bias, B in ((True, 3), (False, 3), (True, 9), (False, 9)):
         layer = Recurrent(cell, 4, 5, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
                           dtype=dtype, random_state=2, **kw).eval()
-        X = rng.standard_normal((3, 6, 4))
-        h = rng.standard_normal((num_layers * D, 3, 5))
+        if cell == "lstm":
+            assert layer._inference_plan(B, 6) == ("fused" if B == 9 else "one")
+        X = rng.standard_normal((B, 6, 4))
+        h = rng.standard_normal((num_layers * D, B, 5))
         for h0 in (None, (h, h[::-1].copy()) if cell == "lstm" else h):
             fast = layer.forward(X, h0=h0, need_grad=False)
             packed = layer.forward(X, h0=h0)              # need_grad: the packed path
@@ -205,6 +216,9 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     calls = []
     real = Recurrent._forward_infer
     monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: calls.append("one") or real(self, *a))
+    real_fused = Recurrent._forward_fused
+    monkeypatch.setattr(Recurrent, "_forward_fused",
+                        lambda self, *a: calls.append(("fused", a[-1])) or real_fused(self, *a))
     small = Recurrent("lstm", 3, 4, random_state=0)
     X = np.zeros((2, 5, 3))
     small.forward(X)                                      # need_grad: packed
@@ -217,7 +231,7 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     rb = Recurrent("gru", 3, 4, reset_after=False, random_state=0).eval()
     rb.forward(X, need_grad=False)                        # reset-before GRU: packed
     assert calls == ["one"]
-    big = Recurrent("lstm", 64, 128, random_state=0).eval()   # 8.4M multiply-adds a step
+    big = Recurrent("gru", 64, 192, random_state=0).eval()   # 14M multiply-adds a step
     Xb = np.zeros((128, 30, 64), np.float32)
     with _threads.limit(2):
         big.forward(Xb, need_grad=False)                  # split across threads: packed
@@ -225,6 +239,21 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     with _threads.limit(1):
         big.forward(Xb, need_grad=False)                  # one thread: one call
     assert calls == ["one", "one"]
+    # [W_ih | W_hh] of 384 KB, over half the reference plan's L2 (conftest):
+    # fused from two row blocks (8 sequences) a slice
+    lstm = Recurrent("lstm", 64, 128, random_state=0).eval()
+    with _threads.limit(2):
+        lstm.forward(Xb, need_grad=False)                 # the planner's split: two slices
+        lstm.forward(Xb[:8], need_grad=False)             # split in two slices of 4: one call
+        lstm.forward(Xb[:, :1], need_grad=False)          # one step: one call
+    with _threads.limit(1):
+        lstm.forward(Xb, need_grad=False)
+        lstm.forward(Xb[:8], need_grad=False)             # one slice of 8
+        lstm.forward(Xb[:7], need_grad=False)             # 7 rows: one call
+    small = Recurrent("lstm", 8, 16, random_state=0).eval()   # 6 KB of weights: from one row block
+    small.forward(Xb[:4, :, :8], need_grad=False)
+    small.forward(Xb[:3, :, :8], need_grad=False)
+    assert calls[2:] == [("fused", 2), "one", "one", ("fused", 1), ("fused", 1), "one", ("fused", 1), "one"]
 
 
 def test_import_compiles_nothing():

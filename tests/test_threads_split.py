@@ -265,11 +265,19 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
     monkeypatch.setattr(R, "run_pipelined", lambda *a: calls.append(1) or real(*a))
     with _threads.limit(2):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) is None       # batch split
+        # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: fused from
+        # two row blocks of the product (8 rows a slice; this module splits
+        # batches of 8 or more in two)
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(7, 5) == "one"
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(8, 5) == "one"       # split: 4 rows each
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == "fused"   # split: 8 rows each
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
+        assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
+        assert Recurrent("lstm", 8, 32).eval()._inference_plan(3, 10) == "one"
         # the reference plan (conftest) splits from 8M multiply-adds a step:
         # one thread below
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 100) == "one"    # 4.2M
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 100) is None     # 8.4M
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(16, 100) == "one"     # 3.1M
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(48, 100) is None      # 9.4M: batch split
         small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
         small.forward(np.ones((1, 32, 8), np.float32), need_grad=False)
         assert calls == []
@@ -525,3 +533,36 @@ def test_hand_over_waits_for_every_part_and_reraises_the_first_error(monkeypatch
         join = _threads._start(1, [lambda: part(0, 0.0)])
         join()
     assert out[0] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_lstm_inference_slices_are_bit_identical(dtype):
+    """The fused-projection LSTM inference (``Recurrent._forward_fused``) on
+    1, 2 and 3 batch slices, on as many threads, gives the same bits: a
+    row's result does not depend on its slice.  Checked against the packed
+    path (a separate projection: rounding apart) and, as a full-length
+    batch's rows, against each sequence run alone."""
+    layer = Recurrent("lstm", 7, 24, num_layers=2, bidirectional=True, dtype=dtype, random_state=3).eval()
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((25, 9, 7)).astype(dtype)
+    h = rng.standard_normal((4, 25, 24)).astype(dtype)
+    runs = []
+    for parts in (1, 2, 3):
+        with _threads.limit(parts):
+            assert layer._fused_parts(25, 9) == parts
+            runs.append(layer.forward(X, h0=(h, -h), need_grad=False))
+    for other in runs[1:]:
+        for a, b in zip(_flatten(runs[0]), _flatten(other)):
+            assert np.array_equal(a, b)
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    packed = layer.forward(X, np.full(25, 9), h0=(h, -h))            # need_grad: the packed path
+    for a, b in zip(_flatten(runs[0]), _flatten(packed)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for b in (0, 13, 24):
+        alone = layer.forward(X[b:b + 1], h0=(h[:, b:b + 1], -h[:, b:b + 1]), need_grad=False)
+        np.testing.assert_allclose(alone[0][0], runs[0][0][b], rtol=tol, atol=tol)
+
+
+def _flatten(result):
+    out, (h_n, c_n) = result
+    return [out, h_n, c_n]

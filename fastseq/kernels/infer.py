@@ -15,7 +15,8 @@ from numba import njit
 from .._config import JIT
 from ._packed import add_bias, reverse_steps
 from .gru import gru_forward_slice
-from .lstm import lstm_forward_slice
+from .lstm import cell_forward, lstm_forward_slice
+from .matmul import packed_matmul
 from .rnn import rnn_forward_slice
 
 
@@ -131,3 +132,67 @@ def candidate_bias(b_hh, H):
     if b_hh.shape[0] > 0:
         return b_hh[2 * H:].copy()
     return np.zeros(H, dtype=b_hh.dtype)
+
+
+
+@njit(**JIT)
+def lstm_fused_slice(inp, batch_major, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n, b0, b1):
+    """LSTM inference of sequences ``b0 <= b < b1`` of a full-length batch
+    with the input projection inside each step's product: ``[x_t | h_{t-1}]
+    @ w_cat.T``, ``w_cat = [W_ih | W_hh]`` (4H, F + H).  This replaces the
+    separate projection of every step (an (N, 4H) array written to memory
+    and read back: a thin product, memory-bound for few features) by a
+    product a little deeper than the recurrent one, whose result stays in
+    cache; only the previous step's cell is kept.  From a row block of the
+    packed product (4 rows) the step's product is compute-bound and the
+    deeper product costs what the two did; at one row it streams ``W_ih``
+    from cache every step as well, which a separate projection does not.
+
+    Parameters
+    ----------
+    inp : (N, F) float
+        Step ``t`` of sequence ``b`` in row ``b*T + t`` when ``batch_major``
+        (a (B, T, F) array's rows), else ``t*B + b``.
+    w_cat : (4H, F + H) float, C-contiguous
+    wp : float
+        ``pack_weight(w_cat)`` (see :func:`fastseq.kernels.matmul.pack_into`).
+    bias : (4H,) float
+        ``b_ih + b_hh`` (zeros for no bias).
+    h0, c0 : (B, H) float
+    reverse : bool
+        Run from step T-1 down to 0.
+    out : (N, >= col0 + H) float
+        ``h_t`` of the slice's rows (ordered as ``inp``'s) in columns
+        ``col0..col0+H``.
+    h_n, c_n : (B, H) float
+        Rows ``b0..b1`` filled with the states after the last step run.
+
+    Slices are independent (threads may run disjoint ones side by side), and
+    a row's result does not depend on the slice it is in.
+    """
+    B, H = h0.shape
+    F = inp.shape[1]
+    T = inp.shape[0] // B
+    n = b1 - b0
+    if n <= 0:
+        return
+    a = np.empty((n, F + H), dtype=inp.dtype)
+    hp = np.empty((n, 4 * H), dtype=inp.dtype)
+    c = np.empty((n, H), dtype=inp.dtype)
+    for b in range(n):
+        a[b, F:] = h0[b0 + b]
+        c[b] = c0[b0 + b]
+    rs, ts = (T, 1) if batch_major else (1, B)  # row of (t, b): b*rs + t*ts
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        for b in range(n):
+            a[b, :F] = inp[(b0 + b) * rs + t * ts]
+        packed_matmul(a, w_cat, wp, hp)
+        for b in range(n):
+            ab = a[b, F:]
+            cr = c[b]
+            cell_forward(bias, hp[b], cr, cr, ab, hp[b], False, H, 0, H)
+            out[(b0 + b) * rs + t * ts, col0:col0 + H] = ab
+    for b in range(n):
+        h_n[b0 + b] = a[b, F:]
+        c_n[b0 + b] = c[b]

@@ -344,6 +344,11 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
 #: broadcast: 8 of AVX2's 16 registers, 16 of AVX-512's 32, 16 of NEON's 32
 #: (AVX-512 figures against other blockings in bench/RESULTS.md).
 BLOCKING = {64: (4, 4, 4, 4), 32: (4, 1, 4, 2), 16: (4, 1, 4, 2)}
+#: rows of a step from which a time loop may take its input projection into
+#: the step's product (:func:`fastseq.kernels.infer.lstm_fused_slice`): one
+#: row block of every width's micro-kernel, where the product is
+#: compute-bound rather than bound by streaming the weights
+FUSED_MIN_ROWS = min(b[0] for b in BLOCKING.values())
 
 
 @intrinsic

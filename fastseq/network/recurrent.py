@@ -12,19 +12,20 @@ import numpy as np
 from .. import _plan
 from .. import kernels as K
 from .._threads import (
-    blas_single_thread, get_num_threads, limit, matmul_splits, parallel_copy, parallel_matmul,
-    parallel_project, pipelines, run_pipelined, run_sliced, run_units, splits, unit_split_slot,
+    _on_pool, blas_single_thread, get_num_threads, limit, matmul_splits, parallel_copy, parallel_matmul,
+    parallel_project, pipelines, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
-from ..kernels.infer import gru_infer, gru_run, lstm_infer, lstm_run, rnn_infer, rnn_run
+from ..kernels.infer import gru_infer, gru_run, lstm_fused_slice, lstm_infer, lstm_run, rnn_infer, rnn_run
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
-from ..kernels.matmul import project_ahead, step_matmul
+from ..kernels.matmul import FUSED_MIN_ROWS, pack_into, packed_shape, project_ahead, step_matmul
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing, writable
+from .._workspace import scratch
 from ._flat import flat_views, layout_size
 from .._validation import (
     check_choice, check_finite, check_fraction, check_lengths, check_n_jobs, check_positive_int,
@@ -390,6 +391,8 @@ class Recurrent:
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
             plan = self._inference_plan(B, T)
+            if plan == "fused":
+                return self._forward_fused(X, h0, c0, self._fused_parts(B, T))
             if plan is not None:
                 return self._forward_infer(X, h0, c0)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
@@ -409,12 +412,31 @@ class Recurrent:
             return None
         if self.cell == "gru" and not self.reset_after:
             return None
+        if self._fused_parts(B, T):
+            return "fused"
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
         if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
             return None
         return "one"
+
+    def _fused_parts(self, B, T):
+        """Batch slices (one per thread) of a full-length LSTM inference call
+        that runs with its input projection inside the step product
+        (:func:`fastseq.kernels.infer.lstm_fused_slice`), 0 for not fused:
+        the slices of the planner's batch split
+        (:meth:`fastseq._plan.Plan.batch_split`) when
+        :meth:`fastseq._plan.Plan.fuse_projection` takes their rows."""
+        if self.cell != "lstm" or T < 2:
+            return 0
+        H = self.hidden_size
+        F = max(self.input_size, H * self.num_directions if self.num_layers > 1 else 0)
+        plan = _plan.current()
+        n = get_num_threads()
+        parts = plan.batch_split(n, B, B * T * 4 * H * (H + F)) if n > 1 else 1
+        fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize)
+        return parts if fuse else 0
 
     def _train_units(self, B, T, mask):
         """Whether an LSTM training pass (forward with gates stored, or
@@ -490,6 +512,49 @@ class Recurrent:
         if self.cell == "lstm":
             return out, (h_n, c_n)
         return out, h_n
+
+    def _forward_fused(self, X, h0, c0, parts):
+        """LSTM inference of a full-length batch with each step's input
+        projection inside its recurrent product
+        (:func:`fastseq.kernels.infer.lstm_fused_slice`), the batch in
+        ``parts`` slices on as many threads.  Rows stay batch-major from
+        ``X`` to the output: nothing is transposed."""
+        B, T, F = X.shape
+        H, D, dt = self.hidden_size, self.num_directions, self.dtype
+        N = B * T
+        inp = np.ascontiguousarray(X, dtype=dt)
+        if not inp.flags.writeable:  # a read-only array would compile the kernel again for it
+            inp = inp.copy()
+        inp = inp.reshape(N, F)
+        check_finite(inp, "X", " at valid (unpadded) steps")
+        L = self.num_layers * D
+        h_n = np.empty((L, B, H), dtype=dt)
+        c_n = np.empty((L, B, H), dtype=dt)
+        zeros = np.zeros((B, H), dtype=dt)
+        bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
+        with blas_single_thread():
+            for k in range(self.num_layers):
+                out = np.empty((N, D * H), dtype=dt)
+                Fk = inp.shape[1]
+                for d in range(D):
+                    idx = k * D + d
+                    W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
+                    w_cat = scratch("fused_w", (4 * H, Fk + H), dt)
+                    w_cat[:, :Fk] = W_ih
+                    w_cat[:, Fk:] = W_hh
+                    wp = scratch("fused_wp", packed_shape(w_cat), dt)
+                    pack_into(w_cat, wp)
+                    bias = np.zeros(4 * H, dtype=dt) if b_ih is None or b_ih.shape[0] == 0 else b_ih + b_hh
+                    h0s = writable(h0[idx]) if h0 is not None else zeros
+                    c0s = writable(c0[idx]) if c0 is not None else zeros
+                    args = (inp, True, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
+                    if len(bounds) == 1:
+                        lstm_fused_slice(*args, 0, B)
+                    else:
+                        _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
+                inp = out
+        self._cache = None
+        return inp.reshape(B, T, D * H), (h_n, c_n)
 
     def _input_bias(self, b_ih, b_hh):
         """The bias added to the input projection: ``b_ih + b_hh``, but for the
