@@ -6,7 +6,7 @@ Run from the repository root::
     python -m bench.handover              # about a minute on 2 cores
     python -m bench.handover --quick      # seconds (smaller counts)
 
-Three parts, each against the baseline it changed, on this machine:
+Four parts, each against the baseline it changed, on this machine:
 
 1. **Placement** (:func:`fastseq._threads._place`): a conv front-end layer
    (B 32, T 400, F 12, 32 filters, K 7, pool 2) at 2 threads, in bursts of
@@ -24,6 +24,17 @@ Three parts, each against the baseline it changed, on this machine:
    [inputs | h_prev]`` as one product (fastseq's way when the inputs are no
    wider than the state) against the two products ``dgates.T @ inputs`` and
    ``dgates.T @ h_prev``, each split in row blocks.
+
+4. **Hand-over latency** (:class:`fastseq._threads._Worker`): back-to-back
+   hand-overs of a part that does nothing, with ``time.perf_counter`` stamps:
+   when the pool thread's part starts after the call begins, when the
+   caller's ``join`` returns after that part, and the whole call; fastseq's
+   pool (the thread lingers after a task, publishes its done flag and polls
+   for the next claim in one compiled call, and polls ``SETTLE_SPINS`` times
+   before it takes the GIL), the same with ``SETTLE_SPINS = 0``, and a
+   ``concurrent.futures.ThreadPoolExecutor`` round trip (what the pool was
+   before; its thread runs Python between the task and its next wait, so a
+   caller that returns then waits for the GIL).
 
 Placement needs Linux; elsewhere part 1 says so and is skipped.
 """
@@ -164,6 +175,52 @@ def weight_grads(repeats, cases=None):
     return rows
 
 
+def handover_latency(rounds):
+    """``{mode: (part starts, join returns after it, whole call)}`` in
+    microseconds, medians of ``rounds`` back-to-back hand-overs (see the
+    module docstring)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastseq import _threads
+
+    stamp = [0.0]
+
+    def part():
+        stamp[0] = time.perf_counter()
+
+    def fastseq_way():
+        t0 = time.perf_counter()
+        join = _threads._start(1, [part])
+        join()
+        return t0, time.perf_counter()
+
+    executor = ThreadPoolExecutor(1)
+
+    def executor_way():
+        t0 = time.perf_counter()
+        executor.submit(part).result()
+        return t0, time.perf_counter()
+
+    settle = _threads.SETTLE_SPINS
+    out = {}
+    try:
+        for mode, way, spins in (("fastseq", fastseq_way, settle), ("no settle polls", fastseq_way, 0),
+                                 ("ThreadPoolExecutor", executor_way, settle)):
+            _threads.SETTLE_SPINS = spins
+            starts, joins, calls = [], [], []
+            for i in range(rounds + 20):
+                t0, t1 = way()
+                if i >= 20:
+                    starts.append(stamp[0] - t0)
+                    joins.append(t1 - stamp[0])
+                    calls.append(t1 - t0)
+            out[mode] = tuple(1e6 * statistics.median(v) for v in (starts, joins, calls))
+    finally:
+        _threads.SETTLE_SPINS = settle
+        executor.shutdown()
+    return out
+
+
 def main(argv=None):
     from bench.compare import cpu_header, machine_info, set_threads
 
@@ -192,7 +249,12 @@ def main(argv=None):
         for name, GH, F, H, N, two, one in weight_grads(repeats):
             print(f"   {name:18s} ({GH} x {N}) @ ({N} x {F} + {H}): {two:7.2f} -> {one:7.2f} "
                   f"({two / one:.2f}x)")
-    return {"placement": place, "polling": poll}
+        print("4. hand-over of a part that does nothing, back to back, median us:")
+        latency = handover_latency(50 if args.quick else 1000)
+        for mode, (start, join, call) in latency.items():
+            print(f"   {mode:18s}: part starts {start:6.1f}, join returns {join:6.1f} after it, "
+                  f"call {call:6.1f}")
+    return {"placement": place, "polling": poll, "latency": latency}
 
 
 if __name__ == "__main__":

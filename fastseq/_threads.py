@@ -12,6 +12,7 @@ default every core the process may run on, within the limits set around it,
 """
 
 import functools
+import queue
 import os
 import sys
 import threading
@@ -358,47 +359,115 @@ def _passive():
 LINGER_SPINS = 0 if _passive() else 200_000
 #: polls a caller spends waiting for a part to finish before it blocks
 JOIN_SPINS = 0 if _passive() else 400_000
-
-_handovers = np.zeros(8, dtype=np.int64)   # hand-overs so far (slot 0)
-_handovers_lock = threading.Lock()
-
-
-def _linger(seen):
-    from .kernels._sync import spin_until
-
-    spin_until(_handovers, 0, seen + 1, LINGER_SPINS)
+#: polls a claimed pool thread makes before it takes the GIL: about the few
+#: microseconds the claiming caller takes to enter its own part's compiled
+#: code and release the GIL (0 under ``OMP_WAIT_POLICY=passive``).  Taking
+#: the GIL while the caller holds it puts the thread to sleep until the
+#: caller releases it: 25-45 us before it starts, against 3-4 us after
+#: these polls (``python -m bench.handover``, "hand-over latency")
+SETTLE_SPINS = 0 if _passive() else 2_000
 
 
-def _start(workers, fns):
-    """Run each no-argument callable of ``fns`` on the pool of ``workers``
-    threads (denormals flushed there, :func:`_flushed`); returns ``join``,
-    which waits for all of them (spinning first) and re-raises the first
-    error.  Call ``join`` even when this thread's own part raised."""
-    from .kernels._sync import STRIDE, publish, spin_until
+class _Worker:
+    """One pool thread.  It runs a task, then lingers (:func:`fastseq.kernels._sync.linger`):
+    it publishes the task's done flag and polls its state, the GIL released,
+    for the next caller's claim; when none comes it goes idle and sleeps on
+    its queue.  A caller hands a task over (:meth:`hand`) by claiming the
+    lingering thread (an atomic compare-and-swap of its state), or else by
+    its queue.  Unlike a ``ThreadPoolExecutor``, neither side runs Python
+    between the done flag and the next task, so a caller that returns as
+    soon as it sees the flag never waits for the GIL the thread holds (on a
+    virtual machine a thread woken from such a wait starts 25-45 us later;
+    ``python -m bench.handover``)."""
 
-    pool = _pool(workers)
+    __slots__ = ("state", "queue", "job", "thread")
+
+    def __init__(self, workers):
+        from .kernels._sync import STRIDE
+
+        self.state = np.zeros(STRIDE, dtype=np.int64)   # IDLE
+        self.queue = queue.SimpleQueue()
+        self.job = None
+        self.thread = threading.Thread(target=self._run, args=(workers,), name="fastseq-worker", daemon=True)
+        self.thread.start()
+
+    def _run(self, workers):
+        from .kernels._sync import linger
+
+        _record_worker(workers)
+        job = self.queue.get()
+        while True:
+            fn, done, slot, event = job
+            fn()                            # records its own error
+            event.set()                     # for a caller that stopped polling
+            job = None
+            if linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS):
+                job = self.job
+            else:
+                job = self.queue.get()
+
+    def hand(self, job):
+        """Run ``job`` (``fn, done, slot, event``) on this thread."""
+        from .kernels._sync import CLAIMED, claim, publish
+
+        if claim(self.state):       # only one caller's claim can succeed
+            self.job = job
+            publish(self.state, 0, CLAIMED)
+        else:
+            self.queue.put(job)
+
+
+class _Pool:
+    """``workers`` pool threads (:class:`_Worker`); :meth:`submit` for a
+    single task with a future (tests, the planner's measurement)."""
+
+    def __init__(self, workers):
+        self.workers = [_Worker(workers) for _ in range(workers)]
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+
+        def run():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+        join = _start(1, [run], self, flush=False)
+        join()
+        return future
+
+
+def _start(workers, fns, pool=None, flush=True):
+    """Run each no-argument callable of ``fns`` (at most ``workers``) on its
+    own thread of the pool of ``workers`` threads (denormals flushed there,
+    :func:`_flushed`, unless ``flush`` is false); returns ``join``, which waits for all of them
+    (polling first) and re-raises the first error.  Call ``join`` even when
+    this thread's own part raised."""
+    from .kernels._sync import STRIDE, spin_until
+
+    pool = pool or _pool(workers)
     n = len(fns)
+    if n > len(pool.workers):
+        raise ValueError(f"{n} tasks for a pool of {len(pool.workers)} threads")
     done = np.zeros(max(n, 1) * STRIDE, dtype=np.int64)
     errors = [None] * n
+    events = [threading.Event() for _ in range(n)]
 
     def task(k, fn):
         try:
-            _flushed(fn)
+            _flushed(fn) if flush else fn()
         except BaseException as exc:  # handed to the caller by join
             errors[k] = exc
-        finally:
-            publish(done, k * STRIDE, 1)
-    futures = [pool.submit(task, k, fn) for k, fn in enumerate(fns)]
-    with _handovers_lock:
-        seen = int(_handovers[0]) + 1
-        publish(_handovers, 0, seen)   # wakes the workers lingering on the last value
-    for _ in range(workers):
-        pool.submit(_linger, seen)
+    for k, fn in enumerate(fns):
+        pool.workers[k].hand((functools.partial(task, k, fn), done, k * STRIDE, events[k]))
 
     def join():
         for k in range(n):
             if not spin_until(done, k * STRIDE, 1, JOIN_SPINS):
-                futures[k].result()
+                events[k].wait()
+                spin_until(done, k * STRIDE, 1, 2 ** 62)   # set right after the event
         for exc in errors:
             if exc is not None:
                 raise exc
@@ -406,10 +475,9 @@ def _start(workers, fns):
 
 
 def _pool(workers):
-    """A persistent executor with ``workers`` threads (recreated after fork),
+    """The persistent pool of ``workers`` threads (recreated after fork),
     its threads placed off the calling thread's CPU (:func:`_place`)."""
     global _pools_pid
-    from concurrent.futures import ThreadPoolExecutor
 
     with _pools_lock:
         if _pools_pid != os.getpid():
@@ -419,9 +487,7 @@ def _pool(workers):
             _pools_pid = os.getpid()
         pool = _pools.get(workers)
         if pool is None:
-            pool = _pools[workers] = ThreadPoolExecutor(
-                workers, thread_name_prefix="fastseq", initializer=_record_worker,
-                initargs=(workers,))
+            pool = _pools[workers] = _Pool(workers)
         _place(workers)
         return pool
 

@@ -1,11 +1,11 @@
 """Scratch arrays kept from one call to the next (per thread).
 
-A fresh array of a few megabytes costs its page faults at every call, and
-on a virtual machine a fault can cost microseconds (``python -m
-bench.workspace``: 1.8 ms of a 2.8 ms batch-1 LSTM call went to
-faulting in a new 2 MB packed weight on the znver4 of bench/RESULTS.md).
-PyTorch's oneDNN scratchpad and ONNX Runtime's arena keep such memory for
-the same reason.  :func:`scratch` hands out the same array for the same
+A fresh array of a few megabytes costs its page faults at every call (the
+allocator hands large blocks back to the system when they are freed), and
+on a virtual machine a fault can cost microseconds: a packed weight of
+megabytes faulted in anew at each call can take longer than the call's
+arithmetic.  PyTorch's oneDNN scratchpad and ONNX Runtime's arena keep such
+memory for the same reason.  :func:`scratch` hands out the same array for the same
 name, shape and dtype until it is asked for another shape; only scratch that
 a call fully overwrites before reading, and never returns, goes here.
 """

@@ -26,7 +26,7 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     assert json.loads(out_json.read_text())["results"][0]["case"] == tiny.name
 
 
-def test_handover_runs_its_three_parts(monkeypatch, capsys):
+def test_handover_runs_its_four_parts(monkeypatch, capsys):
     from bench import handover
 
     monkeypatch.setattr(handover, "GRAD_CASES", [("tiny", 8, 3, 4, 64)])
@@ -37,3 +37,6 @@ def test_handover_runs_its_three_parts(monkeypatch, capsys):
     if res["placement"] is not None:
         assert set(res["placement"]) == {"anywhere", "placed"}
         assert all(total > 0 for _, total, _ in res["placement"].values())
+    assert set(res["latency"]) == {"fastseq", "no settle polls", "ThreadPoolExecutor"}
+    assert all(start > 0 and join > 0 and call >= start for start, join, call in res["latency"].values())
+    assert "part starts" in out

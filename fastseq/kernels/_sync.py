@@ -61,6 +61,21 @@ def store_release(typingctx, arr, idx, val):
 
 
 @intrinsic
+def compare_exchange(typingctx, arr, idx, expected, new):
+    """Atomically ``arr[idx] = new`` if it holds ``expected`` (int64 array,
+    sequentially consistent); returns the value it held."""
+    sig = types.int64(arr, idx, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1])
+        exp = context.cast(builder, args[2], signature.args[2], types.int64)
+        val = context.cast(builder, args[3], signature.args[3], types.int64)
+        pair = builder.cmpxchg(ptr, exp, val, "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 0)
+    return sig, codegen
+
+
+@intrinsic
 def sched_yield(typingctx):
     """libc's ``sched_yield()``: give the core to another runnable thread."""
     sig = types.void()
@@ -113,3 +128,46 @@ def publish(flags, slot, value):
     """``flags[slot] = value`` as a release store, from Python: what the
     publishing thread wrote before is visible to a thread that sees it."""
     store_release(flags, slot, value)
+
+
+#: states of a pool thread (:func:`linger`, :mod:`fastseq._threads`):
+#: running or asleep, polling for a claim, being handed a task, handed one
+IDLE, LINGER, CLAIMING, CLAIMED = 0, 1, 3, 2
+
+
+@njit(**JIT)
+def linger(state, done, slot, spins, settle):
+    """A pool thread's end of a task: mark itself lingering in ``state[0]``,
+    publish ``done[slot] = 1`` (release), then poll up to ``spins`` times,
+    the GIL released, for a caller to hand it a task (:func:`claim`, then
+    ``state`` :data:`CLAIMED`), then ``settle`` polls more (for the caller
+    to release the GIL).  True when handed one; False when it went
+    :data:`IDLE` instead (it then waits for its next task asleep).
+    Marking and publishing in one call leaves the caller, who returns as soon
+    as it sees ``done``, no moment in which this thread holds the GIL."""
+    store_release(state, 0, LINGER)
+    if slot >= 0:
+        store_release(done, slot, 1)
+    claimed = False
+    for _ in range(spins):
+        if load_acquire(state, 0) == CLAIMED:
+            claimed = True
+            break
+    if not claimed:
+        if compare_exchange(state, 0, LINGER, IDLE) == LINGER:
+            return False
+        while load_acquire(state, 0) != CLAIMED:  # claimed as it gave up: the task comes
+            pass
+    for _ in range(settle):
+        if load_acquire(state, 1) < 0:  # never: polls that LLVM keeps
+            break
+    return True
+
+
+@njit(**JIT)
+def claim(state):
+    """A caller's claim of a lingering pool thread (``state[0]`` from
+    :data:`LINGER` to :data:`CLAIMING`: the caller then stores the task and
+    sets :data:`CLAIMED`); False when the thread is not lingering (running,
+    or idle: hand it the task by its queue)."""
+    return compare_exchange(state, 0, LINGER, CLAIMING) == LINGER
