@@ -392,7 +392,7 @@ class _Worker:
         self.thread.start()
 
     def _run(self, workers):
-        from .kernels._sync import linger
+        from .kernels._sync import QUEUED, linger, publish
 
         _record_worker(workers)
         job = self.queue.get()
@@ -404,17 +404,19 @@ class _Worker:
             if linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS):
                 job = self.job
             else:
+                publish(self.state, QUEUED, 0)
                 job = self.queue.get()
 
     def hand(self, job):
         """Run ``job`` (``fn, done, slot, event``) on this thread."""
-        from .kernels._sync import CLAIMED, claim, publish
+        from .kernels._sync import CLAIMED, QUEUED, claim, publish
 
         if claim(self.state):       # only one caller's claim can succeed
             self.job = job
             publish(self.state, 0, CLAIMED)
-        else:
+        else:                       # idle, or running another caller's task
             self.queue.put(job)
+            publish(self.state, QUEUED, 1)
 
 
 class _Pool:

@@ -566,3 +566,29 @@ def test_fused_lstm_inference_slices_are_bit_identical(dtype):
 def _flatten(result):
     out, (h_n, c_n) = result
     return [out, h_n, c_n]
+
+
+def test_pool_hand_overs_from_concurrent_callers_each_run_once():
+    """Callers on several threads hand tasks to the same pool thread at once
+    (one claims it while it lingers, the others queue theirs): every task runs
+    exactly once, on a pool thread, and every join returns."""
+    import threading
+
+    ran = []
+    lock = threading.Lock()
+
+    def caller(c):
+        for i in range(200):
+            def task(key=(c, i)):
+                with lock:
+                    ran.append((key, threading.current_thread().name))
+            _threads._start(1, [task])()
+    threads = [threading.Thread(target=caller, args=(c,)) for c in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    keys = [k for k, _ in ran]
+    assert sorted(keys) == [(c, i) for c in range(3) for i in range(200)]
+    assert all(name == "fastseq-worker" for _, name in ran)

@@ -133,6 +133,8 @@ def publish(flags, slot, value):
 #: states of a pool thread (:func:`linger`, :mod:`fastseq._threads`):
 #: running or asleep, polling for a claim, being handed a task, handed one
 IDLE, LINGER, CLAIMING, CLAIMED = 0, 1, 3, 2
+#: slot of ``state`` set when a task was put in the thread's queue
+QUEUED = 1
 
 
 @njit(**JIT)
@@ -142,7 +144,9 @@ def linger(state, done, slot, spins, settle):
     the GIL released, for a caller to hand it a task (:func:`claim`, then
     ``state`` :data:`CLAIMED`), then ``settle`` polls more (for the caller
     to release the GIL).  True when handed one; False when it went
-    :data:`IDLE` instead (it then waits for its next task asleep).
+    :data:`IDLE` instead, at the end of its polls or at once when another
+    caller queued a task (``state[QUEUED]``): it then takes its next task
+    from its queue.
     Marking and publishing in one call leaves the caller, who returns as soon
     as it sees ``done``, no moment in which this thread holds the GIL."""
     store_release(state, 0, LINGER)
@@ -153,13 +157,15 @@ def linger(state, done, slot, spins, settle):
         if load_acquire(state, 0) == CLAIMED:
             claimed = True
             break
+        if load_acquire(state, QUEUED) != 0:  # a task waits in its queue (another caller's)
+            break
     if not claimed:
         if compare_exchange(state, 0, LINGER, IDLE) == LINGER:
             return False
         while load_acquire(state, 0) != CLAIMED:  # claimed as it gave up: the task comes
             pass
     for _ in range(settle):
-        if load_acquire(state, 1) < 0:  # never: polls that LLVM keeps
+        if load_acquire(state, QUEUED) < 0:  # never: polls that LLVM keeps
             break
     return True
 
