@@ -148,6 +148,7 @@ def weight_grads(repeats, cases=None):
     (``cases`` default :data:`GRAD_CASES`)."""
     from bench.compare import time_alternating
     from fastseq import _threads
+    from fastseq._workspace import scratch
 
     cases = GRAD_CASES if cases is None else cases
     rng = np.random.default_rng(0)
@@ -162,16 +163,20 @@ def weight_grads(repeats, cases=None):
             _threads.parallel_matmul(g.T, x, out=d_ih)
             _threads.parallel_matmul(g.T, h, out=d_hh)
 
-        def one():
-            xh = np.empty((N, F + H), np.float32)
+        def one(xh=None, both=None):
+            xh = np.empty((N, F + H), np.float32) if xh is None else xh
             _threads.parallel_copy(xh[:, :F], x)
             _threads.parallel_copy(xh[:, F:], h)
-            both = _threads.parallel_matmul(g.T, xh)
+            both = _threads.parallel_matmul(g.T, xh, out=both)
             d_ih[...], d_hh[...] = both[:, :F], both[:, F:]
+
+        def one_kept():
+            one(scratch("bench_xh", (N, F + H), np.float32), scratch("bench_both", (GH, F + H), np.float32))
         with _threads.limit(2), _threads.blas_single_thread():
-            t = time_alternating({"two products": two, "one product": one}, repeats,
-                                 min_time=0.01)
-        rows.append((name, GH, F, H, N, 1e3 * t["two products"], 1e3 * t["one product"]))
+            t = time_alternating({"two products": two, "one product": one, "kept buffers": one_kept},
+                                 repeats, min_time=0.01)
+        rows.append((name, GH, F, H, N, 1e3 * t["two products"], 1e3 * t["one product"],
+                     1e3 * t["kept buffers"]))
     return rows
 
 
@@ -245,10 +250,11 @@ def main(argv=None):
               + ", ".join(f"{k} {v:.3f}" for k, v in poll.items())
               + f"; torch / polling {poll['torch'] / poll['polling']:.2f}x, "
               f"torch / sleeping {poll['torch'] / poll['sleeping']:.2f}x")
-        print("3. both weight gradients, 2 threads, median ms (two products -> one):")
-        for name, GH, F, H, N, two, one in weight_grads(repeats):
+        print("3. both weight gradients, 2 threads, median ms (two products -> one, "
+              "with a fresh buffer / a kept one):")
+        for name, GH, F, H, N, two, one, kept in weight_grads(repeats):
             print(f"   {name:18s} ({GH} x {N}) @ ({N} x {F} + {H}): {two:7.2f} -> {one:7.2f} "
-                  f"({two / one:.2f}x)")
+                  f"({two / one:.2f}x) / {kept:7.2f} ({two / kept:.2f}x)")
         print("4. hand-over of a part that does nothing, back to back, median us:")
         latency = handover_latency(50 if args.quick else 1000)
         for mode, (start, join, call) in latency.items():

@@ -842,15 +842,15 @@ class Recurrent:
         F = inp.shape[1]
         # RNN, LSTM with inputs no wider than the state: both weight gradients
         # as one product, dgates.T @ [inputs | h_prev] (a product of F < H
-        # columns runs BLAS far below its rate: LSTM F=28 H=256, 3,584 rows,
-        # 2 threads, 1.09-1.10x for both; python -m bench.handover)
+        # columns runs BLAS far below its rate), into buffers kept from call
+        # to call (fresh ones cost their page faults: with them the one
+        # product lost to two at MNIST rows; python -m bench.handover, part 3)
         fused = dgh is not None and F <= H
         if fused:
-            xh = np.empty((N, F + H), dtype=dt)
+            xh = scratch("wgrad_xh", (N, F + H), dt)
             parallel_copy(xh[:, :F], inp)
             self._h_prev(pk, st, mask, xh[:, F:])
-            both = parallel_matmul(dgx.T, xh)
-            del xh
+            both = parallel_matmul(dgx.T, xh, out=scratch("wgrad_both", (GH, F + H), dt))
             grads["weight_ih" + s][...] = both[:, :F]
             grads["weight_hh" + s][...] = both[:, F:]
         else:
