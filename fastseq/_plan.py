@@ -12,8 +12,8 @@ measures (FFTW's "wisdom", BLIS's per-machine configuration):
   its thread woken from idle as at a call;
 - ``madd_rate``: multiply-adds a second of one core on a float32 matrix
   product (numpy's BLAS at one thread);
-- ``l2_bytes``: one core's L2 cache (from the operating system, 1 MB when
-  it does not say).
+- ``l2_bytes``, ``l3_bytes``: one core's L2 cache and the L3 (from the
+  operating system; 1 MB and 8 MB when it does not say).
 
 Measuring takes a few tens of milliseconds, once per machine: the facts are
 kept in a small JSON file (``$FASTSEQ_CACHE_DIR``, else ``$NUMBA_CACHE_DIR``,
@@ -49,7 +49,7 @@ UNIT_SPLIT_MIN_UNITS = 32
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
 #: version of the facts file (a change of what is measured starts afresh)
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Machine:
     handover_s: float
     madd_rate: float
     l2_bytes: int
+    l3_bytes: int = 8 * 1024 ** 2
 
     @property
     def handover_work(self):
@@ -85,6 +86,7 @@ class Plan:
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
     min_split_rows: int = MIN_SPLIT_ROWS
     l2_bytes: int = 1024 ** 2
+    l3_bytes: int = 8 * 1024 ** 2
 
     @classmethod
     def for_machine(cls, m):
@@ -94,7 +96,7 @@ class Plan:
                    matmul_split_min_work=_pow2(MATMUL_SPLIT_HANDOVERS * w),
                    infer_split_step_work=_pow2(INFER_SPLIT_STEP_HANDOVERS * w),
                    unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes),
-                   l2_bytes=m.l2_bytes)
+                   l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes)
 
     # ------------------------------------------------------------ decisions
     def batch_split(self, n_threads, B, work):
@@ -124,11 +126,15 @@ class Plan:
         whose weights ``[W_ih | W_hh]`` take ``weight_bytes``: from one row
         block of the product's micro-kernel (``block_rows``) when those
         weights fit in half of the L2 cache, from two row blocks when they
-        stream from further away, where a row block alone would wait on the
-        weights (bench/RESULTS.md, "Fused input projection")."""
+        fit in half of the L3 (a row block alone would wait on them), never
+        beyond (each thread would stream all of them from memory at every
+        step, where a separate projection streams ``W_ih`` once;
+        bench/RESULTS.md, "Fused input projection")."""
         if rows < block_rows:
             return False
-        return weight_bytes <= self.l2_bytes // 2 or rows >= 2 * block_rows
+        if weight_bytes <= self.l2_bytes // 2:
+            return True
+        return rows >= 2 * block_rows and weight_bytes <= self.l3_bytes // 2
 
     def unit_split(self, n_threads, H, B, T, weight_bytes):
         """Whether an LSTM training pass splits its ``H`` hidden units."""
@@ -138,12 +144,14 @@ class Plan:
 
 
 # ---------------------------------------------------------------- measuring
-def _l2_bytes():
+def _cache_bytes(level, default):
+    """Size of cpu0's cache of ``level`` (from Linux's sysfs; ``default``
+    when it does not say)."""
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for name in sorted(os.listdir(base)):
             with open(os.path.join(base, name, "level")) as f:
-                if f.read().strip() != "2":
+                if f.read().strip() != str(level):
                     continue
             with open(os.path.join(base, name, "size")) as f:
                 size = f.read().strip().upper()
@@ -151,7 +159,11 @@ def _l2_bytes():
             return int(size.rstrip("KM")) * mult
     except (OSError, ValueError):
         pass
-    return 1024 ** 2
+    return default
+
+
+def _l2_bytes():
+    return _cache_bytes(2, 1024 ** 2)
 
 
 #: idle time before each timed hand-over: a pool thread is woken from sleep
@@ -193,7 +205,8 @@ def _measure_madd_rate():
 
 def measure():
     """The :class:`Machine` facts of this machine, measured now."""
-    return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(), l2_bytes=_l2_bytes())
+    return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(), l2_bytes=_l2_bytes(),
+                   l3_bytes=_cache_bytes(3, 8 * 1024 ** 2))
 
 
 def _cache_path():

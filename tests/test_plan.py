@@ -60,7 +60,7 @@ def test_measure_and_cache(tmp_path, monkeypatch):
     assert 1e-7 < m.handover_s < 0.1 and 1e7 < m.madd_rate < 1e14 and m.l2_bytes >= 64 * 1024
     with open(path) as f:
         assert json.load(f)["machine"] == {"handover_s": m.handover_s, "madd_rate": m.madd_rate,
-                                           "l2_bytes": m.l2_bytes}
+                                           "l2_bytes": m.l2_bytes, "l3_bytes": m.l3_bytes}
     monkeypatch.setattr(_plan, "measure", lambda: pytest.fail("measured again"))
     assert _plan.load_or_measure(path) == m
     with open(path, "w") as f:
@@ -85,3 +85,16 @@ def test_cache_location_and_first_use(tmp_path, monkeypatch):
     with _threads.limit(2):
         assert _threads.splits(64, 10 ** 9)
     assert _plan._current == Plan.for_machine(Machine(1e-4, 4e10, 512 * 1024))
+
+
+def test_fused_projection_rule():
+    """The input projection goes into the step product from one row block
+    when [W_ih | W_hh] fits in half the L2, from two row blocks when it
+    fits in half the L3, and never beyond."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, l3_bytes=32 << 20))
+    assert not p.fuse_projection(3, 4, 1000)                  # below a row block
+    assert p.fuse_projection(4, 4, 512 * 1024)                # half the L2
+    assert not p.fuse_projection(7, 4, 512 * 1024 + 1)
+    assert p.fuse_projection(8, 4, 512 * 1024 + 1)            # two row blocks
+    assert p.fuse_projection(64, 4, 16 << 20)                 # half the L3
+    assert not p.fuse_projection(64, 4, (16 << 20) + 1)       # streamed from memory
