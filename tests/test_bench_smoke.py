@@ -40,3 +40,13 @@ def test_handover_runs_its_four_parts(monkeypatch, capsys):
     assert set(res["latency"]) == {"fastseq", "no settle polls", "ThreadPoolExecutor"}
     assert all(start > 0 and join > 0 and call >= start for start, join, call in res["latency"].values())
     assert "part starts" in out
+
+
+def test_fused_runs(monkeypatch, capsys):
+    from bench import fused
+
+    monkeypatch.setattr(fused, "SHAPES", [(8, 3, 4, 16), (2, 3, 4, 16)])
+    rows = fused.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "CPU:" in out and "separate projection" in out
+    assert [r[1] for r in rows] == ["fused", "one"] and all(f > 0 and s > 0 for _, _, f, s in rows)

@@ -352,3 +352,32 @@ def test_matches_torch_with_flush_denormal(dtype):
         assert np.all(ours[k][block] == 0) and np.all(flushed[k][block] == 0), k
         assert np.all(kept[k][block] != 0), k
     assert np.all(kept["out"][blocks["out"]] < tiny)
+
+
+@needs_ftz
+def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch):
+    """A one-call inference that calls no BLAS (a small batch, an
+    unsplit projection) runs flushed without setting BLAS's threads (a few
+    microseconds of a small call); one with a step product of
+    PACKED_BLAS_MIN_ROWS rows or more holds BLAS at one thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+    real = rec.lstm_infer
+
+    def spy(*a):
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        seen.append((_fpenv.flushing(), blas))
+        return real(*a)
+    monkeypatch.setattr(rec, "lstm_infer", spy)
+    layer = Recurrent("lstm", 3, 4, random_state=0).eval()
+    with threadpool_limits(2, user_api="blas"), _threads.limit(1):
+        outside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
+        monkeypatch.setattr(rec, "PACKED_BLAS_MIN_ROWS", 1)       # as if the batch were large
+        layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
+    (flushed_small, blas_small), (flushed_large, blas_large) = seen
+    assert flushed_small and flushed_large
+    assert blas_small and blas_small == outside
+    assert all(n == 1 for n in blas_large)
+    assert not _fpenv.flushing()

@@ -20,11 +20,14 @@ from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import gru_infer, gru_run, lstm_fused_slice, lstm_infer, lstm_run, rnn_infer, rnn_run
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
-from ..kernels.matmul import FUSED_MIN_ROWS, pack_into, packed_shape, project_ahead, step_matmul
+from ..kernels.matmul import (
+    FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, pack_into, packed_shape, project_ahead, step_matmul,
+)
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing, writable
+from .._fpenv import flush_denormals
 from .._workspace import scratch
 from ._flat import flat_views, layout_size
 from .._validation import (
@@ -473,7 +476,7 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
         no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
-        with blas_single_thread(), unit_split_slot() as free:
+        with self._kernel_context(B, N), unit_split_slot() as free:
             pipe = get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE and T > 1
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
@@ -532,7 +535,7 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
         bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
-        with blas_single_thread():
+        with blas_single_thread() if B // parts >= PACKED_BLAS_MIN_ROWS else flush_denormals():
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
                 Fk = inp.shape[1]
@@ -555,6 +558,20 @@ class Recurrent:
                 inp = out
         self._cache = None
         return inp.reshape(B, T, D * H), (h_n, c_n)
+
+    def _kernel_context(self, B, N):
+        """What the one-call inference of ``B`` sequences (``N`` rows) runs
+        in: :func:`fastseq._threads.blas_single_thread` when a BLAS call may
+        come (a split input projection, or a step product of
+        :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS` rows or more),
+        else only :func:`fastseq._fpenv.flush_denormals` (the compiled
+        products call no BLAS, and setting BLAS's threads costs a few
+        microseconds, a good part of a small call)."""
+        GH = self.num_gates * self.hidden_size
+        sizes = [self._layer_input_size(k) for k in range(self.num_layers)]
+        if B >= PACKED_BLAS_MIN_ROWS or any(matmul_splits(N, f, GH) for f in sizes):
+            return blas_single_thread()
+        return flush_denormals()
 
     def _input_bias(self, b_ih, b_hh):
         """The bias added to the input projection: ``b_ih + b_hh``, but for the
