@@ -25,3 +25,16 @@ def test_scratch_reuses_grows_and_is_per_thread():
     assert not np.shares_memory(other[0], d)                 # another thread
     _workspace.release()
     assert not np.shares_memory(_workspace.scratch("t", (5, 5), np.float64), d)
+
+
+def test_fit_releases_the_layers_scratch():
+    """An estimator's fit leaves no scratch memory behind in its thread
+    (the weight gradients' buffers are as large as a batch's rows)."""
+    from fastseq import RNNClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 6, 3)).astype(np.float32)
+    y = np.arange(12) % 2
+    _workspace.scratch("t", (3,), np.float32)
+    RNNClassifier(cell="lstm", hidden_size=8, max_iter=2, batch_size=6, random_state=0).fit(X, y)
+    assert getattr(_workspace._local, "arrays", {}) == {}

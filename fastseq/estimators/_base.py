@@ -69,6 +69,7 @@ from .._config import resolve_dtype
 from .._input import TOKENIZERS, Vocabulary, check_sequences, iter_batches
 from .._threads import limit
 from .._validation import check_fitted_width
+from .._workspace import release as release_scratch
 from ..network.recurrent import CELLS
 
 
@@ -437,7 +438,10 @@ class BaseRNN(BaseEstimator):
             else:
                 train, val = self._split_validation(data, self._rng)
                 epochs = self.max_iter
-            self._run_epochs(train, val, epochs, incremental)
+            try:
+                self._run_epochs(train, val, epochs, incremental)
+            finally:
+                release_scratch()   # the layers' scratch memory goes with the fit
         self.fit_time_ = getattr(self, "fit_time_", 0.0) * (not first) + time.perf_counter() - start
         return self
 
