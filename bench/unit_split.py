@@ -3,6 +3,14 @@
 Run from the repository root::
 
     python bench/unit_split.py [--cells lstm,gru,rnn] [--threads 2] [--T 64]
+    python -m bench.unit_split --contention [--H 128,256] [--T 256]
+
+``--contention`` times what a unit split of batch-1 LSTM inference can gain
+here: one thread running half the hidden units of a layer (its own half of
+``W_hh``, ``lstm_forward_part`` with no partner) alone, then two such
+halves of two independent layers at once on two threads (no barrier
+between them).  If the two threads' halves stayed in their own L2 caches,
+each would keep its speed; the per-step times show what the cores share.
 
 Times ``Recurrent.forward(X, need_grad=False)`` (input size = H) under
 ``fastseq._threads.limit(threads)`` with each plan forced: ``one`` (each layer
@@ -42,6 +50,39 @@ def _time(fn):
     return float(np.median(samples)) * 1e3
 
 
+def contention(H, T, repeats=20):
+    """Median us per step of a batch-1 LSTM half (``H // 2`` units): alone,
+    and two independent ones at once on two threads."""
+    from fastseq.kernels.lstm import lstm_forward_part
+
+    rng = np.random.default_rng(0)
+
+    def layer():
+        return (rng.standard_normal((T, 4 * H), dtype=np.float32),
+                (0.05 * rng.standard_normal((4 * H, H))).astype(np.float32),
+                np.zeros((1, H), np.float32), np.zeros((1, H), np.float32), np.full(T, 1, np.int64),
+                np.empty((T, H), np.float32), np.empty((T, H), np.float32), np.empty((0, 4 * H), np.float32))
+    layers = [layer(), layer()]
+
+    def half(k):
+        xp, w, h0, c0, bs, oh, oc, gates = layers[k]
+        lstm_forward_part(xp, w, h0, c0, bs, 0, H // 2, 0, np.zeros(8, np.int64), oh, oc, gates)
+
+    def both():
+        _threads._on_pool([(0, 1), (1, 2)], lambda i, j: half(i))
+    out = {}
+    with _threads.limit(2), _threads.blas_single_thread():
+        for name, fn in (("alone", lambda: half(0)), ("two at once", both)):
+            fn()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            out[name] = 1e6 * float(np.median(ts)) / T
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", default="lstm,gru,rnn")
@@ -49,7 +90,20 @@ def main(argv=None):
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--H", default="32,64,128,256,512")
     ap.add_argument("--B", default="1,4,16,32,64")
+    ap.add_argument("--contention", action="store_true")
     args = ap.parse_args(argv)
+    if args.contention:
+        from bench.compare import cpu_header, machine_info
+
+        print(cpu_header(machine_info(2)))
+        rows = []
+        for H in (int(v) for v in args.H.split(",")):
+            t = contention(H, args.T)
+            rows.append((H, t))
+            print(f"LSTM batch 1, H {H}, half the units a thread ({4 * H * H * 2 // 1024} KB of W_hh "
+                  f"each): alone {t['alone']:.1f} us a step, two independent halves at once "
+                  f"{t['two at once']:.1f} us a step each", flush=True)
+        return rows
     the_plan = _plan.current()
     default_pipe = the_plan.pipeline_min_work
     for cell in args.cells.split(","):

@@ -50,3 +50,17 @@ def test_fused_runs(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "CPU:" in out and "separate projection" in out
     assert [r[1] for r in rows] == ["fused", "one"] and all(f > 0 and s > 0 for _, _, f, s in rows)
+
+
+def test_unit_split_contention_runs(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "unit_split.py"
+    spec = importlib.util.spec_from_file_location("bench_unit_split", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--contention", "--H", "16", "--T", "4"])
+    assert [H for H, _ in rows] == [16]
+    assert all(v > 0 for _, t in rows for v in t.values())
+    assert "two independent halves" in capsys.readouterr().out
