@@ -201,6 +201,7 @@ def test_caller_state_is_restored_after_an_exception(monkeypatch):
         seen.append(_fpenv.flushing())
         raise RuntimeError("inside the call")
     monkeypatch.setattr(rec, "rnn_infer", boom)
+    monkeypatch.setattr(rec, "rnn_infer_x", boom)   # the projection in the same call
     before = settings()
     with pytest.raises(RuntimeError, match="inside the call"):
         layer.forward(X, need_grad=False)
@@ -356,28 +357,30 @@ def test_matches_torch_with_flush_denormal(dtype):
 
 @needs_ftz
 def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch):
-    """A one-call inference that calls no BLAS (a small batch, an
-    unsplit projection) runs flushed without setting BLAS's threads (a few
-    microseconds of a small call); one with a step product of
-    PACKED_BLAS_MIN_ROWS rows or more holds BLAS at one thread."""
+    """A one-call inference that calls no BLAS (fewer rows than
+    BLAS_MIN_ROWS in all) runs flushed without setting BLAS's threads (a
+    few microseconds of a small call); one whose projection has
+    BLAS_MIN_ROWS rows or more, or whose step product has
+    PACKED_BLAS_MIN_ROWS, holds BLAS at one thread."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
-    real = rec.lstm_infer
+    real = rec.lstm_infer_x
 
     def spy(*a):
         blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
         seen.append((_fpenv.flushing(), blas))
         return real(*a)
-    monkeypatch.setattr(rec, "lstm_infer", spy)
+    monkeypatch.setattr(rec, "lstm_infer_x", spy)
     layer = Recurrent("lstm", 3, 4, random_state=0).eval()
     with threadpool_limits(2, user_api="blas"), _threads.limit(1):
         outside = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
         layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
+        layer.forward(np.ones((1, rec.BLAS_MIN_ROWS, 3), np.float32), need_grad=False)   # BLAS projection
         monkeypatch.setattr(rec, "PACKED_BLAS_MIN_ROWS", 1)       # as if the batch were large
         layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
-    (flushed_small, blas_small), (flushed_large, blas_large) = seen
-    assert flushed_small and flushed_large
+    (flushed_small, blas_small), *large = seen
+    assert flushed_small and all(flushed for flushed, _ in large) and len(large) == 2
     assert blas_small and blas_small == outside
-    assert all(n == 1 for n in blas_large)
+    assert all(n == 1 for _, blas in large for n in blas)
     assert not _fpenv.flushing()

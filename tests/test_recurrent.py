@@ -172,6 +172,9 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
     if cell != "gru_rb":
         sigs = getattr(kernels, f"{cell}_infer").signatures
         assert 1 <= len(sigs) <= 2, sigs
+        from fastseq.kernels import infer
+        sigs = getattr(infer, f"{cell}_infer_x").signatures
+        assert 1 <= len(sigs) <= 2, sigs
     if cell == "lstm":
         from fastseq.kernels.infer import lstm_fused_slice
         assert 1 <= len(lstm_fused_slice.signatures) <= 2, lstm_fused_slice.signatures

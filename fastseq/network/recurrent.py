@@ -18,10 +18,13 @@ from .._threads import (
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
-from ..kernels.infer import gru_infer, gru_run, lstm_fused_slice, lstm_infer, lstm_run, rnn_infer, rnn_run
+from ..kernels.infer import (
+    gru_infer, gru_infer_x, gru_run, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run, rnn_infer, rnn_infer_x,
+    rnn_run,
+)
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, pack_into, packed_shape, project_ahead, step_matmul,
+    BLAS_MIN_ROWS, FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, pack_into, packed_shape, project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -498,15 +501,20 @@ class Recurrent:
                     else:
                         if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
                             xp = parallel_matmul(inp, w_ih.T)
-                        else:  # one thread: the blocked step product beats numpy's BLAS call here
-                            xp = np.empty((N, w_ih.shape[0]), dtype=dt)
-                            step_matmul(inp, w_ih, xp)
-                        if self.cell == "lstm":
-                            lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
+                            if self.cell == "lstm":
+                                lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
+                            elif self.cell == "gru":
+                                gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
+                            else:
+                                rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
+                        # one thread: the blocked step product (beats numpy's BLAS call
+                        # here) in the same compiled call as the loop
+                        elif self.cell == "lstm":
+                            lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
                         elif self.cell == "gru":
-                            gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
+                            gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
                         else:
-                            rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
+                            rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
@@ -562,14 +570,13 @@ class Recurrent:
     def _kernel_context(self, B, N):
         """What the one-call inference of ``B`` sequences (``N`` rows) runs
         in: :func:`fastseq._threads.blas_single_thread` when a BLAS call may
-        come (a split input projection, or a step product of
+        come (an input projection of :data:`fastseq.kernels.matmul.BLAS_MIN_ROWS`
+        rows or more, or a step product of
         :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS` rows or more),
         else only :func:`fastseq._fpenv.flush_denormals` (the compiled
         products call no BLAS, and setting BLAS's threads costs a few
         microseconds, a good part of a small call)."""
-        GH = self.num_gates * self.hidden_size
-        sizes = [self._layer_input_size(k) for k in range(self.num_layers)]
-        if B >= PACKED_BLAS_MIN_ROWS or any(matmul_splits(N, f, GH) for f in sizes):
+        if N >= BLAS_MIN_ROWS or B >= PACKED_BLAS_MIN_ROWS:
             return blas_single_thread()
         return flush_denormals()
 
