@@ -363,8 +363,8 @@ JOIN_SPINS = 0 if _passive() else 400_000
 #: microseconds the claiming caller takes to enter its own part's compiled
 #: code and release the GIL (0 under ``OMP_WAIT_POLICY=passive``).  Taking
 #: the GIL while the caller holds it puts the thread to sleep until the
-#: caller releases it: 25-45 us before it starts, against 3-4 us after
-#: these polls (``python -m bench.handover``, "hand-over latency")
+#: caller releases it (``python -m bench.handover``, part 4: a no-op part
+#: starts 11.6-26.1 us after the call with these polls, 14.6-29.5 without)
 SETTLE_SPINS = 0 if _passive() else 2_000
 
 
@@ -376,9 +376,9 @@ class _Worker:
     lingering thread (an atomic compare-and-swap of its state), or else by
     its queue.  Unlike a ``ThreadPoolExecutor``, neither side runs Python
     between the done flag and the next task, so a caller that returns as
-    soon as it sees the flag never waits for the GIL the thread holds (on a
-    virtual machine a thread woken from such a wait starts 25-45 us later;
-    ``python -m bench.handover``)."""
+    soon as it sees the flag never waits for the GIL the thread holds
+    (``python -m bench.handover``, part 4: an executor's caller returns
+    23.7-28.0 us after its part, fastseq's 1.9-4.0 us)."""
 
     __slots__ = ("state", "queue", "job", "thread")
 
