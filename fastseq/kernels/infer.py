@@ -160,9 +160,8 @@ def candidate_bias(b_hh, H):
     return np.zeros(H, dtype=b_hh.dtype)
 
 
-
 @njit(**JIT)
-def lstm_fused_slice(inp, batch_major, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n, b0, b1):
+def lstm_fused_slice(inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n, b0, b1):
     """LSTM inference of sequences ``b0 <= b < b1`` of a full-length batch
     with the input projection inside each step's product: ``[x_t | h_{t-1}]
     @ w_cat.T``, ``w_cat = [W_ih | W_hh]`` (4H, F + H).  This replaces the
@@ -177,8 +176,8 @@ def lstm_fused_slice(inp, batch_major, w_cat, wp, bias, h0, c0, reverse, out, co
     Parameters
     ----------
     inp : (N, F) float
-        Step ``t`` of sequence ``b`` in row ``b*T + t`` when ``batch_major``
-        (a (B, T, F) array's rows), else ``t*B + b``.
+        Step ``t`` of sequence ``b`` in row ``b*T + t`` (a (B, T, F) array's
+        rows).
     w_cat : (4H, F + H) float, C-contiguous
     wp : float
         ``pack_weight(w_cat)`` (see :func:`fastseq.kernels.matmul.pack_into`).
@@ -208,17 +207,16 @@ def lstm_fused_slice(inp, batch_major, w_cat, wp, bias, h0, c0, reverse, out, co
     for b in range(n):
         a[b, F:] = h0[b0 + b]
         c[b] = c0[b0 + b]
-    rs, ts = (T, 1) if batch_major else (1, B)  # row of (t, b): b*rs + t*ts
     for s in range(T):
         t = T - 1 - s if reverse else s
         for b in range(n):
-            a[b, :F] = inp[(b0 + b) * rs + t * ts]
+            a[b, :F] = inp[(b0 + b) * T + t]
         packed_matmul(a, w_cat, wp, hp)
         for b in range(n):
             ab = a[b, F:]
             cr = c[b]
             cell_forward(bias, hp[b], cr, cr, ab, hp[b], False, H, 0, H)
-            out[(b0 + b) * rs + t * ts, col0:col0 + H] = ab
+            out[(b0 + b) * T + t, col0:col0 + H] = ab
     for b in range(n):
         h_n[b0 + b] = a[b, F:]
         c_n[b0 + b] = c[b]

@@ -499,22 +499,20 @@ class Recurrent:
                     if pipe and pipelines(N * inp.shape[1] * w_ih.shape[0]):
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
                     else:
-                        if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
-                            xp = parallel_matmul(inp, w_ih.T)
-                            if self.cell == "lstm":
-                                lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
-                            elif self.cell == "gru":
-                                gru_infer(xp, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
-                            else:
-                                rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
-                        # one thread: the blocked step product (beats numpy's BLAS call
-                        # here) in the same compiled call as the loop
-                        elif self.cell == "lstm":
-                            lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, c0s, d == 1, out_h, h_n[idx], c_n[idx])
+                        # the kernels from the projection and from the inputs, and the
+                        # arguments after the biases (the cell's own)
+                        if self.cell == "lstm":
+                            kernels, tail = (lstm_infer, lstm_infer_x), (w_hh, h0s, c0s, d == 1, out_h,
+                                                                         h_n[idx], c_n[idx])
                         elif self.cell == "gru":
-                            gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, d == 1, out_h, h_n[idx])
+                            kernels, tail = (gru_infer, gru_infer_x), (w_hh, h0s, d == 1, out_h, h_n[idx])
                         else:
-                            rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, relu, d == 1, out_h, h_n[idx])
+                            kernels, tail = (rnn_infer, rnn_infer_x), (w_hh, h0s, relu, d == 1, out_h, h_n[idx])
+                        if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
+                            kernels[0](parallel_matmul(inp, w_ih.T), b_ih, b_hh, *tail)
+                        else:  # one thread: the blocked step product (beats numpy's BLAS
+                            # call here) in the same compiled call as the loop
+                            kernels[1](inp, w_ih, b_ih, b_hh, *tail)
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
@@ -543,7 +541,7 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
         bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
-        with blas_single_thread() if B // parts >= PACKED_BLAS_MIN_ROWS else flush_denormals():
+        with self._kernel_context(B // parts):
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
                 Fk = inp.shape[1]
@@ -558,7 +556,7 @@ class Recurrent:
                     bias = np.zeros(4 * H, dtype=dt) if b_ih is None or b_ih.shape[0] == 0 else b_ih + b_hh
                     h0s = writable(h0[idx]) if h0 is not None else zeros
                     c0s = writable(c0[idx]) if c0 is not None else zeros
-                    args = (inp, True, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
+                    args = (inp, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
                     if len(bounds) == 1:
                         lstm_fused_slice(*args, 0, B)
                     else:
@@ -567,16 +565,20 @@ class Recurrent:
         self._cache = None
         return inp.reshape(B, T, D * H), (h_n, c_n)
 
-    def _kernel_context(self, B, N):
-        """What the one-call inference of ``B`` sequences (``N`` rows) runs
-        in: :func:`fastseq._threads.blas_single_thread` when a BLAS call may
-        come (an input projection of :data:`fastseq.kernels.matmul.BLAS_MIN_ROWS`
-        rows or more, or a step product of
-        :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS` rows or more),
-        else only :func:`fastseq._fpenv.flush_denormals` (the compiled
-        products call no BLAS, and setting BLAS's threads costs a few
-        microseconds, a good part of a small call)."""
-        if N >= BLAS_MIN_ROWS or B >= PACKED_BLAS_MIN_ROWS:
+    def _kernel_context(self, step_rows, projection_rows=0):
+        """What a full-length inference call runs in, its step products of
+        ``step_rows`` rows and, unless fused, an input projection of
+        ``projection_rows`` rows before the loop:
+        :func:`fastseq._threads.blas_single_thread` when a BLAS call may come
+        (a step product of :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS`
+        rows or more, a projection of :data:`fastseq.kernels.matmul.BLAS_MIN_ROWS`
+        rows or more, or one split across threads), else only
+        :func:`fastseq._fpenv.flush_denormals` (the compiled products call no
+        BLAS, and setting BLAS's threads costs a few microseconds, a good
+        part of a small call)."""
+        N, GH = projection_rows, self.num_gates * self.hidden_size
+        if (step_rows >= PACKED_BLAS_MIN_ROWS or N >= BLAS_MIN_ROWS
+                or (N and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers)))):
             return blas_single_thread()
         return flush_denormals()
 
