@@ -162,10 +162,6 @@ def _cache_bytes(level, default):
     return default
 
 
-def _l2_bytes():
-    return _cache_bytes(2, 1024 ** 2)
-
-
 #: idle time before each timed hand-over: a pool thread is woken from sleep
 #: at a call (a round trip back to back is 3-6x faster than after an idle
 #: millisecond on a 2-vCPU virtual machine)
@@ -205,8 +201,8 @@ def _measure_madd_rate():
 
 def measure():
     """The :class:`Machine` facts of this machine, measured now."""
-    return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(), l2_bytes=_l2_bytes(),
-                   l3_bytes=_cache_bytes(3, 8 * 1024 ** 2))
+    return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(),
+                   l2_bytes=_cache_bytes(2, 1024 ** 2), l3_bytes=_cache_bytes(3, 8 * 1024 ** 2))
 
 
 def _cache_path():

@@ -344,9 +344,10 @@ def _place(workers):
 # us (the vCPU halted), more than a small part takes (a split conv layer of
 # 8.6M multiply-adds: 110 us a thread, 250 us a call with two wake-ups).
 # OpenMP runtimes spin for a while for the same reason.  Here a worker, after
-# its task, polls a hand-over counter for LINGER_SPINS polls (about 0.1-0.3
-# ms, the GIL released) before it goes back to sleep, and a caller polls each
-# part's done flag for JOIN_SPINS polls before it blocks.
+# its task, polls its own state for a caller's claim for LINGER_SPINS polls
+# (about 0.1-0.3 ms, the GIL released; :class:`_Worker`) before it goes back
+# to sleep, and a caller polls each part's done flag for JOIN_SPINS polls
+# before it blocks.
 
 def _passive():
     """Whether ``OMP_WAIT_POLICY=passive`` asks threads to sleep at once
@@ -400,7 +401,6 @@ class _Worker:
             fn, done, slot, event = job
             fn()                            # records its own error
             event.set()                     # for a caller that stopped polling
-            job = None
             if linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS):
                 job = self.job
             else:

@@ -10,6 +10,11 @@ accesses are LLVM intrinsics (a plain load could be hoisted out of the wait
 loop).  A waiting thread spins :data:`SPIN_LIMIT` times, then calls
 ``sched_yield`` between polls, so that an oversubscribed machine still makes
 progress.  A barrier costs about 70 ns between two cores here.
+
+The same atomics (and a compare-and-swap) carry the hand-over of the thread
+pool (:mod:`fastseq._threads`): :func:`linger` and :func:`claim` move a pool
+thread's state between idle, lingering and claimed, and :func:`spin_until`
+is a caller's wait for a part's done flag.
 """
 
 import sys
@@ -113,9 +118,9 @@ def barrier(flags, tid, value):
 @njit(**JIT)
 def spin_until(flags, slot, value, spins):
     """Poll ``flags[slot] >= value`` (acquire) up to ``spins`` times, the GIL
-    released; True as soon as it holds, False when the polls ran out.  The
-    pool's hand-over (:mod:`fastseq._threads`) spins with it rather than
-    sleep at once: waking a sleeping thread costs 50-150 us on a virtual
+    released; True as soon as it holds, False when the polls ran out.  A
+    caller waits for its pool parts (:mod:`fastseq._threads`) with it rather
+    than sleep at once: waking a sleeping thread costs 50-150 us on a virtual
     machine, more than a small part of a split call takes."""
     for _ in range(spins):
         if load_acquire(flags, slot) >= value:
@@ -150,8 +155,7 @@ def linger(state, done, slot, spins, settle):
     Marking and publishing in one call leaves the caller, who returns as soon
     as it sees ``done``, no moment in which this thread holds the GIL."""
     store_release(state, 0, LINGER)
-    if slot >= 0:
-        store_release(done, slot, 1)
+    store_release(done, slot, 1)
     claimed = False
     for _ in range(spins):
         if load_acquire(state, 0) == CLAIMED:
