@@ -1,7 +1,8 @@
 """LSTM inference with the input projection inside each step's product
 (``Recurrent._forward_fused``, :func:`fastseq.kernels.infer.lstm_fused_slice`)
 against the separate projection (the one-call or packed path), alternated
-in one process at this machine's thread count.
+in one process (:func:`bench.compare.time_alternating`) at this machine's
+thread count.
 
 Run from the repository root::
 
@@ -14,8 +15,6 @@ ways, so that the rule can be checked against the machine at hand.
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
@@ -28,6 +27,7 @@ SHAPES = [(128, 28, 28, 256), (16, 32, 256, 256), (1024, 48, 5, 64), (64, 50, 50
 def compare(shapes, repeats):
     """``[(shape, plan, fused ms, separate ms)]``: both ways on the batch
     slices the fused path would take (the planner's batch split)."""
+    from bench.compare import time_alternating
     from fastseq import _plan
     from fastseq.nn import Recurrent
 
@@ -43,16 +43,13 @@ def compare(shapes, repeats):
             _plan.Plan.fuse_projection = lambda self, *a: True   # the slices it would take
             parts = real(layer, B, T)
             _plan.Plan.fuse_projection = rule
-            times = {True: [], False: []}
-            for _ in range(repeats):
-                for fused in (True, False):
-                    Recurrent._fused_parts = (lambda self, B, T: parts) if fused else (lambda self, B, T: 0)
+            def way(fused_parts):
+                def call():
+                    Recurrent._fused_parts = lambda self, B, T: fused_parts
                     layer.forward(X, need_grad=False)
-                    t0 = time.perf_counter()
-                    layer.forward(X, need_grad=False)
-                    times[fused].append(time.perf_counter() - t0)
-            rows.append(((B, T, F, H), plan, 1e3 * statistics.median(times[True]),
-                         1e3 * statistics.median(times[False])))
+                return call
+            t = time_alternating({"fused": way(parts), "separate": way(0)}, repeats)
+            rows.append(((B, T, F, H), plan, 1e3 * t["fused"], 1e3 * t["separate"]))
     finally:
         Recurrent._fused_parts = real
         _plan.Plan.fuse_projection = rule

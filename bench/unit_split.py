@@ -50,7 +50,7 @@ def _time(fn):
     return float(np.median(samples)) * 1e3
 
 
-def contention(H, T, repeats=20):
+def contention(H, T):
     """Median us per step of a batch-1 LSTM half (``H // 2`` units): alone,
     and two independent ones at once on two threads."""
     from fastseq.kernels.lstm import lstm_forward_part
@@ -70,17 +70,8 @@ def contention(H, T, repeats=20):
 
     def both():
         _threads._on_pool([(0, 1), (1, 2)], lambda i, j: half(i))
-    out = {}
     with _threads.limit(2), _threads.blas_single_thread():
-        for name, fn in (("alone", lambda: half(0)), ("two at once", both)):
-            fn()
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            out[name] = 1e6 * float(np.median(ts)) / T
-    return out
+        return {name: 1e3 * _time(fn) / T for name, fn in (("alone", lambda: half(0)), ("two at once", both))}
 
 
 def main(argv=None):
