@@ -41,6 +41,13 @@ def rng():
 REFERENCE_MACHINE = dict(handover_s=100e-6, madd_rate=40e9, l2_bytes=512 * 1024)
 
 
+def layer_arrays(result):
+    """The arrays of a ``Recurrent.forward`` result, in order: the output,
+    then ``h_n`` (and ``c_n`` for an LSTM)."""
+    out, state = result
+    return [out] + (list(state) if isinstance(state, tuple) else [state])
+
+
 @pytest.fixture(autouse=True)
 def _reference_plan(monkeypatch):
     from fastseq import _plan

@@ -10,7 +10,7 @@ import pytest
 from fastseq import kernels
 from fastseq.nn import Recurrent
 from reference import recurrent_sequence, sigmoid
-from conftest import ragged_batch
+from conftest import layer_arrays, ragged_batch
 
 CASES = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
 
@@ -201,17 +201,12 @@ def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, cell, nl, n
             with monkeypatch.context() as m:
                 m.setattr(Recurrent, "_inference_plan", lambda *a: None)
                 packed_inf = layer.forward(X, h0=h0, need_grad=False)
-            for f, p, q in zip(_flat(fast), _flat(packed), _flat(packed_inf)):
+            for f, p, q in zip(layer_arrays(fast), layer_arrays(packed), layer_arrays(packed_inf)):
                 assert f.dtype == np.dtype(dtype) and f.shape == p.shape and f.flags.c_contiguous
                 np.testing.assert_allclose(f, p, rtol=tol, atol=tol)
                 np.testing.assert_allclose(f, q, rtol=tol, atol=tol)
             with pytest.raises(RuntimeError, match="backward"):
                 layer.backward(np.ones_like(fast[0]))    # nothing kept for backward
-
-
-def _flat(result):
-    out, state = result
-    return [out] + (list(state) if isinstance(state, tuple) else [state])
 
 
 def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 
 from fastseq import _plan, _threads
 from fastseq.nn import Recurrent
-from conftest import REFERENCE_MACHINE
+from conftest import REFERENCE_MACHINE, layer_arrays
 
 
 @pytest.fixture(autouse=True)
@@ -552,28 +552,21 @@ def test_fused_lstm_inference_slices_are_bit_identical(dtype):
             assert layer._fused_parts(25, 9) == parts
             runs.append(layer.forward(X, h0=(h, -h), need_grad=False))
     for other in runs[1:]:
-        for a, b in zip(_flatten(runs[0]), _flatten(other)):
+        for a, b in zip(layer_arrays(runs[0]), layer_arrays(other)):
             assert np.array_equal(a, b)
     tol = 2e-5 if dtype == "float32" else 1e-12
     packed = layer.forward(X, np.full(25, 9), h0=(h, -h))            # need_grad: the packed path
-    for a, b in zip(_flatten(runs[0]), _flatten(packed)):
+    for a, b in zip(layer_arrays(runs[0]), layer_arrays(packed)):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
     for b in (0, 13, 24):
         alone = layer.forward(X[b:b + 1], h0=(h[:, b:b + 1], -h[:, b:b + 1]), need_grad=False)
         np.testing.assert_allclose(alone[0][0], runs[0][0][b], rtol=tol, atol=tol)
 
 
-def _flatten(result):
-    out, (h_n, c_n) = result
-    return [out, h_n, c_n]
-
-
 def test_pool_hand_overs_from_concurrent_callers_each_run_once():
     """Callers on several threads hand tasks to the same pool thread at once
     (one claims it while it lingers, the others queue theirs): every task runs
     exactly once, on a pool thread, and every join returns."""
-    import threading
-
     ran = []
     lock = threading.Lock()
 
