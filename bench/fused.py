@@ -19,9 +19,11 @@ import argparse
 import numpy as np
 
 #: (B, T, F, H): MNIST rows, a latency case, the weather system, the two
-#: matrix-bound cases, a small batch beyond one row block
+#: matrix-bound cases, a small batch beyond one row block, two small
+#: batches in one slice whose separate projection a second thread computes
+#: ahead (latency B 4, H 128 at T 32 and 128)
 SHAPES = [(128, 28, 28, 256), (16, 32, 256, 256), (1024, 48, 5, 64), (64, 50, 500, 500),
-          (64, 25, 1024, 1024), (4, 32, 256, 256)]
+          (64, 25, 1024, 1024), (4, 32, 256, 256), (4, 32, 128, 128), (4, 128, 128, 128)]
 
 
 def compare(shapes, repeats):

@@ -120,7 +120,7 @@ class Plan:
         recurrent product ``step_work``, the call's ``work``)."""
         return step_work >= self.infer_split_step_work and self.batch_split(n_threads, B, work) > 1
 
-    def fuse_projection(self, rows, block_rows, weight_bytes):
+    def fuse_projection(self, rows, block_rows, weight_bytes, pipelined=False):
         """Whether a time loop whose steps have ``rows`` rows (a thread's
         share) computes its input projection inside each step's product,
         whose weights ``[W_ih | W_hh]`` take ``weight_bytes``: from one row
@@ -129,8 +129,10 @@ class Plan:
         fit in half of the L3 (a row block alone would wait on them), never
         beyond (each thread would stream all of them from memory at every
         step, where a separate projection streams ``W_ih`` once;
-        bench/RESULTS.md, "Fused input projection")."""
-        if rows < block_rows:
+        bench/RESULTS.md, "Fused input projection").  Never when the
+        separate projection would be ``pipelined``: computed on a second
+        thread beside a one-thread loop, where it costs the loop nothing."""
+        if rows < block_rows or pipelined:
             return False
         if weight_bytes <= self.l2_bytes // 2:
             return True

@@ -90,7 +90,8 @@ def test_cache_location_and_first_use(tmp_path, monkeypatch):
 def test_fused_projection_rule():
     """The input projection goes into the step product from one row block
     when [W_ih | W_hh] fits in half the L2, from two row blocks when it
-    fits in half the L3, and never beyond."""
+    fits in half the L3, never beyond, and never when the separate
+    projection runs on a second thread beside the loop."""
     p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, l3_bytes=32 << 20))
     assert not p.fuse_projection(3, 4, 1000)                  # below a row block
     assert p.fuse_projection(4, 4, 512 * 1024)                # half the L2
@@ -98,3 +99,4 @@ def test_fused_projection_rule():
     assert p.fuse_projection(8, 4, 512 * 1024 + 1)            # two row blocks
     assert p.fuse_projection(64, 4, 16 << 20)                 # half the L3
     assert not p.fuse_projection(64, 4, (16 << 20) + 1)       # streamed from memory
+    assert not p.fuse_projection(4, 4, 1000, pipelined=True)  # the projection on a second thread

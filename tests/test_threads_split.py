@@ -274,6 +274,14 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(3, 10) == "one"
+        # one slice whose projection (4*128*128*256 = 16.8M multiply-adds)
+        # the reference plan pipelines: the separate projection, on the
+        # second thread; fused on one thread, with no second thread to use
+        assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) == "one"
+        assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 32) == "fused"   # 4.2M: not pipelined
+    with _threads.limit(1):
+        assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) == "fused"
+    with _threads.limit(2):
         # the reference plan (conftest) splits from 8M multiply-adds a step:
         # one thread below
         assert Recurrent("gru", 8, 256).eval()._inference_plan(16, 100) == "one"     # 3.1M

@@ -433,7 +433,9 @@ class Recurrent:
         (:func:`fastseq.kernels.infer.lstm_fused_slice`), 0 for not fused:
         the slices of the planner's batch split
         (:meth:`fastseq._plan.Plan.batch_split`) when
-        :meth:`fastseq._plan.Plan.fuse_projection` takes their rows."""
+        :meth:`fastseq._plan.Plan.fuse_projection` takes their rows (not
+        when the batch stays in one slice and :meth:`_forward_infer` would
+        compute the projection on a second thread)."""
         if self.cell != "lstm" or T < 2:
             return 0
         H = self.hidden_size
@@ -441,7 +443,8 @@ class Recurrent:
         plan = _plan.current()
         n = get_num_threads()
         parts = plan.batch_split(n, B, B * T * 4 * H * (H + F)) if n > 1 else 1
-        fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize)
+        pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H)
+        fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize, pipelined)
         return parts if fuse else 0
 
     def _train_units(self, B, T, mask):
