@@ -1,5 +1,5 @@
 """GFLOP/s of one step's recurrent product: fastseq's packed product
-(``packed_matmul``, what the time loops run), its dot form (``step_matmul``)
+(``packed_matmul``, what the time loops and the input projection run)
 and BLAS (``np.dot`` inside a compiled loop, SciPy's OpenBLAS), one thread.
 
 Run from the repository root::
@@ -26,13 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from fastseq._config import JIT, VECTOR_BYTES
 from fastseq.kernels import matmul as mm
-from fastseq.kernels.matmul import pack_weight, packed_matmul, step_matmul
-
-
-@njit(**JIT)
-def _repeat_fastseq(a, w, out, reps):
-    for _ in range(reps):
-        step_matmul(a, w, out)
+from fastseq.kernels.matmul import pack_weight, packed_matmul
 
 
 @njit(**JIT)
@@ -63,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--H", default="64,128,256,512,1024", help="hidden sizes (K = H, M = 4H)")
     ap.add_argument("--rows", default="1,2,4,8,16,32,64,128", help="rows of a step")
     args = ap.parse_args(argv)
-    engines = [("packed", _repeat_packed, False), ("dot", _repeat_fastseq, False), ("blas", _repeat_blas, True)]
+    engines = [("packed", _repeat_packed, False), ("blas", _repeat_blas, True)]
     if args.widths:
         engines = [(f"packed{vb}", _repeat_for(njit(**{**JIT, "cache": False})(mm._packed_matmul_for(vb))), False)
                    for vb in (int(v) for v in args.widths.split(","))]

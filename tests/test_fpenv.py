@@ -357,11 +357,12 @@ def test_matches_torch_with_flush_denormal(dtype):
 
 @needs_ftz
 def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch):
-    """A one-call inference that calls no BLAS (fewer rows than
-    BLAS_MIN_ROWS in all) runs flushed without setting BLAS's threads (a
-    few microseconds of a small call); one whose projection has
-    BLAS_MIN_ROWS rows or more, or is split across threads, or whose step
-    product has PACKED_BLAS_MIN_ROWS, holds BLAS at one thread."""
+    """A one-call inference that calls no BLAS (a projection weight under
+    PROJECT_BLAS_MIN_BYTES, whatever its rows) runs flushed without setting
+    BLAS's threads (a few microseconds of a small call); one whose
+    projection weight has PROJECT_BLAS_MIN_BYTES or more, or whose
+    projection is split across threads, or whose step product has
+    PACKED_BLAS_MIN_ROWS, holds BLAS at one thread."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
     seen = []
@@ -381,15 +382,18 @@ def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch):
         if not outside or max(outside) < 2:
             pytest.skip("no BLAS here runs two threads: nothing to tell apart")
         layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
-        layer.forward(np.ones((1, rec.BLAS_MIN_ROWS, 3), np.float32), need_grad=False)   # BLAS projection
+        layer.forward(np.ones((1, 300, 3), np.float32), need_grad=False)     # many rows, the packed product
+        with monkeypatch.context() as m:
+            m.setattr(rec, "PROJECT_BLAS_MIN_BYTES", 16 * 3 * 4)              # as if W_ih were large: BLAS
+            layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
         monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 0)       # split from 16 rows
         monkeypatch.setattr(_plan.current(), "pipeline_min_work", 10 ** 18)    # (not computed ahead)
         with _threads.limit(2, blas=False):
-            layer.forward(np.ones((1, 20, 3), np.float32), need_grad=False)    # 20 < BLAS_MIN_ROWS
+            layer.forward(np.ones((1, 20, 3), np.float32), need_grad=False)    # split
         monkeypatch.setattr(rec, "PACKED_BLAS_MIN_ROWS", 1)       # as if the batch were large
         layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
-    (flushed_small, blas_small), *large = seen
-    assert flushed_small and all(flushed for flushed, _ in large) and len(large) == 3
-    assert blas_small == outside
+    (flushed_small, blas_small), (flushed_rows, blas_rows), *large = seen
+    assert flushed_small and flushed_rows and all(flushed for flushed, _ in large) and len(large) == 3
+    assert blas_small == outside and blas_rows == outside
     assert all(n == 1 for _, blas in large for n in blas)
     assert not _fpenv.flushing()

@@ -251,26 +251,6 @@ def test_project_packed_blocks_and_blas(dtype):
     assert shifted                  # the packed blocks took a batch of several rows
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_step_matmul_every_blocking_path(dtype):
-    """Rows in blocks of 4, 2, 1 and BLAS; outputs in pairs, quads, singles and
-    several L2 column blocks: every element written, equal to a @ w.T."""
-    from fastseq.kernels.matmul import BLAS_MIN_ROWS, BLOCK_BYTES, step_matmul
-    rng = np.random.default_rng(3)
-    itemsize = np.dtype(dtype).itemsize
-    K_big = 2 * BLOCK_BYTES // (8 * itemsize)  # column block of 8 outputs
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    for K, M in [(1, 1), (3, 2), (17, 5), (64, 9), (K_big, 19)]:
-        w = rng.standard_normal((M, K)).astype(dtype)
-        for n in (1, 2, 3, 4, 5, 6, 7, 9, BLAS_MIN_ROWS - 1, BLAS_MIN_ROWS, BLAS_MIN_ROWS + 3):
-            a = rng.standard_normal((n, K)).astype(dtype)
-            out = _nan((n, M), dtype)
-            step_matmul(a, w, out)
-            ref = a.astype(np.float64) @ w.astype(np.float64).T
-            np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(K) * 4,
-                                       err_msg=f"K={K} M={M} n={n}")
-
-
 def test_stale_kernel_cache_is_dropped(tmp_path):
     """numba keys a cached kernel by its own file only, while the time loops
     compile in code from matmul.py: one digest over the kernel sources and

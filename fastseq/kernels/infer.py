@@ -16,7 +16,7 @@ from .._config import JIT
 from ._packed import add_bias, reverse_steps
 from .gru import gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
-from .matmul import packed_matmul, step_matmul
+from .matmul import packed_matmul, project
 from .rnn import rnn_forward_slice
 
 
@@ -129,10 +129,10 @@ def rnn_run(x, w_hh, h0, relu, reverse, ready, out_h, h_n):
 @njit(**JIT)
 def lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
     """:func:`lstm_infer` from the inputs ``inp`` (N, F) (rows ``t*B + b``):
-    the projection ``inp @ w_ih.T`` (:func:`fastseq.kernels.matmul.step_matmul`)
-    in the same call, one dispatch less for a small call."""
+    the projection ``inp @ w_ih.T`` (:func:`fastseq.kernels.matmul.project`,
+    no bias) in the same call, one dispatch less for a small call."""
     xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
-    step_matmul(inp, w_ih, xp)
+    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
     lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
 
 
@@ -140,7 +140,7 @@ def lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
 def gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
     """:func:`gru_infer` from the inputs (see :func:`lstm_infer_x`)."""
     xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
-    step_matmul(inp, w_ih, xp)
+    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
     gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
 
 
@@ -148,7 +148,7 @@ def gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
 def rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
     """:func:`rnn_infer` from the inputs (see :func:`lstm_infer_x`)."""
     xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
-    step_matmul(inp, w_ih, xp)
+    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
     rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
 
 

@@ -1,20 +1,11 @@
 """The recurrent matrix product of one time step, ``out = a @ w.T``.
 
-``w`` is kept in its natural ``(M, K)`` layout (PyTorch's ``W_hh``), so each
-output is a dot product of two contiguous rows.  For the few rows of one step
-a BLAS call costs more than it computes: OpenBLAS repacks all of ``w`` on
-every call (W_hh is 1 MB at H = 256), and its small-``n`` path reached 4-35
-GFLOP/s on znver3 (2-32 rows) where the loops below reach 35-75 (4-32 rows, one
-core; measured by ``bench/matmul_step.py``).  :func:`step_matmul` computes
-four rows by two outputs at a time (eight running sums that LLVM keeps in
-vector registers, ``reassoc`` letting it vectorise the sums over ``K``), then
-two rows by four outputs, then one row by four; the outputs are taken in
-column blocks of about 256 KB of ``w`` so that a block stays in L2 while every
-row passes over it.  From :data:`BLAS_MIN_ROWS` rows BLAS (``np.dot``, SciPy's
-OpenBLAS) is faster and is called instead.  The caller keeps BLAS at one
-thread while kernels run.
+``w`` is kept in its natural ``(M, K)`` layout (PyTorch's ``W_hh``).  For the
+few rows of one step a BLAS call costs more than it computes: OpenBLAS
+repacks all of ``w`` on every call (W_hh is 1 MB at H = 256), and its
+small-``n`` path reached 4-35 GFLOP/s on znver3 (2-32 rows).
 
-Time loops use the packed form instead (:func:`pack_weight`,
+Time loops use a packed form instead (:func:`pack_weight`,
 :func:`packed_matmul`): ``w`` is copied once per kernel call into strips of
 one cache line of outputs (``wp[s, k, :]`` = ``w[s*SW:(s+1)*SW, k]``), and a
 micro-kernel written in LLVM vector IR (:func:`_tile_rows`) keeps a block of
@@ -27,18 +18,18 @@ sum runs over ``k`` in the same order at every width, so the widths give
 identical results.  Numba's loop vectoriser does not find this form by itself (a
 loop over outputs with scalar accumulators stayed at 2-3 GFLOP/s).  On one
 znver3 core, float32, H <= 256, it reaches 27-37 GFLOP/s at one row
-(bandwidth-bound), 64-70 at two and 65-97 at 4-32 rows: 1.2-2.5x the dot
-form above (``python bench/matmul_step.py``).
+(bandwidth-bound), 64-70 at two and 65-97 at 4-32 rows: 1.2-2.5x a dot-product
+form with eight running sums (``python bench/matmul_step.py``; the figures for
+other CPUs are in bench/RESULTS.md).  The input projection of every step
+(:func:`project`) runs through the same product, a block of rows at a time.
 
 Compile time: numba links a callee's code into each caller and optimises it
 again there, once per compiled level.  :func:`packed_matmul` is called from
 every time loop, so it is kept small: outputs outside the strips, and loops of
-one step (no packed weight), take a plain dot-product loop rather than the
-unrolled :func:`step_matmul` (which the decoder's backward pass and the
-one-thread inference projection call directly; the decoder's forward steps
-use weights packed once per decoding); :func:`project_packed` is inlined into
-its callers.  This took a
-cold small LSTM fit, import included, from 15 to about 8.5 s.
+one step (no packed weight), take a plain dot-product loop; the decoder's
+forward steps use weights packed once per decoding; :func:`project_packed` is
+inlined into its callers.  This took a cold small LSTM fit, import included,
+from 15 to about 8.5 s.
 """
 
 import numpy as np
@@ -50,13 +41,6 @@ from numba.extending import intrinsic
 from .._config import JIT, VECTOR_BYTES
 from ._packed import add_bias
 from ._sync import store_release
-
-#: rows from which one step's product goes to BLAS (znver3, one thread: the
-#: loops below win up to 32 rows, tie at 64, and lose from 128 rows)
-BLAS_MIN_ROWS = 64
-
-#: bytes of ``w`` per column block (fits, with the rows, in a 1 MB L2)
-BLOCK_BYTES = 256 * 1024
 
 #: rows from which :func:`packed_matmul` calls BLAS instead of its tiles
 #: (``python bench/matmul_step.py``-style runs, one znver3 thread, GFLOP/s
@@ -70,161 +54,6 @@ STRIP_BYTES = 64
 #: the rows' slice while every row block passes over it; 8 KB measured best
 #: of 4, 8 and 16 KB at H = 256-512)
 KBLOCK_BYTES = 8 * 1024
-
-
-@njit(**JIT)
-def step_matmul(a, w, out):
-    """``out[:n] = a @ w.T``.
-
-    Parameters
-    ----------
-    a : (n, K) float, C-contiguous rows
-    w : (M, K) float, C-contiguous (the untransposed weight)
-    out : (n, M) float
-    """
-    n, K = a.shape
-    M = w.shape[0]
-    if n >= BLAS_MIN_ROWS:
-        np.dot(a, w.T, out)
-        return
-    z = a.dtype.type(0)
-    mb = max(8, BLOCK_BYTES // (max(K, 1) * a.itemsize))
-    for m0 in range(0, M, mb):
-        m1 = min(M, m0 + mb)
-        r = 0
-        while r + 4 <= n:
-            a0 = a[r]
-            a1 = a[r + 1]
-            a2 = a[r + 2]
-            a3 = a[r + 3]
-            m = m0
-            while m + 2 <= m1:
-                w0 = w[m]
-                w1 = w[m + 1]
-                s00 = z
-                s01 = z
-                s10 = z
-                s11 = z
-                s20 = z
-                s21 = z
-                s30 = z
-                s31 = z
-                for k in range(K):
-                    x0 = w0[k]
-                    x1 = w1[k]
-                    s00 += a0[k] * x0
-                    s01 += a0[k] * x1
-                    s10 += a1[k] * x0
-                    s11 += a1[k] * x1
-                    s20 += a2[k] * x0
-                    s21 += a2[k] * x1
-                    s30 += a3[k] * x0
-                    s31 += a3[k] * x1
-                out[r, m] = s00
-                out[r, m + 1] = s01
-                out[r + 1, m] = s10
-                out[r + 1, m + 1] = s11
-                out[r + 2, m] = s20
-                out[r + 2, m + 1] = s21
-                out[r + 3, m] = s30
-                out[r + 3, m + 1] = s31
-                m += 2
-            while m < m1:
-                w0 = w[m]
-                s00 = z
-                s10 = z
-                s20 = z
-                s30 = z
-                for k in range(K):
-                    x0 = w0[k]
-                    s00 += a0[k] * x0
-                    s10 += a1[k] * x0
-                    s20 += a2[k] * x0
-                    s30 += a3[k] * x0
-                out[r, m] = s00
-                out[r + 1, m] = s10
-                out[r + 2, m] = s20
-                out[r + 3, m] = s30
-                m += 1
-            r += 4
-        if r + 2 <= n:
-            a0 = a[r]
-            a1 = a[r + 1]
-            m = m0
-            while m + 4 <= m1:
-                w0 = w[m]
-                w1 = w[m + 1]
-                w2 = w[m + 2]
-                w3 = w[m + 3]
-                s00 = z
-                s01 = z
-                s02 = z
-                s03 = z
-                s10 = z
-                s11 = z
-                s12 = z
-                s13 = z
-                for k in range(K):
-                    p = a0[k]
-                    q = a1[k]
-                    s00 += p * w0[k]
-                    s01 += p * w1[k]
-                    s02 += p * w2[k]
-                    s03 += p * w3[k]
-                    s10 += q * w0[k]
-                    s11 += q * w1[k]
-                    s12 += q * w2[k]
-                    s13 += q * w3[k]
-                out[r, m] = s00
-                out[r, m + 1] = s01
-                out[r, m + 2] = s02
-                out[r, m + 3] = s03
-                out[r + 1, m] = s10
-                out[r + 1, m + 1] = s11
-                out[r + 1, m + 2] = s12
-                out[r + 1, m + 3] = s13
-                m += 4
-            while m < m1:
-                w0 = w[m]
-                s00 = z
-                s10 = z
-                for k in range(K):
-                    s00 += a0[k] * w0[k]
-                    s10 += a1[k] * w0[k]
-                out[r, m] = s00
-                out[r + 1, m] = s10
-                m += 1
-            r += 2
-        if r < n:
-            a0 = a[r]
-            m = m0
-            while m + 4 <= m1:
-                w0 = w[m]
-                w1 = w[m + 1]
-                w2 = w[m + 2]
-                w3 = w[m + 3]
-                s00 = z
-                s01 = z
-                s02 = z
-                s03 = z
-                for k in range(K):
-                    p = a0[k]
-                    s00 += p * w0[k]
-                    s01 += p * w1[k]
-                    s02 += p * w2[k]
-                    s03 += p * w3[k]
-                out[r, m] = s00
-                out[r, m + 1] = s01
-                out[r, m + 2] = s02
-                out[r, m + 3] = s03
-                m += 4
-            while m < m1:
-                w0 = w[m]
-                s00 = z
-                for k in range(K):
-                    s00 += a0[k] * w0[k]
-                out[r, m] = s00
-                m += 1
 
 
 # ---------------------------------------------------------------------------
@@ -441,8 +270,7 @@ def packed_shape(w):
 @njit(**JIT)
 def no_packed_weight(w):
     """An empty packed weight: :func:`packed_matmul` then computes plain dot
-    products (about half the speed of :func:`step_matmul` from 4 rows, as
-    fast at one row; used for loops of one step only)."""
+    products (used for loops of one step only)."""
     return np.empty((0, w.shape[1], STRIP_BYTES // w.itemsize), dtype=w.dtype)
 
 
@@ -504,8 +332,8 @@ def _packed_matmul_for(vector_bytes, blocking=None):
                         _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, R, S, VB)
                 s += gs
         # the outputs not in a strip (all of them without a packed weight): dot
-        # products, one loop (not the unrolled step_matmul, which would be
-        # compiled again into every time-loop kernel)
+        # products, one loop (an unrolled form would be compiled again into
+        # every time-loop kernel)
         z = a.dtype.type(0)
         for m in range(m_dot, M):
             wr = w[m]

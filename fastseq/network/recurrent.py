@@ -24,7 +24,7 @@ from ..kernels.infer import (
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    BLAS_MIN_ROWS, FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, pack_into, packed_shape, project_ahead,
+    FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, pack_into, packed_shape, project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -574,14 +574,17 @@ class Recurrent:
         ``projection_rows`` rows before the loop:
         :func:`fastseq._threads.blas_single_thread` when a BLAS call may come
         (a step product of :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS`
-        rows or more, a projection of :data:`fastseq.kernels.matmul.BLAS_MIN_ROWS`
-        rows or more, or one split across threads), else only
+        rows or more, a projection whose weight has
+        :data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES` or more, or one
+        split across threads), else only
         :func:`fastseq._fpenv.flush_denormals` (the compiled products call no
         BLAS, and setting BLAS's threads costs a few microseconds, a good
         part of a small call)."""
         N, GH = projection_rows, self.num_gates * self.hidden_size
-        if (step_rows >= PACKED_BLAS_MIN_ROWS or N >= BLAS_MIN_ROWS
-                or (N and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers)))):
+        sizes = [self._layer_input_size(k) for k in range(self.num_layers)] if N else []
+        if (step_rows >= PACKED_BLAS_MIN_ROWS
+                or any(GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or matmul_splits(N, F, GH)
+                       for F in sizes)):
             return blas_single_thread()
         return flush_denormals()
 
