@@ -571,6 +571,34 @@ def test_fused_lstm_inference_slices_are_bit_identical(dtype):
         np.testing.assert_allclose(alone[0][0], runs[0][0][b], rtol=tol, atol=tol)
 
 
+def test_a_pool_thread_lingers_after_a_queued_task(monkeypatch):
+    """A task handed through the queue (the thread asleep) leaves no
+    queued mark behind, so the thread lingers after it and the next
+    hand-over claims it (the mark used to stay set and end every linger at
+    once: each hand-over then woke a sleeping thread)."""
+    from fastseq.kernels._sync import LINGER, QUEUED
+
+    worker = _threads._pool(1).workers[0]
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)       # the thread goes idle after each task
+    _threads._start(1, [int])()
+    for _ in range(1000):                                  # (idle: the next task comes by the queue)
+        if worker.state[0] == 0:
+            break
+        threading.Event().wait(0.001)
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)   # now it lingers until claimed
+    states = []
+    real = _threads._Worker.hand
+    monkeypatch.setattr(_threads._Worker, "hand", lambda self, job: states.append(int(self.state[0]))
+                        or real(self, job))
+    _threads._start(1, [int])()                            # queued: the thread was idle
+    assert worker.state[QUEUED] == 0
+    for _ in range(3):
+        _threads._start(1, [int])()                        # claimed while it lingers
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 200)
+    _threads._start(1, [int])()                            # (ends the long linger)
+    assert states[0] == 0 and states[1:4] == [LINGER] * 3, states
+
+
 def test_pool_hand_overs_from_concurrent_callers_each_run_once():
     """Callers on several threads hand tasks to the same pool thread at once
     (one claims it while it lingers, the others queue theirs): every task runs
