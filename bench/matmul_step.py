@@ -6,6 +6,7 @@ Run from the repository root::
 
     python bench/matmul_step.py
     python bench/matmul_step.py --widths 32,64    # the packed product at each vector width
+    python bench/matmul_step.py --all-tiles --rows 64,128,256,512,1024   # tiles where BLAS is called
 
 With ``--widths`` the packed product is compiled (uncached) for each vector
 width in bytes (``fastseq.kernels.matmul.BLOCKING``), whatever this machine's
@@ -56,8 +57,22 @@ def main(argv=None):
     ap.add_argument("--widths", default=None, help="vector widths in bytes, e.g. 32,64")
     ap.add_argument("--H", default="64,128,256,512,1024", help="hidden sizes (K = H, M = 4H)")
     ap.add_argument("--rows", default="1,2,4,8,16,32,64,128", help="rows of a step")
+    ap.add_argument("--all-tiles", action="store_true",
+                    help="the packed product's tiles at every row count (its BLAS branch from "
+                         "PACKED_BLAS_MIN_ROWS off; compiled uncached)")
     args = ap.parse_args(argv)
     engines = [("packed", _repeat_packed, False), ("blas", _repeat_blas, True)]
+    if args.all_tiles:
+        saved = mm.PACKED_BLAS_MIN_ROWS
+        mm.PACKED_BLAS_MIN_ROWS = 1 << 62     # read when the closure below is compiled
+        try:
+            tiles = njit(**{**JIT, "cache": False})(mm._packed_matmul_for(VECTOR_BYTES))
+            repeat = _repeat_for(tiles)
+            w = np.ones((16, 4), np.float32)
+            repeat(np.ones((1, 4), np.float32), w, np.empty((1, 16), np.float32), 1)   # compiled now
+            engines[0] = ("tiles", repeat, False)
+        finally:
+            mm.PACKED_BLAS_MIN_ROWS = saved
     if args.widths:
         engines = [(f"packed{vb}", _repeat_for(njit(**{**JIT, "cache": False})(mm._packed_matmul_for(vb))), False)
                    for vb in (int(v) for v in args.widths.split(","))]

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python bench/unit_split.py [--cells lstm,gru,rnn] [--threads 2] [--T 64]
+    python -m bench.unit_split [--cells lstm,gru,rnn] [--threads 2] [--T 64] [--H ...] [--B ...]
     python -m bench.unit_split --contention [--H 128,256] [--T 256]
 
 ``--contention`` times what a unit split of batch-1 LSTM inference can gain
@@ -17,11 +17,13 @@ Times ``Recurrent.forward(X, need_grad=False)`` (input size = H) under
 in one compiled call, the input projection computed a few steps ahead on a
 second thread: the plan's ``pipeline_min_work`` set to 0), ``one-seq`` (the same, the
 projection first, on this thread; split in row blocks across the threads from
-the plan's ``matmul_split_min_work``) and ``packed`` (the batch split across
-threads; from B = 8).  Median ms of 5 repeats, each plan timed on its own: on
-the 2-vCPU benchmark machine timings drift by 10-30% within minutes, so the
-thresholds themselves (``pipeline_min_work``, ``infer_split_step_work``) are
-set from ``python -m bench.thresholds``, which alternates the settings call by call.
+the plan's ``matmul_split_min_work``), ``packed`` (the batch split across
+threads; from B = 8) and, for the LSTM, ``units`` (the hidden units split
+across the threads, ``kernels.infer.lstm_units_part``) and ``fused`` (the
+input projection inside the step product, where the planner would take
+it), alternated call by
+call (:func:`bench.compare.time_alternating`, median ms), with the plan the
+planner chooses.
 """
 
 import argparse
@@ -30,6 +32,7 @@ import time
 import numpy as np
 
 from fastseq import _plan, _threads
+from fastseq.kernels._sync import AVAILABLE as UNITS_AVAILABLE
 from fastseq.nn import Recurrent
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -81,6 +84,7 @@ def main(argv=None):
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--H", default="32,64,128,256,512")
     ap.add_argument("--B", default="1,4,16,32,64")
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--contention", action="store_true")
     args = ap.parse_args(argv)
     if args.contention:
@@ -95,30 +99,51 @@ def main(argv=None):
                   f"each): alone {t['alone']:.1f} us a step, two independent halves at once "
                   f"{t['two at once']:.1f} us a step each", flush=True)
         return rows
+    from bench.compare import cpu_header, machine_info, time_alternating
+
+    print(cpu_header(machine_info(args.threads)), f"T {args.T}, input size = H, median ms")
     the_plan = _plan.current()
     default_pipe = the_plan.pipeline_min_work
+    rows = []
     for cell in args.cells.split(","):
         for H in (int(v) for v in args.H.split(",")):
             for B in (int(v) for v in args.B.split(",")):
                 net = Recurrent(cell, H, H, random_state=0).eval()
                 X = np.random.default_rng(0).standard_normal((B, args.T, H), dtype=np.float32)
-                res = {}
                 with _threads.limit(args.threads):
                     chosen = net._inference_plan(B, args.T)
-                    for plan, pipe in (("one", 0), ("one-seq", 10 ** 18), ("packed", 0)):
-                        if plan == "packed" and B < 8:
-                            continue
-                        the_plan.pipeline_min_work = pipe
-                        net._inference_plan = (lambda p: (lambda B, T: p))(None if plan == "packed" else "one")
-                        res[plan] = _time(lambda: net.forward(X, need_grad=False))
-                    the_plan.pipeline_min_work = default_pipe
+                    if chosen == "one":
+                        work = B * args.T * H * GATES[cell] * H
+                        chosen = "one" if the_plan.pipeline(args.threads, work) else "one-seq"
+                    plans = [("one", 0), ("one-seq", 10 ** 18)]
+                    if B >= 8:
+                        plans.append(("packed", 0))
+                    if cell == "lstm" and UNITS_AVAILABLE and args.threads > 1:
+                        plans.append(("units", 0))
+                    parts = net._fused_parts(B, args.T)
+                    if parts:
+                        plans.append(("fused", default_pipe))
+
+                    def way(plan, pipe):
+                        forced = None if plan == "packed" else plan
+
+                        def call():
+                            the_plan.pipeline_min_work = pipe
+                            net._inference_plan = lambda B, T: forced
+                            net._fused_parts = lambda B, T: parts
+                            try:
+                                net.forward(X, need_grad=False)
+                            finally:
+                                the_plan.pipeline_min_work = default_pipe
+                        return call
+                    res = {k: 1e3 * v for k, v in time_alternating(
+                        {plan: way(plan, pipe) for plan, pipe in plans}, args.repeats).items()}
                 best = min(res, key=res.get)
-                if chosen == "one":
-                    work = B * args.T * H * GATES[cell] * H
-                    chosen = "one" if work >= default_pipe else "one-seq"
+                rows.append((cell, H, B, res, best, chosen or "packed"))
                 print(f"{cell} H{H:4d} B{B:3d} W_hh {GATES[cell] * H * H:8d}  "
                       + "  ".join(f"{k} {v:8.3f}" for k, v in res.items())
-                      + f"  best {best:6s} chosen {chosen or 'packed'}", flush=True)
+                      + f"  best {best:7s} chosen {chosen or 'packed'}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -455,13 +455,15 @@ class _Pool:
         return future
 
 
-def _start(workers, fns, pool=None, flush=True):
+def _start(workers, fns, pool=None, flush=True, joined=None):
     """Run each no-argument callable of ``fns`` (at most ``workers``) on its
     own thread of the pool of ``workers`` threads (denormals flushed there,
     :func:`_flushed`, unless ``flush`` is false); returns ``join``, which waits for all of them
     (polling first) and re-raises the first error.  Call ``join`` even when
-    this thread's own part raised."""
-    from .kernels._sync import STRIDE, spin_until
+    this thread's own part raised.  ``joined``: a unit split's flags, whose
+    :data:`fastseq.kernels._sync.JOINED` mark ``join`` sets as it starts
+    to wait (:func:`fastseq.kernels._sync.signal_then_spin`)."""
+    from .kernels._sync import STRIDE, signal_then_spin, spin_until
 
     pool = pool or _pool(workers)
     n = len(fns)
@@ -481,7 +483,11 @@ def _start(workers, fns, pool=None, flush=True):
 
     def join():
         for k in range(n):
-            if not spin_until(done, k * STRIDE, 1, JOIN_SPINS):
+            if joined is not None and k == 0:
+                polled = signal_then_spin(joined, done, 0, 1, JOIN_SPINS)
+            else:
+                polled = spin_until(done, k * STRIDE, 1, JOIN_SPINS)
+            if not polled:
                 events[k].wait()
                 spin_until(done, k * STRIDE, 1, 2 ** 62)   # set right after the event
         for exc in errors:
@@ -680,7 +686,7 @@ def run_sliced(kernel, args, lengths_sorted, work):
 
 _unit_lock = threading.Lock()
 #: a flag value that releases every barrier (a thread that failed sets it)
-_RELEASE_ALL = 2 ** 62
+_RELEASE_ALL = 2 ** 62   # kernels._sync.RELEASE_ALL
 
 
 def unit_bounds(H, n):
@@ -745,14 +751,24 @@ def run_pipelined(produce, consume, parallel=True):
             join()
 
 
-def run_units(part, H):
+def run_units(part, H, blas=True):
     """``part(tid, j0, j1, flags)`` for the :func:`get_num_threads` threads
     ``tid`` at once, each with its range ``j0..j1`` of the ``H`` hidden units
     (:func:`unit_bounds`) and the shared barrier ``flags`` (zeros, see
     :mod:`fastseq.kernels._sync`): 0 on the calling thread, the others on the
     pool.  A part that raises first releases the barriers so that the others
-    finish; the first exception is re-raised."""
-    from .kernels._sync import STRIDE
+    finish; the first exception is re-raised.  Every part's kernel marks
+    its start (:func:`fastseq.kernels._sync.signal_started`), which the
+    calling thread waits for before its own part
+    (:func:`fastseq.kernels._sync.wait_started`); the calling thread sets
+    ``flags``' :data:`fastseq.kernels._sync.JOINED` mark once it waits for
+    the others (a pool thread's part waits for it before it returns:
+    :func:`fastseq.kernels._sync.wait_joined`).  No thread then takes the
+    GIL while another holds it, at either end (a thread that does sleeps
+    until it is released).  Under
+    :func:`blas_single_thread`, or only with denormals flushed when ``blas``
+    is false (no part calls BLAS; setting its threads costs microseconds)."""
+    from .kernels._sync import STARTED, STRIDE, wait_started
 
     n = get_num_threads()
     bounds = unit_bounds(H, n)
@@ -764,9 +780,12 @@ def run_units(part, H):
         except BaseException:
             flags[tid * STRIDE] = _RELEASE_ALL
             raise
-    with blas_single_thread():
-        join = _start(n - 1, [functools.partial(guarded, tid) for tid in range(1, n)])
+        finally:  # a part that marks no start of its own releases the caller as it ends
+            flags[tid * STRIDE + STARTED] = 1
+    with blas_single_thread() if blas else _FLUSH:
+        join = _start(n - 1, [functools.partial(guarded, tid) for tid in range(1, n)], joined=flags)
         try:
+            wait_started(flags)
             guarded(0)
         finally:
             join()

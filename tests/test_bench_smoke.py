@@ -64,3 +64,16 @@ def test_unit_split_contention_runs(capsys):
     assert [H for H, _ in rows] == [16]
     assert all(v > 0 for _, t in rows for v in t.values())
     assert "two independent halves" in capsys.readouterr().out
+
+
+def test_unit_split_plans_run(capsys):
+    """``python -m bench.unit_split``: every plan of a small LSTM timed, the
+    unit split among them (two threads), with the planner's choice."""
+    from bench import unit_split
+
+    rows = unit_split.main(["--cells", "lstm", "--H", "64", "--B", "1,16", "--T", "3", "--repeats", "1"])
+    assert [(r[0], r[1], r[2]) for r in rows] == [("lstm", 64, 1), ("lstm", 64, 16)]
+    for _, _, _, res, best, chosen in rows:
+        assert set(res) >= {"one", "one-seq", "units"} and all(v > 0 for v in res.values())
+        assert best in res and chosen in ("one", "one-seq", "units", "fused", "packed")
+    assert "packed" in rows[1][3] and "CPU:" in capsys.readouterr().out

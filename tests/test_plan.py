@@ -100,3 +100,18 @@ def test_fused_projection_rule():
     assert p.fuse_projection(64, 4, 16 << 20)                 # half the L3
     assert not p.fuse_projection(64, 4, (16 << 20) + 1)       # streamed from memory
     assert not p.fuse_projection(4, 4, 1000, pipelined=True)  # the projection on a second thread
+
+
+def test_inference_unit_split_rule():
+    """LSTM inference splits its hidden units while a batch split would give
+    a thread fewer than four row blocks, from a pipelined projection's work
+    and with enough units a thread; never on one thread."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20))
+    w = p.pipeline_min_work
+    assert p.infer_units(2, 1, 64, w, 4)
+    assert p.infer_units(2, 31, 256, w, 4)
+    assert not p.infer_units(2, 32, 256, w, 4)                 # four row blocks a thread
+    assert p.infer_units(4, 63, 256, w, 4)                     # (more threads: a larger batch)
+    assert not p.infer_units(2, 1, 64, w - 1, 4)               # too little work
+    assert not p.infer_units(2, 1, 63, w, 4)                   # under 32 units a thread
+    assert not p.infer_units(1, 1, 256, 10 ** 12, 4)

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 
+from fastseq.kernels import _sync
 from fastseq import _plan, _threads
 from fastseq.nn import Recurrent
 from conftest import REFERENCE_MACHINE, layer_arrays
@@ -260,26 +261,40 @@ def test_pipelined_inference_equals_the_packed_path(monkeypatch, cell, nl, n_job
 
 def test_inference_plan_and_pipeline_threshold(monkeypatch):
     import fastseq.network.recurrent as R
+    from fastseq.kernels._sync import AVAILABLE as UNITS
     calls = []
     real = R.run_pipelined
     monkeypatch.setattr(R, "run_pipelined", lambda *a: calls.append(1) or real(*a))
     with _threads.limit(2):
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"      # 2.7M: one thread
+        # the hidden units split across the threads: batches a batch split
+        # would give under four row blocks a thread (B < 32 here), from the
+        # reference plan's 8.4M multiply-adds of a pipelined projection
+        units = "units" if UNITS else "one"       # (no unit split without the barrier)
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(7, 5) == units       # 9.5M
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(31, 5) in (units, "fused")
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 32) == units
         # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: fused from
-        # two row blocks of the product (8 rows a slice; this module splits
-        # batches of 8 or more in two)
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(7, 5) == "one"
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(8, 5) == "one"       # split: 4 rows each
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == "fused"   # split: 8 rows each
+        # two row blocks of the product a slice (8 rows)
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 10) == "fused"
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(3, 10) == "one"
-        # one slice whose projection (4*128*128*256 = 16.8M multiply-adds)
-        # the reference plan pipelines: the separate projection, on the
-        # second thread; fused on one thread, with no second thread to use
-        assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) == "one"
-        assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 32) == "fused"   # 4.2M: not pipelined
+        assert Recurrent("lstm", 8, 32).eval()._inference_plan(8, 1000) == "fused"   # 16 units a thread
+        # no split of 62 units (248 gate rows: not whole strips of the packed
+        # product, whose bits the one-thread call would not give) ...
+        assert Recurrent("lstm", 128, 62).eval()._inference_plan(4, 128) == "one"
+        # ... where one slice's projection (4*128*128*248 = 16.3M
+        # multiply-adds) goes to the second thread, not into the step product
+        assert Recurrent("lstm", 128, 62).eval()._inference_plan(4, 32) == "fused"   # 4.1M: not pipelined
+        assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) in (units, "fused")
+        # nor where a projection would reach BLAS (4*512*256 float32: 2 MB)
+        assert Recurrent("lstm", 256, 512).eval()._inference_plan(1, 64) == "one"
+        assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 64) == "one"
+        assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 64) == units
+        assert Recurrent("gru", 128, 64).eval()._inference_plan(4, 128) == "one"    # an LSTM's only
     with _threads.limit(1):
+        assert Recurrent("lstm", 128, 62).eval()._inference_plan(4, 128) == "fused"
         assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) == "fused"
     with _threads.limit(2):
         # the reference plan (conftest) splits from 8M multiply-adds a step:
@@ -292,7 +307,7 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         mid = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
         mid.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
         assert calls == []
-        big = Recurrent("lstm", 128, 128, random_state=0).eval()  # 128*128*512 = 8.4M
+        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 128*128*576 = 9.4M
         big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)
         assert calls == [1]
     with _threads.limit(1):
@@ -484,6 +499,90 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
     for a, b, c in zip(got, ref, again):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("layers,bidirectional,bias,F,H", [(1, False, True, 24, 64), (2, True, False, 24, 68),
+                                                          (1, True, True, 96, 100)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lstm_inference_unit_split_gives_the_one_thread_bits(monkeypatch, layers, bidirectional, bias, F, H,
+                                                              dtype):
+    """LSTM inference with the hidden units split across 2 and 3 threads
+    (``kernels.infer.lstm_units_part``, a barrier a step; H not a multiple
+    of the threads' 8-unit cuts, given initial states, no bias, reverse
+    directions, a stacked layer whose input is the first's output) gives
+    the bits of the one-thread call, also when another call holds the unit
+    split (the call then runs on its own thread); and the packed path's
+    values."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent("lstm", F, H, num_layers=layers, bidirectional=bidirectional, bias=bias, dtype=dtype,
+                      random_state=1).eval()
+    rng = np.random.default_rng(2)
+    B, T, D = 3, 40, 2 if bidirectional else 1
+    X = rng.standard_normal((B, T, F)).astype(dtype)
+    h = rng.standard_normal((layers * D, B, H)).astype(dtype)
+    state = (h, -0.5 * h)
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    calls = []
+    real = R.run_units
+    monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))
+    for n in (2, 3):
+        with _threads.limit(n):
+            assert layer._inference_plan(B, T) == "units"
+            got = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+            with _threads._UnitSlot() as mine:          # the split held by another call
+                assert mine
+                held = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+        for a, b, c in zip(got, ref, held):
+            assert a.dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(c, b)
+    assert len(calls) == 2 * layers * D                 # once per layer and direction, n = 2 and 3
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(ref, layer_arrays(layer.forward(X, np.full(B, T), h0=state))):   # need_grad: packed
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_unit_split_parts_that_fail_or_mark_no_start_release_the_others():
+    """``run_units``: a pool thread's part that raises before its kernel
+    runs, or one that never marks its start (plain Python), neither leaves
+    the caller waiting for the start mark nor a kernel part waiting at its
+    barrier or for the caller's join; the first error reaches the caller."""
+    from fastseq.kernels.infer import lstm_units_part
+
+    layer = Recurrent("lstm", 16, 64, random_state=0).eval()
+    W_ih, W_hh, b_ih, b_hh = layer._weights(0, 0)
+    B, T, H = 1, 20, 64
+    inp = np.ones((T * B, 16), np.float32)
+    out_h = np.zeros((T * B, H), np.float32)
+    hn, cn = np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
+    z = np.zeros((B, H), np.float32)
+    args = (inp, np.ascontiguousarray(W_ih), b_ih + b_hh, np.ascontiguousarray(W_hh), z, z, False)
+
+    def kernel(tid, j0, j1, flags):
+        lstm_units_part(*args, j0, j1, tid, flags, out_h, hn, cn)
+    seen = []
+
+    def part(tid, j0, j1, flags):
+        if tid == 0:
+            kernel(tid, j0, j1, flags)
+        else:
+            seen.append(tid)
+            raise ValueError("part failed")
+    with _threads.limit(2):
+        with pytest.raises(ValueError, match="part failed"):
+            _threads.run_units(part, H)
+        assert seen == [1]
+        quiet = []
+        _threads.run_units(lambda tid, j0, j1, flags: quiet.append((tid, j0, j1)), H)   # no start mark
+        assert sorted(quiet) == [(0, 0, 32), (1, 32, 64)]
+        _threads.run_units(kernel, H)                     # and the pool still works
+    with _threads.limit(1):
+        ref = layer.forward(np.ones((B, T, 16), np.float32), need_grad=False)[0]
+    np.testing.assert_array_equal(out_h.reshape(T, B, H).swapaxes(0, 1), ref)
 
 
 @pytest.mark.skipif(not _threads.PLACEMENT_AVAILABLE or len(os.sched_getaffinity(0)) < 2,

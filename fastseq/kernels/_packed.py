@@ -31,20 +31,22 @@ def masked_state(h_prev, rec_mask, b0, out):
 
 
 @njit(inline="always", **JIT)
-def own_rows(w_hh, G, j0, j1):
-    """(G*(j1-j0), H) contiguous copy of the rows ``g*H + j`` of ``w_hh``
-    (G stacked gates of H rows), ``j0 <= j < j1``: one thread's share of the
-    recurrent weights when the hidden units are split across threads."""
-    H = w_hh.shape[1]
+def own_rows(w, G, j0, j1):
+    """(G*(j1-j0), K) contiguous copy of the rows ``g*H + j`` of ``w``
+    (G*H, K) (G stacked gates of H rows: ``W_hh``, or ``W_ih`` with K
+    inputs), ``j0 <= j < j1``: one thread's share of the weights when the
+    hidden units are split across threads."""
+    H = w.shape[0] // G
+    K = w.shape[1]
     nj = j1 - j0
-    w = np.empty((G * nj, H), dtype=w_hh.dtype)
+    out = np.empty((G * nj, K), dtype=w.dtype)
     for g in range(G):
         for jj in range(nj):
-            src = w_hh[g * H + j0 + jj]
-            dst = w[g * nj + jj]
-            for k in range(H):
+            src = w[g * H + j0 + jj]
+            dst = out[g * nj + jj]
+            for k in range(K):
                 dst[k] = src[k]
-    return w
+    return out
 
 
 @njit(inline="always", **JIT)

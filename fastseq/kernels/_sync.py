@@ -128,6 +128,72 @@ def spin_until(flags, slot, value, spins):
     return False
 
 
+#: step count that releases every barrier (a part that raised sets it)
+RELEASE_ALL = 2 ** 62
+#: element of each part's line of a unit split's ``flags`` that its kernel
+#: sets as it starts (:func:`signal_started`, :func:`wait_started`)
+STARTED = 2
+
+
+@njit(inline="always", **JIT)
+def signal_started(flags, tid):
+    """Part ``tid`` of a unit split has entered its compiled code (and so
+    released the GIL)."""
+    store_release(flags, tid * STRIDE + STARTED, 1)
+
+
+@njit(**JIT)
+def wait_started(flags):
+    """The calling thread of a unit split waits, without the GIL, until
+    every other part has entered its compiled code (or given up:
+    :data:`RELEASE_ALL`): a pool thread then never finds the GIL taken by
+    the caller's own start (it would sleep on it, 15-30 us on a virtual
+    machine), and the caller takes it back from no one.  Spins, then
+    yields, as :func:`wait_for`."""
+    for k in range(1, flags.shape[0] // STRIDE):
+        spins = 0
+        while (load_acquire(flags, k * STRIDE + STARTED) == 0
+               and load_acquire(flags, k * STRIDE) < RELEASE_ALL):
+            spins += 1
+            if spins >= SPIN_LIMIT:
+                sched_yield()
+                spins = 0
+
+
+#: element of a unit split's ``flags`` (in the calling thread's own line,
+#: beside its step count) that the caller sets once it waits for the parts
+#: (:func:`signal_then_spin`); a pool thread's part waits for it before it
+#: returns (:func:`wait_joined`)
+JOINED = 1
+
+
+@njit(inline="always", **JIT)
+def wait_joined(flags):
+    """Wait until the calling thread of a unit split has set
+    ``flags[JOINED]``: it then waits for this part without the GIL, so this
+    thread, back in Python, takes the GIL without sleeping on it (and the
+    caller takes it back without sleeping either).  Spins, then yields, as
+    :func:`wait_for`."""
+    spins = 0
+    while load_acquire(flags, JOINED) == 0:
+        spins += 1
+        if spins >= SPIN_LIMIT:
+            sched_yield()
+            spins = 0
+
+
+@njit(**JIT)
+def signal_then_spin(flags, done, slot, value, spins):
+    """``flags[JOINED] = 1`` (release), then :func:`spin_until` on
+    ``done``: one compiled call, so that the parts released by the signal
+    find the GIL free (the caller holds it at no moment in between)."""
+    store_release(flags, JOINED, 1)
+    for _ in range(spins):
+        if load_acquire(done, slot) >= value:
+            return True
+    return False
+
+
 @njit(**JIT)
 def publish(flags, slot, value):
     """``flags[slot] = value`` as a release store, from Python: what the

@@ -13,10 +13,12 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
-from ._packed import add_bias, reverse_steps
+from ._packed import add_bias, own_rows, reverse_steps
+from ._sync import barrier, signal_started, wait_joined
+from .activations import sigmoid, tanh
 from .gru import gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
-from .matmul import packed_matmul, project
+from .matmul import pack_for_steps, packed_matmul, project
 from .rnn import rnn_forward_slice
 
 
@@ -220,3 +222,91 @@ def lstm_fused_slice(inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n,
     for b in range(n):
         h_n[b0 + b] = a[b, F:]
         c_n[b0 + b] = c[b]
+
+
+@njit(inline="always", **JIT)
+def cell_units(x, p, cp, oc, oh, n):
+    """One row's LSTM cell for ``n`` units whose gate pre-activations are
+    ``x[k*n + q] + p[k*n + q]`` (gate ``k``, unit ``q``): previous cell
+    ``cp``, new cell ``oc`` and state ``oh`` (all (n,) views)."""
+    xi, xf, xg, xo = x[:n], x[n:2 * n], x[2 * n:3 * n], x[3 * n:4 * n]
+    pi, pf, pg, po = p[:n], p[n:2 * n], p[2 * n:3 * n], p[3 * n:4 * n]
+    for q in range(n):
+        gi = sigmoid(xi[q] + pi[q])
+        gf = sigmoid(xf[q] + pf[q])
+        gg = tanh(xg[q] + pg[q])
+        go = sigmoid(xo[q] + po[q])
+        c = gf * cp[q] + gi * gg
+        oc[q] = c
+        oh[q] = go * tanh(c)
+
+
+@njit(**JIT)
+def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n):
+    """Hidden units ``j0 <= j < j1`` of an LSTM inference over B sequences
+    of T = N / B steps (rows ``t*B + b`` of ``inp``, as :func:`lstm_infer_x`),
+    one of the parts that threads run side by side: this part's rows of
+    ``W_ih`` and ``W_hh`` (one cache's share each), its own input projection
+    (no thread waits for another's), then the time loop
+    (:func:`lstm_units_loop`).  ``bias`` (4H,) is ``b_ih + b_hh``, empty for
+    none.
+
+    Each output sums in the order :func:`lstm_infer_x`'s does (the packed
+    product per output, then the bias), so a split whose parts keep every
+    gate row in a whole strip of the packed product
+    (:func:`fastseq.kernels.matmul.pack_weight`) gives its bits."""
+    signal_started(flags, tid)
+    H = h0.shape[1]
+    n = j1 - j0
+    dt = inp.dtype
+    xp = np.empty((inp.shape[0], 4 * n), dtype=dt)
+    own_bias = np.empty(4 * n if bias.shape[0] > 0 else 0, dtype=dt)
+    if bias.shape[0] > 0:
+        for k in range(4):
+            own_bias[k * n:(k + 1) * n] = bias[k * H + j0:k * H + j1]
+    project(inp, own_rows(w_ih, 4, j0, j1), own_bias, xp)
+    lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n)
+
+
+@njit(**JIT)
+def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n):
+    """The time loop of :func:`lstm_units_part` from its projection ``xp``
+    (N, 4n), gate ``k`` of unit ``j0 + q`` in column ``k*n + q``: each
+    step's product from the full ``h_{t-1}``, the cell of this part's
+    units, then a barrier (:func:`fastseq.kernels._sync.barrier`, slot
+    ``tid`` of ``flags``) before the next step reads what the other parts
+    wrote.  Writes columns ``j0..j1`` of ``out_h`` (N, H), ``h_n`` and
+    ``c_n`` (B, H).  A pool thread's part (``tid`` > 0) returns once the
+    caller waits for it (:func:`fastseq.kernels._sync.wait_joined`).  (A
+    function of its own: in the same function as the projection the loop
+    ran at half its speed.)"""
+    B = h0.shape[0]
+    N = xp.shape[0]
+    T = N // B
+    n = j1 - j0
+    dt = xp.dtype
+    w = own_rows(w_hh, 4, j0, j1)
+    wp = pack_for_steps(w, T)
+    hp = np.empty((B, 4 * n), dtype=dt)
+    # the cell of the previous step and of this one (two buffers: a loop
+    # that reads and writes the same array is not vectorised)
+    cs = np.empty((2, B, n), dtype=dt)
+    for b in range(B):
+        cs[0, b] = c0[b, j0:j1]
+    prev = 0
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        r0 = t * B
+        h_prev = h0 if s == 0 else out_h[prev:prev + B]
+        packed_matmul(h_prev, w, wp, hp)
+        cp, cn = cs[s & 1], cs[1 - (s & 1)]
+        for b in range(B):
+            cell_units(xp[r0 + b], hp[b], cp[b], cn[b], out_h[r0 + b, j0:j1], n)
+        if s + 1 < T:
+            barrier(flags, tid, s + 1)
+        prev = r0
+    for b in range(B):
+        h_n[b, j0:j1] = out_h[prev + b, j0:j1]
+        c_n[b, j0:j1] = cs[T & 1, b]
+    if tid > 0:
+        wait_joined(flags)

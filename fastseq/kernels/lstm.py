@@ -33,7 +33,7 @@ from numba import njit
 from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, own_rows, packed_offsets
-from ._sync import barrier, wait_for, store_release
+from ._sync import barrier, signal_started, store_release, wait_for, wait_joined
 from .matmul import pack_for_steps, packed_matmul
 
 
@@ -255,6 +255,7 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
     """Units ``j0..j1`` of :func:`lstm_sequence_forward`: gates stored when
     ``out_gates`` has rows (training), none for an empty (0, 4H) array
     (inference)."""
+    signal_started(flags, tid)
     H = h0.shape[1]
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
@@ -282,6 +283,8 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
             barrier(flags, tid, t + 1)
         prev = off
         off += nb
+    if tid > 0:
+        wait_joined(flags)
 
 
 @njit(**JIT)
@@ -290,6 +293,7 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
     """Units ``j0..j1`` of :func:`lstm_sequence_backward` (no mask): this
     thread's gate gradients, a barrier, then its units of ``dh_{t-1}`` from
     every gate gradient of the step (rows ``j0..j1`` of ``W_hh.T``)."""
+    signal_started(flags, tid)
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     offsets = packed_offsets(batch_sizes)
@@ -311,7 +315,6 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
         barrier(flags, tid, T - t)
         packed_matmul(out_dgates[off:off + nb], w, wp, tmp[:nb])
         for b in range(nb):
-            dhb = io_dh[b]
-            tb = tmp[b]
-            for jj in range(j1 - j0):
-                dhb[j0 + jj] = tb[jj]
+            io_dh[b, j0:j1] = tmp[b]
+    if tid > 0:
+        wait_joined(flags)

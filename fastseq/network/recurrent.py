@@ -19,12 +19,13 @@ from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
-    gru_infer, gru_infer_x, gru_run, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run, rnn_infer, rnn_infer_x,
-    rnn_run,
+    gru_infer, gru_infer_x, gru_run, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run, lstm_units_part,
+    rnn_infer, rnn_infer_x, rnn_run,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, pack_into, packed_shape, project_ahead,
+    FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_into, packed_shape,
+    project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -400,7 +401,7 @@ class Recurrent:
             if plan == "fused":
                 return self._forward_fused(X, h0, c0, self._fused_parts(B, T))
             if plan is not None:
-                return self._forward_infer(X, h0, c0)
+                return self._forward_infer(X, h0, c0, plan == "units")
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
@@ -410,7 +411,8 @@ class Recurrent:
     def _inference_plan(self, B, T):
         """How a full-length inference call runs: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
-        split pays for), else ``"one"``: each layer and direction in one
+        split pays for), ``"fused"`` (:meth:`_fused_parts`), ``"units"``
+        (:meth:`_infer_units`), else ``"one"``: each layer and direction in one
         compiled call on this thread, its input projection computed ahead on
         a second thread when there is one and the projection is large enough
         (:meth:`fastseq._plan.Plan.pipeline`)."""
@@ -418,6 +420,8 @@ class Recurrent:
             return None
         if self.cell == "gru" and not self.reset_after:
             return None
+        if self._infer_units(B, T):
+            return "units"
         if self._fused_parts(B, T):
             return "fused"
         H = self.hidden_size
@@ -447,6 +451,27 @@ class Recurrent:
         fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize, pipelined)
         return parts if fuse else 0
 
+    def _infer_units(self, B, T):
+        """Whether a full-length LSTM inference call splits each layer's
+        hidden units across the threads
+        (:func:`fastseq.kernels.infer.lstm_units_part`, a barrier a step)
+        rather than its batch: when :meth:`fastseq._plan.Plan.infer_units`
+        takes the batch and the call's work, and when each part's gate rows
+        fill whole strips of the packed product
+        and no projection reaches BLAS (:data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES`):
+        every output then sums as in the one-thread call, so the split
+        gives its bits, and a call that finds the split taken by another
+        (:func:`fastseq._threads.unit_split_slot`) runs on one thread with
+        the same results."""
+        n = get_num_threads()
+        if self.cell != "lstm" or T < 2 or n < 2 or not UNIT_SPLIT_AVAILABLE:
+            return False
+        H, isz = self.hidden_size, self.dtype.itemsize
+        F = max(self.input_size, H * self.num_directions if self.num_layers > 1 else 0)
+        if (4 * H * isz) % STRIP_BYTES or 4 * H * F * isz >= PROJECT_BLAS_MIN_BYTES:
+            return False
+        return _plan.current().infer_units(n, B, H, B * T * 4 * H * (H + F), FUSED_MIN_ROWS)
+
     def _train_units(self, B, T, mask):
         """Whether an LSTM training pass (forward with gates stored, or
         backward) over ``B`` sequences of up to ``T`` steps splits its hidden
@@ -457,15 +482,18 @@ class Recurrent:
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
                 and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
 
-    def _forward_infer(self, X, h0, c0):
+    def _forward_infer(self, X, h0, c0, units=False):
         """Inference of a full-length batch, each layer and direction in one
         compiled call (:mod:`fastseq.kernels.infer`): the arithmetic of the
         packed path without its per-call Python (most of a small call).  With
-        more than one thread and a large enough projection, the input
-        projection runs on a pool thread a few steps ahead of the time loop
-        (:meth:`_run_pipelined`); when another call holds the slot
-        (:func:`fastseq._threads.unit_split_slot`), the same two kernels run one
-        after the other here, so results never depend on concurrency."""
+        ``units`` (an LSTM, :meth:`_infer_units`) the threads split each
+        layer's hidden units (:func:`fastseq.kernels.infer.lstm_units_part`).
+        Otherwise, with more than one thread and a large enough projection,
+        the input projection runs on a pool thread a few steps ahead of the
+        time loop (:meth:`_run_pipelined`).  When another call holds the
+        slot (:func:`fastseq._threads.unit_split_slot`), the same
+        arithmetic runs on this thread (one call, or the two kernels one
+        after the other), so results never depend on concurrency."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
@@ -499,7 +527,12 @@ class Recurrent:
                         c0s = writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
-                    if pipe and pipelines(N * inp.shape[1] * w_ih.shape[0]):
+                    if units and free:
+                        bias = b_ih + b_hh if b_ih.shape[0] else no_bias
+                        run_units(lambda tid, j0, j1, flags: lstm_units_part(
+                            inp, w_ih, bias, w_hh, h0s, c0s, d == 1, j0, j1, tid, flags, out_h, h_n[idx],
+                            c_n[idx]), H, False)   # (blas: no projection reaches it)
+                    elif pipe and pipelines(N * inp.shape[1] * w_ih.shape[0]):
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
                     else:
                         # the kernels from the projection and from the inputs, and the
