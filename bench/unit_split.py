@@ -18,8 +18,9 @@ in one compiled call, the input projection computed a few steps ahead on a
 second thread: the plan's ``pipeline_min_work`` set to 0), ``one-seq`` (the same, the
 projection first, on this thread; split in row blocks across the threads from
 the plan's ``matmul_split_min_work``), ``packed`` (the batch split across
-threads; from B = 8) and, for the LSTM, ``units`` (the hidden units split
-across the threads, ``kernels.infer.lstm_units_part``) and ``fused`` (the
+threads; from B = 8) and, for the LSTM and the GRU, ``units`` (the hidden
+units split across the threads, ``kernels.infer.lstm_units_part``,
+``gru_units_part``) and, for the LSTM, ``fused`` (the
 input projection inside the step product, where the planner would take
 it), alternated call by
 call (:func:`bench.compare.time_alternating`, median ms), with the plan the
@@ -118,7 +119,7 @@ def main(argv=None):
                     plans = [("one", 0), ("one-seq", 10 ** 18)]
                     if B >= 8:
                         plans.append(("packed", 0))
-                    if cell == "lstm" and UNITS_AVAILABLE and args.threads > 1:
+                    if cell in ("lstm", "gru") and UNITS_AVAILABLE and args.threads > 1:
                         plans.append(("units", 0))
                     parts = net._fused_parts(B, args.T)
                     if parts:

@@ -138,17 +138,19 @@ class Plan:
             return True
         return rows >= 2 * block_rows and weight_bytes <= self.l3_bytes // 2
 
-    def infer_units(self, n_threads, B, H, work, block_rows):
+    def infer_units(self, n_threads, B, H, work, max_rows):
         """Whether an inference call of ``work`` multiply-adds (input
         projection and time loop) over ``B`` sequences splits its ``H``
         hidden units across the threads rather than its batch, each thread
         then doing its share of every step: while a batch split would give
-        a thread fewer than four row blocks (``block_rows``) of the step's
-        product (each thread would stream all the weights for a few rows),
-        from the work of a pipelined projection (the second thread's share
-        then repays its hand-over), and with ``unit_split_min_units`` units
-        a thread (bench/RESULTS.md, "Unit split of LSTM inference")."""
-        return (n_threads > 1 and B < 4 * block_rows * n_threads
+        a thread fewer than ``max_rows`` rows of the step's product (each
+        thread would stream all the weights for a few rows; the layer's
+        figures, as measured: four row blocks of the product for an LSTM,
+        half a row block for a GRU), from the work of a pipelined
+        projection (the second thread's
+        share then repays its hand-over), and with ``unit_split_min_units``
+        units a thread (bench/RESULTS.md, "Unit split of LSTM inference")."""
+        return (n_threads > 1 and B < max_rows * n_threads
                 and H >= self.unit_split_min_units * n_threads and work >= self.pipeline_min_work)
 
     def unit_split(self, n_threads, H, B, T, weight_bytes):

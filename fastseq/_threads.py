@@ -393,7 +393,7 @@ class _Worker:
         self.thread.start()
 
     def _run(self, workers):
-        from .kernels._sync import QUEUED, linger, publish
+        from .kernels._sync import linger
 
         _record_worker(workers)
         while True:

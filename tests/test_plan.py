@@ -103,15 +103,16 @@ def test_fused_projection_rule():
 
 
 def test_inference_unit_split_rule():
-    """LSTM inference splits its hidden units while a batch split would give
-    a thread fewer than four row blocks, from a pipelined projection's work
+    """Inference splits its hidden units while a batch split would give a
+    thread fewer than the given rows, from a pipelined projection's work
     and with enough units a thread; never on one thread."""
     p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20))
     w = p.pipeline_min_work
-    assert p.infer_units(2, 1, 64, w, 4)
-    assert p.infer_units(2, 31, 256, w, 4)
-    assert not p.infer_units(2, 32, 256, w, 4)                 # four row blocks a thread
-    assert p.infer_units(4, 63, 256, w, 4)                     # (more threads: a larger batch)
-    assert not p.infer_units(2, 1, 64, w - 1, 4)               # too little work
-    assert not p.infer_units(2, 1, 63, w, 4)                   # under 32 units a thread
-    assert not p.infer_units(1, 1, 256, 10 ** 12, 4)
+    assert p.infer_units(2, 1, 64, w, 16)
+    assert p.infer_units(2, 31, 256, w, 16)
+    assert not p.infer_units(2, 32, 256, w, 16)                # 16 rows a thread
+    assert p.infer_units(4, 63, 256, w, 16)                    # (more threads: a larger batch)
+    assert p.infer_units(2, 3, 256, w, 2) and not p.infer_units(2, 4, 256, w, 2)
+    assert not p.infer_units(2, 1, 64, w - 1, 16)              # too little work
+    assert not p.infer_units(2, 1, 63, w, 16)                  # under 32 units a thread
+    assert not p.infer_units(1, 1, 256, 10 ** 12, 16)

@@ -292,7 +292,11 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 256, 512).eval()._inference_plan(1, 64) == "one"
         assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 64) == "one"
         assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 64) == units
-        assert Recurrent("gru", 128, 64).eval()._inference_plan(4, 128) == "one"    # an LSTM's only
+        # a GRU's batch stays under half a row block a thread (B < 4)
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(3, 64) == units
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(4, 64) == "one"
+        assert Recurrent("gru", 8, 112).eval()._inference_plan(1, 400) == "one"    # 56-unit halves: 168 rows
+        assert Recurrent("rnn", 8, 256).eval()._inference_plan(1, 64) == "one"
     with _threads.limit(1):
         assert Recurrent("lstm", 128, 62).eval()._inference_plan(4, 128) == "fused"
         assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) == "fused"
@@ -307,11 +311,11 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         mid = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
         mid.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
         assert calls == []
-        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 128*128*576 = 9.4M
-        big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)
+        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 4*128*128*576 = 37.7M
+        big.forward(np.ones((4, 128, 128), np.float32), need_grad=False)  # (no unit split from B 4)
         assert calls == [1]
     with _threads.limit(1):
-        big.forward(np.ones((1, 128, 128), np.float32), need_grad=False)   # one thread: never
+        big.forward(np.ones((4, 128, 128), np.float32), need_grad=False)   # one thread: never
     assert calls == [1]
 
 
@@ -502,26 +506,29 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
 
 
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
-@pytest.mark.parametrize("layers,bidirectional,bias,F,H", [(1, False, True, 24, 64), (2, True, False, 24, 68),
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers,bidirectional,bias,F,H", [(1, False, True, 24, 64), (2, True, False, 24, 96),
                                                           (1, True, True, 96, 100)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_lstm_inference_unit_split_gives_the_one_thread_bits(monkeypatch, layers, bidirectional, bias, F, H,
-                                                              dtype):
-    """LSTM inference with the hidden units split across 2 and 3 threads
-    (``kernels.infer.lstm_units_part``, a barrier a step; H not a multiple
-    of the threads' 8-unit cuts, given initial states, no bias, reverse
-    directions, a stacked layer whose input is the first's output) gives
-    the bits of the one-thread call, also when another call holds the unit
-    split (the call then runs on its own thread); and the packed path's
-    values."""
+def test_inference_unit_split_gives_the_one_thread_bits(monkeypatch, cell, layers, bidirectional, bias, F, H,
+                                                         dtype):
+    """LSTM and GRU inference with the hidden units split across 2 and 3
+    threads (``kernels.infer.lstm_units_part``, ``gru_units_part``, a
+    barrier a step; H not a multiple of the threads' cuts, given
+    initial states, no bias, reverse directions, a stacked layer whose
+    input is the first's output) gives the bits of the one-thread call,
+    also when another call holds the unit split (the call then runs on its
+    own thread); and the packed path's values.  (A GRU split whose parts
+    do not fill whole strips of the packed product is not taken: the
+    thread counts here are those that do.)"""
     import fastseq.network.recurrent as R
-    layer = Recurrent("lstm", F, H, num_layers=layers, bidirectional=bidirectional, bias=bias, dtype=dtype,
+    layer = Recurrent(cell, F, H, num_layers=layers, bidirectional=bidirectional, bias=bias, dtype=dtype,
                       random_state=1).eval()
     rng = np.random.default_rng(2)
     B, T, D = 3, 40, 2 if bidirectional else 1
     X = rng.standard_normal((B, T, F)).astype(dtype)
     h = rng.standard_normal((layers * D, B, H)).astype(dtype)
-    state = (h, -0.5 * h)
+    state = (h, -0.5 * h) if cell == "lstm" else h
     with _threads.limit(1):
         ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
     monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
@@ -529,7 +536,11 @@ def test_lstm_inference_unit_split_gives_the_one_thread_bits(monkeypatch, layers
     calls = []
     real = R.run_units
     monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))
-    for n in (2, 3):
+    counts = [n for n in (2, 3) if all((layer.num_gates * (j1 - j0) * np.dtype(dtype).itemsize) % 64 == 0
+                                       for j0, j1 in _threads.unit_bounds(H, n))]
+    if cell == "gru" and (3 * H * np.dtype(dtype).itemsize) % 64:
+        counts = []                                      # no whole strips at all: one thread
+    for n in counts:
         with _threads.limit(n):
             assert layer._inference_plan(B, T) == "units"
             got = layer_arrays(layer.forward(X, h0=state, need_grad=False))
@@ -540,7 +551,9 @@ def test_lstm_inference_unit_split_gives_the_one_thread_bits(monkeypatch, layers
             assert a.dtype == np.dtype(dtype)
             np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(c, b)
-    assert len(calls) == 2 * layers * D                 # once per layer and direction, n = 2 and 3
+    assert len(calls) == len(counts) * layers * D       # once per layer and direction and count
+    assert counts == ([] if cell == "gru" and H == 100 else
+                      [2] if cell == "gru" and H == 64 and dtype == "float32" else [2, 3])
     tol = 2e-5 if dtype == "float32" else 1e-12
     for a, b in zip(ref, layer_arrays(layer.forward(X, np.full(B, T), h0=state))):   # need_grad: packed
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

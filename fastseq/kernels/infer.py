@@ -310,3 +310,67 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
         c_n[b, j0:j1] = cs[T & 1, b]
     if tid > 0:
         wait_joined(flags)
+
+
+@njit(inline="always", **JIT)
+def gru_cell_units(x, p, hb, b_hn, oh, n):
+    """One row of the reset-after GRU (:func:`fastseq.kernels.gru.gru_cell`)
+    for ``n`` units whose gate pre-activations are ``x[k*n + q]`` (input
+    side, ``b_hn`` excluded) and ``p[k*n + q]`` (recurrent product):
+    previous state ``hb``, new state ``oh``, candidate bias ``b_hn`` (all
+    (n,) views)."""
+    xr, xz, xn = x[:n], x[n:2 * n], x[2 * n:3 * n]
+    pr, pz, pn = p[:n], p[n:2 * n], p[2 * n:3 * n]
+    for q in range(n):
+        gr = sigmoid(xr[q] + pr[q])
+        gz = sigmoid(xz[q] + pz[q])
+        a = pn[q] + b_hn[q]
+        gn = tanh(xn[q] + gr * a)
+        oh[q] = gn + gz * (hb[q] - gn)
+
+
+@njit(**JIT)
+def gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n):
+    """:func:`lstm_units_part` for the reset-after GRU: ``bias`` (3H,) is
+    the input side's (``b_ih + [b_hr, b_hz, 0]``, empty for none) and
+    ``b_hn`` (H,) the candidate's (zeros for none); the time loop is
+    :func:`gru_units_loop`.  Each output sums as in :func:`gru_infer_x`."""
+    signal_started(flags, tid)
+    H = h0.shape[1]
+    n = j1 - j0
+    dt = inp.dtype
+    xp = np.empty((inp.shape[0], 3 * n), dtype=dt)
+    own_bias = np.empty(3 * n if bias.shape[0] > 0 else 0, dtype=dt)
+    if bias.shape[0] > 0:
+        for k in range(3):
+            own_bias[k * n:(k + 1) * n] = bias[k * H + j0:k * H + j1]
+    project(inp, own_rows(w_ih, 3, j0, j1), own_bias, xp)
+    gru_units_loop(xp, w_hh, b_hn[j0:j1].copy(), h0, reverse, j0, j1, tid, flags, out_h, h_n)
+
+
+@njit(**JIT)
+def gru_units_loop(xp, w_hh, b_hn, h0, reverse, j0, j1, tid, flags, out_h, h_n):
+    """The time loop of :func:`gru_units_part` (as :func:`lstm_units_loop`;
+    ``b_hn`` (n,) this part's units' candidate bias)."""
+    B = h0.shape[0]
+    N = xp.shape[0]
+    T = N // B
+    n = j1 - j0
+    w = own_rows(w_hh, 3, j0, j1)
+    wp = pack_for_steps(w, T)
+    hp = np.empty((B, 3 * n), dtype=xp.dtype)
+    prev = 0
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        r0 = t * B
+        h_prev = h0 if s == 0 else out_h[prev:prev + B]
+        packed_matmul(h_prev, w, wp, hp)
+        for b in range(B):
+            gru_cell_units(xp[r0 + b], hp[b], h_prev[b, j0:j1], b_hn, out_h[r0 + b, j0:j1], n)
+        if s + 1 < T:
+            barrier(flags, tid, s + 1)
+        prev = r0
+    for b in range(B):
+        h_n[b, j0:j1] = out_h[prev + b, j0:j1]
+    if tid > 0:
+        wait_joined(flags)

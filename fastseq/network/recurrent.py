@@ -13,14 +13,15 @@ from .. import _plan
 from .. import kernels as K
 from .._threads import (
     _on_pool, blas_single_thread, get_num_threads, limit, matmul_splits, parallel_copy, parallel_matmul,
-    parallel_project, pipelines, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_split_slot,
+    parallel_project, pipelines, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds,
+    unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
-    gru_infer, gru_infer_x, gru_run, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run, lstm_units_part,
-    rnn_infer, rnn_infer_x, rnn_run,
+    gru_infer, gru_infer_x, gru_run, gru_units_part, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run,
+    lstm_units_part, rnn_infer, rnn_infer_x, rnn_run,
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
@@ -452,9 +453,10 @@ class Recurrent:
         return parts if fuse else 0
 
     def _infer_units(self, B, T):
-        """Whether a full-length LSTM inference call splits each layer's
-        hidden units across the threads
-        (:func:`fastseq.kernels.infer.lstm_units_part`, a barrier a step)
+        """Whether a full-length LSTM or (reset-after) GRU inference call
+        splits each layer's hidden units across the threads
+        (:func:`fastseq.kernels.infer.lstm_units_part`,
+        :func:`fastseq.kernels.infer.gru_units_part`, a barrier a step)
         rather than its batch: when :meth:`fastseq._plan.Plan.infer_units`
         takes the batch and the call's work, and when each part's gate rows
         fill whole strips of the packed product
@@ -464,13 +466,15 @@ class Recurrent:
         (:func:`fastseq._threads.unit_split_slot`) runs on one thread with
         the same results."""
         n = get_num_threads()
-        if self.cell != "lstm" or T < 2 or n < 2 or not UNIT_SPLIT_AVAILABLE:
+        if self.cell == "rnn" or T < 2 or n < 2 or not UNIT_SPLIT_AVAILABLE:
             return False
-        H, isz = self.hidden_size, self.dtype.itemsize
+        H, G, isz = self.hidden_size, self.num_gates, self.dtype.itemsize
         F = max(self.input_size, H * self.num_directions if self.num_layers > 1 else 0)
-        if (4 * H * isz) % STRIP_BYTES or 4 * H * F * isz >= PROJECT_BLAS_MIN_BYTES:
+        if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
+                or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES):
             return False
-        return _plan.current().infer_units(n, B, H, B * T * 4 * H * (H + F), FUSED_MIN_ROWS)
+        rows = 4 * FUSED_MIN_ROWS if self.cell == "lstm" else max(1, FUSED_MIN_ROWS // 2)
+        return _plan.current().infer_units(n, B, H, B * T * G * H * (H + F), rows)
 
     def _train_units(self, B, T, mask):
         """Whether an LSTM training pass (forward with gates stored, or
@@ -527,11 +531,16 @@ class Recurrent:
                         c0s = writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
-                    if units and free:
-                        bias = b_ih + b_hh if b_ih.shape[0] else no_bias
+                    if units and free and self.cell == "lstm":
+                        bias = self._input_bias(b_ih, b_hh)
                         run_units(lambda tid, j0, j1, flags: lstm_units_part(
                             inp, w_ih, bias, w_hh, h0s, c0s, d == 1, j0, j1, tid, flags, out_h, h_n[idx],
                             c_n[idx]), H, False)   # (blas: no projection reaches it)
+                    elif units and free:
+                        bias, b_hn = self._input_bias(b_ih, b_hh), self._candidate_bias(b_hh)
+                        run_units(lambda tid, j0, j1, flags: gru_units_part(
+                            inp, w_ih, bias, b_hn, w_hh, h0s, d == 1, j0, j1, tid, flags, out_h, h_n[idx]),
+                            H, False)
                     elif pipe and pipelines(N * inp.shape[1] * w_ih.shape[0]):
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
                     else:
