@@ -15,8 +15,7 @@ from numba import njit
 from .._config import JIT
 from ._packed import add_bias, own_rows, reverse_steps
 from ._sync import barrier, signal_started, wait_joined
-from .activations import sigmoid, tanh
-from .gru import gru_forward_slice
+from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
 from .matmul import pack_for_steps, packed_matmul, project
 from .rnn import rnn_forward_slice
@@ -224,23 +223,6 @@ def lstm_fused_slice(inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n,
         c_n[b0 + b] = c[b]
 
 
-@njit(inline="always", **JIT)
-def cell_units(x, p, cp, oc, oh, n):
-    """One row's LSTM cell for ``n`` units whose gate pre-activations are
-    ``x[k*n + q] + p[k*n + q]`` (gate ``k``, unit ``q``): previous cell
-    ``cp``, new cell ``oc`` and state ``oh`` (all (n,) views)."""
-    xi, xf, xg, xo = x[:n], x[n:2 * n], x[2 * n:3 * n], x[3 * n:4 * n]
-    pi, pf, pg, po = p[:n], p[n:2 * n], p[2 * n:3 * n], p[3 * n:4 * n]
-    for q in range(n):
-        gi = sigmoid(xi[q] + pi[q])
-        gf = sigmoid(xf[q] + pf[q])
-        gg = tanh(xg[q] + pg[q])
-        go = sigmoid(xo[q] + po[q])
-        c = gf * cp[q] + gi * gg
-        oc[q] = c
-        oh[q] = go * tanh(c)
-
-
 @njit(**JIT)
 def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n):
     """Hidden units ``j0 <= j < j1`` of an LSTM inference over B sequences
@@ -256,16 +238,25 @@ def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, 
     gate row in a whole strip of the packed product
     (:func:`fastseq.kernels.matmul.pack_weight`) gives its bits."""
     signal_started(flags, tid)
-    H = h0.shape[1]
-    n = j1 - j0
-    dt = inp.dtype
-    xp = np.empty((inp.shape[0], 4 * n), dtype=dt)
-    own_bias = np.empty(4 * n if bias.shape[0] > 0 else 0, dtype=dt)
-    if bias.shape[0] > 0:
-        for k in range(4):
-            own_bias[k * n:(k + 1) * n] = bias[k * H + j0:k * H + j1]
-    project(inp, own_rows(w_ih, 4, j0, j1), own_bias, xp)
+    xp = units_projection(inp, w_ih, bias, 4, j0, j1)
     lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n)
+
+
+@njit(**JIT)
+def units_projection(inp, w_ih, bias, G, j0, j1):
+    """(N, G*n) input projection of the units ``j0 <= j < j1`` (n of them)
+    of a layer of G gates: ``inp @ W_ih[rows].T + bias[rows]`` for the
+    rows ``g*H + j`` (:func:`fastseq.kernels._packed.own_rows`), gate ``g``
+    of unit ``j0 + q`` in column ``g*n + q``; ``bias`` (G*H,) or empty."""
+    H = w_ih.shape[0] // G
+    n = j1 - j0
+    xp = np.empty((inp.shape[0], G * n), dtype=inp.dtype)
+    own_bias = np.empty(G * n if bias.shape[0] > 0 else 0, dtype=inp.dtype)
+    if bias.shape[0] > 0:
+        for g in range(G):
+            own_bias[g * n:(g + 1) * n] = bias[g * H + j0:g * H + j1]
+    project(inp, own_rows(w_ih, G, j0, j1), own_bias, xp)
+    return xp
 
 
 @njit(**JIT)
@@ -301,7 +292,9 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
         packed_matmul(h_prev, w, wp, hp)
         cp, cn = cs[s & 1], cs[1 - (s & 1)]
         for b in range(B):
-            cell_units(xp[r0 + b], hp[b], cp[b], cn[b], out_h[r0 + b, j0:j1], n)
+            # gate k of unit q at k*n + q in both xp's and hp's rows: the
+            # whole-row cell of n units on them
+            cell_forward(xp[r0 + b], hp[b], cp[b], cn[b], out_h[r0 + b, j0:j1], hp[b], False, n, 0, n)
         if s + 1 < T:
             barrier(flags, tid, s + 1)
         prev = r0
@@ -312,23 +305,6 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
         wait_joined(flags)
 
 
-@njit(inline="always", **JIT)
-def gru_cell_units(x, p, hb, b_hn, oh, n):
-    """One row of the reset-after GRU (:func:`fastseq.kernels.gru.gru_cell`)
-    for ``n`` units whose gate pre-activations are ``x[k*n + q]`` (input
-    side, ``b_hn`` excluded) and ``p[k*n + q]`` (recurrent product):
-    previous state ``hb``, new state ``oh``, candidate bias ``b_hn`` (all
-    (n,) views)."""
-    xr, xz, xn = x[:n], x[n:2 * n], x[2 * n:3 * n]
-    pr, pz, pn = p[:n], p[n:2 * n], p[2 * n:3 * n]
-    for q in range(n):
-        gr = sigmoid(xr[q] + pr[q])
-        gz = sigmoid(xz[q] + pz[q])
-        a = pn[q] + b_hn[q]
-        gn = tanh(xn[q] + gr * a)
-        oh[q] = gn + gz * (hb[q] - gn)
-
-
 @njit(**JIT)
 def gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n):
     """:func:`lstm_units_part` for the reset-after GRU: ``bias`` (3H,) is
@@ -336,15 +312,7 @@ def gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags,
     ``b_hn`` (H,) the candidate's (zeros for none); the time loop is
     :func:`gru_units_loop`.  Each output sums as in :func:`gru_infer_x`."""
     signal_started(flags, tid)
-    H = h0.shape[1]
-    n = j1 - j0
-    dt = inp.dtype
-    xp = np.empty((inp.shape[0], 3 * n), dtype=dt)
-    own_bias = np.empty(3 * n if bias.shape[0] > 0 else 0, dtype=dt)
-    if bias.shape[0] > 0:
-        for k in range(3):
-            own_bias[k * n:(k + 1) * n] = bias[k * H + j0:k * H + j1]
-    project(inp, own_rows(w_ih, 3, j0, j1), own_bias, xp)
+    xp = units_projection(inp, w_ih, bias, 3, j0, j1)
     gru_units_loop(xp, w_hh, b_hn[j0:j1].copy(), h0, reverse, j0, j1, tid, flags, out_h, h_n)
 
 
@@ -366,7 +334,7 @@ def gru_units_loop(xp, w_hh, b_hn, h0, reverse, j0, j1, tid, flags, out_h, h_n):
         h_prev = h0 if s == 0 else out_h[prev:prev + B]
         packed_matmul(h_prev, w, wp, hp)
         for b in range(B):
-            gru_cell_units(xp[r0 + b], hp[b], h_prev[b, j0:j1], b_hn, out_h[r0 + b, j0:j1], n)
+            gru_cell(xp[r0 + b], hp[b], h_prev[b, j0:j1], b_hn, out_h[r0 + b, j0:j1], hp[b], False, n)
         if s + 1 < T:
             barrier(flags, tid, s + 1)
         prev = r0
