@@ -623,11 +623,15 @@ class Recurrent:
         BLAS, and setting BLAS's threads costs a few microseconds, a good
         part of a small call)."""
         N, GH = projection_rows, self.num_gates * self.hidden_size
-        sizes = [self._layer_input_size(k) for k in range(self.num_layers)] if N else []
-        if (step_rows >= PACKED_BLAS_MIN_ROWS
-                or any(GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or matmul_splits(N, F, GH)
-                       for F in sizes)):
+        if step_rows >= PACKED_BLAS_MIN_ROWS:
             return blas_single_thread()
+        if N:
+            F = max(self._layer_input_size(k) for k in range(self.num_layers))
+            # (no layer's projection is split below the plan's split work)
+            if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or (
+                    N * F * GH >= _plan.current().matmul_split_min_work
+                    and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers))):
+                return blas_single_thread()
         return flush_denormals()
 
     def _input_bias(self, b_ih, b_hh):
