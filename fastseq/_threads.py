@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _plan
 from ._fpenv import flush_denormals
+from .kernels import _sync
 
 
 _local = threading.local()
@@ -410,8 +411,8 @@ class _Worker:
         """The next task from the queue (sleeping until one comes); the
         queued mark is cleared once the queue is empty, so that the thread
         lingers after this task.  (A mark left set would end every linger at
-        once: each hand-over would then wake a sleeping thread, 30-50 us on
-        a virtual machine.)  A caller's mark that this clear overtakes costs
+        once: each hand-over would then wake a sleeping thread; ``python -m
+        bench.handover``, part 4.)  A caller's mark that this clear overtakes costs
         one linger's wait at most: the thread takes that task when it goes
         idle."""
         from .kernels._sync import QUEUED, publish
@@ -686,7 +687,7 @@ def run_sliced(kernel, args, lengths_sorted, work):
 
 _unit_lock = threading.Lock()
 #: a flag value that releases every barrier (a thread that failed sets it)
-_RELEASE_ALL = 2 ** 62   # kernels._sync.RELEASE_ALL
+_RELEASE_ALL = _sync.RELEASE_ALL
 
 
 def unit_bounds(H, n):

@@ -147,9 +147,10 @@ def wait_started(flags):
     """The calling thread of a unit split waits, without the GIL, until
     every other part has entered its compiled code (or given up:
     :data:`RELEASE_ALL`): a pool thread then never finds the GIL taken by
-    the caller's own start (it would sleep on it, 15-30 us on a virtual
-    machine), and the caller takes it back from no one.  Spins, then
-    yields, as :func:`wait_for`."""
+    the caller's own start (it would sleep until the GIL is released, and
+    waking it costs what waking a sleeping pool thread does), and the
+    caller takes it back from no one.  Spins, then yields, as
+    :func:`wait_for`."""
     for k in range(1, flags.shape[0] // STRIDE):
         spins = 0
         while (load_acquire(flags, k * STRIDE + STARTED) == 0

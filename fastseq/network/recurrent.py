@@ -466,7 +466,8 @@ class Recurrent:
         (:func:`fastseq._threads.unit_split_slot`) runs on one thread with
         the same results."""
         n = get_num_threads()
-        if self.cell == "rnn" or T < 2 or n < 2 or not UNIT_SPLIT_AVAILABLE:
+        if (self.cell == "rnn" or (self.cell == "gru" and not self.reset_after) or T < 2 or n < 2
+                or not UNIT_SPLIT_AVAILABLE):
             return False
         H, G, isz = self.hidden_size, self.num_gates, self.dtype.itemsize
         F = max(self.input_size, H * self.num_directions if self.num_layers > 1 else 0)
@@ -490,8 +491,9 @@ class Recurrent:
         """Inference of a full-length batch, each layer and direction in one
         compiled call (:mod:`fastseq.kernels.infer`): the arithmetic of the
         packed path without its per-call Python (most of a small call).  With
-        ``units`` (an LSTM, :meth:`_infer_units`) the threads split each
-        layer's hidden units (:func:`fastseq.kernels.infer.lstm_units_part`).
+        ``units`` (an LSTM or GRU, :meth:`_infer_units`) the threads split
+        each layer's hidden units (:func:`fastseq.kernels.infer.lstm_units_part`,
+        :func:`fastseq.kernels.infer.gru_units_part`).
         Otherwise, with more than one thread and a large enough projection,
         the input projection runs on a pool thread a few steps ahead of the
         time loop (:meth:`_run_pipelined`).  When another call holds the
