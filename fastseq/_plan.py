@@ -145,7 +145,7 @@ class Plan:
         then doing its share of every step: while a batch split would give
         a thread fewer than ``max_rows`` rows of the step's product (each
         thread would stream all the weights for a few rows; the layer's
-        figures, as measured: four row blocks of the product for an LSTM,
+        figures, as measured: two row blocks of the product for an LSTM,
         half a row block for a GRU), from the work of a pipelined
         projection (the second thread's
         share then repays its hand-over), and with ``unit_split_min_units``

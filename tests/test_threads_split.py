@@ -268,15 +268,15 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
     with _threads.limit(2):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 10) == "one"      # 2.7M: one thread
         # the hidden units split across the threads: batches a batch split
-        # would give under four row blocks a thread (B < 32 here), from the
+        # would give under two row blocks a thread (B < 16 here), from the
         # reference plan's 8.4M multiply-adds of a pipelined projection
         units = "units" if UNITS else "one"       # (no unit split without the barrier)
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(7, 5) == units       # 9.5M
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(31, 5) in (units, "fused")
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(15, 5) in (units, "fused")
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 32) == units
         # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: fused from
         # two row blocks of the product a slice (8 rows)
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(32, 10) == "fused"
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == "fused"
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(3, 10) == "one"

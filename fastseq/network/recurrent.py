@@ -474,7 +474,7 @@ class Recurrent:
         if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
                 or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES):
             return False
-        rows = 4 * FUSED_MIN_ROWS if self.cell == "lstm" else max(1, FUSED_MIN_ROWS // 2)
+        rows = 2 * FUSED_MIN_ROWS if self.cell == "lstm" else max(1, FUSED_MIN_ROWS // 2)
         return _plan.current().infer_units(n, B, H, B * T * G * H * (H + F), rows)
 
     def _train_units(self, B, T, mask):
