@@ -94,15 +94,22 @@ def sched_yield(typingctx):
 
 
 @njit(inline="always", **JIT)
-def wait_for(flags, slot, value):
-    """Wait until ``flags[slot * STRIDE] >= value`` (acquire): spin
+def wait_at(flags, idx, value):
+    """Wait until ``flags[idx] >= value`` (acquire): spin
     :data:`SPIN_LIMIT` polls, then yield between polls."""
     spins = 0
-    while load_acquire(flags, slot * STRIDE) < value:
+    while load_acquire(flags, idx) < value:
         spins += 1
         if spins >= SPIN_LIMIT:
             sched_yield()
             spins = 0
+
+
+@njit(inline="always", **JIT)
+def wait_for(flags, slot, value):
+    """Wait until ``flags[slot * STRIDE] >= value``: :func:`wait_at` on
+    ``slot``'s line."""
+    wait_at(flags, slot * STRIDE, value)
 
 
 @njit(inline="always", **JIT)
@@ -173,14 +180,8 @@ def wait_joined(flags):
     """Wait until the calling thread of a unit split has set
     ``flags[JOINED]``: it then waits for this part without the GIL, so this
     thread, back in Python, takes the GIL without sleeping on it (and the
-    caller takes it back without sleeping either).  Spins, then yields, as
-    :func:`wait_for`."""
-    spins = 0
-    while load_acquire(flags, JOINED) == 0:
-        spins += 1
-        if spins >= SPIN_LIMIT:
-            sched_yield()
-            spins = 0
+    caller takes it back without sleeping either).  :func:`wait_at`."""
+    wait_at(flags, JOINED, 1)
 
 
 @njit(**JIT)
@@ -189,10 +190,7 @@ def signal_then_spin(flags, done, slot, value, spins):
     ``done``: one compiled call, so that the parts released by the signal
     find the GIL free (the caller holds it at no moment in between)."""
     store_release(flags, JOINED, 1)
-    for _ in range(spins):
-        if load_acquire(done, slot) >= value:
-            return True
-    return False
+    return spin_until(done, slot, value, spins)
 
 
 @njit(**JIT)

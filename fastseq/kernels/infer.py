@@ -127,30 +127,33 @@ def rnn_run(x, w_hh, h0, relu, reverse, ready, out_h, h_n):
     finish(run_h, B, reverse, out_h, h_n)
 
 
+@njit(inline="always", **JIT)
+def projected(inp, w_ih):
+    """A new (N, M) array ``inp @ w_ih.T`` (:func:`fastseq.kernels.matmul.project`,
+    no bias)."""
+    xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
+    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
+    return xp
+
+
 @njit(**JIT)
 def lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n):
     """:func:`lstm_infer` from the inputs ``inp`` (N, F) (rows ``t*B + b``):
-    the projection ``inp @ w_ih.T`` (:func:`fastseq.kernels.matmul.project`,
-    no bias) in the same call, one dispatch less for a small call."""
-    xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
-    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
-    lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
+    the projection (:func:`projected`) in the same call, one dispatch less
+    for a small call."""
+    lstm_infer(projected(inp, w_ih), b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
 
 
 @njit(**JIT)
 def gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n):
     """:func:`gru_infer` from the inputs (see :func:`lstm_infer_x`)."""
-    xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
-    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
-    gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
+    gru_infer(projected(inp, w_ih), b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
 
 
 @njit(**JIT)
 def rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n):
     """:func:`rnn_infer` from the inputs (see :func:`lstm_infer_x`)."""
-    xp = np.empty((inp.shape[0], w_ih.shape[0]), dtype=inp.dtype)
-    project(inp, w_ih, np.empty(0, dtype=inp.dtype), xp)
-    rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
+    rnn_infer(projected(inp, w_ih), b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
 
 
 @njit(**JIT)

@@ -264,6 +264,11 @@ class Recurrent:
     def _layer_input_size(self, k):
         return self.input_size if k == 0 else self.hidden_size * self.num_directions
 
+    def _widest_input(self):
+        """The most inputs a step of any layer has (the first layer's, or a
+        stacked layer's ``D * H``)."""
+        return max(self._layer_input_size(k) for k in range(self.num_layers))
+
     def _param_layout(self):
         GH, H = self.num_gates * self.hidden_size, self.hidden_size
         layout = []
@@ -444,7 +449,7 @@ class Recurrent:
         if self.cell != "lstm" or T < 2:
             return 0
         H = self.hidden_size
-        F = max(self.input_size, H * self.num_directions if self.num_layers > 1 else 0)
+        F = self._widest_input()
         plan = _plan.current()
         n = get_num_threads()
         parts = plan.batch_split(n, B, B * T * 4 * H * (H + F)) if n > 1 else 1
@@ -470,7 +475,7 @@ class Recurrent:
                 or not UNIT_SPLIT_AVAILABLE):
             return False
         H, G, isz = self.hidden_size, self.num_gates, self.dtype.itemsize
-        F = max(self.input_size, H * self.num_directions if self.num_layers > 1 else 0)
+        F = self._widest_input()
         if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
                 or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES):
             return False
@@ -557,8 +562,8 @@ class Recurrent:
                             kernels, tail = (rnn_infer, rnn_infer_x), (w_hh, h0s, relu, d == 1, out_h, h_n[idx])
                         if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
                             kernels[0](parallel_matmul(inp, w_ih.T), b_ih, b_hh, *tail)
-                        else:  # one thread: the blocked step product (beats numpy's BLAS
-                            # call here) in the same compiled call as the loop
+                        else:  # one thread: the projection (kernels.matmul.project) in
+                            # the same compiled call as the loop
                             kernels[1](inp, w_ih, b_ih, b_hh, *tail)
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
@@ -628,7 +633,7 @@ class Recurrent:
         if step_rows >= PACKED_BLAS_MIN_ROWS:
             return blas_single_thread()
         if N:
-            F = max(self._layer_input_size(k) for k in range(self.num_layers))
+            F = self._widest_input()
             # (no layer's projection is split below the plan's split work)
             if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or (
                     N * F * GH >= _plan.current().matmul_split_min_work
