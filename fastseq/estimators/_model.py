@@ -118,11 +118,12 @@ class SequenceModel:
         if self.conv is not None:
             inp, lengths, conv_cache = self.conv.forward(inp, lengths, need_grad=need_grad)
         B, T = inp.shape[:2]
-        out, h_n = self.rnn.forward(inp, lengths, need_grad=need_grad)
+        pooling = c["pooling"]
+        # many-to-one on the last state: the top layer's outputs are never read
+        out, h_n = self.rnn.forward(inp, lengths, need_grad=need_grad, need_out=pooling != "last")
         rnn_cache = self.rnn._cache
         if isinstance(h_n, tuple):
             h_n = h_n[0]
-        pooling = c["pooling"]
         arg = None
         if pooling == "last":
             feat = np.ascontiguousarray(h_n[-self.D:].transpose(1, 0, 2).reshape(B, self.feat_size))
@@ -180,9 +181,9 @@ class SequenceModel:
         B, T, lengths = cache["B"], cache["T"], cache["lengths"]
         H, D = self.config["hidden_size"], self.D
         dt = self.flat.dtype
-        d_out = np.zeros((B, T, self.feat_size), dtype=dt)
         d_h_n = None
         pooling = self.config["pooling"]
+        d_out = None if pooling == "last" else np.zeros((B, T, self.feat_size), dtype=dt)
         if pooling == "last":
             d_h_n = np.zeros((self.config["num_layers"] * D, B, H), dtype=dt)
             d_h_n[-D:] = dfeat.reshape(B, D, H).transpose(1, 0, 2)

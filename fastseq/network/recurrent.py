@@ -45,6 +45,14 @@ from ..init import get_initializer
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
 
 
+def _column_sums(g, out):
+    """``out[...] = g.sum(axis=0)`` for a C-contiguous (N, G) ``g``, as one
+    BLAS product with a vector of ones (half the time of numpy's row-by-row
+    reduction at the training sizes here, e.g. 0.15 against 0.32 ms for
+    (3584, 768) float32); returns ``out``."""
+    return np.matmul(np.ones(g.shape[0], dtype=g.dtype), g, out=out)
+
+
 def _transposed(w):
     """``w.T`` as a C-contiguous copy, 32 rows of ``w`` at a time (each block
     stays in cache: 0.16 ms for a 1 MB W_hh against 0.41 ms for
@@ -361,7 +369,7 @@ class Recurrent:
         return h0, c0
 
     # ---------------------------------------------------------------- forward
-    def forward(self, X, lengths=None, h0=None, need_grad=True):
+    def forward(self, X, lengths=None, h0=None, need_grad=True, need_out=True):
         """Run the layer over a padded batch.
 
         Parameters
@@ -377,19 +385,25 @@ class Recurrent:
         need_grad : bool, default True
             False for inference: the gates are not stored and nothing is kept
             for :meth:`backward` (less memory traffic; ``backward`` then raises).
+        need_out : bool, default True
+            False when only the final states are wanted (a many-to-one model:
+            Keras's ``return_sequences=False``): ``out`` is then None and the
+            top layer's states are not copied into batch-first order.  The
+            matching :meth:`backward` takes ``d_out=None``.
 
         Returns
         -------
-        out : (B, T, D*H) ndarray
+        out : (B, T, D*H) ndarray, or None when ``need_out`` is False
             Top layer's hidden states, [forward, reverse] concatenated; zero at
             padded steps.
         h_n : (num_layers*D, B, H) ndarray, or a tuple (h_n, c_n) for an LSTM
             Each sequence's state at its own last valid step.
         """
         with limit(self.n_jobs, blas=False):  # the thread count of this call (BLAS: below)
-            return self._forward(X, lengths, h0, need_grad)
+            out, h_n = self._forward(X, lengths, h0, need_grad, need_out)
+            return (out if need_out else None), h_n
 
-    def _forward(self, X, lengths, h0, need_grad):
+    def _forward(self, X, lengths, h0, need_grad, need_out=True):
         X = check_real_array(X, "X", ndim=3)
         B, T, F = X.shape
         if B < 1 or T < 1:
@@ -412,7 +426,7 @@ class Recurrent:
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
         with blas_single_thread():
-            return self._forward_packed(pk, inp, h0, c0, T, need_grad)
+            return self._forward_packed(pk, inp, h0, c0, T, need_grad, need_out)
 
     def _inference_plan(self, B, T):
         """How a full-length inference call runs: None for the packed path
@@ -688,7 +702,7 @@ class Recurrent:
                 rnn_run(x, w_hh, h0s, relu, reverse, ready, out_h, h_n)
         run_pipelined(produce, consume, parallel)
 
-    def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True):
+    def _forward_packed(self, pk, inp, h0, c0, T, need_grad=True, need_out=True):
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         B = pk.B
         L = self.num_layers * D
@@ -724,7 +738,7 @@ class Recurrent:
             layers.append({"drop": drop, "dirs": dirs})
             inp = np.concatenate(outs, axis=1) if D == 2 else outs[0]
         self._cache = {"pk": pk, "layers": layers, "T": T} if need_grad else None
-        out = pk.unpack(inp, T)
+        out = pk.unpack(inp, T) if need_out else None
         if self.cell == "lstm":
             return out, (h_n, c_n)
         return out, h_n
@@ -795,8 +809,10 @@ class Recurrent:
 
         Parameters
         ----------
-        d_out : (B, T, D*H) array
-            Gradient of the loss with respect to ``out``; padded steps are ignored.
+        d_out : (B, T, D*H) array, or None
+            Gradient of the loss with respect to ``out``; padded steps are
+            ignored.  None for zero (a loss on the final states alone, after
+            ``forward(..., need_out=False)``).
         d_h_n, d_c_n : (num_layers*D, B, H) array, optional
             Gradients with respect to ``h_n`` and (LSTM) ``c_n``; default zero.
         out : (P,) array, optional
@@ -827,11 +843,14 @@ class Recurrent:
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         B = pk.B
         L = self.num_layers * D
-        d_out = check_real_array(d_out, "d_out", ndim=3)
-        if d_out.shape != (B, T, D * H):
-            raise ValueError(f"d_out must have shape {(B, T, D * H)} (like out), got {d_out.shape}")
-        d_layer = pk.pack(d_out, dt)
-        check_finite(d_layer, "d_out", " at valid (unpadded) steps")
+        if d_out is None:  # zeros (calloc'd: pages the kernel reads stay unwritten)
+            d_layer = np.zeros((pk.N, D * H), dtype=dt)
+        else:
+            d_out = check_real_array(d_out, "d_out", ndim=3)
+            if d_out.shape != (B, T, D * H):
+                raise ValueError(f"d_out must have shape {(B, T, D * H)} (like out), got {d_out.shape}")
+            d_layer = pk.pack(d_out, dt)
+            check_finite(d_layer, "d_out", " at valid (unpadded) steps")
         shape = (L, B, H)
         d_h_n = None if d_h_n is None else check_state(d_h_n, "d_h_n", shape, dt)
         if d_c_n is not None:
@@ -941,7 +960,7 @@ class Recurrent:
         else:
             parallel_matmul(dgx.T, inp, out=grads["weight_ih" + s])
         if self.bias:
-            grads["bias_ih" + s][...] = dgx.sum(axis=0)
+            _column_sums(dgx, grads["bias_ih" + s])
         d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
         if fused:
             if self.bias:
@@ -956,14 +975,15 @@ class Recurrent:
             # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
             for g, rows in parts:
                 parallel_matmul(g[B:].T, st["out_h"][:N - B], out=dW[rows])
-                dW[rows] += g[:B].T @ st["h0"]
+                if st["h0"].any():  # the first step's rows add nothing from a zero state
+                    dW[rows] += g[:B].T @ st["h0"]
         else:
             h_prev = self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt))
             for g, rows in parts:
                 parallel_matmul(g.T, h_prev, out=dW[rows])
         if self.bias:
             for g, rows in parts:
-                db[rows] = g.sum(axis=0)
+                _column_sums(g, db[rows])
         return d_inp
 
     @staticmethod
@@ -999,5 +1019,5 @@ class Recurrent:
         parallel_matmul(dgx[:, :2 * H].T, h_prev, out=dW[:2 * H])
         parallel_matmul(dgx[:, 2 * H:].T, st["gates"][:, :H] * h_prev, out=dW[2 * H:])
         if self.bias:
-            grads["bias_ih" + s][...] = grads["bias_hh" + s][...] = dgx.sum(axis=0)
+            grads["bias_hh" + s][...] = _column_sums(dgx, grads["bias_ih" + s])
         return parallel_matmul(dgx, W_ih) if want_dx else None
