@@ -127,11 +127,13 @@ def main(argv=None):
 
                     def way(plan, pipe):
                         forced = None if plan == "packed" else plan
+                        # the route _forward takes: the plan, its slices, whether BLAS may come
+                        route = ((forced, parts, net._kernel_blas(B // max(parts, 1))) if plan == "fused"
+                                 else (forced, 1, net._kernel_blas(B, B * args.T)))
 
                         def call():
                             the_plan.pipeline_min_work = pipe
-                            net._inference_plan = lambda B, T: forced
-                            net._fused_parts = lambda B, T: parts
+                            net._inference_route = lambda B, T: route
                             try:
                                 net.forward(X, need_grad=False)
                             finally:

@@ -25,6 +25,7 @@ decision.  The rules and the measurements behind their factors are in
 ``bench/RESULTS.md`` ("Planner").
 """
 
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,8 @@ UNIT_SPLIT_MIN_UNITS = 32
 MIN_SPLIT_ROWS = 4
 #: version of the facts file (a change of what is measured starts afresh)
 _FORMAT = 2
+#: every Plan's state gets a new number from this counter (Plan.version)
+_VERSIONS = itertools.count()
 
 
 @dataclass
@@ -87,6 +90,14 @@ class Plan:
     min_split_rows: int = MIN_SPLIT_ROWS
     l2_bytes: int = 1024 ** 2
     l3_bytes: int = 8 * 1024 ** 2
+
+    def __setattr__(self, name, value):
+        # each change of a threshold (the dataclass's own __init__ included)
+        # gives the plan a new ``version``, unique in the process: callers
+        # that keep a decision keep it with the version it was taken under
+        # (not a field: equality and repr ignore it)
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "version", next(_VERSIONS))
 
     @classmethod
     def for_machine(cls, m):

@@ -199,7 +199,7 @@ def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, cell, nl, n
             fast = layer.forward(X, h0=h0, need_grad=False)
             packed = layer.forward(X, h0=h0)              # need_grad: the packed path
             with monkeypatch.context() as m:
-                m.setattr(Recurrent, "_inference_plan", lambda *a: None)
+                m.setattr(Recurrent, "_inference_route", lambda *a: (None, 0, False))
                 packed_inf = layer.forward(X, h0=h0, need_grad=False)
             for f, p, q in zip(layer_arrays(fast), layer_arrays(packed), layer_arrays(packed_inf)):
                 assert f.dtype == np.dtype(dtype) and f.shape == p.shape and f.flags.c_contiguous
@@ -216,7 +216,7 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: calls.append("one") or real(self, *a))
     real_fused = Recurrent._forward_fused
     monkeypatch.setattr(Recurrent, "_forward_fused",
-                        lambda self, *a: calls.append(("fused", a[-1])) or real_fused(self, *a))
+                        lambda self, *a: calls.append(("fused", a[-2])) or real_fused(self, *a))
     small = Recurrent("lstm", 3, 4, random_state=0)
     X = np.zeros((2, 5, 3))
     small.forward(X)                                      # need_grad: packed

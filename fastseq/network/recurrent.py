@@ -332,6 +332,7 @@ class Recurrent:
         state = self.__dict__.copy()
         state.pop("params")
         state["_cache"] = None
+        state.pop("_plans", None)  # decisions for this process's plan and threads
         return state
 
     def __setstate__(self, state):
@@ -417,11 +418,11 @@ class Recurrent:
             uniform = lengths.min() == T
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
-            plan = self._inference_plan(B, T)
+            plan, parts, blas = self._inference_route(B, T)
             if plan == "fused":
-                return self._forward_fused(X, h0, c0, self._fused_parts(B, T))
+                return self._forward_fused(X, h0, c0, parts, blas)
             if plan is not None:
-                return self._forward_infer(X, h0, c0, plan == "units")
+                return self._forward_infer(X, h0, c0, plan == "units", blas)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
@@ -429,7 +430,30 @@ class Recurrent:
             return self._forward_packed(pk, inp, h0, c0, T, need_grad, need_out)
 
     def _inference_plan(self, B, T):
-        """How a full-length inference call runs: None for the packed path
+        """The plan of :meth:`_inference_route` (None, ``"fused"``,
+        ``"units"`` or ``"one"``)."""
+        return self._inference_route(B, T)[0]
+
+    def _inference_route(self, B, T):
+        """:meth:`_decide_inference` for ``B`` sequences of ``T`` steps, kept
+        on the layer for the thread count, the mode, the dropouts, the
+        plan's version and the BLAS bounds it was taken under (the Python
+        of the decision costs up to 5 us, on every call of a small batch
+        otherwise: an LSTM of 32 units, batch 1, 32 steps, 31 -> 26 us)."""
+        plan = _plan._current  # (not measured here: a one-thread call never is)
+        key = (B, T, get_num_threads(), self.training, self.dropout, self.recurrent_dropout,
+               None if plan is None else plan.version, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES)
+        plans = self.__dict__.setdefault("_plans", {})
+        got = plans.get(key)
+        if got is None:
+            if len(plans) >= 64:
+                plans.clear()
+            got = plans[key] = self._decide_inference(B, T)
+        return got
+
+    def _decide_inference(self, B, T):
+        """How a full-length inference call runs, as ``(plan, parts, blas)``.
+        ``plan``: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
         split pays for), ``"fused"`` (:meth:`_fused_parts`), ``"units"``
         (:meth:`_infer_units`), else ``"one"``: each layer and direction in one
@@ -437,19 +461,20 @@ class Recurrent:
         a second thread when there is one and the projection is large enough
         (:meth:`fastseq._plan.Plan.pipeline`)."""
         if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
-            return None
+            return None, 0, False
         if self.cell == "gru" and not self.reset_after:
-            return None
+            return None, 0, False
         if self._infer_units(B, T):
-            return "units"
-        if self._fused_parts(B, T):
-            return "fused"
+            return "units", 1, self._kernel_blas(B, B * T)
+        parts = self._fused_parts(B, T)
+        if parts:
+            return "fused", parts, self._kernel_blas(B // parts)
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
         if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
-            return None
-        return "one"
+            return None, 0, False
+        return "one", 1, self._kernel_blas(B, N)
 
     def _fused_parts(self, B, T):
         """Batch slices (one per thread) of a full-length LSTM inference call
@@ -506,7 +531,7 @@ class Recurrent:
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
                 and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
 
-    def _forward_infer(self, X, h0, c0, units=False):
+    def _forward_infer(self, X, h0, c0, units=False, blas=True):
         """Inference of a full-length batch, each layer and direction in one
         compiled call (:mod:`fastseq.kernels.infer`): the arithmetic of the
         packed path without its per-call Python (most of a small call).  With
@@ -518,7 +543,8 @@ class Recurrent:
         time loop (:meth:`_run_pipelined`).  When another call holds the
         slot (:func:`fastseq._threads.unit_split_slot`), the same
         arithmetic runs on this thread (one call, or the two kernels one
-        after the other), so results never depend on concurrency."""
+        after the other), so results never depend on concurrency.
+        ``blas``: whether BLAS may be called (:meth:`_kernel_blas`)."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
@@ -535,7 +561,7 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
         no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
-        with self._kernel_context(B, N), unit_split_slot() as free:
+        with self._kernel_context(blas), unit_split_slot() as free:
             pipe = get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE and T > 1
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
@@ -588,7 +614,7 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
-    def _forward_fused(self, X, h0, c0, parts):
+    def _forward_fused(self, X, h0, c0, parts, blas=True):
         """LSTM inference of a full-length batch with each step's input
         projection inside its recurrent product
         (:func:`fastseq.kernels.infer.lstm_fused_slice`), the batch in
@@ -607,7 +633,7 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
         bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
-        with self._kernel_context(B // parts):
+        with self._kernel_context(blas):
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
                 Fk = inp.shape[1]
@@ -631,29 +657,35 @@ class Recurrent:
         self._cache = None
         return inp.reshape(B, T, D * H), (h_n, c_n)
 
-    def _kernel_context(self, step_rows, projection_rows=0):
-        """What a full-length inference call runs in, its step products of
-        ``step_rows`` rows and, unless fused, an input projection of
-        ``projection_rows`` rows before the loop:
+    @staticmethod
+    def _kernel_context(blas):
+        """What a full-length inference call runs in:
         :func:`fastseq._threads.blas_single_thread` when a BLAS call may come
-        (a step product of :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS`
-        rows or more, a projection whose weight has
-        :data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES` or more, or one
-        split across threads), else only
+        (``blas``, :meth:`_kernel_blas`), else only
         :func:`fastseq._fpenv.flush_denormals` (the compiled products call no
         BLAS, and setting BLAS's threads costs a few microseconds, a good
         part of a small call)."""
+        return blas_single_thread() if blas else flush_denormals()
+
+    def _kernel_blas(self, step_rows, projection_rows=0):
+        """Whether a full-length inference call whose step products have
+        ``step_rows`` rows and, unless fused, whose input projection has
+        ``projection_rows`` rows may call BLAS: a step product of
+        :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS` rows or more, a
+        projection whose weight has
+        :data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES` or more, or
+        one split across threads."""
         N, GH = projection_rows, self.num_gates * self.hidden_size
         if step_rows >= PACKED_BLAS_MIN_ROWS:
-            return blas_single_thread()
+            return True
         if N:
             F = self._widest_input()
             # (no layer's projection is split below the plan's split work)
             if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or (
                     N * F * GH >= _plan.current().matmul_split_min_work
                     and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers))):
-                return blas_single_thread()
-        return flush_denormals()
+                return True
+        return False
 
     def _input_bias(self, b_ih, b_hh):
         """The bias added to the input projection: ``b_ih + b_hh``, but for the
