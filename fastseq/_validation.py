@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from ._config import INDEX_DTYPE
+from .kernels.checks import finite32, finite64
 
 
 def check_real_array(a, name, dtype=None, ndim=None):
@@ -32,9 +33,25 @@ def check_real_array(a, name, dtype=None, ndim=None):
     return arr
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+def all_finite(a):
+    """Whether the array ``a`` holds no NaN and no infinity: compiled
+    (:mod:`fastseq.kernels.checks`) for a writeable C-contiguous float32 or
+    float64 array (one signature each: a read-only array would compile
+    again), numpy's ``isfinite`` otherwise."""
+    if a.flags.c_contiguous and a.flags.writeable and a.size:
+        if a.dtype == _F32:
+            return finite32(a.reshape(-1))
+        if a.dtype == _F64:
+            return finite64(a.reshape(-1))
+    return bool(np.isfinite(a).all())
+
+
 def check_finite(a, name, where=""):
     """Raise ``ValueError`` if ``a`` holds NaN or infinity."""
-    if not np.isfinite(a).all():
+    if not all_finite(a):
         raise ValueError(f"{name} contains NaN or infinity{where}")
 
 

@@ -7,6 +7,8 @@ products around the kernels (input projections before the time loop, weight
 gradients after it).
 """
 
+import contextlib
+
 import numpy as np
 
 from .. import _plan
@@ -43,6 +45,8 @@ from ..init import get_initializer
 
 #: "no producer" for the time loops' ``ready`` argument (never written)
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
+#: the slot of a call that runs on this thread alone (never free)
+_NO_SLOT = contextlib.nullcontext(False)
 
 
 def _column_sums(g, out):
@@ -418,11 +422,11 @@ class Recurrent:
             uniform = lengths.min() == T
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
-            plan, parts, blas = self._inference_route(B, T)
+            plan, parts, blas, modes = self._inference_route(B, T)
             if plan == "fused":
                 return self._forward_fused(X, h0, c0, parts, blas)
             if plan is not None:
-                return self._forward_infer(X, h0, c0, plan == "units", blas)
+                return self._forward_infer(X, h0, c0, plan == "units", blas, modes)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
@@ -451,8 +455,25 @@ class Recurrent:
             got = plans[key] = self._decide_inference(B, T)
         return got
 
+    def _layer_modes(self, B, T):
+        """How each layer's input projection runs in :meth:`_forward_infer`
+        (a tuple, one per layer; part of :meth:`_inference_route`):
+        ``"ahead"`` on a pool thread a few steps ahead of the loop
+        (:meth:`_run_pipelined`; with more than one thread, from the plan's
+        pipeline work), ``"split"`` in row blocks across the threads before
+        the loop (:func:`fastseq._threads.parallel_matmul`), else ``"one"``:
+        in the loop's own compiled call."""
+        N, GH = B * T, self.num_gates * self.hidden_size
+        pipe = get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE and T > 1
+        modes = []
+        for k in range(self.num_layers):
+            F = self._layer_input_size(k)
+            modes.append("ahead" if pipe and pipelines(N * F * GH)
+                         else "split" if matmul_splits(N, F, GH) else "one")
+        return tuple(modes)
+
     def _decide_inference(self, B, T):
-        """How a full-length inference call runs, as ``(plan, parts, blas)``.
+        """How a full-length inference call runs, as ``(plan, parts, blas, modes)``.
         ``plan``: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
         split pays for), ``"fused"`` (:meth:`_fused_parts`), ``"units"``
@@ -461,20 +482,20 @@ class Recurrent:
         a second thread when there is one and the projection is large enough
         (:meth:`fastseq._plan.Plan.pipeline`)."""
         if self.training and (self.recurrent_dropout > 0 or (self.dropout > 0 and self.num_layers > 1)):
-            return None, 0, False
+            return None, 0, False, ()
         if self.cell == "gru" and not self.reset_after:
-            return None, 0, False
+            return None, 0, False, ()
         if self._infer_units(B, T):
-            return "units", 1, self._kernel_blas(B, B * T)
+            return "units", 1, self._kernel_blas(B, B * T), self._layer_modes(B, T)
         parts = self._fused_parts(B, T)
         if parts:
-            return "fused", parts, self._kernel_blas(B // parts)
+            return "fused", parts, self._kernel_blas(B // parts), ()
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
         if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
-            return None, 0, False
-        return "one", 1, self._kernel_blas(B, N)
+            return None, 0, False, ()
+        return "one", 1, self._kernel_blas(B, N), self._layer_modes(B, T)
 
     def _fused_parts(self, B, T):
         """Batch slices (one per thread) of a full-length LSTM inference call
@@ -531,7 +552,7 @@ class Recurrent:
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
                 and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
 
-    def _forward_infer(self, X, h0, c0, units=False, blas=True):
+    def _forward_infer(self, X, h0, c0, units=False, blas=True, modes=None):
         """Inference of a full-length batch, each layer and direction in one
         compiled call (:mod:`fastseq.kernels.infer`): the arithmetic of the
         packed path without its per-call Python (most of a small call).  With
@@ -544,7 +565,8 @@ class Recurrent:
         slot (:func:`fastseq._threads.unit_split_slot`), the same
         arithmetic runs on this thread (one call, or the two kernels one
         after the other), so results never depend on concurrency.
-        ``blas``: whether BLAS may be called (:meth:`_kernel_blas`)."""
+        ``blas``: whether BLAS may be called (:meth:`_kernel_blas`);
+        ``modes``: each layer's projection (:meth:`_layer_modes`)."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
         N = B * T
@@ -557,54 +579,65 @@ class Recurrent:
             inp = inp.reshape(N, F)
         check_finite(inp, "X", " at valid (unpadded) steps")
         L = self.num_layers * D
+        cell = self.cell
+        lstm = cell == "lstm"
         h_n = np.empty((L, B, H), dtype=dt)
-        c_n = np.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
+        c_n = np.empty((L, B, H), dtype=dt) if lstm else None
         no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
-        with self._kernel_context(blas), unit_split_slot() as free:
-            pipe = get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE and T > 1
+        if modes is None:
+            modes = self._layer_modes(B, T)
+        # (a call that can neither split nor pipeline takes no slot: 0.5 us)
+        slot = unit_split_slot() if units or "ahead" in modes else _NO_SLOT
+        with self._kernel_context(blas), slot as free:
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
+                mode = modes[k]
                 for d in range(D):
                     idx = k * D + d
-                    W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
+                    rev = d == 1
+                    # (views of the flat vector: C-contiguous and writable)
+                    w_ih, w_hh, b_ih, b_hh = self._weights(k, d)
                     if b_ih is None:
                         b_ih = b_hh = no_bias
-                    w_ih = np.ascontiguousarray(W_ih)
-                    w_hh = np.ascontiguousarray(W_hh)
                     h0s = writable(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
-                    c0s = None
-                    if self.cell == "lstm":
+                    hn, cn, c0s = h_n[idx], None, None
+                    if lstm:
+                        cn = c_n[idx]
                         c0s = writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
-                    args = (w_hh, h0s, c0s, d == 1, out_h, h_n[idx], None if c_n is None else c_n[idx])
-                    if units and free and self.cell == "lstm":
+                    if units and free and lstm:
                         bias = self._input_bias(b_ih, b_hh)
                         run_units(lambda tid, j0, j1, flags: lstm_units_part(
-                            inp, w_ih, bias, w_hh, h0s, c0s, d == 1, j0, j1, tid, flags, out_h, h_n[idx],
-                            c_n[idx]), H, False)   # (blas: no projection reaches it)
+                            inp, w_ih, bias, w_hh, h0s, c0s, rev, j0, j1, tid, flags, out_h, hn, cn),
+                            H, False)   # (blas: no projection reaches it)
                     elif units and free:
                         bias, b_hn = self._input_bias(b_ih, b_hh), self._candidate_bias(b_hh)
                         run_units(lambda tid, j0, j1, flags: gru_units_part(
-                            inp, w_ih, bias, b_hn, w_hh, h0s, d == 1, j0, j1, tid, flags, out_h, h_n[idx]),
+                            inp, w_ih, bias, b_hn, w_hh, h0s, rev, j0, j1, tid, flags, out_h, hn),
                             H, False)
-                    elif pipe and pipelines(N * inp.shape[1] * w_ih.shape[0]):
-                        self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, *args, parallel=free)
+                    elif mode == "ahead":
+                        self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, rev, out_h, hn, cn,
+                                            parallel=free)
                     else:
-                        # the kernels from the projection and from the inputs, and the
-                        # arguments after the biases (the cell's own)
-                        if self.cell == "lstm":
-                            kernels, tail = (lstm_infer, lstm_infer_x), (w_hh, h0s, c0s, d == 1, out_h,
-                                                                         h_n[idx], c_n[idx])
-                        elif self.cell == "gru":
-                            kernels, tail = (gru_infer, gru_infer_x), (w_hh, h0s, d == 1, out_h, h_n[idx])
+                        # "split": the projection in row blocks across the threads,
+                        # then the loop; "one": the projection
+                        # (kernels.matmul.project) in the loop's compiled call
+                        xp = parallel_matmul(inp, w_ih.T) if mode == "split" else None
+                        if lstm:
+                            if xp is None:
+                                lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, c0s, rev, out_h, hn, cn)
+                            else:
+                                lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, rev, out_h, hn, cn)
+                        elif cell == "gru":
+                            if xp is None:
+                                gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, rev, out_h, hn)
+                            else:
+                                gru_infer(xp, b_ih, b_hh, w_hh, h0s, rev, out_h, hn)
+                        elif xp is None:
+                            rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, relu, rev, out_h, hn)
                         else:
-                            kernels, tail = (rnn_infer, rnn_infer_x), (w_hh, h0s, relu, d == 1, out_h, h_n[idx])
-                        if matmul_splits(N, inp.shape[1], w_ih.shape[0]):
-                            kernels[0](parallel_matmul(inp, w_ih.T), b_ih, b_hh, *tail)
-                        else:  # one thread: the projection (kernels.matmul.project) in
-                            # the same compiled call as the loop
-                            kernels[1](inp, w_ih, b_ih, b_hh, *tail)
+                            rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, rev, out_h, hn)
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
