@@ -17,7 +17,8 @@ from ._packed import add_bias, own_rows, reverse_steps
 from ._sync import barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
-from .matmul import pack_for_steps, packed_matmul, project
+from .matmul import (PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_for_steps, pack_into,
+                     packed_matmul, project, project_packed)
 from .rnn import rnn_forward_slice
 
 
@@ -246,6 +247,33 @@ def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, 
 
 
 @njit(**JIT)
+def own_packed(w, G, j0, j1, steps, rows):
+    """``(w_own, wp)``: a part's rows ``g*H + j`` (``j0 <= j < j1``) of
+    ``w`` (G*H, K) for :func:`fastseq.kernels.matmul.packed_matmul` of
+    ``rows`` rows a call, ``steps`` calls, and their packed form
+    (:func:`fastseq.kernels.matmul.pack_for_steps` of
+    :func:`fastseq.kernels._packed.own_rows`, the same values).  When each
+    gate's share fills whole strips, fewer rows than
+    :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS` and more than one
+    step, each gate's rows are packed straight from ``w`` (no copy of
+    them first: a copy and a pack of 0.4 MB a thread at H = 256) and
+    ``w_own`` is a view of ``w``'s first rows standing for their shape:
+    the packed product then reads no row of it (every output is in a
+    strip; no BLAS)."""
+    H = w.shape[0] // G
+    n = j1 - j0
+    SW = STRIP_BYTES // w.itemsize
+    if n % SW != 0 or rows >= PACKED_BLAS_MIN_ROWS or steps < 2:
+        own = own_rows(w, G, j0, j1)
+        return own, pack_for_steps(own, steps)
+    per = n // SW
+    wp = np.empty((G * per, w.shape[1], SW), dtype=w.dtype)
+    for g in range(G):
+        pack_into(w[g * H + j0:g * H + j1], wp[g * per:(g + 1) * per])
+    return w[:G * n], wp
+
+
+@njit(**JIT)
 def units_projection(inp, w_ih, bias, G, j0, j1):
     """(N, G*n) input projection of the units ``j0 <= j < j1`` (n of them)
     of a layer of G gates: ``inp @ W_ih[rows].T + bias[rows]`` for the
@@ -258,7 +286,11 @@ def units_projection(inp, w_ih, bias, G, j0, j1):
     if bias.shape[0] > 0:
         for g in range(G):
             own_bias[g * n:(g + 1) * n] = bias[g * H + j0:g * H + j1]
-    project(inp, own_rows(w_ih, G, j0, j1), own_bias, xp)
+    if G * n * w_ih.shape[1] * w_ih.itemsize >= PROJECT_BLAS_MIN_BYTES:  # (the layer never splits these)
+        project(inp, own_rows(w_ih, G, j0, j1), own_bias, xp)
+    else:  # project()'s packed path, its weight packed straight from W_ih's rows
+        w, wp = own_packed(w_ih, G, j0, j1, 2, 1)
+        project_packed(inp, w, wp, own_bias, xp)
     return xp
 
 
@@ -279,8 +311,7 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
     T = N // B
     n = j1 - j0
     dt = xp.dtype
-    w = own_rows(w_hh, 4, j0, j1)
-    wp = pack_for_steps(w, T)
+    w, wp = own_packed(w_hh, 4, j0, j1, T, B)
     hp = np.empty((B, 4 * n), dtype=dt)
     # the cell of the previous step and of this one (two buffers, swapped
     # each step: the cell reads one and writes the other)
@@ -327,8 +358,7 @@ def gru_units_loop(xp, w_hh, b_hn, h0, reverse, j0, j1, tid, flags, out_h, h_n):
     N = xp.shape[0]
     T = N // B
     n = j1 - j0
-    w = own_rows(w_hh, 3, j0, j1)
-    wp = pack_for_steps(w, T)
+    w, wp = own_packed(w_hh, 3, j0, j1, T, B)
     hp = np.empty((B, 3 * n), dtype=xp.dtype)
     prev = 0
     for s in range(T):
