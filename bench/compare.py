@@ -858,8 +858,9 @@ def targets(s, rows):
     add(f"MNIST rows end to end >= {TARGET_SPEEDUP}x torch per epoch (every cell)", low,
         low is not None and low >= TARGET_SPEEDUP)
     diff = max((abs(r["acc_diff"]) for r in course), default=None)
-    add(f"MNIST rows test accuracy within {TARGET_ACC_DIFF} of torch (largest gap)", diff,
-        diff is not None and diff <= TARGET_ACC_DIFF)
+    seeds = min((r.get("seeds", 1) for r in course), default=1)
+    add(f"MNIST rows test accuracy within {TARGET_ACC_DIFF} of torch (largest gap of the means over "
+        f"{seeds} seed(s))", diff, diff is not None and diff <= TARGET_ACC_DIFF)
     return t
 
 
@@ -1075,6 +1076,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the MNIST-rows section (default 10, quick 1)")
     p.add_argument("--no-course", action="store_true", help="skip the MNIST-rows section")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="fits of each engine whose test accuracies the MNIST-rows section averages "
+                        "(default 3, quick 1; the first is the timed one)")
     p.add_argument("--json", default=None,
                    help="JSON output (default bench/results-<cpu>[-partial].json; '' for none)")
     p.add_argument("--png", default=None, help="chart (default bench/results-<cpu>[-partial].png)")
@@ -1121,6 +1125,7 @@ def main(argv=None):
     repeats = args.repeats or (3 if args.quick else 7)
     cases, course_cells = select_cases(args)
     epochs = args.epochs or (1 if args.quick else 10)
+    seeds = args.seeds or (1 if args.quick else 3)
     torch_default_threads = torch.get_num_threads()  # before set_threads: the course section's
     use_ort = not args.no_ort
     if use_ort:
@@ -1171,7 +1176,11 @@ def main(argv=None):
         # both engines at their defaults: torch's thread count from before
         # set_threads, no threadpoolctl limit, fastseq's own n_jobs default
         torch.set_num_threads(torch_default_threads)
-        results += run_course(epochs, course_cells)
+        # (the peak was measured at --threads: the course's share of it only
+        # when both engines' defaults run that many threads)
+        same = torch_default_threads == args.threads
+        results += run_course(epochs, course_cells, seeds=seeds,
+                              peak_gflops=max(peak.values()) if same and not args.quick else None)
         gc.collect()
     summary = summarize(results, peak)
     summary["deterministic_fixed_threads"] = deterministic

