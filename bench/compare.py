@@ -1141,7 +1141,7 @@ def main(argv=None):
     print("machine:", json.dumps(info))
     if args.matmul_size:
         sizes = tuple(int(n) for n in args.matmul_size.split(","))
-    elif args.quick or not any(c.group == "matrix" for c in cases):
+    elif args.quick or not (course_cells or any(c.group == "matrix" for c in cases)):
         sizes = (512,)
     else:
         sizes = (2048, 4096)
