@@ -422,11 +422,11 @@ class Recurrent:
             uniform = lengths.min() == T
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
-            plan, parts, blas, modes = self._inference_route(B, T)
+            plan, parts, blas, detail = self._inference_route(B, T)
             if plan == "fused":
-                return self._forward_fused(X, h0, c0, parts, blas)
+                return self._forward_fused(X, h0, c0, parts, blas, detail)
             if plan is not None:
-                return self._forward_infer(X, h0, c0, plan == "units", blas, modes)
+                return self._forward_infer(X, h0, c0, plan == "units", blas, detail)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
@@ -473,7 +473,9 @@ class Recurrent:
         return tuple(modes)
 
     def _decide_inference(self, B, T):
-        """How a full-length inference call runs, as ``(plan, parts, blas, modes)``.
+        """How a full-length inference call runs, as ``(plan, parts, blas,
+        detail)``: ``detail`` the batch slices of ``"fused"``, each layer's
+        projection (:meth:`_layer_modes`) of ``"one"`` and ``"units"``.
         ``plan``: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
         split pays for), ``"fused"`` (:meth:`_fused_parts`), ``"units"``
@@ -489,7 +491,8 @@ class Recurrent:
             return "units", 1, self._kernel_blas(B, B * T), self._layer_modes(B, T)
         parts = self._fused_parts(B, T)
         if parts:
-            return "fused", parts, self._kernel_blas(B // parts), ()
+            bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
+            return "fused", parts, self._kernel_blas(B // parts), tuple(bounds)
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
@@ -647,11 +650,12 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
-    def _forward_fused(self, X, h0, c0, parts, blas=True):
+    def _forward_fused(self, X, h0, c0, parts, blas=True, bounds=None):
         """LSTM inference of a full-length batch with each step's input
         projection inside its recurrent product
         (:func:`fastseq.kernels.infer.lstm_fused_slice`), the batch in
-        ``parts`` slices on as many threads.  Rows stay batch-major from
+        ``parts`` slices on as many threads (``bounds``, kept with the
+        route: 5 us of Python a call).  Rows stay batch-major from
         ``X`` to the output: nothing is transposed."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
@@ -665,7 +669,8 @@ class Recurrent:
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
-        bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
+        if not bounds:  # (not given: the planner's slices)
+            bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
         with self._kernel_context(blas):
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
