@@ -825,14 +825,15 @@ def _on_pool(bounds, fn):
         join()
 
 
-def parallel_project(inp, w, bias):
+def parallel_project(inp, w, bias, out=None):
     """``inp @ w.T + bias`` (:func:`fastseq.kernels.matmul.project`) on
     :func:`get_num_threads` row blocks in threads, like :func:`parallel_matmul`
-    (the result does not depend on the split)."""
+    (the result does not depend on the split); into ``out`` when given."""
     from .kernels.matmul import project
 
     m = inp.shape[0]
-    out = np.empty((m, w.shape[0]), dtype=inp.dtype)
+    if out is None:
+        out = np.empty((m, w.shape[0]), dtype=inp.dtype)
     n = _matmul_threads(m, inp.shape[1], w.shape[0])
     if n <= 1:
         project(inp, w, bias, out)

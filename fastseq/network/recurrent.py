@@ -626,7 +626,8 @@ class Recurrent:
                         # "split": the projection in row blocks across the threads,
                         # then the loop; "one": the projection
                         # (kernels.matmul.project) in the loop's compiled call
-                        xp = parallel_matmul(inp, w_ih.T) if mode == "split" else None
+                        xp = None if mode != "split" else parallel_matmul(
+                            inp, w_ih.T, out=scratch("input_projection", (N, w_ih.shape[0]), dt))
                         if lstm:
                             if xp is None:
                                 lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, c0s, rev, out_h, hn, cn)
@@ -827,20 +828,26 @@ class Recurrent:
         NG = N if need_grad else 0
         w_hh = np.ascontiguousarray(W_hh)  # already contiguous: a view, no copy
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
-        out_h = np.empty((N, H), dtype=dt)
+        # without a backward pass the states are read only by the next layer
+        # (the buffer of the other parity) and the caller's copy: kept memory
+        out_h = np.empty((N, H), dtype=dt) if need_grad else scratch(f"layer_out{k % 2}{d}", (N, H), dt)
         units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and pipelines(N * inp_c.shape[1] * w_ih.shape[0])):
             # one thread runs the loop: a second computes its input ahead
-            xp = np.empty((N, w_ih.shape[0]), dtype=dt)
+            xp = scratch("input_projection", (N, w_ih.shape[0]), dt)
 
             def loop(kernel, args):
                 with unit_split_slot() as free:
                     run_pipelined(lambda ready: project_ahead(inp_c, w_ih, bias, pk.batch_sizes, xp, ready),
                                   lambda ready: kernel(*args, ready, 0, pk.B), free)
         else:
-            xp = parallel_project(inp_c, w_ih, bias)
+            # (the projection is read by this direction's loop only: memory kept
+            # from call to call, where a fresh (N, G*H) array of tens of MB
+            # took 5 ms of page faults a call, and up to 40 ms when the
+            # kernel had to compact memory for its huge pages: bench/RESULTS.md)
+            xp = parallel_project(inp_c, w_ih, bias, out=scratch("input_projection", (N, w_ih.shape[0]), dt))
 
             def loop(kernel, args):
                 run_sliced(kernel, args + (_NO_READY,), ls, work)
@@ -856,7 +863,7 @@ class Recurrent:
             loop(gru_forward_slice, (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates))
             state["gates"] = gates
         elif self.cell == "lstm":
-            out_c = np.empty((N, H), dtype=dt)
+            out_c = np.empty((N, H), dtype=dt) if need_grad else scratch(f"layer_cell{d}", (N, H), dt)
             gates = np.empty((NG, 4 * H), dtype=dt)
             with unit_split_slot() as free:
                 if units and free:
