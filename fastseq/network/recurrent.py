@@ -814,6 +814,18 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
+    def _projection_buffer(self, N, M, need_grad):
+        """Memory for an (N, M) input projection, read by one direction's
+        loop only: without a backward pass, memory kept from call to call
+        (:func:`fastseq._workspace.scratch`), where a fresh array of tens of
+        MB took its huge pages' faults at every call, 5 ms and up to 40 ms
+        when the kernel had to compact memory for them (bench/RESULTS.md,
+        "eleventh session"); in training a fresh one, freed before the
+        backward pass (kept, it would raise the peak memory by its size)."""
+        if need_grad:
+            return np.empty((N, M), dtype=self.dtype)
+        return scratch("input_projection", (N, M), self.dtype)
+
     def _run_direction(self, k, d, pk, inp_d, h0s, c0s, mask, need_grad=True):
         """One layer, one direction: input projection, then the time-loop kernel
         (on batch slices in parallel threads when :func:`fastseq._threads.get_num_threads`
@@ -836,18 +848,14 @@ class Recurrent:
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and pipelines(N * inp_c.shape[1] * w_ih.shape[0])):
             # one thread runs the loop: a second computes its input ahead
-            xp = scratch("input_projection", (N, w_ih.shape[0]), dt)
+            xp = self._projection_buffer(N, w_ih.shape[0], need_grad)
 
             def loop(kernel, args):
                 with unit_split_slot() as free:
                     run_pipelined(lambda ready: project_ahead(inp_c, w_ih, bias, pk.batch_sizes, xp, ready),
                                   lambda ready: kernel(*args, ready, 0, pk.B), free)
         else:
-            # (the projection is read by this direction's loop only: memory kept
-            # from call to call, where a fresh (N, G*H) array of tens of MB
-            # took 5 ms of page faults a call, and up to 40 ms when the
-            # kernel had to compact memory for its huge pages: bench/RESULTS.md)
-            xp = parallel_project(inp_c, w_ih, bias, out=scratch("input_projection", (N, w_ih.shape[0]), dt))
+            xp = parallel_project(inp_c, w_ih, bias, out=self._projection_buffer(N, w_ih.shape[0], need_grad))
 
             def loop(kernel, args):
                 run_sliced(kernel, args + (_NO_READY,), ls, work)
