@@ -98,3 +98,26 @@ def test_unit_split_plans_run(capsys):
         assert set(res) >= {"one", "one-seq", "units"} and all(v > 0 for v in res.values())
         assert best in res and chosen in ("one", "one-seq", "units", "fused", "packed")
     assert "packed" in rows[1][3] and "CPU:" in capsys.readouterr().out
+
+
+def test_ab_loads_another_checkout_beside_this_one(tmp_path):
+    """bench.ab imports a second checkout's package under another name (here
+    a copy of this one: nothing of it is compiled) and times two packages'
+    layers side by side (here this package against itself: the same
+    outputs)."""
+    import shutil
+
+    import fastseq.nn
+    from bench import ab
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(root, "fastseq"), tmp_path / "fastseq",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    other = ab.load_other(tmp_path)
+    assert other.__name__ == "fastseq_other" and other.__file__.startswith(str(tmp_path))
+    assert other.nn.Recurrent is not fastseq.nn.Recurrent
+    with pytest.raises(SystemExit, match="no fastseq package"):
+        ab.load_other(tmp_path / "nowhere")
+    rows = ab.compare(fastseq, ["rnn"], [4], [2], [1], threads=1, repeats=1, rounds=1)
+    (cell, B, H, T, res), = rows
+    assert (cell, B, H, T) == ("rnn", 1, 4, 2) and res[0]["this"] > 0 and res[0]["other"] > 0
