@@ -14,23 +14,23 @@ from numba import njit
 from .._config import JIT
 
 
-@njit(**JIT)
-def finite32(a):
-    """Whether every value of a 1-D C-contiguous float32 array is finite."""
-    bits = a.view(np.uint32)
-    mask = np.uint32(0x7F800000)
-    m = np.uint32(0)
-    for i in range(bits.size):
-        m = max(m, bits[i] & mask)
-    return m != mask
+def _finite_for(uint, mask):
+    """The test for floats whose bits read as ``uint`` with the exponent
+    field ``mask`` (as a plain function to compile once per float type)."""
+
+    def finite(a):
+        """Whether every value of a 1-D C-contiguous float array is finite."""
+        bits = a.view(uint)
+        m = uint(0)
+        for i in range(bits.size):
+            m = max(m, bits[i] & mask)
+        return m != mask
+
+    # (a name of its own: numba's cache files are named after it)
+    finite.__name__ = finite.__qualname__ = f"finite_{np.dtype(uint).name}"
+    return finite
 
 
-@njit(**JIT)
-def finite64(a):
-    """Whether every value of a 1-D C-contiguous float64 array is finite."""
-    bits = a.view(np.uint64)
-    mask = np.uint64(0x7FF0000000000000)
-    m = np.uint64(0)
-    for i in range(bits.size):
-        m = max(m, bits[i] & mask)
-    return m != mask
+#: float32 and float64 (1-D, C-contiguous)
+finite32 = njit(**JIT)(_finite_for(np.uint32, np.uint32(0x7F800000)))
+finite64 = njit(**JIT)(_finite_for(np.uint64, np.uint64(0x7FF0000000000000)))
