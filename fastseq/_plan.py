@@ -284,6 +284,25 @@ def current():
     return plan
 
 
+_one_thread = None
+
+
+def for_threads(n):
+    """The plan for a call of ``n`` threads: :func:`current`, but for one
+    thread, while nothing has been measured yet, a plan from the cache
+    sizes alone (read from the operating system, not measured; its
+    split and pipeline thresholds never come into play at one thread)."""
+    global _one_thread
+    if n > 1 or _current is not None:
+        return current()
+    plan = _one_thread
+    if plan is None:
+        plan = _one_thread = Plan.for_machine(Machine(
+            handover_s=0.0, madd_rate=0.0, l2_bytes=_cache_bytes(2, 1024 ** 2),
+            l3_bytes=_cache_bytes(3, 8 * 1024 ** 2)))
+    return plan
+
+
 def machine():
     """The facts behind :func:`current` (read from the cache, or measured)."""
     return load_or_measure()

@@ -87,6 +87,34 @@ def test_cache_location_and_first_use(tmp_path, monkeypatch):
     assert _plan._current == Plan.for_machine(Machine(1e-4, 4e10, 512 * 1024))
 
 
+def test_one_thread_layer_calls_measure_nothing(monkeypatch):
+    """Layer calls on one thread (LSTM inference fused, one-call and
+    packed, GRU and Elman inference, an LSTM training step) decide
+    without the machine's measured facts: the fused projection's rule
+    reads the cache sizes from the operating system
+    (:func:`fastseq._plan.for_threads`), and a projection is split only
+    with more than one thread."""
+    import numpy as np
+    from fastseq.nn import Recurrent
+
+    monkeypatch.setattr(_plan, "_current", None)
+    monkeypatch.setattr(_plan, "_one_thread", None)
+    monkeypatch.setattr(_plan, "measure", lambda: pytest.fail("measured for a one-thread call"))
+    rng = np.random.default_rng(0)
+    with _threads.limit(1):
+        for cell in ("lstm", "gru", "rnn"):
+            layer = Recurrent(cell, 8, 16, random_state=0)
+            for B in (1, 8):
+                X = rng.standard_normal((B, 5, 8)).astype(np.float32)
+                layer.eval().forward(X, need_grad=False)
+                out, _ = layer.train().forward(X)
+                layer.backward(np.ones_like(out))
+        assert Recurrent("lstm", 8, 16).eval()._inference_plan(8, 5) == "fused"
+    assert _plan._current is None
+    one = _plan.for_threads(1)
+    assert one.l2_bytes == _plan._cache_bytes(2, 1024 ** 2) and _plan.for_threads(1) is one
+
+
 def test_fused_projection_rule():
     """The input projection goes into the step product from one row block
     when [W_ih | W_hh] fits in half the L2, from two row blocks when it

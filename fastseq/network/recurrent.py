@@ -513,8 +513,8 @@ class Recurrent:
             return 0
         H = self.hidden_size
         F = self._widest_input()
-        plan = _plan.current()
         n = get_num_threads()
+        plan = _plan.for_threads(n)
         parts = plan.batch_split(n, B, B * T * 4 * H * (H + F)) if n > 1 else 1
         pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H)
         fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize, pipelined)
@@ -721,7 +721,7 @@ class Recurrent:
             F = self._widest_input()
             # (no layer's projection is split below the plan's split work)
             if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or (
-                    N * F * GH >= _plan.current().matmul_split_min_work
+                    get_num_threads() > 1 and N * F * GH >= _plan.current().matmul_split_min_work
                     and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers))):
                 return True
         return False
