@@ -130,7 +130,8 @@ def main(argv=None):
                         # the route _forward takes: the plan, its slices, whether BLAS
                         # may come, each layer's projection (under this pipeline work)
                         the_plan.pipeline_min_work = pipe
-                        route = ((forced, parts, net._kernel_blas(B // max(parts, 1)), ()) if plan == "fused"
+                        route = ((forced, parts, net._kernel_blas(B // parts),
+                                  net._fused_slices(B, args.T, parts)) if plan == "fused"
                                  else (forced, 1, net._kernel_blas(B, B * args.T), net._layer_modes(B, args.T)))
                         the_plan.pipeline_min_work = default_pipe
 

@@ -216,7 +216,7 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: calls.append("one") or real(self, *a))
     real_fused = Recurrent._forward_fused
     monkeypatch.setattr(Recurrent, "_forward_fused",
-                        lambda self, *a: calls.append(("fused", a[3])) or real_fused(self, *a))
+                        lambda self, *a: calls.append(("fused", len(a[3]))) or real_fused(self, *a))
     small = Recurrent("lstm", 3, 4, random_state=0)
     X = np.zeros((2, 5, 3))
     small.forward(X)                                      # need_grad: packed

@@ -424,7 +424,7 @@ class Recurrent:
         if uniform and not need_grad:
             plan, parts, blas, detail = self._inference_route(B, T)
             if plan == "fused":
-                return self._forward_fused(X, h0, c0, parts, blas, detail)
+                return self._forward_fused(X, h0, c0, detail, blas)
             if plan is not None:
                 return self._forward_infer(X, h0, c0, plan == "units", blas, detail)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
@@ -491,8 +491,7 @@ class Recurrent:
             return "units", 1, self._kernel_blas(B, B * T), self._layer_modes(B, T)
         parts = self._fused_parts(B, T)
         if parts:
-            bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
-            return "fused", parts, self._kernel_blas(B // parts), tuple(bounds)
+            return "fused", parts, self._kernel_blas(B // parts), self._fused_slices(B, T, parts)
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
@@ -519,6 +518,12 @@ class Recurrent:
         pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H)
         fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize, pipelined)
         return parts if fuse else 0
+
+    @staticmethod
+    def _fused_slices(B, T, parts):
+        """The ``parts`` batch slices ``((b0, b1), ...)`` of a fused call over
+        a full-length batch of ``B`` sequences of ``T`` steps."""
+        return ((0, B),) if parts == 1 else tuple(split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts))
 
     def _infer_units(self, B, T):
         """Whether a full-length LSTM or (reset-after) GRU inference call
@@ -555,7 +560,7 @@ class Recurrent:
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
                 and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
 
-    def _forward_infer(self, X, h0, c0, units=False, blas=True, modes=None):
+    def _forward_infer(self, X, h0, c0, units, blas, modes):
         """Inference of a full-length batch, each layer and direction in one
         compiled call (:mod:`fastseq.kernels.infer`): the arithmetic of the
         packed path without its per-call Python (most of a small call).  With
@@ -588,8 +593,6 @@ class Recurrent:
         c_n = np.empty((L, B, H), dtype=dt) if lstm else None
         no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
-        if modes is None:
-            modes = self._layer_modes(B, T)
         # (a call that can neither split nor pipeline takes no slot: 0.5 us)
         slot = unit_split_slot() if units or "ahead" in modes else _NO_SLOT
         with self._kernel_context(blas), slot as free:
@@ -627,7 +630,7 @@ class Recurrent:
                         # then the loop; "one": the projection
                         # (kernels.matmul.project) in the loop's compiled call
                         xp = None if mode != "split" else parallel_matmul(
-                            inp, w_ih.T, out=scratch("input_projection", (N, w_ih.shape[0]), dt))
+                            inp, w_ih.T, out=self._projection_buffer(N, w_ih.shape[0], False))
                         if lstm:
                             if xp is None:
                                 lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, c0s, rev, out_h, hn, cn)
@@ -651,12 +654,12 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
-    def _forward_fused(self, X, h0, c0, parts, blas=True, bounds=None):
+    def _forward_fused(self, X, h0, c0, bounds, blas=True):
         """LSTM inference of a full-length batch with each step's input
         projection inside its recurrent product
-        (:func:`fastseq.kernels.infer.lstm_fused_slice`), the batch in
-        ``parts`` slices on as many threads (``bounds``, kept with the
-        route: 5 us of Python a call).  Rows stay batch-major from
+        (:func:`fastseq.kernels.infer.lstm_fused_slice`), the batch in the
+        slices ``bounds`` (:meth:`_fused_slices`, kept with the route: 5 us
+        of Python a call) on as many threads.  Rows stay batch-major from
         ``X`` to the output: nothing is transposed."""
         B, T, F = X.shape
         H, D, dt = self.hidden_size, self.num_directions, self.dtype
@@ -670,8 +673,6 @@ class Recurrent:
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
-        if not bounds:  # (not given: the planner's slices)
-            bounds = [(0, B)] if parts == 1 else split_bounds(np.full(B, T, dtype=INDEX_DTYPE), parts)
         with self._kernel_context(blas):
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
