@@ -187,6 +187,8 @@ def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None):
     share of it and the fastest epoch it allows (:func:`epoch_gflop`)."""
     import torch
 
+    from fastseq.kernels import NUM_GATES
+
     try:
         X_tr, X_te, y_tr, y_te = load_mnist_rows()
     except ImportError as exc:
@@ -211,7 +213,7 @@ def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None):
         fs_mean, fs_se = _mean_se(fs_accs)
         t_mean, t_se = _mean_se(t_accs)
         T, I = X_tr.shape[1], X_tr.shape[2]
-        gflop = epoch_gflop(len(y_tr), T, I, HIDDEN, {"rnn": 1, "lstm": 4, "gru": 3}[cell])
+        gflop = epoch_gflop(len(y_tr), T, I, HIDDEN, NUM_GATES[cell])
         row = {"case": f"course/mnist/{cell}", "group": "course", "cell": cell,
                "B": BATCH, "T": T, "I": I, "H": HIDDEN,
                "torch_path": "oneDNN" if cell == "lstm" else "native",

@@ -28,9 +28,8 @@ import numpy as np
 
 from bench.compare import time_alternating
 from fastseq import _plan, _threads
+from fastseq.kernels import NUM_GATES as GATES
 from fastseq.nn import Recurrent
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def _apply(setting):

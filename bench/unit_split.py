@@ -33,10 +33,10 @@ import time
 import numpy as np
 
 from fastseq import _plan, _threads
+from fastseq.kernels import NUM_GATES as GATES
 from fastseq.kernels._sync import AVAILABLE as UNITS_AVAILABLE
 from fastseq.nn import Recurrent
 
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def _time(fn):
