@@ -1092,7 +1092,10 @@ def parse_args(argv=None):
     p.add_argument("--matmul-size", default=None,
                    help="n of the n^3 float32 products that measure the peak, comma-separated "
                         "(default 2048,4096; quick, or no matrix-bound case selected: 512)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        p.error(f"--seeds must be at least 1, got {args.seeds}")
+    return args
 
 
 def output_paths(args, info):

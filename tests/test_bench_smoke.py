@@ -121,3 +121,13 @@ def test_ab_loads_another_checkout_beside_this_one(tmp_path):
     rows = ab.compare(fastseq, ["rnn"], [4], [2], [1], threads=1, repeats=1, rounds=1)
     (cell, B, H, T, res), = rows
     assert (cell, B, H, T) == ("rnn", 1, 4, 2) and res[0]["this"] > 0 and res[0]["other"] > 0
+
+
+def test_compare_refuses_fewer_than_one_seed(capsys):
+    from bench import compare
+
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--seeds", "0"])
+    assert "--seeds must be at least 1, got 0" in capsys.readouterr().err
+    assert compare.parse_args(["--seeds", "2"]).seeds == 2
+
