@@ -825,6 +825,32 @@ def _on_pool(bounds, fn):
         join()
 
 
+def parallel_tall_matmul(xt, g, out=None):
+    """``xt @ g`` (F, M) for ``xt`` (F, N) and ``g`` (N, M), both
+    C-contiguous, by :func:`fastseq.kernels.matmul.tall_matmul` (a weight
+    gradient over few inputs, which BLAS runs far below its rate), the
+    columns' strips in :func:`get_num_threads` blocks in threads as
+    :func:`parallel_matmul` splits rows (a result does not depend on the
+    split); into ``out`` (F, M) when given."""
+    from .kernels.matmul import strips_view, tall_matmul
+
+    F, N = xt.shape
+    M = g.shape[1]
+    if out is None:
+        out = np.empty((F, M), dtype=g.dtype)
+    g3 = strips_view(g)
+    NS = g3.shape[0]
+    n = max(1, min(_matmul_threads(M, N, F), NS))
+    if n <= 1:
+        with _FLUSH:
+            tall_matmul(xt, g3, g, out, 0, NS, True)
+        return out
+    step = -(-NS // n)
+    _on_pool([(i, min(i + step, NS)) for i in range(0, NS, step)],
+             lambda i, j: tall_matmul(xt, g3, g, out, i, j, j == NS))
+    return out
+
+
 def parallel_project(inp, w, bias, out=None):
     """``inp @ w.T + bias`` (:func:`fastseq.kernels.matmul.project`) on
     :func:`get_num_threads` row blocks in threads, like :func:`parallel_matmul`

@@ -122,6 +122,66 @@ def test_packing_maps():
 
 @pytest.mark.parametrize("vector_bytes", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tall_matmul_every_width(dtype, vector_bytes):
+    """The weight-gradient product ``xt @ g`` over strided strips of ``g``
+    for every vector width (as the packed product above): rows of ``xt`` in
+    whole register blocks and every remainder, strip groups and single
+    strips, several k blocks, columns past the last strip (the tail), and
+    strip ranges taken in parts (as threads take them) giving the same bits
+    as one range; every element written, equal to the float64 product."""
+    from numba import njit
+
+    from fastseq._config import JIT, VECTOR_BYTES
+    from fastseq.kernels import matmul as mm
+    from fastseq.kernels.matmul import KBLOCK_BYTES, STRIP_BYTES, strips_view
+
+    if vector_bytes == VECTOR_BYTES:
+        tall = mm.tall_matmul
+    else:
+        tall = njit(**{**JIT, "cache": False})(mm._tall_matmul_for(vector_bytes))
+    rng = np.random.default_rng(9)
+    sw = STRIP_BYTES // np.dtype(dtype).itemsize
+    k_block = KBLOCK_BYTES // STRIP_BYTES
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for N, M in [(1, sw), (5, 3), (k_block + 3, 2 * sw + 5), (2 * k_block + 7, 9 * sw), (40, 6 * sw + 1)]:
+        g = rng.standard_normal((N, M)).astype(dtype)
+        g3 = strips_view(g)
+        NS = M // sw
+        assert g3.shape == (NS, N, sw) and (NS == 0 or np.shares_memory(g3, g))
+        for F in (1, 2, 3, 4, 5, 7, 9, 29):
+            xt = rng.standard_normal((F, N)).astype(dtype)
+            ref = xt.astype(np.float64) @ g.astype(np.float64)
+            out = _nan((F, M), dtype)
+            tall(xt, g3, g, out, 0, NS, True)
+            np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(N) * 4,
+                                       err_msg=f"N={N} M={M} F={F}")
+            parts = _nan((F, M), dtype)
+            cut = NS // 2
+            tall(xt, g3, g, parts, cut, NS, True)
+            tall(xt, g3, g, parts, 0, cut, False)
+            np.testing.assert_array_equal(parts, out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        strips_view(np.zeros((4, 2 * sw), dtype=dtype)[:, ::2])
+
+
+def test_parallel_tall_matmul_same_bits_at_any_thread_count():
+    """The threaded weight-gradient product splits the strips, not the sum:
+    the same bits at one and two threads, equal to numpy's product."""
+    from fastseq._threads import limit, parallel_tall_matmul
+
+    rng = np.random.default_rng(3)
+    xt = rng.standard_normal((6, 3000)).astype(np.float32)
+    g = rng.standard_normal((3000, 200)).astype(np.float32)
+    with limit(1):
+        one = parallel_tall_matmul(xt, g)
+    with limit(2):
+        two = parallel_tall_matmul(xt, g, out=_nan((6, 200), np.float32))
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, xt.astype(np.float64) @ g, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("vector_bytes", [16, 32, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_matmul_every_tile_path(dtype, vector_bytes):
     """The packed product for every vector width (16: NEON/SSE, 32: AVX2, 64:
     AVX-512; LLVM splits a wider vector on narrower hardware, so each is

@@ -71,7 +71,10 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
     registers while it runs over ``k``: one vector load of ``wp`` per strip
     vector and one broadcast of ``a`` per row for each fused multiply-add
     group, every load sequential.  ``R``, ``S`` and ``VB`` are compile-time
-    constants (module or closure integers): one specialisation each."""
+    constants (module or closure integers): one specialisation each.
+    ``wp`` is C-contiguous (:func:`pack_weight`), or any view whose elements
+    are unit-stride within a strip (:func:`tall_matmul`: consecutive ``k``
+    then lie ``wp.strides[1]`` bytes apart)."""
     if not all(isinstance(v, types.IntegerLiteral) for v in (R, S, VB)):
         return None  # numba types the call again with the constants as literals
     R, S, VB = R.literal_value, S.literal_value, VB.literal_value
@@ -108,7 +111,11 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
         fma = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vty, [vty, vty, vty]),
             "llvm.fma.v%d%s" % (VW, "f32" if fty == ir.FloatType() else "f64"))
-        sw = const(C * VW)
+        if wty.layout == "C":  # packed strips: k runs one strip apart
+            sw = const(C * VW)
+        else:  # a strided view (:func:`tall_matmul`): k's stride from the array
+            kstride = cgutils.unpack_tuple(builder, warr.strides, 3)[1]
+            sw = builder.sdiv(kstride, const(context.get_abi_sizeof(fty)))
         wbase = [item(warr, wty, [builder.add(s0v, const(j)), const(0), const(0)]) for j in range(S)]
         is_acc = builder.icmp_signed("!=", accv, const(0))
         n_k = builder.sub(k1v, k0v)
@@ -350,6 +357,71 @@ def _packed_matmul_for(vector_bytes, blocking=None):
 #: ``out = a @ w.T`` from ``wp = pack_weight(w)`` (see
 #: :func:`_packed_matmul_for`), with this machine's vector width
 packed_matmul = njit(**JIT)(_packed_matmul_for(VECTOR_BYTES))
+
+
+def _tall_matmul_for(vector_bytes):
+    """:func:`tall_matmul` for micro-kernels of ``vector_bytes`` vectors (as
+    :func:`_packed_matmul_for`: the package compiles this machine's width,
+    tests every width)."""
+    VB = vector_bytes
+    R, S = BLOCKING[VB][:2]
+
+    def tall_matmul(xt, g3, g, out, s0, s1, tail):
+        """``out[:, cols] = xt @ g[:, cols]`` for the columns of strips
+        ``s0 <= s < s1`` of ``g`` (SW columns each) and, with ``tail``, the
+        columns past its last whole strip: the weight gradient ``g.T @ x``
+        of a layer (``g`` (N, M) its gate gradients, ``xt`` (F, N) its
+        inputs transposed), transposed, for few inputs ``F``, where BLAS
+        runs far below its rate (F = 5: 5-13 GFLOP/s, F = 28: 40-60, znver4).
+
+        ``g3`` is ``g`` seen as (M // SW, N, SW) strips (a strided view, no
+        copy): :func:`_tile_rows` reads a strip's columns of ``S`` strips at
+        a time as it would a packed weight's, the ``F`` rows of ``xt`` in
+        register blocks, over blocks of :data:`KBLOCK_BYTES` of ``k`` (the
+        outer loop: ``g`` is read once, in order).  Each output sums over
+        ``k`` in order, whatever the strip ranges: threads may take disjoint
+        ranges side by side with identical results."""
+        F, N = xt.shape
+        SW = g3.shape[2]
+        KB = max(1, KBLOCK_BYTES // (SW * xt.itemsize))
+        for k0 in range(0, N, KB):
+            k1 = min(N, k0 + KB)
+            acc = 1 if k0 > 0 else 0
+            s = s0
+            while s < s1:
+                if s + S <= s1:
+                    _tile_rows(xt, g3, out, F, s, s * SW, k0, k1, acc, R, S, VB)
+                    s += S
+                else:
+                    _tile_rows(xt, g3, out, F, s, s * SW, k0, k1, acc, R, 1, VB)
+                    s += 1
+        if tail:
+            z = xt.dtype.type(0)
+            for m in range(g3.shape[0] * SW, g.shape[1]):
+                for f in range(F):
+                    xr = xt[f]
+                    acc_m = z
+                    for k in range(N):
+                        acc_m += xr[k] * g[k, m]
+                    out[f, m] = acc_m
+
+    return tall_matmul
+
+
+#: ``out[:, cols] = xt @ g[:, cols]`` by strips (see :func:`_tall_matmul_for`),
+#: with this machine's vector width
+tall_matmul = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES))
+
+
+def strips_view(g):
+    """``g`` (N, M), C-contiguous, as the (M // SW, N, SW) strips of
+    :func:`tall_matmul` (a view)."""
+    if not g.flags.c_contiguous:
+        raise ValueError("strips_view needs a C-contiguous array")
+    isz = g.itemsize
+    SW = STRIP_BYTES // isz
+    return np.lib.stride_tricks.as_strided(g, shape=(g.shape[1] // SW, g.shape[0], SW),
+                                           strides=(SW * isz, g.strides[0], isz))
 
 
 #: rows per block of :func:`project` (a block's output stays in L1/L2 while
