@@ -121,6 +121,14 @@ def test_ab_loads_another_checkout_beside_this_one(tmp_path):
     rows = ab.compare(fastseq, ["rnn"], [4], [2], [1], threads=1, repeats=1, rounds=1)
     (cell, B, H, T, res), = rows
     assert (cell, B, H, T) == ("rnn", 1, 4, 2) and res[0]["this"] > 0 and res[0]["other"] > 0
+    # training steps, an input size of its own: each package's kernels update its own layer
+    trainer = ab._Trainer(other.nn.Recurrent("gru", 3, 4, random_state=0), other)
+    assert trainer.K.__name__ == "fastseq_other.kernels"
+    before = trainer.layer.flat.copy()
+    trainer.step(np.ones((1, 2, 3), dtype=np.float32), np.ones((1, 2, 4), dtype=np.float32))
+    assert not np.array_equal(trainer.layer.flat, before)
+    rows = ab.compare(fastseq, ["gru"], [4], [2], [1], threads=1, repeats=1, rounds=1, I=3, train=True)
+    assert rows[0][:4] == ("gru", 1, 4, 2) and rows[0][4][0]["this"] > 0
 
 
 def test_compare_refuses_fewer_than_one_seed(capsys):
