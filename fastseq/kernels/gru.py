@@ -245,3 +245,24 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
                     dhb[j] = cb[j] + tb[j]
     if publish:
         store_release(progress, 0, T)
+
+
+@njit(**JIT)
+def reset_scaled(dg, gates, H, db_n):
+    """``dg[:, 2H:] *= gates[:, :H]``: the gate gradients (N, 3H) made the
+    recurrent side's, whose n-third is the input side's times ``r_t``
+    (``gates`` (N, >= H), ``r_t`` first), in place; and, unless ``db_n``
+    (H,) is empty, its column sums into ``db_n`` (``b_hn``'s gradient), in
+    the same pass, rows in order."""
+    N = dg.shape[0]
+    sums = db_n.shape[0] > 0
+    if sums:
+        db_n[:] = 0
+    for i in range(N):
+        d = dg[i, 2 * H:3 * H]
+        r = gates[i, :H]
+        for j in range(H):
+            d[j] *= r[j]
+        if sums:
+            for j in range(H):
+                db_n[j] += d[j]

@@ -19,6 +19,7 @@ from .._threads import (
     unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
+from ..kernels.gru import reset_scaled as gru_reset_scaled
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
@@ -1072,28 +1073,21 @@ class Recurrent:
         if self.bias and fused:
             _column_sums(dgx, grads["bias_ih" + s])
         d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
-        if fused:
-            if self.bias:
-                grads["bias_hh" + s][...] = grads["bias_ih" + s]
-            return d_inp
-        if dgh is None:  # GRU: dgh = dgx with its n-third times r (dgx is done with)
-            dgx[:, 2 * H:] *= st["gates"][:, :H]
-            dgh = dgx
-        parts = [(dgh, slice(0, GH))]
         dW, db = grads["weight_hh" + s], grads.get("bias_hh" + s)
+        if self.bias:  # every gate's bias gradient but the GRU's b_hn is b_ih's
+            db[...] = grads["bias_ih" + s]
+        if fused:
+            return d_inp
+        if dgh is None:  # GRU: dgh = dgx with its n-third times r (dgx is done with), b_hn's sums
+            gru_reset_scaled(dgx, st["gates"], H, db[2 * H:] if self.bias else np.empty(0, dtype=dt))
+            dgh = dgx
         if mask.shape[0] == 0 and getattr(pk, "uniform", False):
             # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
-            for g, rows in parts:
-                parallel_matmul(g[B:].T, st["out_h"][:N - B], out=dW[rows])
-                if st["h0"].any():  # the first step's rows add nothing from a zero state
-                    dW[rows] += g[:B].T @ st["h0"]
+            parallel_matmul(dgh[B:].T, st["out_h"][:N - B], out=dW)
+            if st["h0"].any():  # the first step's rows add nothing from a zero state
+                dW += dgh[:B].T @ st["h0"]
         else:
-            h_prev = self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt))
-            for g, rows in parts:
-                parallel_matmul(g.T, h_prev, out=dW[rows])
-        if self.bias:
-            for g, rows in parts:
-                _column_sums(g, db[rows])
+            parallel_matmul(dgh.T, self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt)), out=dW)
         return d_inp
 
     @staticmethod
