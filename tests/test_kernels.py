@@ -126,9 +126,10 @@ def test_tall_matmul_every_width(dtype, vector_bytes):
     """The weight-gradient product ``xt @ g`` over strided strips of ``g``
     for every vector width (as the packed product above): rows of ``xt`` in
     whole register blocks and every remainder, strip groups and single
-    strips, several k blocks, columns past the last strip (the tail), and
-    strip ranges taken in parts (as threads take them) giving the same bits
-    as one range; every element written, equal to the float64 product."""
+    strips, several k blocks, columns past the last strip (the tail), ``xt``
+    contiguous or the transposed view ``x.T`` (the same bits), and strip or
+    row ranges taken in parts (as threads take them) giving the same bits
+    as one call; every element written, equal to the float64 product."""
     from numba import njit
 
     from fastseq._config import JIT, VECTOR_BYTES
@@ -152,32 +153,49 @@ def test_tall_matmul_every_width(dtype, vector_bytes):
             xt = rng.standard_normal((F, N)).astype(dtype)
             ref = xt.astype(np.float64) @ g.astype(np.float64)
             out = _nan((F, M), dtype)
-            tall(xt, g3, g, out, 0, NS, True)
+            tall(xt, g3, g, out, 0, F, 0, NS, True)
             np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(N) * 4,
                                        err_msg=f"N={N} M={M} F={F}")
+            view = _nan((F, M), dtype)
+            tall(np.ascontiguousarray(xt.T).T, g3, g, view, 0, F, 0, NS, True)
+            np.testing.assert_array_equal(view, out)
             parts = _nan((F, M), dtype)
             cut = NS // 2
-            tall(xt, g3, g, parts, cut, NS, True)
-            tall(xt, g3, g, parts, 0, cut, False)
+            tall(xt, g3, g, parts, 0, F, cut, NS, True)
+            tall(xt, g3, g, parts, 0, F, 0, cut, False)
             np.testing.assert_array_equal(parts, out)
+            rows = _nan((F, M), dtype)
+            tall(xt, g3, g, rows, F // 2, F, 0, NS, True)
+            tall(xt, g3, g, rows, 0, F // 2, 0, NS, True)
+            np.testing.assert_array_equal(rows, out)
     with pytest.raises(ValueError, match="C-contiguous"):
         strips_view(np.zeros((4, 2 * sw), dtype=dtype)[:, ::2])
 
 
-def test_parallel_tall_matmul_same_bits_at_any_thread_count():
-    """The threaded weight-gradient product splits the strips, not the sum:
-    the same bits at one and two threads, equal to numpy's product."""
+@pytest.mark.parametrize("F, M, split", [(6, 200, "strips"), (70, 16, "rows")])
+def test_parallel_tall_matmul_same_bits_at_any_thread_count(F, M, split, monkeypatch):
+    """The threaded weight-gradient product splits the strips (many of
+    them) or the rows (few strips), never the sum: the same bits at one
+    and two threads, equal to numpy's product."""
+    from fastseq import _plan, _threads
     from fastseq._threads import limit, parallel_tall_matmul
 
     rng = np.random.default_rng(3)
-    xt = rng.standard_normal((6, 3000)).astype(np.float32)
-    g = rng.standard_normal((3000, 200)).astype(np.float32)
+    N = 20000
+    x = rng.standard_normal((N, F)).astype(np.float32)
+    g = rng.standard_normal((N, M)).astype(np.float32)
     with limit(1):
-        one = parallel_tall_matmul(xt, g)
+        one = parallel_tall_matmul(x.T, g)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1)
+    parts = []
+    on_pool = _threads._on_pool
+    monkeypatch.setattr(_threads, "_on_pool", lambda bounds, fn: (parts.append(bounds), on_pool(bounds, fn)))
     with limit(2):
-        two = parallel_tall_matmul(xt, g, out=_nan((6, 200), np.float32))
+        two = parallel_tall_matmul(x.T, g, out=_nan((F, M), np.float32))
+    total = F if split == "rows" else M // 16
+    assert parts == [[(0, -(-total // 2)), (-(-total // 2), total)]]
     np.testing.assert_array_equal(one, two)
-    np.testing.assert_allclose(one, xt.astype(np.float64) @ g, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(one, x.T.astype(np.float64) @ g, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("vector_bytes", [16, 32, 64])

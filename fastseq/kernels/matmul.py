@@ -74,7 +74,8 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
     constants (module or closure integers): one specialisation each.
     ``wp`` is C-contiguous (:func:`pack_weight`), or any view whose elements
     are unit-stride within a strip (:func:`tall_matmul`: consecutive ``k``
-    then lie ``wp.strides[1]`` bytes apart)."""
+    then lie ``wp.strides[1]`` bytes apart); ``a`` likewise C-contiguous,
+    or any view (its ``k`` ``a.strides[1]`` bytes apart)."""
     if not all(isinstance(v, types.IntegerLiteral) for v in (R, S, VB)):
         return None  # numba types the call again with the constants as literals
     R, S, VB = R.literal_value, S.literal_value, VB.literal_value
@@ -116,6 +117,11 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
         else:  # a strided view (:func:`tall_matmul`): k's stride from the array
             kstride = cgutils.unpack_tuple(builder, warr.strides, 3)[1]
             sw = builder.sdiv(kstride, const(context.get_abi_sizeof(fty)))
+        if aty.layout == "C":  # rows of ``a`` unit-stride along k
+            ak = None
+        else:  # a strided view (:func:`tall_matmul`'s transposed inputs)
+            ak = builder.sdiv(cgutils.unpack_tuple(builder, aarr.strides, 2)[1],
+                              const(context.get_abi_sizeof(fty)))
         wbase = [item(warr, wty, [builder.add(s0v, const(j)), const(0), const(0)]) for j in range(S)]
         is_acc = builder.icmp_signed("!=", accv, const(0))
         n_k = builder.sub(k1v, k0v)
@@ -146,7 +152,7 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
                         p = builder.gep(wbase[j], [builder.add(koff, const(c * VW))])
                         wvec.append(builder.load(builder.bitcast(p, vptr), align=4))
                 for r in range(rows):
-                    x = builder.load(builder.gep(abase[r], [k]))
+                    x = builder.load(builder.gep(abase[r], [k if ak is None else builder.mul(k, ak)]))
                     bx = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(i32, 0)),
                                                 undef, splat)
                     for q in range(S * C):
@@ -366,13 +372,14 @@ def _tall_matmul_for(vector_bytes):
     VB = vector_bytes
     R, S = BLOCKING[VB][:2]
 
-    def tall_matmul(xt, g3, g, out, s0, s1, tail):
-        """``out[:, cols] = xt @ g[:, cols]`` for the columns of strips
-        ``s0 <= s < s1`` of ``g`` (SW columns each) and, with ``tail``, the
-        columns past its last whole strip: the weight gradient ``g.T @ x``
-        of a layer (``g`` (N, M) its gate gradients, ``xt`` (F, N) its
-        inputs transposed), transposed, for few inputs ``F``, where BLAS
-        runs far below its rate (F = 5: 5-13 GFLOP/s, F = 28: 40-60, znver4).
+    def tall_matmul(xt, g3, g, out, f0, f1, s0, s1, tail):
+        """``out[f0:f1, cols] = xt[f0:f1] @ g[:, cols]`` for the columns of
+        strips ``s0 <= s < s1`` of ``g`` (SW columns each) and, with
+        ``tail``, the columns past its last whole strip: the weight gradient
+        ``g.T @ x`` of a layer (``g`` (N, M) its gate gradients, ``xt`` (F,
+        N) its inputs transposed, ``x.T`` itself: a view), transposed, for
+        few inputs ``F``, where BLAS runs far below its rate (F = 5: 5-13
+        GFLOP/s, F = 28: 40-60, znver4).
 
         ``g3`` is ``g`` seen as (M // SW, N, SW) strips (a strided view, no
         copy): :func:`_tile_rows` reads a strip's columns of ``S`` strips at
@@ -380,7 +387,9 @@ def _tall_matmul_for(vector_bytes):
         register blocks, over blocks of :data:`KBLOCK_BYTES` of ``k`` (the
         outer loop: ``g`` is read once, in order).  Each output sums over
         ``k`` in order, whatever the strip ranges: threads may take disjoint
-        ranges side by side with identical results."""
+        ranges (of strips or rows) side by side with identical results."""
+        xt = xt[f0:f1]
+        out = out[f0:f1]
         F, N = xt.shape
         SW = g3.shape[2]
         KB = max(1, KBLOCK_BYTES // (SW * xt.itemsize))

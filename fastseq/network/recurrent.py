@@ -28,8 +28,8 @@ from ..kernels.infer import (
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    FUSED_MIN_ROWS, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_into, packed_shape,
-    project_ahead,
+    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_into,
+    packed_shape, project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -58,25 +58,45 @@ def _column_sums(g, out):
     return np.matmul(np.ones(g.shape[0], dtype=g.dtype), g, out=out)
 
 
+def _tall_fits(rows, dt):
+    """Whether a weight gradient over ``rows`` inputs (a layer's inputs, its
+    states and a column of ones for the bias) goes to
+    :func:`fastseq._threads.parallel_tall_matmul` rather than BLAS: while
+    the inputs of one of its k blocks take at most an eighth of a core's L2
+    cache (each strip group reads them back from there).  Two threads,
+    znver4, with the copies around each (bench/RESULTS.md, "Weight
+    gradients over few inputs"): 6 rows (weather GRU, N = 49152) BLAS 10.6
+    -> 6.0 ms; 70 rows (weather RNN and LSTM) 11.1 -> 6.5 and 27.5 -> 15.3;
+    29 rows (MNIST-rows GRU) 5.8 -> 4.2; but 285 rows (MNIST-rows LSTM,
+    146 KB a k block, past the rule) 16.0 -> 17.1, and 1001 rows 70 -> 79."""
+    k_block = KBLOCK_BYTES // STRIP_BYTES
+    return rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8
+
+
+def _tall_grads(x, dg):
+    """``x.T @ dg`` (F, M) of a C-contiguous ``x`` (N, F) by
+    :func:`fastseq._threads.parallel_tall_matmul` (no transposed copy)."""
+    return parallel_tall_matmul(x.T, np.ascontiguousarray(dg))
+
+
 def _input_grads(dg, inp, H, dW, db):
     """``dW[...] = dg.T @ inp`` and, unless ``db`` is None, ``db[...] =
-    dg.sum(axis=0)``: for inputs no wider than the state (``F <= H``), one product of
-    :func:`fastseq._threads.parallel_tall_matmul` with the inputs
-    transposed and a row of ones under them (BLAS runs a product of F < H
-    columns far below its rate: at the weather GRU's F = 5, 16.7 -> 3.2 ms;
-    at MNIST rows' F = 28, 2.1 -> 1.0 ms; even at F = H = 256; znver4, two
-    threads, bench/RESULTS.md), else BLAS and :func:`_column_sums`."""
+    dg.sum(axis=0)``: for inputs no wider than the state (``F <= H``) and
+    within :func:`_tall_fits`, one product of :func:`_tall_grads` over the
+    inputs and a column of ones beside them (BLAS runs a product of F < H
+    columns far below its rate), else BLAS and :func:`_column_sums`."""
     N, F = inp.shape
-    if F > H:
+    rows = F + (db is not None)
+    if F > H or not _tall_fits(rows, dg.dtype):
         parallel_matmul(dg.T, inp, out=dW)
         if db is not None:
             _column_sums(dg, db)
         return
-    xt = np.empty((F + (db is not None), N), dtype=dg.dtype)
-    xt[:F] = inp.T
+    x = np.empty((N, rows), dtype=dg.dtype)
+    x[:, :F] = inp
     if db is not None:
-        xt[F] = 1
-    out = parallel_tall_matmul(xt, np.ascontiguousarray(dg))
+        x[:, F] = 1
+    out = _tall_grads(x, dg)
     dW[...] = out[:F].T
     if db is not None:
         db[...] = out[F]
@@ -1062,16 +1082,26 @@ class Recurrent:
         # product lost to two at MNIST rows; python -m bench.handover, part 3)
         fused = dgh is not None and F <= H
         if fused:
-            xh = scratch("wgrad_xh", (N, F + H), dt)
+            # [inputs | h_prev | 1]: with the ones, the tall product gives the
+            # bias gradient in the same pass (_tall_fits; BLAS without them)
+            tall = _tall_fits(F + H + self.bias, dt)
+            xh = scratch("wgrad_xh", (N, F + H + (tall and self.bias)), dt)
             parallel_copy(xh[:, :F], inp)
-            self._h_prev(pk, st, mask, xh[:, F:])
-            both = parallel_matmul(dgx.T, xh, out=scratch("wgrad_both", (GH, F + H), dt))
+            self._h_prev(pk, st, mask, xh[:, F:F + H])
+            if tall:
+                if self.bias:
+                    xh[:, F + H] = 1
+                both = _tall_grads(xh, dgx).T
+                if self.bias:
+                    grads["bias_ih" + s][...] = both[:, F + H]
+            else:
+                both = parallel_matmul(dgx.T, xh, out=scratch("wgrad_both", (GH, F + H), dt))
+                if self.bias:
+                    _column_sums(dgx, grads["bias_ih" + s])
             grads["weight_ih" + s][...] = both[:, :F]
-            grads["weight_hh" + s][...] = both[:, F:]
+            grads["weight_hh" + s][...] = both[:, F:F + H]
         else:
             _input_grads(dgx, inp, H, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
-        if self.bias and fused:
-            _column_sums(dgx, grads["bias_ih" + s])
         d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
         dW, db = grads["weight_hh" + s], grads.get("bias_hh" + s)
         if self.bias:  # every gate's bias gradient but the GRU's b_hn is b_ih's
