@@ -825,36 +825,35 @@ def _on_pool(bounds, fn):
         join()
 
 
-def parallel_tall_matmul(xt, g, out=None):
-    """``xt @ g`` (F, M) for ``xt`` (F, N) (``x.T`` of a C-contiguous
-    ``x``: a view) and a C-contiguous ``g`` (N, M), by :func:`fastseq.kernels.matmul.tall_matmul` (a weight
-    gradient over few inputs, which BLAS runs far below its rate), the
-    columns' strips in :func:`get_num_threads` blocks in threads as
-    :func:`parallel_matmul` splits rows, or the rows of ``xt`` when there
-    are too few strips for each thread to fill the micro-kernel's register
-    tile with them (a result does not depend on the split); into ``out``
-    (F, M) when given."""
-    from .kernels.matmul import BLOCKING, VECTOR_BYTES, strips_view, tall_matmul
+def parallel_tall_matmul(x, g, out=None):
+    """``x.T @ g`` (F, M) for C-contiguous ``x`` (N, F) and ``g`` (N, M),
+    by :func:`fastseq.kernels.matmul.tall_matmul` (a weight gradient over
+    few inputs, which BLAS runs far below its rate), the columns' strips in
+    :func:`get_num_threads` blocks in threads as :func:`parallel_matmul`
+    splits rows, or the rows of ``x.T`` when there are too few strips for
+    each thread to fill the micro-kernel's register tile with them (a
+    result does not depend on the split); into ``out`` (F, M) when given."""
+    from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES, tall_matmul
 
-    F, N = xt.shape
+    x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)   # (one signature)
+    N, F = x.shape
     M = g.shape[1]
     if out is None:
         out = np.empty((F, M), dtype=g.dtype)
-    g3 = strips_view(g)
-    NS = g3.shape[0]
+    NS = M // (STRIP_BYTES // g.itemsize)
     n = _matmul_threads(M, N, F)
     R, S = BLOCKING[VECTOR_BYTES][:2]
     if n > 1 and NS >= n * S:
         step = -(-NS // n)
         _on_pool([(i, min(i + step, NS)) for i in range(0, NS, step)],
-                 lambda i, j: tall_matmul(xt, g3, g, out, 0, F, i, j, j == NS))
+                 lambda i, j: tall_matmul(x, g, out, 0, F, i, j, j == NS))
     elif n > 1 and F >= n * R:
         step = -(-F // n)
         _on_pool([(i, min(i + step, F)) for i in range(0, F, step)],
-                 lambda i, j: tall_matmul(xt, g3, g, out, i, j, 0, NS, True))
+                 lambda i, j: tall_matmul(x, g, out, i, j, 0, NS, True))
     else:
         with _FLUSH:
-            tall_matmul(xt, g3, g, out, 0, F, 0, NS, True)
+            tall_matmul(x, g, out, 0, F, 0, NS, True)
     return out
 
 

@@ -254,6 +254,28 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     assert calls[2:] == [("fused", 2), "one", "one", ("fused", 1), ("fused", 1), "one", ("fused", 1), "one"]
 
 
+def test_training_weight_gradients_one_signature_per_dtype():
+    """Training through the tall weight-gradient product (few inputs: every
+    cell, with and without bias, one input, one sequence, ragged batches,
+    both dtypes) compiles it and the reset-scaling kernel once per dtype
+    (a fresh process: the kernel tests call them with other arrays)."""
+    code = (
+        "import numpy as np\n"
+        "from fastseq.nn import Recurrent\n"
+        "from fastseq.kernels import matmul, gru\n"
+        "rng = np.random.default_rng(0)\n"
+        "for dt in ('float32', 'float64'):\n"
+        "    for cell in ('rnn', 'lstm', 'gru'):\n"
+        "        for bias, F, B in ((True, 3, 5), (False, 1, 1), (True, 1, 4)):\n"
+        "            layer = Recurrent(cell, F, 8, bias=bias, dtype=dt, random_state=0)\n"
+        "            X = rng.standard_normal((B, 6, F))\n"
+        "            out, _ = layer.forward(X, lengths=np.arange(6, 6 - B, -1).clip(1))\n"
+        "            layer.backward(np.ones_like(out), need_input_grad=False)\n"
+        "assert len(matmul.tall_matmul.signatures) == 2, matmul.tall_matmul.signatures\n"
+        "assert len(gru.reset_scaled.signatures) == 2, gru.reset_scaled.signatures\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_import_compiles_nothing():
     code = ("import fastseq, fastseq.nn, fastseq.kernels as K\n"
             "jitted = [getattr(K, n) for n in K.__all__ if hasattr(getattr(K, n), 'signatures')]\n"

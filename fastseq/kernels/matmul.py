@@ -372,24 +372,25 @@ def _tall_matmul_for(vector_bytes):
     VB = vector_bytes
     R, S = BLOCKING[VB][:2]
 
-    def tall_matmul(xt, g3, g, out, f0, f1, s0, s1, tail):
-        """``out[f0:f1, cols] = xt[f0:f1] @ g[:, cols]`` for the columns of
+    def tall_matmul(x, g, out, f0, f1, s0, s1, tail):
+        """``out[f0:f1, cols] = x.T[f0:f1] @ g[:, cols]`` for the columns of
         strips ``s0 <= s < s1`` of ``g`` (SW columns each) and, with
         ``tail``, the columns past its last whole strip: the weight gradient
-        ``g.T @ x`` of a layer (``g`` (N, M) its gate gradients, ``xt`` (F,
-        N) its inputs transposed, ``x.T`` itself: a view), transposed, for
-        few inputs ``F``, where BLAS runs far below its rate (F = 5: 5-13
-        GFLOP/s, F = 28: 40-60, znver4).
+        ``g.T @ x`` of a layer (``g`` (N, M) its gate gradients, ``x`` (N,
+        F) its inputs, both C-contiguous; ``x.T`` is read in place),
+        transposed, for few inputs ``F``, where BLAS runs far below its rate
+        (F = 5: 5-13 GFLOP/s, F = 28: 40-60, znver4).
 
-        ``g3`` is ``g`` seen as (M // SW, N, SW) strips (a strided view, no
-        copy): :func:`_tile_rows` reads a strip's columns of ``S`` strips at
+        ``g`` is seen as (M // SW, N, SW) strips (:func:`strips_view`, a
+        strided view, no copy): :func:`_tile_rows` reads a strip's columns of ``S`` strips at
         a time as it would a packed weight's, the ``F`` rows of ``xt`` in
         register blocks, over blocks of :data:`KBLOCK_BYTES` of ``k`` (the
         outer loop: ``g`` is read once, in order).  Each output sums over
         ``k`` in order, whatever the strip ranges: threads may take disjoint
         ranges (of strips or rows) side by side with identical results."""
-        xt = xt[f0:f1]
+        xt = x.T[f0:f1]   # a strided view: _tile_rows reads k x.strides[0] apart
         out = out[f0:f1]
+        g3 = strips_view(g)
         F, N = xt.shape
         SW = g3.shape[2]
         KB = max(1, KBLOCK_BYTES // (SW * xt.itemsize))
@@ -422,11 +423,12 @@ def _tall_matmul_for(vector_bytes):
 tall_matmul = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES))
 
 
+@njit(inline="always", **JIT)
 def strips_view(g):
     """``g`` (N, M), C-contiguous, as the (M // SW, N, SW) strips of
-    :func:`tall_matmul` (a view)."""
-    if not g.flags.c_contiguous:
-        raise ValueError("strips_view needs a C-contiguous array")
+    :func:`tall_matmul` (a view; built in compiled code, so that its type
+    is a strided array even where it happens to be contiguous: one
+    signature)."""
     isz = g.itemsize
     SW = STRIP_BYTES // isz
     return np.lib.stride_tricks.as_strided(g, shape=(g.shape[1] // SW, g.shape[0], SW),

@@ -76,7 +76,7 @@ def _tall_fits(rows, dt):
 def _tall_grads(x, dg):
     """``x.T @ dg`` (F, M) of a C-contiguous ``x`` (N, F) by
     :func:`fastseq._threads.parallel_tall_matmul` (no transposed copy)."""
-    return parallel_tall_matmul(x.T, np.ascontiguousarray(dg))
+    return parallel_tall_matmul(x, dg)
 
 
 def _input_grads(dg, inp, H, dW, db):
