@@ -79,6 +79,18 @@ def _tall_grads(x, dg):
     return parallel_tall_matmul(x, dg)
 
 
+def _product_grads(x, dg, dW):
+    """``dW[...] = dg.T @ x``: :func:`_tall_grads` within :func:`_tall_fits`
+    of ``x``'s columns, else BLAS (the recurrent weights' gradient of the
+    GRU, whose n-third differs from the input side's: 3456 x 256 states
+    into 768 gates, two threads, znver4, BLAS 11.7 -> 10.0 ms; the weather
+    GRU's 49152 x 64 into 192, 16.7 -> 12.4)."""
+    if _tall_fits(x.shape[1], dg.dtype):
+        dW[...] = _tall_grads(x, dg).T
+    else:
+        parallel_matmul(dg.T, x, out=dW)
+
+
 def _input_grads(dg, inp, H, dW, db):
     """``dW[...] = dg.T @ inp`` and, unless ``db`` is None, ``db[...] =
     dg.sum(axis=0)``: for inputs no wider than the state (``F <= H``) and
@@ -1113,11 +1125,11 @@ class Recurrent:
             dgh = dgx
         if mask.shape[0] == 0 and getattr(pk, "uniform", False):
             # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
-            parallel_matmul(dgh[B:].T, st["out_h"][:N - B], out=dW)
+            _product_grads(st["out_h"][:N - B], dgh[B:], dW)
             if st["h0"].any():  # the first step's rows add nothing from a zero state
                 dW += dgh[:B].T @ st["h0"]
         else:
-            parallel_matmul(dgh.T, self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt)), out=dW)
+            _product_grads(self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt)), dgh, dW)
         return d_inp
 
     @staticmethod
