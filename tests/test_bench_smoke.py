@@ -139,3 +139,18 @@ def test_compare_refuses_fewer_than_one_seed(capsys):
     assert "--seeds must be at least 1, got 0" in capsys.readouterr().err
     assert compare.parse_args(["--seeds", "2"]).seeds == 2
 
+
+def test_wgrad_times_both_products(capsys):
+    """``python -m bench.wgrad``: BLAS and the tall product of the same
+    weight gradient timed side by side, with the layer's rule; bad shapes
+    refused with a message."""
+    from bench import wgrad
+
+    rows = wgrad.main(["--threads", "1", "--repeats", "1", "--shapes", "40:3:20,40:5000:16"])
+    assert [(r["N"], r["F"], r["M"]) for r in rows] == [(40, 3, 20), (40, 5000, 16)]
+    assert all(r["blas_ms"] > 0 and r["tall_ms"] > 0 for r in rows)
+    assert rows[0]["rule_tall"] and not rows[1]["rule_tall"]
+    assert "CPU:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        wgrad.main(["--shapes", "40:3"])
+

@@ -379,7 +379,8 @@ def _tall_matmul_for(vector_bytes):
         ``g.T @ x`` of a layer (``g`` (N, M) its gate gradients, ``x`` (N,
         F) its inputs, both C-contiguous; ``x.T`` is read in place),
         transposed, for few inputs ``F``, where BLAS runs far below its rate
-        (F = 5: 5-13 GFLOP/s, F = 28: 40-60, znver4).
+        (two threads, znver4: 13 GFLOP/s for 6 inputs into 192 gates, this
+        29; ``python -m bench.wgrad``).
 
         ``g`` is seen as (M // SW, N, SW) strips (:func:`strips_view`, a
         strided view, no copy): :func:`_tile_rows` reads a strip's columns of ``S`` strips at

@@ -60,15 +60,15 @@ def _column_sums(g, out):
 
 def _tall_fits(rows, dt):
     """Whether a weight gradient over ``rows`` inputs (a layer's inputs, its
-    states and a column of ones for the bias) goes to
+    states, a column of ones for the bias) goes to
     :func:`fastseq._threads.parallel_tall_matmul` rather than BLAS: while
     the inputs of one of its k blocks take at most an eighth of a core's L2
-    cache (each strip group reads them back from there).  Two threads,
-    znver4, with the copies around each (bench/RESULTS.md, "Weight
-    gradients over few inputs"): 6 rows (weather GRU, N = 49152) BLAS 10.6
-    -> 6.0 ms; 70 rows (weather RNN and LSTM) 11.1 -> 6.5 and 27.5 -> 15.3;
-    29 rows (MNIST-rows GRU) 5.8 -> 4.2; but 285 rows (MNIST-rows LSTM,
-    146 KB a k block, past the rule) 16.0 -> 17.1, and 1001 rows 70 -> 79."""
+    cache (each strip group reads them back from there).  ``python -m
+    bench.wgrad`` times both for the layers' shapes (bench/RESULTS.md,
+    "Weight gradients over few inputs"; znver4, two threads, BLAS -> tall):
+    the weather layers' 6, 64 and 70 inputs 8.7 -> 3.8, 15.4 -> 12.6, 7.3
+    -> 5.0 and 20.2 -> 16.8 ms, MNIST rows' 29 and 256 1.9 -> 1.2 and 9.1
+    -> 8.5; past the rule BLAS wins, 285 inputs 13.0 against 14.4 ms."""
     k_block = KBLOCK_BYTES // STRIP_BYTES
     return rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8
 
@@ -82,9 +82,7 @@ def _tall_grads(x, dg):
 def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`_tall_grads` within :func:`_tall_fits`
     of ``x``'s columns, else BLAS (the recurrent weights' gradient of the
-    GRU, whose n-third differs from the input side's: 3456 x 256 states
-    into 768 gates, two threads, znver4, BLAS 11.7 -> 10.0 ms; the weather
-    GRU's 49152 x 64 into 192, 16.7 -> 12.4)."""
+    GRU, whose n-third differs from the input side's)."""
     if _tall_fits(x.shape[1], dg.dtype):
         dW[...] = _tall_grads(x, dg).T
     else:

@@ -1,0 +1,84 @@
+"""Weight gradients over few inputs: BLAS against the tall product.
+
+Run from the repository root::
+
+    python -m bench.wgrad [--threads 2] [--repeats 9] [--shapes N:F:M,...]
+
+Times the weight-gradient product ``dg.T @ x`` of a layer (``dg`` (N, M)
+its gate gradients, ``x`` (N, F) its inputs, float32, random) both ways
+the layer can run it: BLAS (:func:`fastseq._threads.parallel_matmul`, row
+blocks in threads, BLAS at one thread each) and the strided-strip product
+(:func:`fastseq._threads.parallel_tall_matmul`), under
+``fastseq._threads.limit(threads)`` entered once (entering threadpoolctl's
+limits at every call costs milliseconds, more than some products take),
+alternated call by call (:func:`bench.compare.time_alternating`, median
+ms), and prints each with its GFLOP/s and whether the layer's rule
+(``network.recurrent._tall_fits``) takes the tall product for that ``F``.
+
+The default shapes are the layers' own: the weather GRU's input side
+(49152 rows: 1024 sequences of 48 steps; 5 inputs and a column of ones;
+192 gates) and recurrent side (64 states), the weather RNN's and LSTM's
+fused ``[inputs | h_prev | 1]`` (70 columns), the MNIST-rows GRU's input
+(29) and recurrent (256) sides, the MNIST-rows LSTM's fused inputs (285,
+past the rule) and two larger ones past it.
+"""
+
+import argparse
+
+import numpy as np
+
+from bench.compare import cpu_header, machine_info, time_alternating
+
+#: (N, F, M): rows, inputs, gates
+SHAPES = ((49152, 6, 192), (49152, 64, 192), (49152, 70, 64), (49152, 70, 256), (3584, 29, 768),
+          (3456, 256, 768), (3584, 285, 1024), (3200, 1001, 2000))
+
+
+def run(shapes, threads, repeats):
+    from fastseq._threads import limit, parallel_matmul, parallel_tall_matmul
+    from fastseq.network.recurrent import _tall_fits
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for N, F, M in shapes:
+        dg = rng.standard_normal((N, M), dtype=np.float32)
+        x = rng.standard_normal((N, F), dtype=np.float32)
+        out = np.empty((M, F), dtype=np.float32)
+        out_t = np.empty((F, M), dtype=np.float32)
+        with limit(threads):
+            np.testing.assert_allclose(parallel_tall_matmul(x, dg).T, parallel_matmul(dg.T, x),
+                                       rtol=1e-3, atol=1e-2 * np.sqrt(N))
+            ts = time_alternating({"blas": lambda: parallel_matmul(dg.T, x, out=out),
+                                   "tall": lambda: parallel_tall_matmul(x, dg, out=out_t)},
+                                  repeats, pause=0.002)
+            rule = _tall_fits(F, np.dtype(np.float32))
+        flop = 2.0 * N * F * M
+        row = {"N": N, "F": F, "M": M, "blas_ms": ts["blas"] * 1e3, "tall_ms": ts["tall"] * 1e3,
+               "blas_gflops": flop / ts["blas"] / 1e9, "tall_gflops": flop / ts["tall"] / 1e9, "rule_tall": rule}
+        print(f"N {N:6d} F {F:5d} M {M:5d}  BLAS {row['blas_ms']:8.3f} ms ({row['blas_gflops']:5.0f} GFLOP/s)"
+              f"  tall {row['tall_ms']:8.3f} ms ({row['tall_gflops']:5.0f})  rule: {'tall' if rule else 'BLAS'}",
+              flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--shapes", default=None, help="N:F:M,... (default: the layers' own, see the docstring)")
+    args = p.parse_args(argv)
+    shapes = SHAPES
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.split(":")) for s in args.shapes.split(",")]
+        except ValueError:
+            p.error(f"--shapes: expected N:F:M,..., got {args.shapes!r}")
+        if any(len(s) != 3 or min(s) < 1 for s in shapes):
+            p.error(f"--shapes: expected positive N:F:M,..., got {args.shapes!r}")
+    print(cpu_header(machine_info(args.threads)))
+    return run(shapes, args.threads, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
