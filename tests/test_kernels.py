@@ -163,6 +163,9 @@ def test_tall_matmul_every_width(dtype, vector_bytes):
             tall(x, g, rows, F // 2, F, 0, NS, True)
             tall(x, g, rows, 0, F // 2, 0, NS, True)
             np.testing.assert_array_equal(rows, out)
+    empty = _nan((3, 2 * sw + 1), dtype)   # no rows: an empty sum, zeros
+    tall(np.zeros((0, 3), dtype=dtype), np.zeros((0, 2 * sw + 1), dtype=dtype), empty, 0, 3, 0, 2, True)
+    np.testing.assert_array_equal(empty, 0)
     view = njit(lambda a: mm.strips_view(a).copy())(g)
     np.testing.assert_array_equal(view, g[:, :NS * sw].reshape(N, NS, sw).transpose(1, 0, 2))
 

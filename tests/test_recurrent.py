@@ -254,6 +254,29 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     assert calls[2:] == [("fused", 2), "one", "one", ("fused", 1), ("fused", 1), "one", ("fused", 1), "one"]
 
 
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_one_step_batch_recurrent_gradient_is_zero(cell):
+    """A batch of one step from a zero state: the recurrent weights see no
+    previous state, so their gradient is exactly zero (an empty product
+    over no rows; the flat gradient starts as NaN, so every element must be
+    written), and the rest equals a two-sample central difference."""
+    layer = Recurrent(cell, 3, 5, dtype="float64", random_state=0)
+    X = np.random.default_rng(1).standard_normal((4, 1, 3))
+    out, _ = layer.forward(X)
+    flat = np.full(layer.flat.shape, np.nan)
+    _, grads = layer.backward(np.ones_like(out), out=flat, need_input_grad=False)
+    assert np.all(np.isfinite(flat))
+    np.testing.assert_array_equal(grads["weight_hh_l0"], 0)
+    w = layer.params["weight_ih_l0"]
+    eps = 1e-6
+    w[0, 0] += eps
+    up = layer.forward(X, need_grad=False)[0].sum()
+    w[0, 0] -= 2 * eps
+    down = layer.forward(X, need_grad=False)[0].sum()
+    w[0, 0] += eps
+    np.testing.assert_allclose(grads["weight_ih_l0"][0, 0], (up - down) / (2 * eps), rtol=1e-6)
+
+
 def test_training_weight_gradients_one_signature_per_dtype():
     """Training through the tall weight-gradient product (few inputs: every
     cell, with and without bias, one input, one sequence, ragged batches,

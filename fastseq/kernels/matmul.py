@@ -395,6 +395,8 @@ def _tall_matmul_for(vector_bytes):
         F, N = xt.shape
         SW = g3.shape[2]
         KB = max(1, KBLOCK_BYTES // (SW * xt.itemsize))
+        if N == 0:  # an empty sum (no k block writes anything)
+            out[:, s0 * SW:(g.shape[1] if tail else s1 * SW)] = 0
         for k0 in range(0, N, KB):
             k1 = min(N, k0 + KB)
             acc = 1 if k0 > 0 else 0
