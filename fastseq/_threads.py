@@ -844,13 +844,9 @@ def parallel_tall_matmul(x, g, out=None):
     n = _matmul_threads(M, N, F)
     R, S = BLOCKING[VECTOR_BYTES][:2]
     if n > 1 and NS >= n * S:
-        step = -(-NS // n)
-        _on_pool([(i, min(i + step, NS)) for i in range(0, NS, step)],
-                 lambda i, j: tall_matmul(x, g, out, 0, F, i, j, j == NS))
+        _in_chunks(NS, n, lambda i, j: tall_matmul(x, g, out, 0, F, i, j, j == NS))
     elif n > 1 and F >= n * R:
-        step = -(-F // n)
-        _on_pool([(i, min(i + step, F)) for i in range(0, F, step)],
-                 lambda i, j: tall_matmul(x, g, out, i, j, 0, NS, True))
+        _in_chunks(F, n, lambda i, j: tall_matmul(x, g, out, i, j, 0, NS, True))
     else:
         with _FLUSH:
             tall_matmul(x, g, out, 0, F, 0, NS, True)

@@ -73,43 +73,54 @@ def _tall_fits(rows, dt):
     return rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8
 
 
-def _tall_grads(x, dg):
-    """``x.T @ dg`` (F, M) of a C-contiguous ``x`` (N, F) by
-    :func:`fastseq._threads.parallel_tall_matmul` (no transposed copy)."""
-    return parallel_tall_matmul(x, dg)
-
-
 def _product_grads(x, dg, dW):
-    """``dW[...] = dg.T @ x``: :func:`_tall_grads` within :func:`_tall_fits`
-    of ``x``'s columns, else BLAS (the recurrent weights' gradient of the
-    GRU, whose n-third differs from the input side's)."""
+    """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
+    within :func:`_tall_fits` of ``x``'s columns, else BLAS (the recurrent
+    weights' gradient of the GRU, whose n-third differs from the input
+    side's)."""
     if _tall_fits(x.shape[1], dg.dtype):
-        dW[...] = _tall_grads(x, dg).T
+        dW[...] = parallel_tall_matmul(x, dg).T
     else:
         parallel_matmul(dg.T, x, out=dW)
 
 
+def _gate_grads(dg, K, fill, db, name):
+    """``dg.T @ x`` (M, K) for the (N, K) inputs ``x`` that ``fill(view)``
+    writes into a buffer kept under ``name`` (:func:`fastseq._workspace.scratch`)
+    and, unless ``db`` is None, ``db[...] = dg.sum(axis=0)``: within
+    :func:`_tall_fits`, one product of
+    :func:`fastseq._threads.parallel_tall_matmul` over the inputs and a
+    column of ones beside them (the bias gradient in the same pass), else
+    BLAS and :func:`_column_sums`."""
+    (N, M), dt = dg.shape, dg.dtype
+    ones = db is not None
+    tall = _tall_fits(K + ones, dt)
+    x = scratch(name + "_x", (N, K + (tall and ones)), dt)
+    fill(x[:, :K])
+    if not tall:
+        out = parallel_matmul(dg.T, x, out=scratch(name + "_out", (M, K), dt))
+        if ones:
+            _column_sums(dg, db)
+        return out
+    if ones:
+        x[:, K] = 1
+    out = parallel_tall_matmul(x, dg).T
+    if ones:
+        db[...] = out[:, K]
+    return out[:, :K]
+
+
 def _input_grads(dg, inp, H, dW, db):
     """``dW[...] = dg.T @ inp`` and, unless ``db`` is None, ``db[...] =
-    dg.sum(axis=0)``: for inputs no wider than the state (``F <= H``) and
-    within :func:`_tall_fits`, one product of :func:`_tall_grads` over the
-    inputs and a column of ones beside them (BLAS runs a product of F < H
-    columns far below its rate), else BLAS and :func:`_column_sums`."""
-    N, F = inp.shape
-    rows = F + (db is not None)
-    if F > H or not _tall_fits(rows, dg.dtype):
+    dg.sum(axis=0)``: :func:`_gate_grads` for inputs no wider than the
+    state (``F <= H``; BLAS runs a product of F < H columns far below its
+    rate), else BLAS and :func:`_column_sums`."""
+    if inp.shape[1] > H:
         parallel_matmul(dg.T, inp, out=dW)
         if db is not None:
             _column_sums(dg, db)
         return
-    x = np.empty((N, rows), dtype=dg.dtype)
-    x[:, :F] = inp
-    if db is not None:
-        x[:, F] = 1
-    out = _tall_grads(x, dg)
-    dW[...] = out[:F].T
-    if db is not None:
-        db[...] = out[F]
+    dW[...] = _gate_grads(dg, inp.shape[1], lambda x: np.copyto(x, inp), db, "wgrad_in")
 
 
 def _transposed(w):
@@ -1092,24 +1103,12 @@ class Recurrent:
         # product lost to two at MNIST rows; python -m bench.handover, part 3)
         fused = dgh is not None and F <= H
         if fused:
-            # [inputs | h_prev | 1]: with the ones, the tall product gives the
-            # bias gradient in the same pass (_tall_fits; BLAS without them)
-            tall = _tall_fits(F + H + self.bias, dt)
-            xh = scratch("wgrad_xh", (N, F + H + (tall and self.bias)), dt)
-            parallel_copy(xh[:, :F], inp)
-            self._h_prev(pk, st, mask, xh[:, F:F + H])
-            if tall:
-                if self.bias:
-                    xh[:, F + H] = 1
-                both = _tall_grads(xh, dgx).T
-                if self.bias:
-                    grads["bias_ih" + s][...] = both[:, F + H]
-            else:
-                both = parallel_matmul(dgx.T, xh, out=scratch("wgrad_both", (GH, F + H), dt))
-                if self.bias:
-                    _column_sums(dgx, grads["bias_ih" + s])
+            def fill(xh):   # [inputs | h_prev]
+                parallel_copy(xh[:, :F], inp)
+                self._h_prev(pk, st, mask, xh[:, F:])
+            both = _gate_grads(dgx, F + H, fill, grads["bias_ih" + s] if self.bias else None, "wgrad")
             grads["weight_ih" + s][...] = both[:, :F]
-            grads["weight_hh" + s][...] = both[:, F:F + H]
+            grads["weight_hh" + s][...] = both[:, F:]
         else:
             _input_grads(dgx, inp, H, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
         d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
