@@ -401,11 +401,15 @@ class _Worker:
             job = self._next_queued()
             while True:
                 fn, done, slot, event = job
+                job = None
                 fn()                            # records its own error
+                # the task and what it refers to (a call's arrays) are not
+                # kept alive while this thread waits for the next one
+                fn = None
                 event.set()                     # for a caller that stopped polling
                 if not linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS):
                     break                       # idle: the next task comes by the queue
-                job = self.job
+                job, self.job = self.job, None
 
     def _next_queued(self):
         """The next task from the queue (sleeping until one comes); the

@@ -13,6 +13,7 @@ thread until :func:`release` (at most the largest request of each name).
 """
 
 import math
+import sys
 import threading
 
 import numpy as np
@@ -39,3 +40,38 @@ def scratch(name, shape, dtype):
 def release():
     """Drop this thread's scratch arrays (their memory goes back)."""
     _local.arrays = {}
+
+
+def _references(store, name):
+    """``sys.getrefcount`` of ``store[name]`` as :func:`kept` reads it."""
+    buf = store.get(name)
+    return sys.getrefcount(buf)
+
+
+#: :func:`_references` of an array that only its store holds (measured, not
+#: assumed: interpreters differ in the references a call takes)
+_UNSHARED = _references({"x": np.empty(0)}, "x")
+
+
+def kept(store, name, shape, dtype):
+    """An uninitialised C-contiguous array of ``shape`` and ``dtype`` kept in
+    the dict ``store`` (an object's own) under ``name`` from one call to the
+    next: the memory of an earlier call's array once nothing but ``store``
+    refers to it (the views handed out are gone), else a fresh array, which
+    ``store`` keeps instead.  For arrays that live beyond a call (what a
+    forward pass keeps for its backward pass) and are rewritten by the next
+    one: unlike :func:`scratch`, memory still in use is never handed out
+    again, so a caller that holds on to an earlier call's arrays keeps
+    their values.  Fresh arrays of megabytes are faulted in anew at every
+    call (glibc hands freed blocks at the top of its heap back to the
+    system): at MNIST rows an LSTM training step spent about a fifth of its
+    time there (bench/RESULTS.md, "thirteenth session")."""
+    dtype = np.dtype(dtype)
+    shape = tuple(map(int, shape))
+    size = math.prod(shape)
+    old = store.get(name)
+    fits = old is not None and old.dtype == dtype and old.size >= size
+    del old   # (not counted as a reference below)
+    if not fits or _references(store, name) > _UNSHARED:
+        store[name] = np.empty(size, dtype=dtype)
+    return store[name][:size].reshape(shape)

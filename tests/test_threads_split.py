@@ -733,3 +733,26 @@ def test_pool_hand_overs_from_concurrent_callers_each_run_once():
     keys = [k for k, _ in ran]
     assert sorted(keys) == [(c, i) for c in range(3) for i in range(200)]
     assert all(name == "fastseq-worker" for _, name in ran)
+
+
+def test_a_pool_thread_keeps_nothing_of_its_last_task():
+    """After a hand-over returns, the pool thread holds no reference to the
+    task or what it refers to (a call's arrays: held, they could not be
+    reused, and stayed allocated until the thread's next task)."""
+    import gc
+    import weakref
+
+    class Payload:
+        pass
+
+    for spins in (0, 10 ** 5):     # the thread sleeps after the task, or lingers
+        payload = Payload()
+        ref = weakref.ref(payload)
+        _threads.LINGER_SPINS, saved = spins, _threads.LINGER_SPINS
+        try:
+            _threads._start(1, [lambda p=payload: p])()
+        finally:
+            _threads.LINGER_SPINS = saved
+        del payload
+        gc.collect()
+        assert ref() is None

@@ -38,3 +38,67 @@ def test_fit_releases_the_layers_scratch():
     _workspace.scratch("t", (3,), np.float32)
     RNNClassifier(cell="lstm", hidden_size=8, max_iter=2, batch_size=6, random_state=0).fit(X, y)
     assert getattr(_workspace._local, "arrays", {}) == {}
+
+
+def test_kept_reuses_memory_only_once_nothing_else_holds_it():
+    """:func:`fastseq._workspace.kept` hands an earlier call's memory out
+    again only when no view of it is alive: a caller that kept the last
+    call's arrays (or a slice of one) keeps their values."""
+    store = {}
+    a = _workspace.kept(store, "x", (4, 5), np.float32)
+    assert a.shape == (4, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    a[...] = 1
+    b = _workspace.kept(store, "x", (4, 5), np.float32)      # a is alive: fresh memory
+    assert not np.shares_memory(a, b)
+    b[...] = 2
+    assert (a == 1).all()
+    del a
+    c = _workspace.kept(store, "x", (2, 3), np.float32)      # b alive: fresh again
+    assert not np.shares_memory(b, c)
+    kept_b = b[1:]                                           # a slice outlives its view
+    del b
+    address = c.__array_interface__["data"][0]
+    del c
+    d = _workspace.kept(store, "x", (2, 3), np.float32)      # nothing holds c's memory now
+    assert d.__array_interface__["data"][0] == address and d.shape == (2, 3) and d.flags.c_contiguous
+    assert (kept_b == 2).all()
+    del d
+    e = _workspace.kept(store, "x", (5, 5), np.float32)      # larger than kept: new memory
+    assert e.shape == (5, 5) and e.__array_interface__["data"][0] != address
+    del e
+    f = _workspace.kept(store, "x", (5, 5), np.float64)      # another dtype: new memory
+    assert f.dtype == np.float64 and f.shape == (5, 5)
+
+
+def test_a_training_step_reuses_the_layers_memory_and_keeps_a_saved_state():
+    """Two training steps of a layer run in the same kept memory (fresh
+    arrays of megabytes were faulted in anew at every step), the backward
+    pass's gate gradients in the forward projection's; a forward pass's
+    state saved elsewhere (as the estimators' streaming fit saves it) is
+    not overwritten by the next forward pass, and pickling drops the
+    memory."""
+    import pickle
+
+    from fastseq.nn import Recurrent
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 5, 3)).astype(np.float32)
+    G = rng.standard_normal((6, 5, 8)).astype(np.float32)
+    for n_jobs in (1, 2):
+        layer = Recurrent("lstm", 3, 8, random_state=0, n_jobs=n_jobs)
+        layer.forward(X)
+        layer.backward(G)
+        first = {name: a.__array_interface__["data"][0] for name, a in layer._kept_arrays.items()}
+        assert {"gates_x", "out_h00", "out_c00", "gates00"} <= set(first)
+        out1, _ = layer.forward(X)
+        _, grads1 = layer.backward(G)
+        assert {name: a.__array_interface__["data"][0] for name, a in layer._kept_arrays.items()} == first
+        saved = layer._cache
+        gates = saved["layers"][0]["dirs"][0]["gates"].copy()
+        layer.forward(X[::-1].copy())                      # another step while the state is held
+        assert (saved["layers"][0]["dirs"][0]["gates"] == gates).all()
+        layer._cache = saved
+        _, grads2 = layer.backward(G)
+        for name in grads1:
+            np.testing.assert_array_equal(grads2[name], grads1[name])
+        assert "_kept_arrays" not in pickle.loads(pickle.dumps(layer)).__dict__

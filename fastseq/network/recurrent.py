@@ -36,7 +36,7 @@ from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing, writable
 from .._fpenv import flush_denormals
-from .._workspace import scratch
+from .._workspace import kept, scratch
 from ._flat import flat_views, layout_size
 from .._validation import (
     check_choice, check_finite, check_fraction, check_lengths, check_n_jobs, check_positive_int,
@@ -403,6 +403,7 @@ class Recurrent:
         state.pop("params")
         state["_cache"] = None
         state.pop("_plans", None)  # decisions for this process's plan and threads
+        state.pop("_kept_arrays", None)   # memory of the training calls (Recurrent._kept)
         return state
 
     def __setstate__(self, state):
@@ -883,15 +884,28 @@ class Recurrent:
 
     def _projection_buffer(self, N, M, need_grad):
         """Memory for an (N, M) input projection, read by one direction's
-        loop only: without a backward pass, memory kept from call to call
-        (:func:`fastseq._workspace.scratch`), where a fresh array of tens of
-        MB took its huge pages' faults at every call, 5 ms and up to 40 ms
-        when the kernel had to compact memory for them (bench/RESULTS.md,
-        "eleventh session"); in training a fresh one, freed before the
-        backward pass (kept, it would raise the peak memory by its size)."""
+        loop only, kept from call to call: a fresh array of tens of MB took
+        its huge pages' faults at every call, 5 ms and up to 40 ms when the
+        kernel had to compact memory for them (bench/RESULTS.md, "eleventh
+        session").  Without a backward pass the thread's
+        (:func:`fastseq._workspace.scratch`); in training the layer's
+        (:meth:`_kept`), which the backward pass takes for its gate
+        gradients of the same shape: kept, it does not raise the peak
+        memory."""
         if need_grad:
-            return np.empty((N, M), dtype=self.dtype)
+            return self._kept("gates_x", (N, M))
         return scratch("input_projection", (N, M), self.dtype)
+
+    def _kept(self, name, shape):
+        """An uninitialised array of ``shape`` kept on the layer from one
+        training call to the next (:func:`fastseq._workspace.kept`: what a
+        forward pass keeps for its backward pass, rewritten by the next
+        one; memory still referred to, by a forward pass's state kept
+        elsewhere, is never handed out again).  Fresh, such arrays were
+        faulted in anew at every call: with them an LSTM training step at
+        MNIST rows took about a fifth longer (bench/RESULTS.md, "thirteenth
+        session")."""
+        return kept(self.__dict__.setdefault("_kept_arrays", {}), name, shape, self.dtype)
 
     def _run_direction(self, k, d, pk, inp_d, h0s, c0s, mask, need_grad=True):
         """One layer, one direction: input projection, then the time-loop kernel
@@ -909,7 +923,7 @@ class Recurrent:
         state = {"inp": inp_d, "h0": h0s, "c0": c0s, "mask": mask}
         # without a backward pass the states are read only by the next layer
         # (the buffer of the other parity) and the caller's copy: kept memory
-        out_h = np.empty((N, H), dtype=dt) if need_grad else scratch(f"layer_out{k % 2}{d}", (N, H), dt)
+        out_h = self._kept(f"out_h{k}{d}", (N, H)) if need_grad else scratch(f"layer_out{k % 2}{d}", (N, H), dt)
         units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
@@ -927,19 +941,19 @@ class Recurrent:
             def loop(kernel, args):
                 run_sliced(kernel, args + (_NO_READY,), ls, work)
         if self.cell == "gru" and not self.reset_after:
-            gates = np.empty((NG, 3 * H), dtype=dt)
+            gates = self._kept(f"gates{k}{d}", (NG, 3 * H))
             run_sliced(gru_rb_forward_slice,
                        (xp, np.ascontiguousarray(W_hh[:2 * H]), np.ascontiguousarray(W_hh[2 * H:]),
                         h0s, pk.batch_sizes, mask, out_h, gates), ls, work)
             state["gates"] = gates
         elif self.cell == "gru":
             b_hn = self._candidate_bias(b_hh)
-            gates = np.empty((NG, 4 * H), dtype=dt)
+            gates = self._kept(f"gates{k}{d}", (NG, 4 * H))
             loop(gru_forward_slice, (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates))
             state["gates"] = gates
         elif self.cell == "lstm":
-            out_c = np.empty((N, H), dtype=dt) if need_grad else scratch(f"layer_cell{d}", (N, H), dt)
-            gates = np.empty((NG, 4 * H), dtype=dt)
+            out_c = self._kept(f"out_c{k}{d}", (N, H)) if need_grad else scratch(f"layer_cell{d}", (N, H), dt)
+            gates = self._kept(f"gates{k}{d}", (NG, 4 * H))
             with unit_split_slot() as free:
                 if units and free:
                     run_units(lambda tid, j0, j1, flags: lstm_forward_part(
@@ -1050,7 +1064,7 @@ class Recurrent:
         N, H, dt = pk.N, self.hidden_size, self.dtype
         GH = self.num_gates * H
         mask = st["mask"]
-        dgx = np.empty((N, GH), dtype=dt)
+        dgx = self._kept("gates_x", (N, GH))   # (the forward projection's memory)
         w_hh_t = _transposed(W_hh)
         work = N * self.num_gates * H * H
         ls = pk.lengths_sorted
@@ -1151,7 +1165,7 @@ class Recurrent:
         s = self._suffix(k, d)
         N, H, dt = pk.N, self.hidden_size, self.dtype
         mask = st["mask"]
-        dgx = np.empty((N, 3 * H), dtype=dt)
+        dgx = self._kept("gates_x", (N, 3 * H))
         run_sliced(gru_rb_backward_slice,
                    (dd, _transposed(W_hh[:2 * H]), _transposed(W_hh[2 * H:]),
                     st["h0"], st["out_h"], st["gates"], pk.batch_sizes, mask, dh, dgx),
