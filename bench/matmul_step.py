@@ -59,20 +59,22 @@ def main(argv=None):
     ap.add_argument("--rows", default="1,2,4,8,16,32,64,128", help="rows of a step")
     ap.add_argument("--all-tiles", action="store_true",
                     help="the packed product's tiles at every row count (its BLAS branch from "
-                         "PACKED_BLAS_MIN_ROWS off; compiled uncached)")
+                         "PACKED_BLAS_MIN_ROWS off)")
     args = ap.parse_args(argv)
+    from fastseq import _plan
+
+    _plan.resolve_kernel_values()   # the packed product's BLAS rows, as the layers have them
+    print(f"the packed product calls BLAS from {mm.PACKED_BLAS_MIN_ROWS.get()} rows here")
     engines = [("packed", _repeat_packed, False), ("blas", _repeat_blas, True)]
     if args.all_tiles:
-        saved = mm.PACKED_BLAS_MIN_ROWS
-        mm.PACKED_BLAS_MIN_ROWS = 1 << 62     # read when the closure below is compiled
-        try:
-            tiles = njit(**{**JIT, "cache": False})(mm._packed_matmul_for(VECTOR_BYTES))
-            repeat = _repeat_for(tiles)
-            w = np.ones((16, 4), np.float32)
-            repeat(np.ones((1, 4), np.float32), w, np.empty((1, 16), np.float32), 1)   # compiled now
-            engines[0] = ("tiles", repeat, False)
-        finally:
-            mm.PACKED_BLAS_MIN_ROWS = saved
+        def tiles_at_every_row_count(a, w, out, reps, _packed=engines[0][1]):
+            saved = mm.PACKED_BLAS_MIN_ROWS.get()
+            mm.PACKED_BLAS_MIN_ROWS.set(1 << 62)     # read by the compiled code at run time
+            try:
+                return _packed(a, w, out, reps)
+            finally:
+                mm.PACKED_BLAS_MIN_ROWS.set(saved)
+        engines[0] = ("tiles", tiles_at_every_row_count, False)
     if args.widths:
         engines = [(f"packed{vb}", _repeat_for(njit(**{**JIT, "cache": False})(mm._packed_matmul_for(vb))), False)
                    for vb in (int(v) for v in args.widths.split(","))]

@@ -17,7 +17,6 @@ around the work it hands to pool threads.
 """
 
 import threading
-from contextlib import nullcontext
 
 from .kernels import _fpenv as _k
 
@@ -28,6 +27,11 @@ AVAILABLE = _k.FLUSH_BITS != 0
 FLUSH_BITS = _k.FLUSH_BITS
 
 _local = threading.local()
+
+#: called at every entry until it clears itself (:func:`fastseq._plan.resolve_kernel_values`:
+#: the numbers the kernels read at run time are set before any kernel runs,
+#: since every compiled call is made inside :func:`flush_denormals`)
+before_kernels = None
 
 
 def control():
@@ -62,15 +66,17 @@ class _FlushDenormals:
             st = _local.st
         except AttributeError:  # this thread's first entry
             st = _local.st = [0, 0]
-        if st[0] == 0:
+        if st[0] == 0 and AVAILABLE:
             st[1] = _enter()
         st[0] += 1
+        if before_kernels is not None:
+            before_kernels()
         return self
 
     def __exit__(self, *exc):
         st = _local.st
         st[0] -= 1
-        if st[0] == 0:
+        if st[0] == 0 and AVAILABLE:
             saved = st[1]
             if saved & FLUSH_BITS != FLUSH_BITS:
                 _leave(saved)
@@ -79,7 +85,7 @@ class _FlushDenormals:
 
 _enter = _k.enter_flush
 _leave = _k.leave_flush
-_FLUSH = _FlushDenormals() if AVAILABLE else nullcontext()
+_FLUSH = _FlushDenormals()   # (without the setting: only the depth and the hook)
 
 
 def flush_denormals():

@@ -23,6 +23,12 @@ runs on one thread (no threshold is needed then).  The thresholds are rounded
 to a power of two, so that a measurement a little off rarely moves a
 decision.  The rules and the measurements behind their factors are in
 ``bench/RESULTS.md`` ("Planner").
+
+One decision is taken inside the compiled time loops: from how many rows a
+step's product calls BLAS rather than its tiles.  That crossover is timed
+once per CPU kind too (:func:`resolve_kernel_values`, at the first compiled
+call of a process, at any thread count) and handed to the kernels as a
+number they read at run time (:mod:`fastseq.kernels._runtime`).
 """
 
 import itertools
@@ -34,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from . import _fpenv
 
 #: rule factors, in hand-overs' worth of work (bench/RESULTS.md, "Planner")
 PIPELINE_HANDOVERS = 2.0       # projection ahead / weight gradients behind the loop
@@ -306,3 +314,135 @@ def for_threads(n):
 def machine():
     """The facts behind :func:`current` (read from the cache, or measured)."""
     return load_or_measure()
+
+
+# --------------------------------------------- numbers the kernels read
+# The step product of the time loops (:func:`fastseq.kernels.matmul.packed_matmul`)
+# calls BLAS from a number of rows on, where BLAS overtakes its tiles; the
+# crossover is the machine's (bench/RESULTS.md, "BLAS or tiles": from 256
+# rows on a znver3, never up to 1,024 rows on a znver4).  It is read by the
+# compiled code at run time (:mod:`fastseq.kernels._runtime`), measured once
+# per CPU kind and kept beside the planner's facts, and set before the
+# first kernel of the process runs, at one thread as at many: a result
+# never depends on which call came first.
+
+#: rows timed for the crossover, and the step product timed at each: an
+#: LSTM of 256 units (K = 256 inputs, 1024 outputs), float32, one thread
+BLAS_ROWS_SIZES = (128, 256, 512, 1024)
+BLAS_ROWS_SHAPE = (256, 1024)
+#: BLAS is taken where it is at least this much faster than the tiles
+BLAS_ROWS_MARGIN = 1.05
+#: repeats of each timing (the fastest counts)
+BLAS_ROWS_REPEATS = 3
+_BLAS_FORMAT = 1
+
+
+def blas_crossover(times):
+    """The rows from which the step product calls BLAS, from ``times``
+    ``{rows: (tiles_s, blas_s)}``: the fewest rows measured from which BLAS
+    is :data:`BLAS_ROWS_MARGIN` times as fast at every larger count
+    measured, else twice the most rows measured (the tiles throughout)."""
+    sizes = sorted(times)
+    rows = 2 * sizes[-1]
+    for r in reversed(sizes):
+        tiles, blas = times[r]
+        if tiles < BLAS_ROWS_MARGIN * blas:
+            break
+        rows = r
+    return rows
+
+
+def measure_blas_times():
+    """``{rows: (tiles_s, blas_s)}``: the step product of
+    :data:`BLAS_ROWS_SHAPE` by the packed tiles and by BLAS (one thread
+    each, alternated, fastest of :data:`BLAS_ROWS_REPEATS`)."""
+    from ._threads import blas_single_thread
+    from .kernels._runtime import PACKED_BLAS_MIN_ROWS
+    from .kernels.matmul import pack_into, packed_matmul, packed_shape
+
+    K, M = BLAS_ROWS_SHAPE
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((M, K), dtype=np.float32)
+    wp = np.empty(packed_shape(w), dtype=np.float32)   # (no array taken from a cached kernel)
+    pack_into(w, wp)
+    saved = PACKED_BLAS_MIN_ROWS.get()
+    times = {}
+    try:
+        with blas_single_thread():
+            for r in BLAS_ROWS_SIZES:
+                a = rng.standard_normal((r, K), dtype=np.float32)
+                out = np.empty((r, M), dtype=np.float32)
+                best = {0: math.inf, 1: math.inf}
+                for _ in range(BLAS_ROWS_REPEATS + 1):   # (the first: compile, caches)
+                    for blas, value in ((0, 1 << 62), (1, 0)):
+                        PACKED_BLAS_MIN_ROWS.set(value)
+                        t0 = time.perf_counter()
+                        packed_matmul(a, w, wp, out)
+                        best[blas] = min(best[blas], time.perf_counter() - t0)
+                times[r] = (best[0], best[1])
+    finally:
+        PACKED_BLAS_MIN_ROWS.set(saved)
+    return times
+
+
+def _blas_rows_path():
+    from ._config import VECTOR_BYTES
+    import llvmlite.binding as llvm
+
+    return os.path.join(os.path.dirname(_cache_path()),
+                        f"blas-rows-{llvm.get_host_cpu_name()}-v{VECTOR_BYTES}.json")
+
+
+def load_or_measure_blas_rows(path=None):
+    """The crossover rows from their file, or measured and written there
+    (as :func:`load_or_measure`)."""
+    path = path or _blas_rows_path()
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("format") == _BLAS_FORMAT:
+            return int(data["rows"])
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    times = measure_blas_times()
+    rows = blas_crossover(times)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"format": _BLAS_FORMAT, "rows": rows, "measured": time.time(),
+                       "times": {str(r): list(t) for r, t in times.items()}}, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return rows
+
+
+_values_lock = threading.RLock()
+_values_state = 0   # 0: not set yet, 1: being set (by the lock's holder), 2: set
+
+
+def resolve_kernel_values():
+    """Set the numbers the kernels read at run time
+    (:mod:`fastseq.kernels._runtime`) for this machine, once per process:
+    :func:`fastseq._fpenv.flush_denormals` calls this as every compiled call
+    starts until it has run.  Another thread's first call waits until they
+    are set; a call that the measurement itself makes runs on.  When they
+    cannot be had, the kernels keep their defaults."""
+    global _values_state
+    if _values_state == 2:
+        return
+    with _values_lock:
+        if _values_state != 0:
+            return
+        _values_state = 1
+        try:
+            from .kernels._runtime import PACKED_BLAS_MIN_ROWS
+
+            PACKED_BLAS_MIN_ROWS.set(load_or_measure_blas_rows())
+        finally:
+            _values_state = 2
+            _fpenv.before_kernels = None
+
+
+_fpenv.before_kernels = resolve_kernel_values

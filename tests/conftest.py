@@ -55,6 +55,37 @@ def _reference_plan(monkeypatch):
     monkeypatch.setattr(_plan, "_current", _plan.Plan.for_machine(_plan.Machine(**REFERENCE_MACHINE)))
 
 
+#: that machine's crossover of the step product's tiles and BLAS (rows): the
+#: suite's calls take BLAS from the same rows on every CPU, and measure
+#: nothing (tests/test_plan.py checks the measuring)
+REFERENCE_BLAS_ROWS = 256
+
+
+@pytest.fixture(autouse=True)
+def _reference_blas_rows(monkeypatch):
+    from fastseq import _fpenv, _plan
+    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS
+
+    monkeypatch.setattr(_plan, "_values_state", 2)
+    monkeypatch.setattr(_fpenv, "before_kernels", None)
+    saved = PACKED_BLAS_MIN_ROWS.get()
+    PACKED_BLAS_MIN_ROWS.set(REFERENCE_BLAS_ROWS)
+    yield
+    PACKED_BLAS_MIN_ROWS.set(saved)
+
+
+@pytest.fixture
+def blas_rows():
+    """``blas_rows(n)``: the step product takes BLAS from ``n`` rows in this
+    test (:data:`fastseq.kernels._runtime.PACKED_BLAS_MIN_ROWS`); returns ``n``."""
+    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS
+
+    def set_rows(n):
+        PACKED_BLAS_MIN_ROWS.set(n)
+        return n
+    return set_rows
+
+
 def sklearn_checks(estimators):
     """``parametrize_with_checks`` over ``estimators``, each one's
     ``_expected_failed_checks`` strict (where scikit-learn supports it)."""

@@ -356,7 +356,7 @@ def test_matches_torch_with_flush_denormal(dtype):
 
 
 @needs_ftz
-def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch):
+def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch, blas_rows):
     """A one-call inference that calls no BLAS (a projection weight under
     PROJECT_BLAS_MIN_BYTES, whatever its rows) runs flushed without setting
     BLAS's threads (a few microseconds of a small call); one whose
@@ -390,7 +390,7 @@ def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch):
         monkeypatch.setattr(_plan.current(), "pipeline_min_work", 10 ** 18)    # (not computed ahead)
         with _threads.limit(2, blas=False):
             layer.forward(np.ones((1, 20, 3), np.float32), need_grad=False)    # split
-        monkeypatch.setattr(rec, "PACKED_BLAS_MIN_ROWS", 1)       # as if the batch were large
+        blas_rows(1)                                              # as if the batch were large
         layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
     (flushed_small, blas_small), (flushed_rows, blas_rows), *large = seen
     assert flushed_small and flushed_rows and all(flushed for flushed, _ in large) and len(large) == 3

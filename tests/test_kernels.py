@@ -198,20 +198,23 @@ def test_parallel_tall_matmul_same_bits_at_any_thread_count(F, M, split, monkeyp
 
 @pytest.mark.parametrize("vector_bytes", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_packed_matmul_every_tile_path(dtype, vector_bytes):
+def test_packed_matmul_every_tile_path(dtype, vector_bytes, blas_rows):
     """The packed product for every vector width (16: NEON/SSE, 32: AVX2, 64:
     AVX-512; LLVM splits a wider vector on narrower hardware, so each is
     checked on any machine): rows in whole blocks and every remainder, one
     and two rows over their strip groups, strips left over from a group,
     several k blocks (accumulated), outputs past the last full strip (dot
-    form), BLAS from PACKED_BLAS_MIN_ROWS rows, and the fallbacks (no packed
+    form), BLAS from PACKED_BLAS_MIN_ROWS rows (a number the compiled code
+    reads at run time: set to 128 here), and the fallbacks (no packed
     weight, rows that are not unit-stride): every element written, equal to
     a @ w.T in float64."""
     from numba import njit
 
     from fastseq._config import JIT, VECTOR_BYTES
     from fastseq.kernels import matmul as mm
-    from fastseq.kernels.matmul import KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, STRIP_BYTES
+    from fastseq.kernels.matmul import KBLOCK_BYTES, STRIP_BYTES
+
+    PACKED_BLAS_MIN_ROWS = blas_rows(128)
 
     if vector_bytes == VECTOR_BYTES:
         packed_matmul = mm.packed_matmul   # the package's own, cached
@@ -306,8 +309,11 @@ def test_project_packed_blocks_and_blas(dtype):
     itemsize = np.dtype(dtype).itemsize
     big_m = mm.PROJECT_BLAS_MIN_BYTES // (64 * itemsize) + 3   # K = 64: past the BLAS threshold
     # a block reaches the packed product's own BLAS branch from PACKED_BLAS_MIN_ROWS
-    # rows: below it every row runs the same fused multiply-adds, whatever its block
-    assert mm.PROJECT_ROWS < mm.PACKED_BLAS_MIN_ROWS
+    # rows: below it every row runs the same fused multiply-adds, whatever its
+    # block (the fewest rows the planner can set is its smallest size timed)
+    from fastseq._plan import BLAS_ROWS_SIZES
+
+    assert mm.PROJECT_ROWS < min(BLAS_ROWS_SIZES) <= mm.PACKED_BLAS_MIN_ROWS.get()
     shifted = 0
     for n, K, M in [(1, 5, 16), (70, 28, 37), (33, 64, 200), (9, 64, big_m)]:
         inp = rng.standard_normal((n, K)).astype(dtype)

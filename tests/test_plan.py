@@ -144,3 +144,98 @@ def test_inference_unit_split_rule():
     assert not p.infer_units(2, 1, 64, w - 1, 16)              # too little work
     assert not p.infer_units(2, 1, 63, w, 16)                  # under 32 units a thread
     assert not p.infer_units(1, 1, 256, 10 ** 12, 16)
+
+
+def test_blas_crossover_rule():
+    """The step product calls BLAS from the fewest rows timed from which
+    BLAS is at least BLAS_ROWS_MARGIN faster at every larger count; never
+    within the counts timed: twice the most rows timed."""
+    m = _plan.BLAS_ROWS_MARGIN
+    assert _plan.blas_crossover({128: (1.0, 2.0), 256: (2.0, 3.0), 512: (4.0, 5.0)}) == 1024
+    assert _plan.blas_crossover({128: (2.0, 1.0), 256: (4.0, 2.0), 512: (8.0, 4.0)}) == 128
+    assert _plan.blas_crossover({128: (1.0, 2.0), 256: (4.0, 2.0), 512: (8.0, 4.0)}) == 256
+    assert _plan.blas_crossover({128: (2.0, 1.0), 256: (1.0, 2.0), 512: (8.0, 4.0)}) == 512   # not at 256
+    assert _plan.blas_crossover({128: (1.0, 1.0), 256: (1.0 * m, 1.0)}) == 256                 # the margin
+    assert _plan.blas_crossover({128: (1.0, 1.0), 256: (0.999 * m, 1.0)}) == 512
+
+
+def test_blas_rows_measured_once_and_kept(tmp_path, monkeypatch):
+    """The crossover is timed on this machine (every count timed, both
+    engines, positive), written beside the planner's facts and read back
+    instead of timed again; a broken file is timed around and replaced.
+    Timing leaves the kernels' number as it was."""
+    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS
+
+    before = PACKED_BLAS_MIN_ROWS.get()
+    times = _plan.measure_blas_times()
+    assert sorted(times) == list(_plan.BLAS_ROWS_SIZES)
+    assert all(0 < t < 10 for pair in times.values() for t in pair)
+    assert PACKED_BLAS_MIN_ROWS.get() == before
+    path = str(tmp_path / "sub" / "blas.json")
+    monkeypatch.setattr(_plan, "measure_blas_times", lambda: {128: (2.0, 1.0), 256: (4.0, 2.0)})
+    assert _plan.load_or_measure_blas_rows(path) == 128
+    with open(path) as f:
+        assert json.load(f)["rows"] == 128
+    monkeypatch.setattr(_plan, "measure_blas_times", lambda: pytest.fail("timed again"))
+    assert _plan.load_or_measure_blas_rows(path) == 128
+    with open(path, "w") as f:
+        f.write("{not json")
+    monkeypatch.setattr(_plan, "measure_blas_times", lambda: {128: (1.0, 2.0)})
+    assert _plan.load_or_measure_blas_rows(path) == 256
+    assert _plan.load_or_measure_blas_rows(path) == 256   # rewritten
+
+
+def test_packed_product_reads_its_blas_rows_at_run_time(blas_rows):
+    """The kernels read the crossover when they run, not when they were
+    compiled (or loaded from the cache): the same compiled product takes
+    BLAS (which reads ``w``) from the rows set and its tiles (which read the
+    packed weight, here packed from another matrix) below them."""
+    import numpy as np
+    from numba import njit
+
+    from fastseq.kernels.matmul import pack_weight, packed_matmul
+
+    pack = njit(lambda w: pack_weight(w).copy())
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 32), dtype=np.float32)
+    w = rng.standard_normal((64, 32), dtype=np.float32)
+    other = -w
+    wp = pack(other)
+    for rows, read in ((40, w), (41, other), (1, w), (1 << 40, other)):
+        blas_rows(rows)
+        out = np.full((40, 64), np.nan, np.float32)
+        packed_matmul(a, w, wp, out)
+        np.testing.assert_allclose(out, a @ read.T, rtol=1e-4, atol=1e-4, err_msg=str(rows))
+
+
+def test_blas_rows_are_set_before_the_first_kernel(tmp_path):
+    """In a fresh process the first compiled call (at one thread) finds the
+    crossover set from this machine's file, and sets it once: the hook is
+    gone afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTSEQ_CACHE_DIR=str(tmp_path))
+    code = ("import numpy as np, fastseq, fastseq.nn\n"
+            "from fastseq import _fpenv, _plan\n"
+            "from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS as R\n"
+            "print(_plan._blas_rows_path())\n"
+            "before = R.get()\n"
+            "fastseq.nn.Recurrent('gru', 3, 4, n_jobs=1).eval().forward(np.ones((2, 3, 3), np.float32), need_grad=False)\n"
+            "print(before, R.get(), _fpenv.before_kernels is None)\n")
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                 timeout=600)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    path, values = first.stdout.split("\n")[:2]
+    assert path.startswith(str(tmp_path)) and os.path.exists(path)
+    assert values.split()[0] == "256" and values.split()[2] == "True"
+    with open(path) as f:
+        data = json.load(f)
+    data["rows"] = 64   # as if this machine had measured 64
+    with open(path, "w") as f:
+        json.dump(data, f)
+    second = run()
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split("\n")[1].split() == ["256", "64", "True"]

@@ -17,8 +17,9 @@ from ._packed import add_bias, own_rows, reverse_steps
 from ._sync import barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
-from .matmul import (PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_for_steps, pack_into,
-                     packed_matmul, project, project_packed)
+from ._runtime import packed_blas_min_rows
+from .matmul import (PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_for_steps, pack_into, packed_matmul, project,
+                     project_packed)
 from .rnn import rnn_forward_slice
 
 
@@ -263,7 +264,7 @@ def own_packed(w, G, j0, j1, steps, rows):
     H = w.shape[0] // G
     n = j1 - j0
     SW = STRIP_BYTES // w.itemsize
-    if n % SW != 0 or rows >= PACKED_BLAS_MIN_ROWS or steps < 2:
+    if n % SW != 0 or rows >= packed_blas_min_rows() or steps < 2:
         own = own_rows(w, G, j0, j1)
         return own, pack_for_steps(own, steps)
     per = n // SW

@@ -39,14 +39,15 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._config import JIT, VECTOR_BYTES
+from . import _runtime
 from ._packed import add_bias
 from ._sync import store_release
 
-#: rows from which :func:`packed_matmul` calls BLAS instead of its tiles
-#: (``python bench/matmul_step.py``-style runs, one znver3 thread, GFLOP/s
-#: tiles / BLAS: 64 rows 70-96 / 54-67, 128 rows 69-88 / 58-79, 256 rows
-#: 68-97 / 65-87, BLAS ahead from there at H = 256, 4H outputs)
-PACKED_BLAS_MIN_ROWS = 256
+#: rows from which :func:`packed_matmul` calls BLAS instead of its tiles: a
+#: number read at run time (:mod:`fastseq.kernels._runtime`), this machine's
+#: crossover (:func:`fastseq._plan.resolve_kernel_values`; bench/RESULTS.md,
+#: "BLAS or tiles")
+PACKED_BLAS_MIN_ROWS = _runtime.PACKED_BLAS_MIN_ROWS
 
 #: bytes of one packed strip: one 64-byte cache line of outputs (16 float32)
 STRIP_BYTES = 64
@@ -307,7 +308,7 @@ def _packed_matmul_for(vector_bytes, blocking=None):
 
     def packed_matmul(a, w, wp, out):
         """``out = a @ w.T`` from ``wp = pack_weight(w)``; BLAS from
-        :data:`PACKED_BLAS_MIN_ROWS` rows, plain dot products when ``wp`` is
+        :data:`PACKED_BLAS_MIN_ROWS` rows (read at run time), plain dot products when ``wp`` is
         empty or an array is not unit-stride along its rows.
 
         Groups of strips (:data:`BLOCKING`: more strips at once for one or
@@ -318,7 +319,7 @@ def _packed_matmul_for(vector_bytes, blocking=None):
         n, K = a.shape
         M = w.shape[0]
         isz = a.itemsize
-        if n >= PACKED_BLAS_MIN_ROWS:
+        if n >= _runtime.packed_blas_min_rows():
             np.dot(a, w.T, out)
             return
         m_dot = 0

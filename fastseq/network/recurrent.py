@@ -513,7 +513,7 @@ class Recurrent:
         otherwise: an LSTM of 32 units, batch 1, 32 steps, 31 -> 26 us)."""
         plan = _plan._current  # (not measured here: a one-thread call never is)
         key = (B, T, get_num_threads(), self.training, self.dropout, self.recurrent_dropout,
-               None if plan is None else plan.version, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES)
+               None if plan is None else plan.version, PACKED_BLAS_MIN_ROWS.get(), PROJECT_BLAS_MIN_BYTES)
         plans = self.__dict__.setdefault("_plans", {})
         got = plans.get(key)
         if got is None:
@@ -783,7 +783,7 @@ class Recurrent:
         :data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES` or more, or
         one split across threads."""
         N, GH = projection_rows, self.num_gates * self.hidden_size
-        if step_rows >= PACKED_BLAS_MIN_ROWS:
+        if step_rows >= PACKED_BLAS_MIN_ROWS.get():
             return True
         if N:
             F = self._widest_input()
