@@ -154,3 +154,16 @@ def test_wgrad_times_both_products(capsys):
     with pytest.raises(SystemExit):
         wgrad.main(["--shapes", "40:3"])
 
+
+
+def test_faults_counts_a_training_step(capsys, monkeypatch):
+    """``python -m bench.faults``: a training case's step timed with its page
+    faults and system time (all finite, none negative)."""
+    from bench import compare, faults
+
+    tiny = compare.Case("tiny/lstm/B2/T5/I3/H4", "weather", "lstm", 2, 5, 3, 4)
+    monkeypatch.setattr(faults, "all_cases", lambda: [tiny])
+    rows = faults.main(["--threads", "1", "--steps", "2"])
+    assert [r[0] for r in rows] == [tiny.name]
+    assert rows[0][1] > 0 and rows[0][2] >= 0 and rows[0][3] >= 0
+    assert "CPU:" in capsys.readouterr().out
