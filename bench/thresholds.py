@@ -60,6 +60,11 @@ def main(argv=None):
         m = _plan.machine()
         print(f"{m}: one hand-over is {m.handover_work / 1e6:.2f}M multiply-adds")
         print(_plan.current())
+        from fastseq.kernels import _runtime
+
+        _plan.resolve_kernel_values()
+        print(f"in the kernels: the step product calls BLAS from {_runtime.PACKED_BLAS_MIN_ROWS.get()} rows, "
+              f"the input projection from {_runtime.PROJECT_BLAS_MIN_BYTES.get()} bytes of weight")
         return
     alt = {k: int(v) for k, v in (kv.split("=") for kv in args.alt.split(","))}
     now = {k: getattr(_plan.current(), k) for k in alt}

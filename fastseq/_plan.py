@@ -24,11 +24,13 @@ to a power of two, so that a measurement a little off rarely moves a
 decision.  The rules and the measurements behind their factors are in
 ``bench/RESULTS.md`` ("Planner").
 
-One decision is taken inside the compiled time loops: from how many rows a
-step's product calls BLAS rather than its tiles.  That crossover is timed
-once per CPU kind too (:func:`resolve_kernel_values`, at the first compiled
-call of a process, at any thread count) and handed to the kernels as a
-number they read at run time (:mod:`fastseq.kernels._runtime`).
+Two decisions are taken inside compiled code: from how many rows a step's
+product calls BLAS rather than its tiles, and from how large a weight the
+input projection does.  The first crossover is timed once per CPU kind
+too, the second follows the L2 cache (:func:`resolve_kernel_values`, at the
+first compiled call of a process, at any thread count); both are handed to
+the kernels as numbers they read at run time
+(:mod:`fastseq.kernels._runtime`).
 """
 
 import itertools
@@ -332,6 +334,13 @@ BLAS_ROWS_SIZES = (128, 256, 512, 1024)
 BLAS_ROWS_SHAPE = (256, 1024)
 #: BLAS is taken where it is at least this much faster than the tiles
 BLAS_ROWS_MARGIN = 1.05
+#: the input projection (:func:`fastseq.kernels.matmul.project`) calls BLAS
+#: from this many L2 caches of weight: the packed blocks read the whole
+#: weight once per 32 rows, from L2 while it nearly fits (one thread,
+#: packed / BLAS GFLOP/s on this znver4, 1 MB of L2: 1 MB 102 / 94, 2 MB 98
+#: / 91, 3.8 MB 98 / 97, 16 MB 87 / 97; on the znver3, 512 KB: ahead to
+#: 1 MB, behind from 4 MB; bench/RESULTS.md, "BLAS or tiles")
+PROJECT_BLAS_L2S = 4
 #: repeats of each timing (the fastest counts)
 BLAS_ROWS_REPEATS = 3
 _BLAS_FORMAT = 1
@@ -437,8 +446,9 @@ def resolve_kernel_values():
             return
         _values_state = 1
         try:
-            from .kernels._runtime import PACKED_BLAS_MIN_ROWS
+            from .kernels._runtime import PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES
 
+            PROJECT_BLAS_MIN_BYTES.set(PROJECT_BLAS_L2S * _cache_bytes(2, 1024 ** 2))
             PACKED_BLAS_MIN_ROWS.set(load_or_measure_blas_rows())
         finally:
             _values_state = 2

@@ -59,19 +59,23 @@ def _reference_plan(monkeypatch):
 #: suite's calls take BLAS from the same rows on every CPU, and measure
 #: nothing (tests/test_plan.py checks the measuring)
 REFERENCE_BLAS_ROWS = 256
+#: and its projection's (bytes of weight from which it calls BLAS)
+REFERENCE_PROJECT_BLAS_BYTES = 2 * 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
 def _reference_blas_rows(monkeypatch):
     from fastseq import _fpenv, _plan
-    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS
+    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES
 
     monkeypatch.setattr(_plan, "_values_state", 2)
     monkeypatch.setattr(_fpenv, "before_kernels", None)
-    saved = PACKED_BLAS_MIN_ROWS.get()
+    saved = PACKED_BLAS_MIN_ROWS.get(), PROJECT_BLAS_MIN_BYTES.get()
     PACKED_BLAS_MIN_ROWS.set(REFERENCE_BLAS_ROWS)
+    PROJECT_BLAS_MIN_BYTES.set(REFERENCE_PROJECT_BLAS_BYTES)
     yield
-    PACKED_BLAS_MIN_ROWS.set(saved)
+    PACKED_BLAS_MIN_ROWS.set(saved[0])
+    PROJECT_BLAS_MIN_BYTES.set(saved[1])
 
 
 @pytest.fixture
@@ -84,6 +88,19 @@ def blas_rows():
         PACKED_BLAS_MIN_ROWS.set(n)
         return n
     return set_rows
+
+
+@pytest.fixture
+def project_blas_bytes():
+    """``project_blas_bytes(n)``: the input projection takes BLAS from ``n``
+    bytes of weight in this test
+    (:data:`fastseq.kernels._runtime.PROJECT_BLAS_MIN_BYTES`); returns ``n``."""
+    from fastseq.kernels._runtime import PROJECT_BLAS_MIN_BYTES
+
+    def set_bytes(n):
+        PROJECT_BLAS_MIN_BYTES.set(n)
+        return n
+    return set_bytes
 
 
 def sklearn_checks(estimators):

@@ -129,6 +129,21 @@ def test_ab_loads_another_checkout_beside_this_one(tmp_path):
     assert not np.array_equal(trainer.layer.flat, before)
     rows = ab.compare(fastseq, ["gru"], [4], [2], [1], threads=1, repeats=1, rounds=1, I=3, train=True)
     assert rows[0][:4] == ("gru", 1, 4, 2) and rows[0][4][0]["this"] > 0
+    # the numbers the kernels read at run time are each package's own (one
+    # symbol name for both let the later copy's value reach this one's code)
+    from fastseq.kernels import _runtime
+    from fastseq.kernels.matmul import packed_matmul
+
+    theirs = other.kernels._runtime.PACKED_BLAS_MIN_ROWS
+    assert theirs.name != _runtime.PACKED_BLAS_MIN_ROWS.name
+    theirs.set(1)                              # theirs: BLAS from one row; ours: 256 (conftest)
+    rng = np.random.default_rng(0)
+    a, w = rng.standard_normal((8, 16), dtype=np.float32), rng.standard_normal((16, 16), dtype=np.float32)
+    wp = np.empty((1, 16, 16), np.float32)
+    wp[0] = -w.T                               # tiles read this (a packed -w), BLAS reads w
+    out = np.empty((8, 16), np.float32)
+    packed_matmul(a, w, wp, out)
+    np.testing.assert_allclose(out, -(a @ w.T), rtol=1e-5, atol=1e-5)
 
 
 def test_compare_refuses_fewer_than_one_seed(capsys):

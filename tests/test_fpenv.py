@@ -356,7 +356,7 @@ def test_matches_torch_with_flush_denormal(dtype):
 
 
 @needs_ftz
-def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch, blas_rows):
+def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch, blas_rows, project_blas_bytes):
     """A one-call inference that calls no BLAS (a projection weight under
     PROJECT_BLAS_MIN_BYTES, whatever its rows) runs flushed without setting
     BLAS's threads (a few microseconds of a small call); one whose
@@ -383,9 +383,9 @@ def test_small_one_call_inference_flushes_and_leaves_blas_alone(monkeypatch, bla
             pytest.skip("no BLAS here runs two threads: nothing to tell apart")
         layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
         layer.forward(np.ones((1, 300, 3), np.float32), need_grad=False)     # many rows, the packed product
-        with monkeypatch.context() as m:
-            m.setattr(rec, "PROJECT_BLAS_MIN_BYTES", 16 * 3 * 4)              # as if W_ih were large: BLAS
-            layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
+        project_blas_bytes(16 * 3 * 4)                                      # as if W_ih were large: BLAS
+        layer.forward(np.ones((1, 5, 3), np.float32), need_grad=False)
+        project_blas_bytes(2 * 1024 * 1024)
         monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 0)       # split from 16 rows
         monkeypatch.setattr(_plan.current(), "pipeline_min_work", 10 ** 18)    # (not computed ahead)
         with _threads.limit(2, blas=False):

@@ -307,7 +307,7 @@ def test_project_packed_blocks_and_blas(dtype):
     rng = np.random.default_rng(11)
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     itemsize = np.dtype(dtype).itemsize
-    big_m = mm.PROJECT_BLAS_MIN_BYTES // (64 * itemsize) + 3   # K = 64: past the BLAS threshold
+    big_m = mm.PROJECT_BLAS_MIN_BYTES.get() // (64 * itemsize) + 3   # K = 64: past the BLAS threshold
     # a block reaches the packed product's own BLAS branch from PACKED_BLAS_MIN_ROWS
     # rows: below it every row runs the same fused multiply-adds, whatever its
     # block (the fewest rows the planner can set is its smallest size timed)
@@ -318,7 +318,7 @@ def test_project_packed_blocks_and_blas(dtype):
     for n, K, M in [(1, 5, 16), (70, 28, 37), (33, 64, 200), (9, 64, big_m)]:
         inp = rng.standard_normal((n, K)).astype(dtype)
         w = rng.standard_normal((M, K)).astype(dtype)
-        packed = w.nbytes < mm.PROJECT_BLAS_MIN_BYTES
+        packed = w.nbytes < mm.PROJECT_BLAS_MIN_BYTES.get()
         shifted += packed and n > 1
         for bias in (rng.standard_normal(M).astype(dtype), np.empty(0, dtype)):
             out = _nan((n, M), dtype)

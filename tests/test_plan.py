@@ -239,3 +239,44 @@ def test_blas_rows_are_set_before_the_first_kernel(tmp_path):
     second = run()
     assert second.returncode == 0, second.stderr
     assert second.stdout.split("\n")[1].split() == ["256", "64", "True"]
+
+
+def test_projection_blas_bytes_follow_the_l2_cache(monkeypatch, tmp_path):
+    """The input projection calls BLAS from PROJECT_BLAS_L2S of the
+    machine's L2 caches of weight (2 MB on the 512 KB znver3 it was timed
+    on), set with the step product's crossover, and read by the compiled
+    projection at run time: the same weight takes BLAS's path below and
+    above it (its packed blocks give each row the same bits whatever the
+    block; BLAS's split by rows is a different sum)."""
+    import numpy as np
+
+    from fastseq import _fpenv
+    from fastseq.kernels import matmul as mm
+    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES
+
+    monkeypatch.setattr(_plan, "_values_state", 0)
+    monkeypatch.setattr(_plan, "_cache_bytes", lambda level, default: 512 * 1024 if level == 2 else default)
+    monkeypatch.setattr(_plan, "load_or_measure_blas_rows", lambda: 512)
+    _plan.resolve_kernel_values()
+    assert PROJECT_BLAS_MIN_BYTES.get() == _plan.PROJECT_BLAS_L2S * 512 * 1024 == 2 * 1024 * 1024
+    assert PACKED_BLAS_MIN_ROWS.get() == 512 and _fpenv.before_kernels is None and _plan._values_state == 2
+    from numba import njit
+
+    from fastseq._config import JIT
+
+    blas = njit(**{**JIT, "cache": False})(lambda a, w_t, out: np.dot(a, w_t, out))
+    packed = njit(**{**JIT, "cache": False})(
+        lambda a, w, bias, out: mm.project_packed(a, w, mm.pack_weight(w), bias, out))
+    rng = np.random.default_rng(0)
+    inp = rng.standard_normal((8, 4096), dtype=np.float32)
+    w = rng.standard_normal((40, 4096), dtype=np.float32)
+    bias = np.empty(0, np.float32)
+    ref_blas, ref_packed = np.empty((8, 40), np.float32), np.empty((8, 40), np.float32)
+    blas(inp, np.ascontiguousarray(w.T), ref_blas)
+    packed(inp, w, bias, ref_packed)
+    for limit, ref in ((w.nbytes, ref_blas), (w.nbytes + 1, ref_packed), (1, ref_blas)):
+        PROJECT_BLAS_MIN_BYTES.set(limit)
+        out = np.full((8, 40), np.nan, np.float32)
+        mm.project(inp, w, bias, out)
+        np.testing.assert_array_equal(out, ref, err_msg=str(limit))
+    # (over 4,096 inputs the two sum differently here, so each path is told apart)

@@ -394,7 +394,7 @@ def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
     are grouped); dX and the weight gradients (then computed behind the
     backward loop, in chunks) and all of it close to one thread."""
     import fastseq.network.recurrent as R
-    from fastseq.kernels.matmul import PROJECT_BLAS_MIN_BYTES
+    from fastseq.kernels._runtime import PROJECT_BLAS_MIN_BYTES
     rng = np.random.default_rng(0)
 
     def run(layer, X, lengths, G):
@@ -407,7 +407,7 @@ def test_pipelined_training_forward_is_bit_identical(monkeypatch, cell):
         # the unpipelined projection (project) takes the packed blocks, as
         # project_ahead always does, only below PROJECT_BLAS_MIN_BYTES of
         # weight: the outputs are bit-identical on that side of it
-        assert all(w.nbytes < PROJECT_BLAS_MIN_BYTES
+        assert all(w.nbytes < PROJECT_BLAS_MIN_BYTES.get()
                    for k, w in layer.params.items() if k.startswith("weight_ih"))
         X = rng.standard_normal((B, T, F)).astype(np.float32)
         lengths = None

@@ -57,9 +57,21 @@ def _reader(name):
     return read
 
 
+#: the symbols' prefix: this module's import name, so that another copy of
+#: the package in the same process (``bench.ab`` imports a second checkout
+#: as ``fastseq_other``) binds symbols of its own instead of taking these
+#: over; the same from one process to the next, as cached code needs
+_PREFIX = __name__.replace(".", "_")
+
 #: rows from which :func:`fastseq.kernels.matmul.packed_matmul` calls BLAS
 #: rather than its tiles: the machine's crossover, measured once and kept
 #: by :func:`fastseq._plan.resolve_kernel_values`; until then 256 (the
 #: crossover of the znver3 machine the tiles were first tuned on)
-PACKED_BLAS_MIN_ROWS = RuntimeInt("fastseq_packed_blas_min_rows", 256)
+PACKED_BLAS_MIN_ROWS = RuntimeInt(f"{_PREFIX}_packed_blas_min_rows", 256)
 packed_blas_min_rows = _reader(PACKED_BLAS_MIN_ROWS.name)
+#: bytes of an input weight from which :func:`fastseq.kernels.matmul.project`
+#: calls BLAS rather than its packed blocks: four of this machine's L2
+#: caches, set by :func:`fastseq._plan.resolve_kernel_values`; until then 2 MB
+#: (four of the znver3's)
+PROJECT_BLAS_MIN_BYTES = RuntimeInt(f"{_PREFIX}_project_blas_min_bytes", 2 * 1024 * 1024)
+project_blas_min_bytes = _reader(PROJECT_BLAS_MIN_BYTES.name)

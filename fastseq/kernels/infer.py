@@ -17,9 +17,8 @@ from ._packed import add_bias, own_rows, reverse_steps
 from ._sync import barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
-from ._runtime import packed_blas_min_rows
-from .matmul import (PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_for_steps, pack_into, packed_matmul, project,
-                     project_packed)
+from ._runtime import packed_blas_min_rows, project_blas_min_bytes
+from .matmul import STRIP_BYTES, pack_for_steps, pack_into, packed_matmul, project, project_packed
 from .rnn import rnn_forward_slice
 
 
@@ -287,7 +286,7 @@ def units_projection(inp, w_ih, bias, G, j0, j1):
     if bias.shape[0] > 0:
         for g in range(G):
             own_bias[g * n:(g + 1) * n] = bias[g * H + j0:g * H + j1]
-    if G * n * w_ih.shape[1] * w_ih.itemsize >= PROJECT_BLAS_MIN_BYTES:  # (the layer never splits these)
+    if G * n * w_ih.shape[1] * w_ih.itemsize >= project_blas_min_bytes():  # (the layer never splits these)
         project(inp, own_rows(w_ih, G, j0, j1), own_bias, xp)
     else:  # project()'s packed path, its weight packed straight from W_ih's rows
         w, wp = own_packed(w_ih, G, j0, j1, 2, 1)

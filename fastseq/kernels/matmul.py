@@ -447,12 +447,11 @@ PROJECT_ROWS = 32
 PIPELINE_ROWS = 16
 
 
-#: bytes of ``w`` from which :func:`project` calls BLAS (one thread, rows
-#: 800-4096: the packed blocks win to 1 MB, e.g. K=256 M=768 82 / 68 GFLOP/s,
-#: BLAS from 4 MB, K=1024 M=4096 77 / 57, K=500 M=2000 74 / 65; the packed
-#: blocks stream all of ``w`` once per 32 rows, from memory once it is past
-#: the caches)
-PROJECT_BLAS_MIN_BYTES = 2 * 1024 * 1024
+#: bytes of ``w`` from which :func:`project` calls BLAS: the packed blocks
+#: stream all of ``w`` once per 32 rows, from memory once it is past the
+#: caches.  Four L2 caches of the machine at hand, read at run time
+#: (:mod:`fastseq.kernels._runtime`; bench/RESULTS.md, "BLAS or tiles")
+PROJECT_BLAS_MIN_BYTES = _runtime.PROJECT_BLAS_MIN_BYTES
 
 
 @njit(**JIT)
@@ -468,7 +467,7 @@ def project(inp, w, bias, out):
     :data:`PROJECT_BLAS_MIN_BYTES` of ``w``: BLAS, then the bias (a row's
     result then depends on BLAS's blocking: callers split rows only by the
     thread count, which fixes it)."""
-    if w.shape[0] * w.shape[1] * w.itemsize >= PROJECT_BLAS_MIN_BYTES:
+    if w.shape[0] * w.shape[1] * w.itemsize >= _runtime.project_blas_min_bytes():
         np.dot(inp, w.T, out)
         add_bias(out, bias, 0, out.shape[0])
         return

@@ -513,7 +513,7 @@ class Recurrent:
         otherwise: an LSTM of 32 units, batch 1, 32 steps, 31 -> 26 us)."""
         plan = _plan._current  # (not measured here: a one-thread call never is)
         key = (B, T, get_num_threads(), self.training, self.dropout, self.recurrent_dropout,
-               None if plan is None else plan.version, PACKED_BLAS_MIN_ROWS.get(), PROJECT_BLAS_MIN_BYTES)
+               None if plan is None else plan.version, PACKED_BLAS_MIN_ROWS.get(), PROJECT_BLAS_MIN_BYTES.get())
         plans = self.__dict__.setdefault("_plans", {})
         got = plans.get(key)
         if got is None:
@@ -612,7 +612,7 @@ class Recurrent:
         H, G, isz = self.hidden_size, self.num_gates, self.dtype.itemsize
         F = self._widest_input()
         if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
-                or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES):
+                or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES.get()):
             return False
         rows = 2 * FUSED_MIN_ROWS if self.cell == "lstm" else max(1, FUSED_MIN_ROWS // 2)
         return _plan.current().infer_units(n, B, H, B * T * G * H * (H + F), rows)
@@ -788,7 +788,7 @@ class Recurrent:
         if N:
             F = self._widest_input()
             # (no layer's projection is split below the plan's split work)
-            if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES or (
+            if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES.get() or (
                     get_num_threads() > 1 and N * F * GH >= _plan.current().matmul_split_min_work
                     and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers))):
                 return True
