@@ -62,6 +62,8 @@ class _FlushDenormals:
     __slots__ = ()
 
     def __enter__(self):
+        if before_kernels is not None:   # (first: nothing here to undo if it raises)
+            before_kernels()
         try:
             st = _local.st
         except AttributeError:  # this thread's first entry
@@ -69,8 +71,6 @@ class _FlushDenormals:
         if st[0] == 0 and AVAILABLE:
             st[1] = _enter()
         st[0] += 1
-        if before_kernels is not None:
-            before_kernels()
         return self
 
     def __exit__(self, *exc):

@@ -449,7 +449,10 @@ def resolve_kernel_values():
             from .kernels._runtime import PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES
 
             PROJECT_BLAS_MIN_BYTES.set(PROJECT_BLAS_L2S * _cache_bytes(2, 1024 ** 2))
-            PACKED_BLAS_MIN_ROWS.set(load_or_measure_blas_rows())
+            try:
+                PACKED_BLAS_MIN_ROWS.set(load_or_measure_blas_rows())
+            except Exception:   # (not timed: the kernels keep their default)
+                pass
         finally:
             _values_state = 2
             _fpenv.before_kernels = None

@@ -64,8 +64,8 @@ def kept(store, name, shape, dtype):
     again, so a caller that holds on to an earlier call's arrays keeps
     their values.  Fresh arrays of megabytes are faulted in anew at every
     call (glibc hands freed blocks at the top of its heap back to the
-    system): at MNIST rows an LSTM training step spent about a fifth of its
-    time there (bench/RESULTS.md, "thirteenth session")."""
+    system): at MNIST rows an LSTM training step spent 15.7 of its 54 ms
+    in the system that way (bench/RESULTS.md, "thirteenth session")."""
     dtype = np.dtype(dtype)
     shape = tuple(map(int, shape))
     size = math.prod(shape)

@@ -280,3 +280,27 @@ def test_projection_blas_bytes_follow_the_l2_cache(monkeypatch, tmp_path):
         mm.project(inp, w, bias, out)
         np.testing.assert_array_equal(out, ref, err_msg=str(limit))
     # (over 4,096 inputs the two sum differently here, so each path is told apart)
+
+
+def test_a_failed_timing_leaves_the_defaults_and_the_thread_as_it_was(monkeypatch):
+    """When the crossover cannot be timed, the first compiled call runs on
+    with the kernels' default, the flush-to-zero depth of its thread is
+    left as it was, and nothing is tried again."""
+    import numpy as np
+
+    from fastseq import _fpenv
+    from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS
+    from fastseq.nn import Recurrent
+
+    def broken():
+        raise RuntimeError("no timing here")
+    monkeypatch.setattr(_plan, "_values_state", 0)
+    monkeypatch.setattr(_fpenv, "before_kernels", _plan.resolve_kernel_values)
+    monkeypatch.setattr(_plan, "load_or_measure_blas_rows", broken)
+    PACKED_BLAS_MIN_ROWS.set(256)
+    depth = getattr(_fpenv._local, "st", [0, 0])[0]
+    out, _ = Recurrent("gru", 3, 4, random_state=0, n_jobs=1).eval().forward(
+        np.ones((2, 3, 3), np.float32), need_grad=False)
+    assert np.isfinite(out).all()
+    assert PACKED_BLAS_MIN_ROWS.get() == 256 and _plan._values_state == 2 and _fpenv.before_kernels is None
+    assert getattr(_fpenv._local, "st", [0, 0])[0] == depth

@@ -902,9 +902,9 @@ class Recurrent:
         forward pass keeps for its backward pass, rewritten by the next
         one; memory still referred to, by a forward pass's state kept
         elsewhere, is never handed out again).  Fresh, such arrays were
-        faulted in anew at every call: with them an LSTM training step at
-        MNIST rows took about a fifth longer (bench/RESULTS.md, "thirteenth
-        session")."""
+        faulted in anew at every call: an LSTM training step at MNIST rows
+        spent 15.7 of its 54 ms in the system that way (bench/RESULTS.md,
+        "thirteenth session")."""
         return kept(self.__dict__.setdefault("_kept_arrays", {}), name, shape, self.dtype)
 
     def _run_direction(self, k, d, pk, inp_d, h0s, c0s, mask, need_grad=True):
