@@ -458,4 +458,17 @@ def resolve_kernel_values():
             _fpenv.before_kernels = None
 
 
+def _after_fork_in_child():
+    """A child forked while another thread was setting the numbers gets a
+    fresh lock (the one held by a thread that does not exist in the child
+    would hang its first call) and sets them itself."""
+    global _values_lock, _values_state
+    _values_lock = threading.RLock()
+    if _values_state == 1:
+        _values_state = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _fpenv.before_kernels = resolve_kernel_values

@@ -3,6 +3,7 @@ machine measures, kept in a cache file, and the decisions built on them."""
 
 import json
 import math
+import os
 
 import pytest
 
@@ -304,3 +305,54 @@ def test_a_failed_timing_leaves_the_defaults_and_the_thread_as_it_was(monkeypatc
     assert np.isfinite(out).all()
     assert PACKED_BLAS_MIN_ROWS.get() == 256 and _plan._values_state == 2 and _fpenv.before_kernels is None
     assert getattr(_fpenv._local, "st", [0, 0])[0] == depth
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_while_the_numbers_are_being_set_does_not_hang_the_child(monkeypatch):
+    """A process forked while another of its threads holds the lock of the
+    first call's timing: the child's first compiled call sets the numbers
+    itself instead of waiting for a thread it does not have."""
+    import os
+    import threading
+    import time
+
+    import numpy as np
+
+    from fastseq import _fpenv
+    from fastseq.nn import Recurrent
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        release.wait(30)
+        return 512
+    monkeypatch.setattr(_plan, "_values_state", 0)
+    monkeypatch.setattr(_fpenv, "before_kernels", _plan.resolve_kernel_values)
+    monkeypatch.setattr(_plan, "load_or_measure_blas_rows", slow)
+    t = threading.Thread(target=_plan.resolve_kernel_values)
+    t.start()
+    assert started.wait(30)
+    pid = os.fork()
+    if pid == 0:   # the child: one forward, then out without pytest's teardown
+        code = 1
+        try:
+            _plan.load_or_measure_blas_rows = lambda: 128
+            out, _ = Recurrent("rnn", 2, 3, random_state=0, n_jobs=1).eval().forward(
+                np.ones((1, 2, 2), np.float32), need_grad=False)
+            from fastseq.kernels._runtime import PACKED_BLAS_MIN_ROWS
+            code = 0 if np.isfinite(out).all() and PACKED_BLAS_MIN_ROWS.get() == 128 else 2
+        finally:
+            os._exit(code)
+    release.set()
+    t.join(30)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            pytest.fail("the child's first call hung")
+        threading.Event().wait(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
