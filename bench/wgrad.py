@@ -13,7 +13,8 @@ blocks in threads, BLAS at one thread each) and the strided-strip product
 limits at every call costs milliseconds, more than some products take),
 alternated call by call (:func:`bench.compare.time_alternating`, median
 ms), and prints each with its GFLOP/s and whether the layer's rule
-(``network.recurrent._tall_fits``) takes the tall product for that ``F``.
+(``network.recurrent._tall_fits``) takes the tall product for that ``F``
+and ``M`` (``M`` not a multiple of a strip's 16 gates: BLAS).
 
 The default shapes are the layers' own: the weather GRU's input side
 (49152 rows: 1024 sequences of 48 steps; 5 inputs and a column of ones;
@@ -51,7 +52,7 @@ def run(shapes, threads, repeats):
             ts = time_alternating({"blas": lambda: parallel_matmul(dg.T, x, out=out),
                                    "tall": lambda: parallel_tall_matmul(x, dg, out=out_t)},
                                   repeats, pause=0.002)
-            rule = _tall_fits(F, np.dtype(np.float32))
+            rule = _tall_fits(F, M, np.dtype(np.float32))
         flop = 2.0 * N * F * M
         row = {"N": N, "F": F, "M": M, "blas_ms": ts["blas"] * 1e3, "tall_ms": ts["tall"] * 1e3,
                "blas_gflops": flop / ts["blas"] / 1e9, "tall_gflops": flop / ts["tall"] / 1e9, "rule_tall": rule}

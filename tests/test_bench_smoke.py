@@ -161,10 +161,10 @@ def test_wgrad_times_both_products(capsys):
     refused with a message."""
     from bench import wgrad
 
-    rows = wgrad.main(["--threads", "1", "--repeats", "1", "--shapes", "40:3:20,40:5000:16"])
-    assert [(r["N"], r["F"], r["M"]) for r in rows] == [(40, 3, 20), (40, 5000, 16)]
+    rows = wgrad.main(["--threads", "1", "--repeats", "1", "--shapes", "40:3:32,40:5000:16,40:3:20"])
+    assert [(r["N"], r["F"], r["M"]) for r in rows] == [(40, 3, 32), (40, 5000, 16), (40, 3, 20)]
     assert all(r["blas_ms"] > 0 and r["tall_ms"] > 0 for r in rows)
-    assert rows[0]["rule_tall"] and not rows[1]["rule_tall"]
+    assert rows[0]["rule_tall"] and not rows[1]["rule_tall"] and not rows[2]["rule_tall"]
     assert "CPU:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         wgrad.main(["--shapes", "40:3"])

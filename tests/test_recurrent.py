@@ -290,13 +290,38 @@ def test_training_weight_gradients_one_signature_per_dtype():
         "for dt in ('float32', 'float64'):\n"
         "    for cell in ('rnn', 'lstm', 'gru'):\n"
         "        for bias, F, B in ((True, 3, 5), (False, 1, 1), (True, 1, 4)):\n"
-        "            layer = Recurrent(cell, F, 8, bias=bias, dtype=dt, random_state=0)\n"
+        "            layer = Recurrent(cell, F, 16, bias=bias, dtype=dt, random_state=0)\n"
         "            X = rng.standard_normal((B, 6, F))\n"
         "            out, _ = layer.forward(X, lengths=np.arange(6, 6 - B, -1).clip(1))\n"
         "            layer.backward(np.ones_like(out), need_input_grad=False)\n"
         "assert len(matmul.tall_matmul.signatures) == 2, matmul.tall_matmul.signatures\n"
         "assert len(gru.reset_scaled.signatures) == 2, gru.reset_scaled.signatures\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tall_weight_gradients_only_for_whole_strips_of_few_inputs():
+    """The tall weight-gradient product is taken for few inputs into gates
+    that fill whole strips of 16 float32 (8 float64); gates past the last
+    strip take a plain loop there (3-4x BLAS's time for a GRU of 100
+    units), so those layers' products go to BLAS, with the same gradients
+    as the tall product gives."""
+    from fastseq.network import recurrent as R
+
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    assert R._tall_fits(6, 192, f32) and R._tall_fits(6, 8, f64)
+    assert not R._tall_fits(6, 300, f32) and not R._tall_fits(6, 20, f64)
+    assert not R._tall_fits(100_000, 192, f32)                   # too many inputs
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    for H in (5, 16):                                            # GRU gates 15 (BLAS) and 48 (tall)
+        layer = Recurrent("gru", 4, H, random_state=0)
+        out, _ = layer.forward(X)
+        _, g = layer.backward(np.ones_like(out), need_input_grad=False)
+        ref = Recurrent("gru", 4, H, random_state=0, dtype="float64")
+        out64, _ = ref.forward(X.astype(np.float64))
+        _, g64 = ref.backward(np.ones_like(out64), need_input_grad=False)
+        for name in g:
+            np.testing.assert_allclose(g[name], g64[name], rtol=1e-4, atol=1e-5, err_msg=f"H={H} {name}")
 
 
 def test_import_compiles_nothing():

@@ -58,19 +58,23 @@ def _column_sums(g, out):
     return np.matmul(np.ones(g.shape[0], dtype=g.dtype), g, out=out)
 
 
-def _tall_fits(rows, dt):
+def _tall_fits(rows, cols, dt):
     """Whether a weight gradient over ``rows`` inputs (a layer's inputs, its
-    states, a column of ones for the bias) goes to
+    states, a column of ones for the bias) into ``cols`` gates goes to
     :func:`fastseq._threads.parallel_tall_matmul` rather than BLAS: while
     the inputs of one of its k blocks take at most an eighth of a core's L2
-    cache (each strip group reads them back from there).  ``python -m
+    cache (each strip group reads them back from there), and the gates
+    fill whole strips (the product's columns past its last strip take a
+    plain loop: 3-4x BLAS's time for a GRU of 100 units, 300 gates,
+    thirteenth session).  ``python -m
     bench.wgrad`` times both for the layers' shapes (bench/RESULTS.md,
     "Weight gradients over few inputs"; znver4, two threads, BLAS -> tall):
     the weather layers' 6, 64 and 70 inputs 8.7 -> 3.8, 15.4 -> 12.6, 7.3
     -> 5.0 and 20.2 -> 16.8 ms, MNIST rows' 29 and 256 1.9 -> 1.2 and 9.1
     -> 8.5; past the rule BLAS wins, 285 inputs 13.0 against 14.4 ms."""
     k_block = KBLOCK_BYTES // STRIP_BYTES
-    return rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8
+    return (cols % (STRIP_BYTES // dt.itemsize) == 0
+            and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8)
 
 
 def _product_grads(x, dg, dW):
@@ -78,7 +82,7 @@ def _product_grads(x, dg, dW):
     within :func:`_tall_fits` of ``x``'s columns, else BLAS (the recurrent
     weights' gradient of the GRU, whose n-third differs from the input
     side's)."""
-    if _tall_fits(x.shape[1], dg.dtype):
+    if _tall_fits(x.shape[1], dg.shape[1], dg.dtype):
         dW[...] = parallel_tall_matmul(x, dg).T
     else:
         parallel_matmul(dg.T, x, out=dW)
@@ -94,7 +98,7 @@ def _gate_grads(dg, K, fill, db, name):
     BLAS and :func:`_column_sums`."""
     (N, M), dt = dg.shape, dg.dtype
     ones = db is not None
-    tall = _tall_fits(K + ones, dt)
+    tall = _tall_fits(K + ones, M, dt)
     x = scratch(name + "_x", (N, K + (tall and ones)), dt)
     fill(x[:, :K])
     if not tall:
