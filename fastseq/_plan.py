@@ -255,26 +255,41 @@ def _cache_path():
     return os.path.join(folder, f"plan-{key}.json")
 
 
-def load_or_measure(path=None):
-    """The facts from the cache file, or measured and written there (a
-    cache that cannot be read or written is measured around)."""
-    path = path or _cache_path()
+def _read_facts(path, fmt, read):
+    """``read(data)`` of the JSON file at ``path`` written in format
+    ``fmt``; None when it cannot be read or is of another format."""
     try:
         with open(path) as f:
             data = json.load(f)
-        if data.get("format") == _FORMAT:
-            return Machine(**data["machine"])
+        if data.get("format") == fmt:
+            return read(data)
     except (OSError, ValueError, TypeError, KeyError):
         pass
-    m = measure()
+    return None
+
+
+def _write_facts(path, fmt, **fields):
+    """Write ``fields`` and the format as JSON at ``path``, whole or not at
+    all (a temporary file replaced; a folder that cannot be written is
+    left alone)."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"format": _FORMAT, "machine": asdict(m), "measured": time.time()}, f)
+            json.dump({"format": fmt, **fields, "measured": time.time()}, f)
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def load_or_measure(path=None):
+    """The facts from the cache file, or measured and written there (a
+    cache that cannot be read or written is measured around)."""
+    path = path or _cache_path()
+    m = _read_facts(path, _FORMAT, lambda data: Machine(**data["machine"]))
+    if m is None:
+        m = measure()
+        _write_facts(path, _FORMAT, machine=asdict(m))
     return m
 
 
@@ -406,24 +421,11 @@ def load_or_measure_blas_rows(path=None):
     """The crossover rows from their file, or measured and written there
     (as :func:`load_or_measure`)."""
     path = path or _blas_rows_path()
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        if data.get("format") == _BLAS_FORMAT:
-            return int(data["rows"])
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
-    times = measure_blas_times()
-    rows = blas_crossover(times)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"format": _BLAS_FORMAT, "rows": rows, "measured": time.time(),
-                       "times": {str(r): list(t) for r, t in times.items()}}, f)
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    rows = _read_facts(path, _BLAS_FORMAT, lambda data: int(data["rows"]))
+    if rows is None:
+        times = measure_blas_times()
+        rows = blas_crossover(times)
+        _write_facts(path, _BLAS_FORMAT, rows=rows, times={str(r): list(t) for r, t in times.items()})
     return rows
 
 

@@ -66,8 +66,8 @@ def _tall_fits(rows, cols, dt):
     cache (each strip group reads them back from there), and the gates
     fill whole strips (the product's columns past its last strip take a
     plain loop: 3-4x BLAS's time for a GRU of 100 units, 300 gates,
-    thirteenth session).  ``python -m
-    bench.wgrad`` times both for the layers' shapes (bench/RESULTS.md,
+    thirteenth session).  ``python -m bench.wgrad`` times both for the
+    layers' shapes (bench/RESULTS.md,
     "Weight gradients over few inputs"; znver4, two threads, BLAS -> tall):
     the weather layers' 6, 64 and 70 inputs 8.7 -> 3.8, 15.4 -> 12.6, 7.3
     -> 5.0 and 20.2 -> 16.8 ms, MNIST rows' 29 and 256 1.9 -> 1.2 and 9.1
@@ -79,7 +79,7 @@ def _tall_fits(rows, cols, dt):
 
 def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
-    within :func:`_tall_fits` of ``x``'s columns, else BLAS (the recurrent
+    within :func:`_tall_fits` of ``x``'s and ``dg``'s columns, else BLAS (the recurrent
     weights' gradient of the GRU, whose n-third differs from the input
     side's)."""
     if _tall_fits(x.shape[1], dg.shape[1], dg.dtype):
