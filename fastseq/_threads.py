@@ -11,17 +11,23 @@ default every core the process may run on, within the limits set around it,
 (threadpoolctl) while fastseq works.
 """
 
+import ctypes
 import functools
 import queue
 import os
 import sys
 import threading
+from _thread import allocate_lock as _allocate_lock
 
 import numpy as np
 
 from . import _plan
 from ._fpenv import flush_denormals
 from .kernels import _sync
+from .kernels._sync import (CLAIMED, QUEUED, STARTED, STRIDE, claim, linger, publish, signal_then_spin,
+                            spin_until, wait_started)
+from .kernels import _native
+from .kernels._native import fewest_threads as _fewest_threads
 
 
 _local = threading.local()
@@ -91,7 +97,7 @@ def _dask_worker_threads(cores):
 
 
 #: what a library that reports no thread count is read as (no limit)
-_NO_LIMIT = 1 << 30
+_NO_LIMIT = _native.NO_LIMIT
 
 
 def _count_reader(ctrl):
@@ -131,8 +137,11 @@ def _threadpool_threads():
     and one with a one is read again under the lock of that setting.  The
     libraries are found once (one loaded later is not read).
     """
-    readers = _pool_readers or _find_pool_readers()
-    blas, omp = readers
+    blas, omp, addrs = _pool_readers or _find_pool_readers()
+    if addrs is not None:  # every count from a C function: one compiled call
+        fewest_blas, fewest_omp = _fewest_threads(addrs, len(blas))
+        if fewest_blas > 1:
+            return min(fewest_blas, fewest_omp)
     counts = [get() for get in blas]
     if 1 in counts:
         with _blas_lock:
@@ -142,12 +151,20 @@ def _threadpool_threads():
 
 
 def _find_pool_readers():
-    """``(blas, openmp)``: :func:`_count_reader` of each library, found once."""
+    """``(blas, openmp, addrs)``: :func:`_count_reader` of each library,
+    found once, and when every reader is a C function, their addresses
+    (int64, BLAS first) for :func:`fastseq.kernels._native.fewest_threads`,
+    else None."""
     global _pool_readers
     from threadpoolctl import ThreadpoolController
 
     omp = [c for c in ThreadpoolController().lib_controllers if c.user_api == "openmp"]
-    _pool_readers = ([_count_reader(c) for c in _blas_controllers()], [_count_reader(c) for c in omp])
+    blas, omp = [_count_reader(c) for c in _blas_controllers()], [_count_reader(c) for c in omp]
+    readers = blas + omp
+    addrs = None
+    if all(isinstance(get, ctypes._CFuncPtr) for get in readers):
+        addrs = np.array([ctypes.cast(get, ctypes.c_void_p).value for get in readers], dtype=np.int64)
+    _pool_readers = (blas, omp, addrs)
     return _pool_readers
 
 
@@ -171,7 +188,8 @@ def default_num_threads():
     inside a Dask worker's task, ``cores // nthreads`` of the worker; the
     thread count of every BLAS and OpenMP library that threadpoolctl sees
     (``threadpool_limits(n)``).  The first two are read once per process,
-    the others at every call (about a microsecond in all).
+    the others at every call (0.3 us: one compiled call reads the libraries'
+    counts, :func:`fastseq.kernels._native.fewest_threads`).
     """
     n = (_process_cache or _process_threads())[1]
     if n > 1 and "distributed" in sys.modules:
@@ -385,8 +403,6 @@ class _Worker:
     __slots__ = ("state", "queue", "job", "thread")
 
     def __init__(self, workers):
-        from .kernels._sync import STRIDE
-
         self.state = np.zeros(STRIDE, dtype=np.int64)   # IDLE
         self.queue = queue.SimpleQueue()
         self.job = None
@@ -394,8 +410,6 @@ class _Worker:
         self.thread.start()
 
     def _run(self, workers):
-        from .kernels._sync import linger
-
         _record_worker(workers)
         while True:
             job = self._next_queued()
@@ -406,7 +420,7 @@ class _Worker:
                 # the task and what it refers to (a call's arrays) are not
                 # kept alive while this thread waits for the next one
                 fn = None
-                event.set()                     # for a caller that stopped polling
+                event.release()                 # for a caller that stopped polling
                 if not linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS):
                     break                       # idle: the next task comes by the queue
                 job, self.job = self.job, None
@@ -419,17 +433,14 @@ class _Worker:
         bench.handover``, part 4.)  A caller's mark that this clear overtakes costs
         one linger's wait at most: the thread takes that task when it goes
         idle."""
-        from .kernels._sync import QUEUED, publish
-
         job = self.queue.get()
         if self.queue.empty():
             publish(self.state, QUEUED, 0)
         return job
 
     def hand(self, job):
-        """Run ``job`` (``fn, done, slot, event``) on this thread."""
-        from .kernels._sync import CLAIMED, QUEUED, claim, publish
-
+        """Run ``job`` (``fn, done, slot, event``: ``event`` a held lock
+        that the thread releases after ``fn``) on this thread."""
         if claim(self.state):       # only one caller's claim can succeed
             self.job = job
             publish(self.state, 0, CLAIMED)
@@ -460,6 +471,14 @@ class _Pool:
         return future
 
 
+def _held_lock():
+    """A lock already held: released once by a pool thread after its task,
+    acquired by a caller that waits for it."""
+    lock = _allocate_lock()
+    lock.acquire()
+    return lock
+
+
 def _start(workers, fns, pool=None, flush=True, joined=None):
     """Run each no-argument callable of ``fns`` (at most ``workers``) on its
     own thread of the pool of ``workers`` threads (denormals flushed there,
@@ -468,15 +487,13 @@ def _start(workers, fns, pool=None, flush=True, joined=None):
     this thread's own part raised.  ``joined``: a unit split's flags, whose
     :data:`fastseq.kernels._sync.JOINED` mark ``join`` sets as it starts
     to wait (:func:`fastseq.kernels._sync.signal_then_spin`)."""
-    from .kernels._sync import STRIDE, signal_then_spin, spin_until
-
     pool = pool or _pool(workers)
     n = len(fns)
     if n > len(pool.workers):
         raise ValueError(f"{n} tasks for a pool of {len(pool.workers)} threads")
     done = np.zeros(max(n, 1) * STRIDE, dtype=np.int64)
     errors = [None] * n
-    events = [threading.Event() for _ in range(n)]
+    events = [_held_lock() for _ in range(n)]   # (released by the part's thread: a fifth of an Event's cost)
 
     def task(k, fn):
         try:
@@ -493,7 +510,7 @@ def _start(workers, fns, pool=None, flush=True, joined=None):
             else:
                 polled = spin_until(done, k * STRIDE, 1, JOIN_SPINS)
             if not polled:
-                events[k].wait()
+                events[k].acquire()
                 spin_until(done, k * STRIDE, 1, 2 ** 62)   # set right after the event
         for exc in errors:
             if exc is not None:
@@ -694,11 +711,13 @@ _unit_lock = threading.Lock()
 _RELEASE_ALL = _sync.RELEASE_ALL
 
 
+@functools.lru_cache(maxsize=256)
 def unit_bounds(H, n):
     """``n`` contiguous ranges of the hidden units ``0..H``, cut at multiples
-    of 8 where possible (whole vectors per thread)."""
+    of 8 where possible (whole vectors per thread); a tuple, computed once
+    for each ``(H, n)``."""
     cuts = [0] + [min(H, max(0, int(round(H * k / n / 8.0)) * 8)) for k in range(1, n)] + [H]
-    return [(cuts[k], cuts[k + 1]) for k in range(n)]
+    return tuple((cuts[k], cuts[k + 1]) for k in range(n))
 
 
 class _UnitSlot:
@@ -734,8 +753,6 @@ def run_pipelined(produce, consume, parallel=True):
     ``parallel=False`` (the caller could not take :func:`unit_split_slot`) the
     two run one after the other on this thread: the same arithmetic, so the
     results do not depend on what other threads are doing."""
-    from .kernels._sync import STRIDE
-
     ready = np.zeros(STRIDE, dtype=np.int64)
     if not parallel:
         produce(ready)
@@ -773,8 +790,6 @@ def run_units(part, H, blas=True):
     until it is released).  Under
     :func:`blas_single_thread`, or only with denormals flushed when ``blas``
     is false (no part calls BLAS; setting its threads costs microseconds)."""
-    from .kernels._sync import STARTED, STRIDE, wait_started
-
     n = get_num_threads()
     bounds = unit_bounds(H, n)
     flags = np.zeros(n * STRIDE, dtype=np.int64)

@@ -408,6 +408,7 @@ class Recurrent:
         state["_cache"] = None
         state.pop("_plans", None)  # decisions for this process's plan and threads
         state.pop("_kept_arrays", None)   # memory of the training calls (Recurrent._kept)
+        state.pop("_bound", None)   # views of flat (Recurrent._bound_weights)
         return state
 
     def __setstate__(self, state):
@@ -428,6 +429,22 @@ class Recurrent:
         if self.bias:
             return p["weight_ih" + s], p["weight_hh" + s], p["bias_ih" + s], p["bias_hh" + s]
         return p["weight_ih" + s], p["weight_hh" + s], None, None
+
+    def _bound_weights(self):
+        """:meth:`_weights` of every layer and direction (index ``k * D +
+        d``), an empty array standing for no bias: views of the flat
+        vector (C-contiguous and writable), looked up once per binding
+        (:meth:`bind`) instead of on every call of a small batch."""
+        got = self.__dict__.get("_bound")
+        if got is None or got[0] is not self.params:
+            none = np.empty(0, dtype=self.dtype)
+            views = []
+            for k in range(self.num_layers):
+                for d in range(self.num_directions):
+                    w_ih, w_hh, b_ih, b_hh = self._weights(k, d)
+                    views.append((w_ih, w_hh, none, none) if b_ih is None else (w_ih, w_hh, b_ih, b_hh))
+            got = self._bound = (self.params, tuple(views))
+        return got[1]
 
     # ----------------------------------------------------------------- checks
     def _check_states(self, h0, B):
@@ -662,8 +679,9 @@ class Recurrent:
         lstm = cell == "lstm"
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt) if lstm else None
-        no_bias = np.empty(0, dtype=dt)
         relu = 1 if self.nonlinearity == "relu" else 0
+        weights = self._bound_weights()
+        zeros = np.zeros((B, H), dtype=dt) if h0 is None or (lstm and c0 is None) else None  # (only read)
         # (a call that can neither split nor pipeline takes no slot: 0.5 us)
         slot = unit_split_slot() if units or "ahead" in modes else _NO_SLOT
         with self._kernel_context(blas), slot as free:
@@ -673,15 +691,12 @@ class Recurrent:
                 for d in range(D):
                     idx = k * D + d
                     rev = d == 1
-                    # (views of the flat vector: C-contiguous and writable)
-                    w_ih, w_hh, b_ih, b_hh = self._weights(k, d)
-                    if b_ih is None:
-                        b_ih = b_hh = no_bias
-                    h0s = writable(h0[idx]) if h0 is not None else np.zeros((B, H), dtype=dt)
+                    w_ih, w_hh, b_ih, b_hh = weights[idx]
+                    h0s = writable(h0[idx]) if h0 is not None else zeros
                     hn, cn, c0s = h_n[idx], None, None
                     if lstm:
                         cn = c_n[idx]
-                        c0s = writable(c0[idx]) if c0 is not None else np.zeros((B, H), dtype=dt)
+                        c0s = writable(c0[idx]) if c0 is not None else zeros
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     if units and free and lstm:
                         bias = self._input_bias(b_ih, b_hh)
@@ -720,8 +735,9 @@ class Recurrent:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
         self._cache = None
-        out = np.ascontiguousarray(inp.reshape(T, B, D * H).swapaxes(0, 1))
-        if self.cell == "lstm":
+        # (batch 1: the step-major rows are batch-first already)
+        out = inp.reshape(B, T, D * H) if B == 1 else np.ascontiguousarray(inp.reshape(T, B, D * H).swapaxes(0, 1))
+        if lstm:
             return out, (h_n, c_n)
         return out, h_n
 
