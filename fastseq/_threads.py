@@ -17,6 +17,7 @@ import queue
 import os
 import sys
 import threading
+import time
 from _thread import allocate_lock as _allocate_lock
 
 import numpy as np
@@ -280,6 +281,7 @@ def limit(n_jobs, blas=True):
 
 _pools = {}
 _pools_pid = None
+_pid = os.getpid()   # this process's (set again in a forked child)
 _pools_lock = threading.Lock()
 _blas = None
 
@@ -315,9 +317,20 @@ def _current_cpu():
     return int(_sched_getcpu()) if _sched_getcpu is not None else -1
 
 
+_affinity = threading.local()
+#: seconds for which a thread's CPU affinity, once read, stands (each
+#: hand-over reads it: a system call and a set, 1 us of a 40 us split call)
+AFFINITY_TTL = 0.05
+
+
 def _allowed_cpus():
-    """The CPUs the calling thread may run on."""
-    return frozenset(os.sched_getaffinity(0))
+    """The CPUs the calling thread may run on (read at most every
+    :data:`AFFINITY_TTL` seconds)."""
+    now = time.monotonic()
+    got = getattr(_affinity, "cpus", None)
+    if got is None or now - got[0] > AFFINITY_TTL:
+        got = _affinity.cpus = (now, frozenset(os.sched_getaffinity(0)))
+    return got[1]
 
 
 def _record_worker(workers):
@@ -524,11 +537,11 @@ def _pool(workers):
     global _pools_pid
 
     with _pools_lock:
-        if _pools_pid != os.getpid():
+        if _pools_pid != _pid:   # (_pid: no system call on every hand-over)
             _pools.clear()  # threads do not survive fork: start afresh in a child
             _worker_tids.clear()
             _placed.clear()
-            _pools_pid = os.getpid()
+            _pools_pid = _pid
         pool = _pools.get(workers)
         if pool is None:
             pool = _pools[workers] = _Pool(workers)
@@ -559,7 +572,9 @@ _blas_saved = None
 
 
 def _reset_after_fork():
-    global _blas_lock, _blas_depth
+    global _blas_lock, _blas_depth, _pid, _pools_lock
+    _pid = os.getpid()   # (a child's pools are made afresh by _pool)
+    _pools_lock = threading.Lock()   # (another thread of the parent may have held it)
     _blas_lock = threading.Lock()
     if _blas_depth and _blas_saved is not None and _blas is not None:
         for c, n in zip(_blas, _blas_saved):
