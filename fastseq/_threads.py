@@ -411,12 +411,16 @@ class _Worker:
     between the done flag and the next task, so a caller that returns as
     soon as it sees the flag never waits for the GIL the thread holds
     (``python -m bench.handover``, part 4: an executor's caller returns
-    23.7-28.0 us after its part, fastseq's 1.9-4.0 us)."""
+    23.7-28.0 us after its part, fastseq's 1.9-4.0 us).  A lingering
+    thread also takes compiled tasks (a unit split's parts:
+    :func:`fastseq.kernels._sync.split_native`), which it runs without
+    returning to Python at all."""
 
-    __slots__ = ("state", "queue", "job", "thread")
+    __slots__ = ("state", "desc", "queue", "job", "thread")
 
-    def __init__(self, workers):
-        self.state = np.zeros(STRIDE, dtype=np.int64)   # IDLE
+    def __init__(self, workers, state, desc):
+        self.state = state   # (zeros: IDLE) its row of the pool's states
+        self.desc = desc     # the compiled task it is handed (:func:`fastseq.kernels._sync.split_native`)
         self.queue = queue.SimpleQueue()
         self.job = None
         self.thread = threading.Thread(target=self._run, args=(workers,), name="fastseq-worker", daemon=True)
@@ -434,7 +438,7 @@ class _Worker:
                 # kept alive while this thread waits for the next one
                 fn = None
                 event.release()                 # for a caller that stopped polling
-                if not linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS):
+                if not linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS, self.desc):
                     break                       # idle: the next task comes by the queue
                 job, self.job = self.job, None
 
@@ -467,7 +471,11 @@ class _Pool:
     single task with a future (tests, the planner's measurement)."""
 
     def __init__(self, workers):
-        self.workers = [_Worker(workers) for _ in range(workers)]
+        # each thread's state and compiled task, rows of arrays that
+        # split_native takes whole; the last row of descs: the caller's part
+        self.states = np.zeros((workers, STRIDE), dtype=np.int64)
+        self.descs = np.zeros((workers + 1, _sync.DESC_LEN), dtype=np.int64)
+        self.workers = [_Worker(workers, self.states[k], self.descs[k]) for k in range(workers)]
 
     def submit(self, fn, *args):
         from concurrent.futures import Future
@@ -788,7 +796,15 @@ def run_pipelined(produce, consume, parallel=True):
             join()
 
 
-def run_units(part, H, blas=True):
+@functools.lru_cache(maxsize=256)
+def _bounds_array(H, n):
+    """:func:`unit_bounds` as an (n, 2) int64 array (read only)."""
+    a = np.array(unit_bounds(H, n), dtype=np.int64).reshape(n, 2)
+    a.flags.writeable = False
+    return a
+
+
+def run_units(part, H, blas=True, native=None):
     """``part(tid, j0, j1, flags)`` for the :func:`get_num_threads` threads
     ``tid`` at once, each with its range ``j0..j1`` of the ``H`` hidden units
     (:func:`unit_bounds`) and the shared barrier ``flags`` (zeros, see
@@ -804,10 +820,22 @@ def run_units(part, H, blas=True):
     GIL while another holds it, at either end (a thread that does sleeps
     until it is released).  Under
     :func:`blas_single_thread`, or only with denormals flushed when ``blas``
-    is false (no part calls BLAS; setting its threads costs microseconds)."""
+    is false (no part calls BLAS; setting its threads costs microseconds).
+
+    ``native``, when given, runs the same parts as compiled tasks:
+    ``native(states, descs, bounds, flags)`` describes the call in
+    ``descs[-1]`` and returns
+    :func:`fastseq.kernels._sync.split_native`'s answer (with the pool's
+    arrays, ``bounds`` the units as an (n, 2) array); when it is False (a
+    pool thread was not lingering) the parts are handed over in Python."""
     n = get_num_threads()
     bounds = unit_bounds(H, n)
     flags = np.zeros(n * STRIDE, dtype=np.int64)
+    if native is not None and LINGER_SPINS > 0:
+        pool = _pool(n - 1)
+        with blas_single_thread() if blas else _FLUSH:
+            if native(pool.states, pool.descs, _bounds_array(H, n), flags):
+                return
 
     def guarded(tid):
         try:

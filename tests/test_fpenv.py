@@ -288,6 +288,42 @@ def test_split_layer_flushes_in_both_threads(need_grad, monkeypatch):
     assert _on_pool_thread(settings) == pool_before
 
 
+@needs_ftz
+@pytest.mark.skipif(not rec.UNIT_SPLIT_AVAILABLE, reason="no unit split without the barrier")
+def test_unit_split_compiled_tasks_flush_in_the_pool_thread(monkeypatch):
+    """LSTM inference split by hidden units, the pool thread's part run as
+    a compiled task while it lingers (``kernels._sync.linger``, no Python):
+    its units are flushed too (every candidate ``g`` is s * s, denormal,
+    so every state is denormal unflushed and zero flushed), and the pool
+    thread's own setting, like the caller's, is back after."""
+    s = _small("float32")
+    H = 64
+    layer = Recurrent("lstm", 2, H, random_state=0).eval()
+    layer.flat[...] = 0
+    layer.params["weight_ih_l0"][2 * H:3 * H, 0] = s
+    X = np.full((1, 12, 2), s, dtype=np.float32)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)   # lingers until the next call
+    answers = []
+    real = rec.lstm_units_native
+    monkeypatch.setattr(rec, "lstm_units_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    try:
+        _on_pool_thread(_clear_flush)
+        pool_before = _on_pool_thread(settings)
+        before = settings()
+        with _threads.limit(2):
+            assert layer._inference_plan(1, 12) == "units"
+            outs = [layer.forward(X, need_grad=False) for _ in range(3)]
+        assert answers[-2:] == [True, True], answers
+        for out, (h_n, c_n) in outs:
+            assert not out.any() and not h_n.any() and not c_n.any()
+        assert settings() == before
+    finally:
+        monkeypatch.setattr(_threads, "LINGER_SPINS", 200)
+        assert _on_pool_thread(settings) == pool_before
+
+
 # ------------------------------------------------------------ (d) against PyTorch
 @needs_ftz
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -559,6 +559,67 @@ def test_inference_unit_split_gives_the_one_thread_bits(monkeypatch, cell, layer
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+@pytest.fixture
+def lingering(monkeypatch):
+    """Pool threads that linger (the GIL released) until the next
+    hand-over claims them, so that a unit split always finds them there;
+    a last hand-over with a short linger lets them go idle after the test."""
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)
+    yield
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 200)
+    for n in (1, 2):
+        _threads._start(n, [int] * n, _threads._pool(n))()
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_unit_split_as_compiled_tasks_gives_the_one_thread_bits(monkeypatch, lingering, cell, dtype):
+    """A unit split handed to lingering pool threads as compiled tasks
+    (``kernels._sync.split_native``: each part a cfunc called by its
+    address, no Python on either side) is taken once the pool threads
+    linger, at 2 and 3 threads, and gives the bits of the one-thread call
+    (both directions, given initial states)."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent(cell, 24, 96, bidirectional=True, dtype=dtype, random_state=1).eval()
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2, 30, 24)).astype(dtype)
+    h = rng.standard_normal((2, 2, 96)).astype(dtype)
+    state = (h, -0.5 * h) if cell == "lstm" else h
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    answers = []
+    name = f"{cell}_units_native"
+    real = getattr(R, name)
+    monkeypatch.setattr(R, name, lambda *a: answers.append(real(*a)) or answers[-1])
+    for n in (2, 3):
+        answers.clear()
+        with _threads.limit(n):
+            assert layer._inference_plan(2, 30) == "units"
+            for _ in range(3):
+                for a, b in zip(layer_arrays(layer.forward(X, h0=state, need_grad=False)), ref):
+                    np.testing.assert_array_equal(a, b)
+        assert len(answers) == 6 and answers[-4:] == [True] * 4, answers   # (the first: threads asleep)
+
+
+def test_a_compiled_split_runs_nothing_without_a_lingering_thread():
+    """``split_native`` claims every pool thread it needs before anything
+    runs: when one is not lingering (idle here) it answers False, leaves
+    the threads it had claimed lingering and the descriptions as they were,
+    and calls no part (the description's function address is 0)."""
+    from fastseq.kernels._sync import DESC_LEN, IDLE, LINGER
+    states = np.zeros((2, _sync.STRIDE), dtype=np.int64)
+    states[0, 0], states[1, 0] = LINGER, IDLE
+    descs = np.zeros((3, DESC_LEN), dtype=np.int64)
+    bounds = np.array([[0, 8], [8, 16], [16, 24]], dtype=np.int64)
+    flags = np.zeros(3 * _sync.STRIDE, dtype=np.int64)
+    assert not _sync.split_native(states, descs, bounds, flags)
+    assert states[0, 0] == LINGER and states[1, 0] == IDLE
+    assert not descs.any() and not flags.any()
+
+
 def test_unit_split_parts_that_fail_or_mark_no_start_release_the_others():
     """``run_units``: a pool thread's part that raises before its kernel
     runs, or one that never marks its start (plain Python), neither leaves

@@ -44,3 +44,28 @@ def fewest_threads(addrs, n_first):
         else:
             b = min(b, v)
     return a, b
+
+
+@intrinsic
+def call_at(typingctx, fn, arg):
+    """``((void (*)(int64)) fn)(arg)``: a function compiled with
+    ``numba.cfunc`` (signature ``void(int64)``), called by its address."""
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [i64])
+        builder.call(builder.inttoptr(args[0], fnty.as_pointer()), [args[1]])
+        return context.get_dummy_value()
+    return types.void(types.int64, types.int64), codegen
+
+
+@intrinsic
+def pointer_like(typingctx, addr, like):
+    """``addr`` (int64) as a pointer to values of ``like``'s type (a scalar
+    standing for the type), for ``numba.carray``."""
+    if not isinstance(like, types.Number):
+        return None
+    ptr = types.CPointer(like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(types.int64, like), codegen

@@ -25,6 +25,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._config import JIT
+from ._fpenv import enter_flush, leave_flush
+from ._native import call_at
 
 #: whether the barrier can be built here (it calls libc's ``sched_yield``,
 #: which Windows lacks; there the layers never split by unit)
@@ -205,10 +207,22 @@ def publish(flags, slot, value):
 IDLE, LINGER, CLAIMING, CLAIMED = 0, 1, 3, 2
 #: slot of ``state`` set when a task was put in the thread's queue
 QUEUED = 1
+#: slots of ``state`` for a compiled task (:func:`split_native`): its kind
+#: (:data:`NATIVE`; 0 for a task in Python), the claimer's ticket, and the
+#: ticket of the last compiled task done
+KIND, TICKET, NDONE = 2, 3, 4
+#: :data:`KIND` of a compiled task: the function at ``desc[0]`` (a
+#: ``numba.cfunc`` of signature ``void(int64)``) called with ``desc``'s address
+NATIVE = 1
+#: int64 slots of a compiled task's description (:func:`split_native`):
+#: ``desc[0]`` the function, then :data:`DESC_TID`, :data:`DESC_J0` and
+#: :data:`DESC_J1`, the rest the task's own (:mod:`fastseq.kernels.infer_native`)
+DESC_LEN = 64
+DESC_TID, DESC_J0, DESC_J1 = 1, 2, 3
 
 
 @njit(**JIT)
-def linger(state, done, slot, spins, settle):
+def linger(state, done, slot, spins, settle, desc):
     """A pool thread's end of a task: mark itself lingering in ``state[0]``,
     publish ``done[slot] = 1`` (release), then poll up to ``spins`` times,
     the GIL released, for a caller to hand it a task (:func:`claim`, then
@@ -218,24 +232,85 @@ def linger(state, done, slot, spins, settle):
     caller queued a task (``state[QUEUED]``): it then takes its next task
     from its queue.
     Marking and publishing in one call leaves the caller, who returns as soon
-    as it sees ``done``, no moment in which this thread holds the GIL."""
+    as it sees ``done``, no moment in which this thread holds the GIL.
+
+    A compiled task (:func:`split_native`: ``state[KIND]`` :data:`NATIVE`,
+    described in ``desc``) runs here, denormals flushed, without returning
+    to Python; the thread then publishes its ticket in ``state[NDONE]`` and
+    lingers again."""
     store_release(state, 0, LINGER)
     store_release(done, slot, 1)
-    claimed = False
-    for _ in range(spins):
-        if load_acquire(state, 0) == CLAIMED:
-            claimed = True
+    while True:
+        claimed = False
+        for _ in range(spins):
+            if load_acquire(state, 0) == CLAIMED:
+                claimed = True
+                break
+            if load_acquire(state, QUEUED) != 0:  # a task waits in its queue (another caller's)
+                break
+        if not claimed:
+            if compare_exchange(state, 0, LINGER, IDLE) == LINGER:
+                return False
+            while load_acquire(state, 0) != CLAIMED:  # claimed as it gave up: the task comes
+                pass
+        if load_acquire(state, KIND) != NATIVE:
             break
-        if load_acquire(state, QUEUED) != 0:  # a task waits in its queue (another caller's)
-            break
-    if not claimed:
-        if compare_exchange(state, 0, LINGER, IDLE) == LINGER:
-            return False
-        while load_acquire(state, 0) != CLAIMED:  # claimed as it gave up: the task comes
-            pass
+        store_release(state, KIND, 0)
+        saved = enter_flush()
+        call_at(desc[0], desc.ctypes.data)
+        leave_flush(saved)
+        ticket = load_acquire(state, TICKET)
+        store_release(state, 0, LINGER)     # claimable again before the caller goes on
+        store_release(state, NDONE, ticket)
     for _ in range(settle):
         if load_acquire(state, QUEUED) < 0:  # never: polls that LLVM keeps
             break
+    return True
+
+
+@njit(**JIT)
+def split_native(states, descs, bounds, flags):
+    """Run a unit split's parts as compiled tasks, without Python on
+    either side: part ``k`` (hidden units ``bounds[k, 0]..bounds[k, 1]``)
+    on lingering pool thread ``k - 1`` (``states[k - 1]``, its description
+    ``descs[k - 1]``), part 0 on the calling thread; ``descs[n - 1]`` (n =
+    ``bounds.shape[0]``) describes the call (:data:`DESC_LEN`), each part's
+    copy then gets its ``tid`` and units.  The calling thread sets
+    ``flags[JOINED]`` after its own part (a pool part waits for it:
+    :func:`wait_joined`) and waits for every part.  False, with nothing
+    run, when a pool thread is not lingering (then hand the parts over in
+    Python)."""
+    n = bounds.shape[0]
+    for w in range(n - 1):
+        if compare_exchange(states[w], 0, LINGER, CLAIMING) != LINGER:
+            for v in range(w):
+                store_release(states[v], 0, LINGER)
+            return False
+    own = descs[n - 1]
+    for w in range(n - 1):
+        d = descs[w]
+        d[:] = own
+        d[DESC_TID] = w + 1
+        d[DESC_J0] = bounds[w + 1, 0]
+        d[DESC_J1] = bounds[w + 1, 1]
+        st = states[w]
+        st[TICKET] += 1
+        store_release(st, KIND, NATIVE)
+        store_release(st, 0, CLAIMED)
+    own[DESC_TID] = 0
+    own[DESC_J0] = bounds[0, 0]
+    own[DESC_J1] = bounds[0, 1]
+    call_at(own[0], own.ctypes.data)
+    store_release(flags, JOINED, 1)
+    for w in range(n - 1):
+        st = states[w]
+        ticket = st[TICKET]
+        spins = 0
+        while load_acquire(st, NDONE) != ticket:
+            spins += 1
+            if spins >= SPIN_LIMIT:
+                sched_yield()
+                spins = 0
     return True
 
 

@@ -26,6 +26,7 @@ from ..kernels.infer import (
     gru_infer, gru_infer_x, gru_run, gru_units_part, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run,
     lstm_units_part, rnn_infer, rnn_infer_x, rnn_run,
 )
+from ..kernels.infer_native import gru_units_native, lstm_units_native, part_address
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
     FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_into,
@@ -700,14 +701,22 @@ class Recurrent:
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     if units and free and lstm:
                         bias = self._input_bias(b_ih, b_hh)
+                        fn = part_address("lstm", dt)
                         run_units(lambda tid, j0, j1, flags: lstm_units_part(
                             inp, w_ih, bias, w_hh, h0s, c0s, rev, j0, j1, tid, flags, out_h, hn, cn),
-                            H, False)   # (blas: no projection reaches it)
+                            H, False,   # (blas: no projection reaches it)
+                            lambda states, descs, bounds, flags: lstm_units_native(
+                                states, descs, bounds, flags, fn, inp, w_ih, bias, w_hh, h0s, c0s, rev,
+                                out_h, hn, cn))
                     elif units and free:
                         bias, b_hn = self._input_bias(b_ih, b_hh), self._candidate_bias(b_hh)
+                        fn = part_address("gru", dt)
                         run_units(lambda tid, j0, j1, flags: gru_units_part(
                             inp, w_ih, bias, b_hn, w_hh, h0s, rev, j0, j1, tid, flags, out_h, hn),
-                            H, False)
+                            H, False,
+                            lambda states, descs, bounds, flags: gru_units_native(
+                                states, descs, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0s, rev,
+                                out_h, hn))
                     elif mode == "ahead":
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, rev, out_h, hn, cn,
                                             parallel=free)

@@ -1,0 +1,163 @@
+"""Unit-split inference parts handed to pool threads as compiled tasks.
+
+A unit split (:func:`fastseq.kernels.infer.lstm_units_part`,
+:func:`fastseq.kernels.infer.gru_units_part`) handed over in Python spends
+most of a small call on the hand-over: the pool thread takes the GIL and
+runs Python before its part starts and after it ends (20-25 us of a 60 us
+two-step call here).  Here the call is written into an int64 description
+(:data:`fastseq.kernels._sync.DESC_LEN` slots: the part's function, its
+thread and units, then each array's address and shape) and
+:func:`fastseq.kernels._sync.split_native` hands it to threads that
+linger in compiled code (:func:`fastseq.kernels._sync.linger`), which call
+the part's ``numba.cfunc`` by its address.  Nothing in between holds the GIL.
+
+The cfuncs are compiled at their first use (:func:`part_address`; cached
+like the kernels), one per cell and dtype.  The arrays of a description
+live in the caller's frame until every part is done.
+"""
+
+import numpy as np
+from numba import carray, cfunc, njit, types
+
+from .._config import JIT
+from ._native import pointer_like
+from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, split_native
+from .infer import gru_units_part, lstm_units_part
+
+#: slot of the description: whether the part runs the reverse direction
+DESC_REV = 4
+#: first slot of the arrays: three each (address, rows, columns; 0 columns
+#: for a vector)
+DESC_ARRAYS = 8
+
+
+@njit(inline="always", **JIT)
+def _put(desc, i, a):
+    k = DESC_ARRAYS + 3 * i
+    desc[k] = a.ctypes.data
+    desc[k + 1] = a.shape[0]
+    desc[k + 2] = a.shape[1]
+
+
+@njit(inline="always", **JIT)
+def _put1(desc, i, a):
+    k = DESC_ARRAYS + 3 * i
+    desc[k] = a.ctypes.data
+    desc[k + 1] = a.shape[0]
+    desc[k + 2] = 0
+
+
+@njit(**JIT)
+def lstm_units_desc(desc, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out_h, h_n, c_n):
+    """Describe :func:`fastseq.kernels.infer.lstm_units_part`'s call (all
+    but the part's thread and units) in ``desc``; ``fn`` the address of its
+    cfunc (:func:`part_address`)."""
+    desc[0] = fn
+    desc[DESC_REV] = 1 if reverse else 0
+    _put(desc, 0, inp)
+    _put(desc, 1, w_ih)
+    _put1(desc, 2, bias)
+    _put(desc, 3, w_hh)
+    _put(desc, 4, h0)
+    _put(desc, 5, c0)
+    _put1(desc, 6, flags)
+    _put(desc, 7, out_h)
+    _put(desc, 8, h_n)
+    _put(desc, 9, c_n)
+
+
+@njit(**JIT)
+def gru_units_desc(desc, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n):
+    """:func:`lstm_units_desc` for :func:`fastseq.kernels.infer.gru_units_part`."""
+    desc[0] = fn
+    desc[DESC_REV] = 1 if reverse else 0
+    _put(desc, 0, inp)
+    _put(desc, 1, w_ih)
+    _put1(desc, 2, bias)
+    _put1(desc, 3, b_hn)
+    _put(desc, 4, w_hh)
+    _put(desc, 5, h0)
+    _put1(desc, 6, flags)
+    _put(desc, 7, out_h)
+    _put(desc, 8, h_n)
+
+
+@njit(inline="always", **JIT)
+def _matrix(d, i, z):
+    """Array ``i`` of description ``d``, of ``z``'s type, as a matrix."""
+    k = DESC_ARRAYS + 3 * i
+    return carray(pointer_like(d[k], z), (d[k + 1], d[k + 2]))
+
+
+@njit(inline="always", **JIT)
+def _vector(d, i, z):
+    k = DESC_ARRAYS + 3 * i
+    return carray(pointer_like(d[k], z), (d[k + 1],))
+
+
+@njit(inline="always", **JIT)
+def _lstm_part(addr, z):
+    """The LSTM part described at ``addr``, its floats of ``z``'s type."""
+    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    lstm_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
+                    _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
+                    d[DESC_TID], _vector(d, 6, np.int64(0)), _matrix(d, 7, z), _matrix(d, 8, z),
+                    _matrix(d, 9, z))
+
+
+@njit(inline="always", **JIT)
+def _gru_part(addr, z):
+    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    gru_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
+                   _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
+                   d[DESC_TID], _vector(d, 6, np.int64(0)), _matrix(d, 7, z), _matrix(d, 8, z))
+
+
+# the cfuncs' bodies (plain functions: compiled only as cfuncs, by part_address)
+def _lstm_f32(addr):
+    _lstm_part(addr, np.float32(0))
+
+
+def _lstm_f64(addr):
+    _lstm_part(addr, np.float64(0))
+
+
+def _gru_f32(addr):
+    _gru_part(addr, np.float32(0))
+
+
+def _gru_f64(addr):
+    _gru_part(addr, np.float64(0))
+
+
+_BODIES = {("lstm", np.dtype(np.float32)): _lstm_f32, ("lstm", np.dtype(np.float64)): _lstm_f64,
+           ("gru", np.dtype(np.float32)): _gru_f32, ("gru", np.dtype(np.float64)): _gru_f64}
+_addresses = {}
+
+
+def part_address(cell, dtype):
+    """Address of the compiled part of ``cell`` (``"lstm"`` or ``"gru"``)
+    for ``dtype``: a ``numba.cfunc`` ``void(int64)`` taking its
+    description's address, compiled at the first call."""
+    key = (cell, np.dtype(dtype))
+    addr = _addresses.get(key)
+    if addr is None:
+        addr = _addresses[key] = cfunc(types.void(types.int64), **JIT)(_BODIES[key]).address
+    return addr
+
+
+@njit(**JIT)
+def lstm_units_native(states, descs, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, out_h, h_n, c_n):
+    """An LSTM unit split as compiled tasks, in one call from Python:
+    :func:`lstm_units_desc` into the caller's row of ``descs``, then
+    :func:`fastseq.kernels._sync.split_native` (its answer)."""
+    lstm_units_desc(descs[bounds.shape[0] - 1], fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags,
+                    out_h, h_n, c_n)
+    return split_native(states, descs, bounds, flags)
+
+
+@njit(**JIT)
+def gru_units_native(states, descs, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, out_h, h_n):
+    """:func:`lstm_units_native` for the reset-after GRU."""
+    gru_units_desc(descs[bounds.shape[0] - 1], fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n)
+    return split_native(states, descs, bounds, flags)
