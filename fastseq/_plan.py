@@ -10,6 +10,9 @@ measures (FFTW's "wisdom", BLIS's per-machine configuration):
 
 - ``handover_s``: a round trip of a task through fastseq's thread pool,
   its thread woken from idle as at a call;
+- ``linger_handover_s``: a round trip of a compiled task to a pool thread
+  that lingers after its last one (:func:`fastseq.kernels._sync.split_native`,
+  an empty part on each side), as back-to-back calls find it;
 - ``madd_rate``: multiply-adds a second of one core on a float32 matrix
   product (numpy's BLAS at one thread);
 - ``l2_bytes``, ``l3_bytes``: one core's L2 cache and the L3 (from the
@@ -59,8 +62,10 @@ UNIT_SPLIT_MIN_STEPS = 64
 UNIT_SPLIT_MIN_UNITS = 32
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
+#: a threshold no work reaches
+NEVER = 1 << 62
 #: version of the facts file (a change of what is measured starts afresh)
-_FORMAT = 2
+_FORMAT = 3
 #: every Plan's state gets a new number from this counter (Plan.version)
 _VERSIONS = itertools.count()
 
@@ -73,11 +78,18 @@ class Machine:
     madd_rate: float
     l2_bytes: int
     l3_bytes: int = 8 * 1024 ** 2
+    linger_handover_s: float = math.inf   # (inf: not measured, no such hand-over)
 
     @property
     def handover_work(self):
         """Multiply-adds one core does in the time of one hand-over."""
         return self.handover_s * self.madd_rate
+
+    @property
+    def linger_handover_work(self):
+        """Multiply-adds one core does in the time of a compiled hand-over
+        to a lingering thread."""
+        return self.linger_handover_s * self.madd_rate
 
 
 def _pow2(x):
@@ -94,6 +106,7 @@ class Plan:
     matmul_split_min_work: int
     infer_split_step_work: int
     unit_split_min_weight_bytes: int
+    lingering_units_min_work: int = NEVER
     unit_split_max_batch: int = UNIT_SPLIT_MAX_BATCH
     unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
@@ -117,6 +130,8 @@ class Plan:
                    matmul_split_min_work=_pow2(MATMUL_SPLIT_HANDOVERS * w),
                    infer_split_step_work=_pow2(INFER_SPLIT_STEP_HANDOVERS * w),
                    unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes),
+                   lingering_units_min_work=(_pow2(PIPELINE_HANDOVERS * m.linger_handover_work)
+                                             if math.isfinite(m.linger_handover_s) else NEVER),
                    l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes)
 
     # ------------------------------------------------------------ decisions
@@ -174,6 +189,15 @@ class Plan:
         return (n_threads > 1 and B < max_rows * n_threads
                 and H >= self.unit_split_min_units * n_threads and work >= self.pipeline_min_work)
 
+    def infer_units_lingering(self, n_threads, B, H, work, max_rows):
+        """:meth:`infer_units` for a call that splits only when every pool
+        thread it needs lingers (a compiled hand-over,
+        ``linger_handover_s``; when one does not, the call runs on one
+        thread): from ``lingering_units_min_work``, the same factor of
+        hand-overs' worth of work."""
+        return (n_threads > 1 and B < max_rows * n_threads
+                and H >= self.unit_split_min_units * n_threads and work >= self.lingering_units_min_work)
+
     def unit_split(self, n_threads, H, B, T, weight_bytes):
         """Whether an LSTM training pass splits its ``H`` hidden units."""
         return (n_threads > 1 and H >= self.unit_split_min_units * n_threads
@@ -220,6 +244,31 @@ def _measure_handover(rounds=21):
     return float(np.median(times))
 
 
+def _measure_linger_handover(rounds=21):
+    """Median seconds of :func:`fastseq.kernels._sync.split_native` handing
+    an empty compiled part to the one thread of a two-thread pool that
+    lingers after a task (inf where compiled hand-overs cannot run)."""
+    from ._threads import LINGER_SPINS, _pool
+    from .kernels._sync import AVAILABLE, split_native
+    from .kernels.infer_native import part_address
+
+    if not AVAILABLE or LINGER_SPINS <= 0:
+        return math.inf
+    pool = _pool(1)
+    bounds = np.array([[0, 0], [0, 0]], dtype=np.int64)
+    flags = np.zeros(2 * 8, dtype=np.int64)
+    pool.descs[-1, 0] = part_address("noop", None)
+    times = []
+    for i in range(rounds + 3):
+        pool.submit(int).result()         # the thread lingers after it
+        t0 = time.perf_counter()
+        ran = split_native(pool.states, pool.descs, bounds, flags)
+        t = time.perf_counter() - t0
+        if ran and i >= 3:
+            times.append(t)
+    return float(np.median(times)) if times else math.inf
+
+
 def _measure_madd_rate():
     from threadpoolctl import threadpool_limits
 
@@ -240,7 +289,8 @@ def _measure_madd_rate():
 def measure():
     """The :class:`Machine` facts of this machine, measured now."""
     return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(),
-                   l2_bytes=_cache_bytes(2, 1024 ** 2), l3_bytes=_cache_bytes(3, 8 * 1024 ** 2))
+                   l2_bytes=_cache_bytes(2, 1024 ** 2), l3_bytes=_cache_bytes(3, 8 * 1024 ** 2),
+                   linger_handover_s=_measure_linger_handover())
 
 
 def _cache_path():

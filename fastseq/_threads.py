@@ -25,7 +25,7 @@ import numpy as np
 from . import _plan
 from ._fpenv import flush_denormals
 from .kernels import _sync
-from .kernels._sync import (CLAIMED, QUEUED, STARTED, STRIDE, claim, linger, publish, signal_then_spin,
+from .kernels._sync import (CLAIMED, LINGER, QUEUED, STARTED, STRIDE, claim, linger, publish, signal_then_spin,
                             spin_until, wait_started)
 from .kernels import _native
 from .kernels._native import fewest_threads as _fewest_threads
@@ -804,7 +804,7 @@ def _bounds_array(H, n):
     return a
 
 
-def run_units(part, H, blas=True, native=None):
+def run_units(part, H, blas=True, native=None, lingering_only=False):
     """``part(tid, j0, j1, flags)`` for the :func:`get_num_threads` threads
     ``tid`` at once, each with its range ``j0..j1`` of the ``H`` hidden units
     (:func:`unit_bounds`) and the shared barrier ``flags`` (zeros, see
@@ -827,15 +827,24 @@ def run_units(part, H, blas=True, native=None):
     ``descs[-1]`` and returns
     :func:`fastseq.kernels._sync.split_native`'s answer (with the pool's
     arrays, ``bounds`` the units as an (n, 2) array); when it is False (a
-    pool thread was not lingering) the parts are handed over in Python."""
+    pool thread was not lingering) the parts are handed over in Python, or
+    with ``lingering_only`` not at all: each pool thread that does not
+    linger is handed an empty task (not waited for), after which it
+    lingers for the next call, and ``run_units`` returns False (run the
+    call on one thread).  True when the parts ran."""
     n = get_num_threads()
+    if lingering_only and (native is None or LINGER_SPINS <= 0):
+        return False
     bounds = unit_bounds(H, n)
     flags = np.zeros(n * STRIDE, dtype=np.int64)
     if native is not None and LINGER_SPINS > 0:
         pool = _pool(n - 1)
         with blas_single_thread() if blas else _FLUSH:
             if native(pool.states, pool.descs, _bounds_array(H, n), flags):
-                return
+                return True
+        if lingering_only:
+            _rouse(pool)
+            return False
 
     def guarded(tid):
         try:
@@ -852,6 +861,19 @@ def run_units(part, H, blas=True, native=None):
             guarded(0)
         finally:
             join()
+    return True
+
+
+_ROUSED = np.zeros(STRIDE, dtype=np.int64)   # (the done flag of every empty task: never read)
+
+
+def _rouse(pool):
+    """Hand each thread of ``pool`` that is not lingering an empty task,
+    without waiting for it: the thread wakes (or finishes what it runs),
+    runs it and lingers after it (:func:`fastseq.kernels._sync.linger`)."""
+    for worker in pool.workers:
+        if worker.state[0] != LINGER:
+            worker.hand((int, _ROUSED, 0, _held_lock()))
 
 
 def parallel_matmul(a, b, out=None):

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from fastseq import _plan, _threads
+from fastseq.kernels import _sync
 from fastseq._plan import Machine, Plan
 
 
@@ -52,6 +53,23 @@ def test_decisions():
     assert not p.unit_split(2, 48, 1, 64, 1024 * 1024)           # too few units a thread
 
 
+def test_lingering_unit_split_rule():
+    """Inference splits its units on lingering threads from two compiled
+    hand-overs' worth of work (rounded to a power of two), with the
+    batch and unit bounds of the plain unit split; never when the machine
+    has no compiled hand-over (not measured, or not available: inf)."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=1e-6))
+    assert p.lingering_units_min_work == 65536
+    assert p.infer_units_lingering(2, 1, 64, 65536, 8) and not p.infer_units_lingering(2, 1, 64, 65535, 8)
+    assert not p.infer_units_lingering(1, 1, 64, 10 ** 9, 8)          # one thread
+    assert not p.infer_units_lingering(2, 16, 64, 10 ** 9, 8)         # rows enough for a batch split
+    assert not p.infer_units_lingering(2, 1, 48, 10 ** 9, 8)          # too few units a thread
+    assert not p.infer_units(2, 1, 64, 65536, 8)                      # a hand-over from idle: not yet
+    for m in (Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20),
+              Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=math.inf)):
+        assert not Plan.for_machine(m).infer_units_lingering(2, 1, 64, 10 ** 15, 8)
+
+
 def test_measure_and_cache(tmp_path, monkeypatch):
     """The facts are measured once (finite, positive, in a plausible range),
     written to the cache file, and read back instead of measured again; a
@@ -59,9 +77,11 @@ def test_measure_and_cache(tmp_path, monkeypatch):
     path = str(tmp_path / "sub" / "plan.json")
     m = _plan.load_or_measure(path)
     assert 1e-7 < m.handover_s < 0.1 and 1e7 < m.madd_rate < 1e14 and m.l2_bytes >= 64 * 1024
+    assert 1e-9 < m.linger_handover_s < 0.01 or not _sync.AVAILABLE
     with open(path) as f:
         assert json.load(f)["machine"] == {"handover_s": m.handover_s, "madd_rate": m.madd_rate,
-                                           "l2_bytes": m.l2_bytes, "l3_bytes": m.l3_bytes}
+                                           "l2_bytes": m.l2_bytes, "l3_bytes": m.l3_bytes,
+                                           "linger_handover_s": m.linger_handover_s}
     monkeypatch.setattr(_plan, "measure", lambda: pytest.fail("measured again"))
     assert _plan.load_or_measure(path) == m
     with open(path, "w") as f:

@@ -604,6 +604,53 @@ def test_unit_split_as_compiled_tasks_gives_the_one_thread_bits(monkeypatch, lin
         assert len(answers) == 6 and answers[-4:] == [True] * 4, answers   # (the first: threads asleep)
 
 
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+def test_a_lingering_only_unit_split_runs_on_one_thread_until_the_thread_lingers(monkeypatch, lingering):
+    """Below the plan's work for a split from idle, a call splits its units
+    only as compiled tasks on lingering threads (plan
+    ``"units-lingering"``): with its pool thread asleep it runs on its own
+    thread (no part handed over in Python) and rouses the thread, which
+    then lingers, so that the next call splits; both give the one-thread
+    bits."""
+    import fastseq.network.recurrent as R
+    from fastseq.kernels._sync import IDLE, LINGER
+    layer = Recurrent("gru", 24, 96, random_state=1).eval()
+    X = np.random.default_rng(2).standard_normal((1, 20, 24)).astype(np.float32)
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, need_grad=False))
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 1 << 62)   # never from idle
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1 << 62)   # (nothing else on the pool)
+    monkeypatch.setattr(_plan.current(), "lingering_units_min_work", 0)
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    answers, python_parts = [], []
+    real = R.gru_units_native
+    monkeypatch.setattr(R, "gru_units_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    real_part = R.gru_units_part
+    monkeypatch.setattr(R, "gru_units_part", lambda *a: python_parts.append(1) or real_part(*a))
+    worker = _threads._pool(1).workers[0]
+
+    def wait_for(state):
+        for _ in range(5000):
+            if worker.state[0] == state:
+                return
+            threading.Event().wait(0.001)
+        pytest.fail(f"the pool thread never reached state {state}")
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)
+    _threads._start(1, [int])()
+    wait_for(IDLE)                                          # asleep on its queue
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)
+    with _threads.limit(2):
+        assert layer._inference_plan(1, 20) == "units-lingering"
+        got = layer_arrays(layer.forward(X, need_grad=False))
+        assert answers == [False] and not python_parts
+        wait_for(LINGER)                                    # roused: it lingers now
+        again = layer_arrays(layer.forward(X, need_grad=False))
+        assert answers == [False, True] and not python_parts
+    for a, b, c in zip(got, again, ref):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
+
+
 def test_a_compiled_split_runs_nothing_without_a_lingering_thread():
     """``split_native`` claims every pool thread it needs before anything
     runs: when one is not lingering (idle here) it answers False, leaves

@@ -130,16 +130,22 @@ def _gru_f64(addr):
     _gru_part(addr, np.float64(0))
 
 
+def _noop(addr):
+    """An empty part (the planner times a compiled hand-over with it)."""
+
+
 _BODIES = {("lstm", np.dtype(np.float32)): _lstm_f32, ("lstm", np.dtype(np.float64)): _lstm_f64,
-           ("gru", np.dtype(np.float32)): _gru_f32, ("gru", np.dtype(np.float64)): _gru_f64}
+           ("gru", np.dtype(np.float32)): _gru_f32, ("gru", np.dtype(np.float64)): _gru_f64,
+           ("noop", None): _noop}
 _addresses = {}
 
 
 def part_address(cell, dtype):
     """Address of the compiled part of ``cell`` (``"lstm"`` or ``"gru"``)
     for ``dtype``: a ``numba.cfunc`` ``void(int64)`` taking its
-    description's address, compiled at the first call."""
-    key = (cell, np.dtype(dtype))
+    description's address, compiled at the first call (``"noop"``, dtype
+    None: a part that does nothing)."""
+    key = (cell, None if dtype is None else np.dtype(dtype))
     addr = _addresses.get(key)
     if addr is None:
         addr = _addresses[key] = cfunc(types.void(types.int64), **JIT)(_BODIES[key]).address

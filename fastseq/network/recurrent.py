@@ -48,6 +48,8 @@ from ..init import get_initializer
 #: "no producer" for the time loops' ``ready`` argument (never written)
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
 #: the slot of a call that runs on this thread alone (never free)
+#: :meth:`Recurrent._forward_infer`'s ``units`` of each plan
+_UNIT_TIERS = {"units": 1, "units-lingering": 2}
 _NO_SLOT = contextlib.nullcontext(False)
 
 
@@ -515,7 +517,7 @@ class Recurrent:
             if plan == "fused":
                 return self._forward_fused(X, h0, c0, detail, blas)
             if plan is not None:
-                return self._forward_infer(X, h0, c0, plan == "units", blas, detail)
+                return self._forward_infer(X, h0, c0, _UNIT_TIERS.get(plan, 0), blas, detail)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
         inp = pk.pack(X, self.dtype)
         check_finite(inp, "X", " at valid (unpadded) steps")
@@ -524,7 +526,7 @@ class Recurrent:
 
     def _inference_plan(self, B, T):
         """The plan of :meth:`_inference_route` (None, ``"fused"``,
-        ``"units"`` or ``"one"``)."""
+        ``"units"``, ``"units-lingering"`` or ``"one"``)."""
         return self._inference_route(B, T)[0]
 
     def _inference_route(self, B, T):
@@ -568,7 +570,7 @@ class Recurrent:
         ``plan``: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
         split pays for), ``"fused"`` (:meth:`_fused_parts`), ``"units"``
-        (:meth:`_infer_units`), else ``"one"``: each layer and direction in one
+        and ``"units-lingering"`` (:meth:`_infer_units` 1 and 2), else ``"one"``: each layer and direction in one
         compiled call on this thread, its input projection computed ahead on
         a second thread when there is one and the projection is large enough
         (:meth:`fastseq._plan.Plan.pipeline`)."""
@@ -576,8 +578,10 @@ class Recurrent:
             return None, 0, False, ()
         if self.cell == "gru" and not self.reset_after:
             return None, 0, False, ()
-        if self._infer_units(B, T):
-            return "units", 1, self._kernel_blas(B, B * T), self._layer_modes(B, T)
+        tier = self._infer_units(B, T)
+        if tier:
+            return ("units" if tier == 1 else "units-lingering"), 1, self._kernel_blas(B, B * T), \
+                self._layer_modes(B, T)
         parts = self._fused_parts(B, T)
         if parts:
             return "fused", parts, self._kernel_blas(B // parts), self._fused_slices(B, T, parts)
@@ -616,7 +620,8 @@ class Recurrent:
 
     def _infer_units(self, B, T):
         """Whether a full-length LSTM or (reset-after) GRU inference call
-        splits each layer's hidden units across the threads
+        splits each layer's hidden units across the threads (1; 2: only
+        when every pool thread it needs lingers after a task, 0: never)
         (:func:`fastseq.kernels.infer.lstm_units_part`,
         :func:`fastseq.kernels.infer.gru_units_part`, a barrier a step)
         rather than its batch: when :meth:`fastseq._plan.Plan.infer_units`
@@ -626,18 +631,24 @@ class Recurrent:
         every output then sums as in the one-thread call, so the split
         gives its bits, and a call that finds the split taken by another
         (:func:`fastseq._threads.unit_split_slot`) runs on one thread with
-        the same results."""
+        the same results.  Below the plan's work for a split, a call whose
+        work repays a compiled hand-over to a lingering thread
+        (:meth:`fastseq._plan.Plan.infer_units_lingering`) splits when the
+        threads linger (:func:`fastseq._threads.run_units`), else runs on
+        one thread."""
         n = get_num_threads()
         if (self.cell == "rnn" or (self.cell == "gru" and not self.reset_after) or T < 2 or n < 2
                 or not UNIT_SPLIT_AVAILABLE):
-            return False
+            return 0
         H, G, isz = self.hidden_size, self.num_gates, self.dtype.itemsize
         F = self._widest_input()
         if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
                 or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES.get()):
-            return False
+            return 0
         rows = 2 * FUSED_MIN_ROWS if self.cell == "lstm" else max(1, FUSED_MIN_ROWS // 2)
-        return _plan.current().infer_units(n, B, H, B * T * G * H * (H + F), rows)
+        plan, work = _plan.current(), B * T * G * H * (H + F)
+        return 1 if plan.infer_units(n, B, H, work, rows) else 2 if plan.infer_units_lingering(
+            n, B, H, work, rows) else 0
 
     def _train_units(self, B, T, mask):
         """Whether an LSTM training pass (forward with gates stored, or
@@ -699,24 +710,30 @@ class Recurrent:
                         cn = c_n[idx]
                         c0s = writable(c0[idx]) if c0 is not None else zeros
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
+                    # (a lingering-only split that finds a pool thread not
+                    # lingering runs below, on this thread)
                     if units and free and lstm:
                         bias = self._input_bias(b_ih, b_hh)
                         fn = part_address("lstm", dt)
-                        run_units(lambda tid, j0, j1, flags: lstm_units_part(
+                        split = run_units(lambda tid, j0, j1, flags: lstm_units_part(
                             inp, w_ih, bias, w_hh, h0s, c0s, rev, j0, j1, tid, flags, out_h, hn, cn),
                             H, False,   # (blas: no projection reaches it)
                             lambda states, descs, bounds, flags: lstm_units_native(
                                 states, descs, bounds, flags, fn, inp, w_ih, bias, w_hh, h0s, c0s, rev,
-                                out_h, hn, cn))
+                                out_h, hn, cn), units == 2)
                     elif units and free:
                         bias, b_hn = self._input_bias(b_ih, b_hh), self._candidate_bias(b_hh)
                         fn = part_address("gru", dt)
-                        run_units(lambda tid, j0, j1, flags: gru_units_part(
+                        split = run_units(lambda tid, j0, j1, flags: gru_units_part(
                             inp, w_ih, bias, b_hn, w_hh, h0s, rev, j0, j1, tid, flags, out_h, hn),
                             H, False,
                             lambda states, descs, bounds, flags: gru_units_native(
                                 states, descs, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0s, rev,
-                                out_h, hn))
+                                out_h, hn), units == 2)
+                    else:
+                        split = False
+                    if split:
+                        pass
                     elif mode == "ahead":
                         self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, rev, out_h, hn, cn,
                                             parallel=free)
