@@ -248,11 +248,11 @@ def _measure_linger_handover(rounds=21):
     """Median seconds of :func:`fastseq.kernels._sync.split_native` handing
     an empty compiled part to the one thread of a two-thread pool that
     lingers after a task (inf where compiled hand-overs cannot run)."""
-    from ._threads import LINGER_SPINS, _pool
+    from ._threads import _pool, linger_spins
     from .kernels._sync import AVAILABLE, split_native
     from .kernels.infer_native import part_address
 
-    if not AVAILABLE or LINGER_SPINS <= 0:
+    if not AVAILABLE or linger_spins() <= 0:
         return math.inf
     pool = _pool(1)
     bounds = np.array([[0, 0], [0, 0]], dtype=np.int64)

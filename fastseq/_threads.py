@@ -377,7 +377,7 @@ def _place(workers):
 # 8.6M multiply-adds: 110 us a thread, 250 us a call with two wake-ups).
 # OpenMP runtimes spin for a while for the same reason.  Here a worker, after
 # its task, polls its own state for a caller's claim for LINGER_SPINS polls
-# (about 0.1-0.3 ms, the GIL released; :class:`_Worker`) before it goes back
+# (LINGER_S, the GIL released; :class:`_Worker`) before it goes back
 # to sleep, and a caller polls each part's done flag for JOIN_SPINS polls
 # before it blocks.
 
@@ -387,9 +387,18 @@ def _passive():
     return os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
 
-#: polls a pool thread spends waiting for the next hand-over after a task
-#: (0 under ``OMP_WAIT_POLICY=passive``)
-LINGER_SPINS = 0 if _passive() else 200_000
+#: seconds a pool thread waits, polling, for the next hand-over after a task
+#: (0 under ``OMP_WAIT_POLICY=passive``).  A call whose split needs a
+#: lingering thread (:func:`run_units`' ``lingering_only``) and finds it
+#: asleep runs on one thread and rouses it; the thread must still linger
+#: when the next call comes, a one-thread call later: 200,000 polls (0.1 ms
+#: here) missed most such calls of 0.15-0.2 ms, 1 ms catches the next one.
+#: (libgomp's threads spin 300,000 polls with a pause each, torch's about
+#: 9 ms here.)
+LINGER_S = 0.0 if _passive() else 0.001
+#: polls of :data:`LINGER_S` (:func:`linger_spins`: timed at its first use,
+#: the speed of a poll differing from CPU to CPU); None until then
+LINGER_SPINS = 0 if _passive() else None
 #: polls a caller spends waiting for a part to finish before it blocks
 JOIN_SPINS = 0 if _passive() else 400_000
 #: polls a claimed pool thread makes before it takes the GIL: about the few
@@ -399,6 +408,26 @@ JOIN_SPINS = 0 if _passive() else 400_000
 #: caller releases it (``python -m bench.handover``, part 4: a no-op part
 #: starts 11.6-26.1 us after the call with these polls, 14.6-29.5 without)
 SETTLE_SPINS = 0 if _passive() else 2_000
+
+
+def linger_spins():
+    """:data:`LINGER_SPINS`, timed at the first call of the process: the
+    polls of :func:`fastseq.kernels._sync.linger` (its polling loop, on
+    a state no one claims) that take :data:`LINGER_S` here, the fastest of
+    three timings of 100,000 (0.1 ms)."""
+    global LINGER_SPINS
+    spins = LINGER_SPINS
+    if spins is None:
+        state, done = np.zeros(STRIDE, dtype=np.int64), np.zeros(STRIDE, dtype=np.int64)
+        desc = np.zeros(_sync.DESC_LEN, dtype=np.int64)
+        n, best = 100_000, float("inf")
+        linger(state, done, 0, 1, 0, desc)     # (compiled or loaded first)
+        for _ in range(3):
+            t0 = time.perf_counter()
+            linger(state, done, 0, n, 0, desc)
+            best = min(best, time.perf_counter() - t0)
+        spins = LINGER_SPINS = max(1, int(LINGER_S * n / max(best, 1e-9)))
+    return spins
 
 
 class _Worker:
@@ -416,11 +445,12 @@ class _Worker:
     :func:`fastseq.kernels._sync.split_native`), which it runs without
     returning to Python at all."""
 
-    __slots__ = ("state", "desc", "queue", "job", "thread")
+    __slots__ = ("state", "desc", "queue", "job", "thread", "roused")
 
     def __init__(self, workers, state, desc):
         self.state = state   # (zeros: IDLE) its row of the pool's states
         self.desc = desc     # the compiled task it is handed (:func:`fastseq.kernels._sync.split_native`)
+        self.roused = None   # the held lock of the empty task last handed by _rouse
         self.queue = queue.SimpleQueue()
         self.job = None
         self.thread = threading.Thread(target=self._run, args=(workers,), name="fastseq-worker", daemon=True)
@@ -438,7 +468,7 @@ class _Worker:
                 # kept alive while this thread waits for the next one
                 fn = None
                 event.release()                 # for a caller that stopped polling
-                if not linger(self.state, done, slot, LINGER_SPINS, SETTLE_SPINS, self.desc):
+                if not linger(self.state, done, slot, linger_spins(), SETTLE_SPINS, self.desc):
                     break                       # idle: the next task comes by the queue
                 job, self.job = self.job, None
 
@@ -833,11 +863,11 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
     lingers for the next call, and ``run_units`` returns False (run the
     call on one thread).  True when the parts ran."""
     n = get_num_threads()
-    if lingering_only and (native is None or LINGER_SPINS <= 0):
+    if lingering_only and (native is None or linger_spins() <= 0):
         return False
     bounds = unit_bounds(H, n)
     flags = np.zeros(n * STRIDE, dtype=np.int64)
-    if native is not None and LINGER_SPINS > 0:
+    if native is not None and linger_spins() > 0:
         pool = _pool(n - 1)
         with blas_single_thread() if blas else _FLUSH:
             if native(pool.states, pool.descs, _bounds_array(H, n), flags):
@@ -872,8 +902,11 @@ def _rouse(pool):
     without waiting for it: the thread wakes (or finishes what it runs),
     runs it and lingers after it (:func:`fastseq.kernels._sync.linger`)."""
     for worker in pool.workers:
-        if worker.state[0] != LINGER:
-            worker.hand((int, _ROUSED, 0, _held_lock()))
+        if worker.state[0] != LINGER and (worker.roused is None or not worker.roused.locked()):
+            # (one at a time: empty tasks queued call after call while the
+            # thread wakes would each end its linger at once)
+            worker.roused = _held_lock()
+            worker.hand((int, _ROUSED, 0, worker.roused))
 
 
 def parallel_matmul(a, b, out=None):

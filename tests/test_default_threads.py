@@ -210,10 +210,16 @@ print(_threads.default_num_threads(), seen[0])
 """
 
 
-@pytest.mark.parametrize("policy,spins", [("passive", "0 0"), ("PASSIVE", "0 0"),
-                                          ("active", "200000 400000"), ("", "200000 400000")])
+@pytest.mark.parametrize("policy,spins", [("passive", "0.0 0 0 0"), ("PASSIVE", "0.0 0 0 0"),
+                                          ("active", "0.001 400000 True None"),
+                                          ("", "0.001 400000 True None")])
 def test_omp_wait_policy_passive_turns_the_polling_off(policy, spins):
-    out = _run_python("from fastseq import _threads; print(_threads.LINGER_SPINS, _threads.JOIN_SPINS)",
+    """``OMP_WAIT_POLICY=passive``: no polling at all; otherwise pool
+    threads linger 1 ms after a task, in polls timed at the first use of
+    the pool (none before: nothing is timed at import)."""
+    out = _run_python("from fastseq import _threads; before = _threads.LINGER_SPINS; "
+                      "n = _threads.linger_spins(); "
+                      "print(_threads.LINGER_S, _threads.JOIN_SPINS, n if n == 0 else n > 1000, before)",
                       OMP_WAIT_POLICY=policy)
     assert " ".join(out) == spins
 
