@@ -25,7 +25,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._config import JIT
-from ._fpenv import enter_flush, leave_flush
+from ._fpenv import ARCH, enter_flush, leave_flush
 from ._native import call_at
 
 #: whether the barrier can be built here (it calls libc's ``sched_yield``,
@@ -91,6 +91,29 @@ def sched_yield(typingctx):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []),
                                             "sched_yield")
         builder.call(fn, [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+#: the LLVM intrinsic a polling loop calls at each poll: x86's ``pause``
+#: and arm64's ``yield`` (hint 1) tell the core that the thread spins (a
+#: sibling hardware thread gets the core's resources meanwhile), as OpenMP
+#: runtimes' spin loops do; nothing elsewhere
+RELAX = {"x86_64": ("llvm.x86.sse2.pause", ()), "aarch64": ("llvm.aarch64.hint", (1,))}.get(ARCH)
+
+
+@intrinsic
+def relax(typingctx):
+    """:data:`RELAX` (a hint; nothing where there is none)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if RELAX is not None:
+            name, imms = RELAX
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i32] * len(imms)),
+                                                name)
+            builder.call(fn, [ir.Constant(i32, v) for v in imms])
         return context.get_dummy_value()
     return sig, codegen
 
@@ -248,6 +271,7 @@ def linger(state, done, slot, spins, settle, desc):
                 break
             if load_acquire(state, QUEUED) != 0:  # a task waits in its queue (another caller's)
                 break
+            relax()
         if not claimed:
             if compare_exchange(state, 0, LINGER, IDLE) == LINGER:
                 return False
