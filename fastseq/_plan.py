@@ -257,12 +257,13 @@ def _measure_linger_handover(rounds=21):
     pool = _pool(1)
     bounds = np.array([[0, 0], [0, 0]], dtype=np.int64)
     flags = np.zeros(2 * 8, dtype=np.int64)
-    pool.descs[-1, 0] = part_address("noop", None)
+    own = np.zeros(pool.descs.shape[1], dtype=np.int64)
+    own[0] = part_address("noop", None)
     times = []
     for i in range(rounds + 3):
         pool.submit(int).result()         # the thread lingers after it
         t0 = time.perf_counter()
-        ran = split_native(pool.states, pool.descs, bounds, flags)
+        ran = split_native(pool.states, pool.descs, own, bounds, flags)
         t = time.perf_counter() - t0
         if ran and i >= 3:
             times.append(t)

@@ -502,9 +502,9 @@ class _Pool:
 
     def __init__(self, workers):
         # each thread's state and compiled task, rows of arrays that
-        # split_native takes whole; the last row of descs: the caller's part
+        # split_native takes whole
         self.states = np.zeros((workers, STRIDE), dtype=np.int64)
-        self.descs = np.zeros((workers + 1, _sync.DESC_LEN), dtype=np.int64)
+        self.descs = np.zeros((workers, _sync.DESC_LEN), dtype=np.int64)
         self.workers = [_Worker(workers, self.states[k], self.descs[k]) for k in range(workers)]
 
     def submit(self, fn, *args):
@@ -853,10 +853,9 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
     is false (no part calls BLAS; setting its threads costs microseconds).
 
     ``native``, when given, runs the same parts as compiled tasks:
-    ``native(states, descs, bounds, flags)`` describes the call in
-    ``descs[-1]`` and returns
-    :func:`fastseq.kernels._sync.split_native`'s answer (with the pool's
-    arrays, ``bounds`` the units as an (n, 2) array); when it is False (a
+    ``native(states, descs, own, bounds, flags)`` describes the call in
+    ``own`` and returns :func:`fastseq.kernels._sync.split_native`'s
+    answer (:func:`run_native`, ``bounds`` the units); when it is False (a
     pool thread was not lingering) the parts are handed over in Python, or
     with ``lingering_only`` not at all: each pool thread that does not
     linger is handed an empty task (not waited for), after which it
@@ -867,13 +866,11 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
         return False
     bounds = unit_bounds(H, n)
     flags = np.zeros(n * STRIDE, dtype=np.int64)
-    if native is not None and linger_spins() > 0:
-        pool = _pool(n - 1)
+    if native is not None:
         with blas_single_thread() if blas else _FLUSH:
-            if native(pool.states, pool.descs, _bounds_array(H, n), flags):
+            if run_native(_bounds_array(H, n), flags, native, rouse=lingering_only):
                 return True
         if lingering_only:
-            _rouse(pool)
             return False
 
     def guarded(tid):
@@ -892,6 +889,24 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
         finally:
             join()
     return True
+
+
+def run_native(bounds, flags, native, rouse=False):
+    """Parts as compiled tasks (:func:`fastseq.kernels._sync.split_native`)
+    on the ``len(bounds) - 1`` threads of their pool, if they linger:
+    ``native(states, descs, own, bounds, flags)`` describes the call in
+    ``own`` (a fresh array of the call's) and returns ``split_native``'s
+    answer, which this returns (False: nothing ran; with ``rouse``, the
+    threads that were not lingering are roused, :func:`_rouse`).  False at
+    once when pool threads do not linger (``OMP_WAIT_POLICY=passive``)."""
+    if linger_spins() <= 0:
+        return False
+    pool = _pool(bounds.shape[0] - 1)
+    if native(pool.states, pool.descs, np.empty(_sync.DESC_LEN, dtype=np.int64), bounds, flags):
+        return True
+    if rouse:
+        _rouse(pool)
+    return False
 
 
 _ROUSED = np.zeros(STRIDE, dtype=np.int64)   # (the done flag of every empty task: never read)

@@ -659,12 +659,13 @@ def test_a_compiled_split_runs_nothing_without_a_lingering_thread():
     from fastseq.kernels._sync import DESC_LEN, IDLE, LINGER
     states = np.zeros((2, _sync.STRIDE), dtype=np.int64)
     states[0, 0], states[1, 0] = LINGER, IDLE
-    descs = np.zeros((3, DESC_LEN), dtype=np.int64)
+    descs = np.zeros((2, DESC_LEN), dtype=np.int64)
+    own = np.zeros(DESC_LEN, dtype=np.int64)
     bounds = np.array([[0, 8], [8, 16], [16, 24]], dtype=np.int64)
     flags = np.zeros(3 * _sync.STRIDE, dtype=np.int64)
-    assert not _sync.split_native(states, descs, bounds, flags)
+    assert not _sync.split_native(states, descs, own, bounds, flags)
     assert states[0, 0] == LINGER and states[1, 0] == IDLE
-    assert not descs.any() and not flags.any()
+    assert not descs.any() and not own.any() and not flags.any()
 
 
 def test_unit_split_parts_that_fail_or_mark_no_start_release_the_others():

@@ -239,7 +239,8 @@ KIND, TICKET, NDONE = 2, 3, 4
 NATIVE = 1
 #: int64 slots of a compiled task's description (:func:`split_native`):
 #: ``desc[0]`` the function, then :data:`DESC_TID`, :data:`DESC_J0` and
-#: :data:`DESC_J1`, the rest the task's own (:mod:`fastseq.kernels.infer_native`)
+#: :data:`DESC_J1` (the part's range), the rest the task's own
+#: (:mod:`fastseq.kernels.infer_native`)
 DESC_LEN = 64
 DESC_TID, DESC_J0, DESC_J1 = 1, 2, 3
 
@@ -293,24 +294,23 @@ def linger(state, done, slot, spins, settle, desc):
 
 
 @njit(**JIT)
-def split_native(states, descs, bounds, flags):
-    """Run a unit split's parts as compiled tasks, without Python on
-    either side: part ``k`` (hidden units ``bounds[k, 0]..bounds[k, 1]``)
-    on lingering pool thread ``k - 1`` (``states[k - 1]``, its description
-    ``descs[k - 1]``), part 0 on the calling thread; ``descs[n - 1]`` (n =
-    ``bounds.shape[0]``) describes the call (:data:`DESC_LEN`), each part's
-    copy then gets its ``tid`` and units.  The calling thread sets
-    ``flags[JOINED]`` after its own part (a pool part waits for it:
-    :func:`wait_joined`) and waits for every part.  False, with nothing
-    run, when a pool thread is not lingering (then hand the parts over in
-    Python)."""
+def split_native(states, descs, own, bounds, flags):
+    """Run a call's parts as compiled tasks, without Python on either
+    side: part ``k`` (its range ``bounds[k, 0]..bounds[k, 1]``: hidden
+    units of a unit split, sequences of a batch split) on lingering pool
+    thread ``k - 1`` (``states[k - 1]``, its description ``descs[k -
+    1]``), part 0 on the calling thread; ``own`` describes the call
+    (:data:`DESC_LEN`), each part's copy then gets its ``tid`` and range.
+    The calling thread sets ``flags[JOINED]`` after its own part (a unit
+    split's pool part waits for it: :func:`wait_joined`) and waits for
+    every part.  False, with nothing run and nothing written, when a pool
+    thread is not lingering (then hand the parts over in Python)."""
     n = bounds.shape[0]
     for w in range(n - 1):
         if compare_exchange(states[w], 0, LINGER, CLAIMING) != LINGER:
             for v in range(w):
                 store_release(states[v], 0, LINGER)
             return False
-    own = descs[n - 1]
     for w in range(n - 1):
         d = descs[w]
         d[:] = own

@@ -153,17 +153,18 @@ def part_address(cell, dtype):
 
 
 @njit(**JIT)
-def lstm_units_native(states, descs, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, out_h, h_n, c_n):
+def lstm_units_native(states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, out_h,
+                      h_n, c_n):
     """An LSTM unit split as compiled tasks, in one call from Python:
-    :func:`lstm_units_desc` into the caller's row of ``descs``, then
+    :func:`lstm_units_desc` into ``own``, then
     :func:`fastseq.kernels._sync.split_native` (its answer)."""
-    lstm_units_desc(descs[bounds.shape[0] - 1], fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags,
-                    out_h, h_n, c_n)
-    return split_native(states, descs, bounds, flags)
+    lstm_units_desc(own, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out_h, h_n, c_n)
+    return split_native(states, descs, own, bounds, flags)
 
 
 @njit(**JIT)
-def gru_units_native(states, descs, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, out_h, h_n):
+def gru_units_native(states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, out_h,
+                     h_n):
     """:func:`lstm_units_native` for the reset-after GRU."""
-    gru_units_desc(descs[bounds.shape[0] - 1], fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n)
-    return split_native(states, descs, bounds, flags)
+    gru_units_desc(own, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n)
+    return split_native(states, descs, own, bounds, flags)

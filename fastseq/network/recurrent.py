@@ -718,8 +718,8 @@ class Recurrent:
                         split = run_units(lambda tid, j0, j1, flags: lstm_units_part(
                             inp, w_ih, bias, w_hh, h0s, c0s, rev, j0, j1, tid, flags, out_h, hn, cn),
                             H, False,   # (blas: no projection reaches it)
-                            lambda states, descs, bounds, flags: lstm_units_native(
-                                states, descs, bounds, flags, fn, inp, w_ih, bias, w_hh, h0s, c0s, rev,
+                            lambda states, descs, own, bounds, flags: lstm_units_native(
+                                states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0s, c0s, rev,
                                 out_h, hn, cn), units == 2)
                     elif units and free:
                         bias, b_hn = self._input_bias(b_ih, b_hh), self._candidate_bias(b_hh)
@@ -727,8 +727,8 @@ class Recurrent:
                         split = run_units(lambda tid, j0, j1, flags: gru_units_part(
                             inp, w_ih, bias, b_hn, w_hh, h0s, rev, j0, j1, tid, flags, out_h, hn),
                             H, False,
-                            lambda states, descs, bounds, flags: gru_units_native(
-                                states, descs, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0s, rev,
+                            lambda states, descs, own, bounds, flags: gru_units_native(
+                                states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0s, rev,
                                 out_h, hn), units == 2)
                     else:
                         split = False
