@@ -651,6 +651,40 @@ def test_a_lingering_only_unit_split_runs_on_one_thread_until_the_thread_lingers
         np.testing.assert_array_equal(b, c)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_batch_split_as_compiled_tasks_gives_the_python_hand_overs_bits(monkeypatch, lingering, dtype):
+    """An LSTM inference batch split of the fused kernel
+    (``kernels.infer.lstm_fused_slice``) handed to lingering pool threads
+    as compiled tasks (``kernels.infer_native.lstm_fused_native``) is
+    taken once they linger, and gives the bits of the same slices handed
+    over in Python (both directions, a stacked layer, given states); the
+    slices also give the values of the one-thread call."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent("lstm", 12, 32, num_layers=2, bidirectional=True, dtype=dtype, random_state=3).eval()
+    rng = np.random.default_rng(4)
+    B, T = 16, 20
+    X = rng.standard_normal((B, T, 12)).astype(dtype)
+    h = rng.standard_normal((4, B, 32)).astype(dtype)
+    state = (h, 0.5 * h)
+    monkeypatch.setattr(_plan.current(), "split_min_work", 0)
+    answers = []
+    real = R.lstm_fused_native
+    monkeypatch.setattr(R, "lstm_fused_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    with _threads.limit(2):
+        assert layer._inference_route(B, T)[:2] == ("fused", 2)
+        native = [layer_arrays(layer.forward(X, h0=state, need_grad=False)) for _ in range(3)]
+        assert len(answers) == 12 and answers[-4:] == [True] * 4, answers
+        monkeypatch.setattr(_threads, "LINGER_SPINS", 0)        # the same slices, handed over in Python
+        python = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+    tol = 2e-5 if dtype == "float32" else 1e-12
+    for got in native:
+        for a, b, c in zip(got, python, ref):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a, c, rtol=tol, atol=tol)
+
+
 def test_a_compiled_split_runs_nothing_without_a_lingering_thread():
     """``split_native`` claims every pool thread it needs before anything
     runs: when one is not lingering (idle here) it answers False, leaves

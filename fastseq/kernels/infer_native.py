@@ -22,10 +22,13 @@ from numba import carray, cfunc, njit, types
 from .._config import JIT
 from ._native import pointer_like
 from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, split_native
-from .infer import gru_units_part, lstm_units_part
+from .infer import gru_units_part, lstm_fused_slice, lstm_units_part
 
 #: slot of the description: whether the part runs the reverse direction
 DESC_REV = 4
+#: slots of a fused slice's description: its output's first column, and
+#: the third dimension of its packed weight
+DESC_COL, DESC_DEPTH = 5, 6
 #: first slot of the arrays: three each (address, rows, columns; 0 columns
 #: for a vector)
 DESC_ARRAYS = 8
@@ -82,6 +85,25 @@ def gru_units_desc(desc, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, ou
     _put(desc, 8, h_n)
 
 
+@njit(**JIT)
+def lstm_fused_desc(desc, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n):
+    """:func:`lstm_units_desc` for :func:`fastseq.kernels.infer.lstm_fused_slice`
+    (a batch split: each part's range its sequences)."""
+    desc[0] = fn
+    desc[DESC_REV] = 1 if reverse else 0
+    desc[DESC_COL] = col0
+    desc[DESC_DEPTH] = wp.shape[2]
+    _put(desc, 0, inp)
+    _put(desc, 1, w_cat)
+    _put(desc, 2, wp)        # (its first two dimensions)
+    _put1(desc, 3, bias)
+    _put(desc, 4, h0)
+    _put(desc, 5, c0)
+    _put(desc, 6, out)
+    _put(desc, 7, h_n)
+    _put(desc, 8, c_n)
+
+
 @njit(inline="always", **JIT)
 def _matrix(d, i, z):
     """Array ``i`` of description ``d``, of ``z``'s type, as a matrix."""
@@ -113,6 +135,16 @@ def _gru_part(addr, z):
                    d[DESC_TID], _vector(d, 6, np.int64(0)), _matrix(d, 7, z), _matrix(d, 8, z))
 
 
+@njit(inline="always", **JIT)
+def _fused_part(addr, z):
+    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    k = DESC_ARRAYS + 3 * 2
+    wp = carray(pointer_like(d[k], z), (d[k + 1], d[k + 2], d[DESC_DEPTH]))
+    lstm_fused_slice(_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z), _matrix(d, 4, z),
+                     _matrix(d, 5, z), d[DESC_REV] != 0, _matrix(d, 6, z), d[DESC_COL], _matrix(d, 7, z),
+                     _matrix(d, 8, z), d[DESC_J0], d[DESC_J1])
+
+
 # the cfuncs' bodies (plain functions: compiled only as cfuncs, by part_address)
 def _lstm_f32(addr):
     _lstm_part(addr, np.float32(0))
@@ -130,18 +162,28 @@ def _gru_f64(addr):
     _gru_part(addr, np.float64(0))
 
 
+def _fused_f32(addr):
+    _fused_part(addr, np.float32(0))
+
+
+def _fused_f64(addr):
+    _fused_part(addr, np.float64(0))
+
+
 def _noop(addr):
     """An empty part (the planner times a compiled hand-over with it)."""
 
 
 _BODIES = {("lstm", np.dtype(np.float32)): _lstm_f32, ("lstm", np.dtype(np.float64)): _lstm_f64,
            ("gru", np.dtype(np.float32)): _gru_f32, ("gru", np.dtype(np.float64)): _gru_f64,
+           ("fused", np.dtype(np.float32)): _fused_f32, ("fused", np.dtype(np.float64)): _fused_f64,
            ("noop", None): _noop}
 _addresses = {}
 
 
 def part_address(cell, dtype):
-    """Address of the compiled part of ``cell`` (``"lstm"`` or ``"gru"``)
+    """Address of the compiled part of ``cell`` (``"lstm"`` or ``"gru"``:
+    a unit split's part; ``"fused"``: an LSTM fused slice)
     for ``dtype``: a ``numba.cfunc`` ``void(int64)`` taking its
     description's address, compiled at the first call (``"noop"``, dtype
     None: a part that does nothing)."""
@@ -167,4 +209,13 @@ def gru_units_native(states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_h
                      h_n):
     """:func:`lstm_units_native` for the reset-after GRU."""
     gru_units_desc(own, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n)
+    return split_native(states, descs, own, bounds, flags)
+
+
+@njit(**JIT)
+def lstm_fused_native(states, descs, own, bounds, flags, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0,
+                      h_n, c_n):
+    """:func:`lstm_units_native` for the batch slices ``bounds`` of
+    :func:`fastseq.kernels.infer.lstm_fused_slice`."""
+    lstm_fused_desc(own, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
     return split_native(states, descs, own, bounds, flags)

@@ -8,6 +8,7 @@ gradients after it).
 """
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -15,18 +16,18 @@ from .. import _plan
 from .. import kernels as K
 from .._threads import (
     _on_pool, blas_single_thread, get_num_threads, limit, matmul_splits, parallel_copy, parallel_matmul,
-    parallel_project, parallel_tall_matmul, pipelines, run_pipelined, run_sliced, run_units, split_bounds, splits,
-    unit_bounds, unit_split_slot,
+    parallel_project, parallel_tall_matmul, pipelines, run_native, run_pipelined, run_sliced, run_units,
+    split_bounds, splits, unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.gru import reset_scaled as gru_reset_scaled
-from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE
+from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE, STRIDE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
     gru_infer, gru_infer_x, gru_run, gru_units_part, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run,
     lstm_units_part, rnn_infer, rnn_infer_x, rnn_run,
 )
-from ..kernels.infer_native import gru_units_native, lstm_units_native, part_address
+from ..kernels.infer_native import gru_units_native, lstm_fused_native, lstm_units_native, part_address
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
     FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_into,
@@ -48,6 +49,14 @@ from ..init import get_initializer
 #: "no producer" for the time loops' ``ready`` argument (never written)
 _NO_READY = np.empty(0, dtype=INDEX_DTYPE)
 #: the slot of a call that runs on this thread alone (never free)
+@functools.lru_cache(maxsize=64)
+def _slices_array(bounds):
+    """Batch slices ``((b0, b1), ...)`` as an (n, 2) int64 array (read only)."""
+    a = np.array(bounds, dtype=np.int64).reshape(len(bounds), 2)
+    a.flags.writeable = False
+    return a
+
+
 #: :meth:`Recurrent._forward_infer`'s ``units`` of each plan
 _UNIT_TIERS = {"units": 1, "units-lingering": 2}
 _NO_SLOT = contextlib.nullcontext(False)
@@ -786,6 +795,7 @@ class Recurrent:
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
+        fn = part_address("fused", dt) if len(bounds) > 1 else 0
         with self._kernel_context(blas):
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
@@ -804,7 +814,9 @@ class Recurrent:
                     args = (inp, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
                     if len(bounds) == 1:
                         lstm_fused_slice(*args, 0, B)
-                    else:
+                    elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
+                                        lambda states, descs, own, b, flags: lstm_fused_native(
+                                            states, descs, own, b, flags, fn, *args)):
                         _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
                 inp = out
         self._cache = None
