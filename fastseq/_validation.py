@@ -12,12 +12,18 @@ from ._config import INDEX_DTYPE
 from .kernels.checks import finite32, finite64
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def check_real_array(a, name, dtype=None, ndim=None):
     """Return ``a`` as a real-valued ndarray (cast to ``dtype`` if given).
 
     Raises ``TypeError`` for complex, string, object or boolean-free garbage and
     ``ValueError`` for the wrong number of dimensions.
     """
+    if type(a) is np.ndarray and (a.dtype is _F32 or a.dtype is _F64) and dtype is None and (
+            ndim is None or a.ndim == ndim):
+        return a   # (an array of the kernels' floats: what a layer's call gets most)
     try:
         arr = np.asarray(a)
     except (TypeError, ValueError) as exc:
@@ -31,9 +37,6 @@ def check_real_array(a, name, dtype=None, ndim=None):
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
     return arr
-
-
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def all_finite(a):

@@ -460,6 +460,8 @@ class Recurrent:
 
     # ----------------------------------------------------------------- checks
     def _check_states(self, h0, B):
+        if h0 is None:
+            return None, None
         L = self.num_layers * self.num_directions
         shape = (L, B, self.hidden_size)
         c0 = None
