@@ -219,6 +219,15 @@ def get_num_threads():
     return default_num_threads() if n is None else n
 
 
+def call_threads(n_jobs):
+    """The thread count that :func:`limit` with ``n_jobs`` gives a call
+    here, without entering it."""
+    if n_jobs is not None:
+        return resolve_n_jobs(n_jobs)
+    n = getattr(_local, "n", None)
+    return default_num_threads() if n is None else n
+
+
 class _Limit:
     """The context manager of :func:`limit` (a class, not a generator: a
     layer enters one on every call)."""

@@ -254,6 +254,52 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     assert calls[2:] == [("fused", 2), "one", "one", ("fused", 1), ("fused", 1), "one", ("fused", 1), "one"]
 
 
+@pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_call_gives_the_one_call_bits_and_is_taken_only_where_it_applies(rng, monkeypatch, cell, nl, dtype,
+                                                                               bias):
+    """A batch-1 inference call of a one-layer, one-way layer, once its
+    route (one compiled call, no BLAS) is kept, runs through
+    ``Recurrent._small_call`` (not ``_forward_infer``) and gives the bits
+    of the general path; it leaves to the general path a first call, any
+    other batch, states, lengths, training, a read-only or another dtype's
+    input, and checks its input as that path does."""
+    kw = {"nonlinearity": nl} if cell == "rnn" else {}
+    layer = Recurrent(cell, 4, 5, bias=bias, dtype=dtype, random_state=2, **kw).eval()
+    X = rng.standard_normal((1, 7, 4)).astype(dtype)
+    general = []
+    real = Recurrent._forward_infer
+    monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: general.append(1) or real(self, *a))
+    first = layer.forward(X, need_grad=False)              # no route kept yet: the general path
+    assert len(general) == 1 and layer._inference_plan(1, 7) == "one"
+    small = layer.forward(X, need_grad=False)
+    h_only = layer.forward(X, need_grad=False, need_out=False)
+    assert len(general) == 1 and h_only[0] is None
+    for a, b in zip(layer_arrays(small), layer_arrays(first)):
+        assert a.dtype == np.dtype(dtype) and a.shape == b.shape and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(layer_arrays((small[0], h_only[1]))[1:], layer_arrays(small)[1:]):   # the states
+        np.testing.assert_array_equal(a, b)
+    layer.forward(X, h0=np.zeros((1, 1, 5), dtype) if cell != "lstm" else None, need_grad=False)
+    layer.forward(X, lengths=[7], need_grad=False)
+    layer.forward(np.repeat(X, 2, axis=0), need_grad=False)
+    ro = X.copy()
+    ro.flags.writeable = False
+    layer.forward(ro, need_grad=False)
+    layer.forward(X.astype("float32" if dtype == "float64" else "float64"), need_grad=False)
+    expected = 5 if cell != "lstm" else 4                  # (an LSTM's h0 of None: the small call)
+    assert len(general) == 1 + expected
+    bad = X.copy()
+    bad[0, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN"):
+        layer.forward(bad, need_grad=False)
+    assert len(general) == 1 + expected                    # refused before any kernel
+    layer.train()
+    layer.forward(X, need_grad=False)                      # another route key (training)
+    assert len(general) == 2 + expected
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_one_step_batch_recurrent_gradient_is_zero(cell):
     """A batch of one step from a zero state: the recurrent weights see no
