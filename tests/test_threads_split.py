@@ -505,6 +505,21 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
         np.testing.assert_array_equal(a, c)
 
 
+def _unit_split_inputs(monkeypatch, layer, rng, B, T):
+    """``(X, state, ref)`` for ``layer``: B sequences of T steps, initial
+    states (an LSTM's cells -0.5 times its states), the one-thread call's
+    arrays; then the plan split units for any work from 8 units a thread."""
+    L, D = layer.num_layers, layer.num_directions
+    X = rng.standard_normal((B, T, layer.input_size)).astype(layer.dtype)
+    h = rng.standard_normal((L * D, B, layer.hidden_size)).astype(layer.dtype)
+    state = (h, -0.5 * h) if layer.cell == "lstm" else h
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    return X, state, ref
+
+
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("layers,bidirectional,bias,F,H", [(1, False, True, 24, 64), (2, True, False, 24, 96),
@@ -524,15 +539,8 @@ def test_inference_unit_split_gives_the_one_thread_bits(monkeypatch, cell, layer
     import fastseq.network.recurrent as R
     layer = Recurrent(cell, F, H, num_layers=layers, bidirectional=bidirectional, bias=bias, dtype=dtype,
                       random_state=1).eval()
-    rng = np.random.default_rng(2)
     B, T, D = 3, 40, 2 if bidirectional else 1
-    X = rng.standard_normal((B, T, F)).astype(dtype)
-    h = rng.standard_normal((layers * D, B, H)).astype(dtype)
-    state = (h, -0.5 * h) if cell == "lstm" else h
-    with _threads.limit(1):
-        ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
-    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
-    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), B, T)
     calls = []
     real = R.run_units
     monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))
@@ -582,14 +590,7 @@ def test_unit_split_as_compiled_tasks_gives_the_one_thread_bits(monkeypatch, lin
     (both directions, given initial states)."""
     import fastseq.network.recurrent as R
     layer = Recurrent(cell, 24, 96, bidirectional=True, dtype=dtype, random_state=1).eval()
-    rng = np.random.default_rng(2)
-    X = rng.standard_normal((2, 30, 24)).astype(dtype)
-    h = rng.standard_normal((2, 2, 96)).astype(dtype)
-    state = (h, -0.5 * h) if cell == "lstm" else h
-    with _threads.limit(1):
-        ref = layer_arrays(layer.forward(X, h0=state, need_grad=False))
-    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
-    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), 2, 30)
     answers = []
     name = f"{cell}_units_native"
     real = getattr(R, name)
