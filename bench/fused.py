@@ -43,7 +43,7 @@ def compare(shapes, repeats):
             Recurrent._fused_parts = real
             plan = layer._inference_plan(B, T)
             _plan.Plan.fuse_projection = lambda self, *a: True   # the slices it would take
-            parts = real(layer, B, T)
+            parts = real(layer, B, T)     # (slices, and whether only on polling threads)
             _plan.Plan.fuse_projection = rule
             def way(fused_parts):
                 def call():
@@ -51,7 +51,7 @@ def compare(shapes, repeats):
                     layer.__dict__.pop("_plans", None)   # decided again with the forced slices
                     layer.forward(X, need_grad=False)
                 return call
-            t = time_alternating({"fused": way(parts), "separate": way(0)}, repeats)
+            t = time_alternating({"fused": way(parts), "separate": way((0, False))}, repeats)
             rows.append(((B, T, F, H), plan, 1e3 * t["fused"], 1e3 * t["separate"]))
     finally:
         Recurrent._fused_parts = real

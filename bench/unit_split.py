@@ -121,7 +121,7 @@ def main(argv=None):
                         plans.append(("packed", 0))
                     if cell in ("lstm", "gru") and UNITS_AVAILABLE and args.threads > 1:
                         plans.append(("units", 0))
-                    parts = net._fused_parts(B, args.T)
+                    parts = net._fused_parts(B, args.T)[0]
                     if parts:
                         plans.append(("fused", default_pipe))
 

@@ -107,6 +107,7 @@ class Plan:
     infer_split_step_work: int
     unit_split_min_weight_bytes: int
     lingering_units_min_work: int = NEVER
+    lingering_split_min_work: int = NEVER
     unit_split_max_batch: int = UNIT_SPLIT_MAX_BATCH
     unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
@@ -132,6 +133,8 @@ class Plan:
                    unit_split_min_weight_bytes=_pow2(UNIT_SPLIT_L2S * m.l2_bytes),
                    lingering_units_min_work=(_pow2(PIPELINE_HANDOVERS * m.linger_handover_work)
                                              if math.isfinite(m.linger_handover_s) else NEVER),
+                   lingering_split_min_work=(_pow2(SPLIT_HANDOVERS * m.linger_handover_work)
+                                             if math.isfinite(m.linger_handover_s) else NEVER),
                    l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes)
 
     # ------------------------------------------------------------ decisions
@@ -140,6 +143,15 @@ class Plan:
         multiply-adds is split across (1: not split)."""
         n = min(n_threads, B // self.min_split_rows)
         return n if n > 1 and work >= self.split_min_work else 1
+
+    def batch_split_lingering(self, n_threads, B, work):
+        """:meth:`batch_split` for a call that splits only when every pool
+        thread it needs polls for work (a compiled hand-over; else the
+        call runs its slices one after the other on its own thread): from
+        ``lingering_split_min_work``, the same factor of compiled
+        hand-overs' worth of work."""
+        n = min(n_threads, B // self.min_split_rows)
+        return n if n > 1 and work >= self.lingering_split_min_work else 1
 
     def matmul_split(self, n_threads, m, k, n):
         """Row blocks an (m, k) @ (k, n) product is split into (1: one call)."""

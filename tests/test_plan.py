@@ -65,9 +65,13 @@ def test_lingering_unit_split_rule():
     assert not p.infer_units_lingering(2, 16, 64, 10 ** 9, 8)         # rows enough for a batch split
     assert not p.infer_units_lingering(2, 1, 48, 10 ** 9, 8)          # too few units a thread
     assert not p.infer_units(2, 1, 64, 65536, 8)                      # a hand-over from idle: not yet
+    assert p.lingering_split_min_work == 131072                       # 4 hand-overs: a batch split
+    assert p.batch_split_lingering(2, 16, 131072) == 2 and p.batch_split_lingering(2, 16, 131071) == 1
+    assert p.batch_split_lingering(2, 7, 10 ** 9) == 1 and p.batch_split(2, 16, 131072) == 1
     for m in (Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20),
               Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=math.inf)):
         assert not Plan.for_machine(m).infer_units_lingering(2, 1, 64, 10 ** 15, 8)
+        assert Plan.for_machine(m).batch_split_lingering(2, 64, 10 ** 15) == 1
 
 
 def test_measure_and_cache(tmp_path, monkeypatch):

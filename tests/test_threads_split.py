@@ -686,6 +686,48 @@ def test_fused_batch_split_as_compiled_tasks_gives_the_python_hand_overs_bits(mo
             np.testing.assert_allclose(a, c, rtol=tol, atol=tol)
 
 
+def test_a_lingering_only_batch_split_runs_its_slices_here_until_the_thread_lingers(monkeypatch, lingering):
+    """Below the plan's work for a batch split from idle, the fused LSTM's
+    inference splits its batch only as compiled tasks on polling threads
+    (plan ``"fused-lingering"``): with its pool thread asleep it runs the
+    same slices one after the other on its own thread (nothing handed over
+    in Python) and rouses the thread; the next call splits.  Both give the
+    bits of the split."""
+    import fastseq.network.recurrent as R
+    from fastseq.kernels._sync import IDLE, LINGER
+    layer = Recurrent("lstm", 12, 32, bidirectional=True, random_state=3).eval()
+    X = np.random.default_rng(4).standard_normal((16, 20, 12)).astype(np.float32)
+    monkeypatch.setattr(_plan.current(), "split_min_work", 1 << 62)          # never from idle
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 1 << 62)
+    monkeypatch.setattr(_plan.current(), "lingering_split_min_work", 0)
+    answers, pool_slices = [], []
+    real = R.lstm_fused_native
+    monkeypatch.setattr(R, "lstm_fused_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    real_on_pool = R._on_pool
+    monkeypatch.setattr(R, "_on_pool", lambda *a: pool_slices.append(1) or real_on_pool(*a))
+    worker = _threads._pool(1).workers[0]
+
+    def wait_for(state):
+        for _ in range(5000):
+            if worker.state[0] == state:
+                return
+            threading.Event().wait(0.001)
+        pytest.fail(f"the pool thread never reached state {state}")
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)
+    _threads._start(1, [int])()
+    wait_for(IDLE)
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)
+    with _threads.limit(2):
+        assert layer._inference_route(16, 20)[:2] == ("fused-lingering", 2)
+        here = layer_arrays(layer.forward(X, need_grad=False))
+        assert answers[0] is False and not pool_slices   # (the reverse direction may find it roused)
+        wait_for(LINGER)
+        split = layer_arrays(layer.forward(X, need_grad=False))
+        assert answers[-2:] == [True, True] and not pool_slices
+    for a, b in zip(here, split):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_compiled_split_runs_nothing_without_a_lingering_thread():
     """``split_native`` claims every pool thread it needs before anything
     runs: when one is not lingering (idle here) it answers False, leaves
@@ -813,7 +855,7 @@ def test_fused_lstm_inference_slices_are_bit_identical(dtype):
     runs = []
     for parts in (1, 2, 3):
         with _threads.limit(parts):
-            assert layer._fused_parts(25, 9) == parts
+            assert layer._fused_parts(25, 9) == (parts, False)
             runs.append(layer.forward(X, h0=(h, -h), need_grad=False))
     for other in runs[1:]:
         for a, b in zip(layer_arrays(runs[0]), layer_arrays(other)):

@@ -529,8 +529,8 @@ class Recurrent:
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
             plan, parts, blas, detail = self._inference_route(B, T)
-            if plan == "fused":
-                return self._forward_fused(X, h0, c0, detail, blas)
+            if plan == "fused" or plan == "fused-lingering":
+                return self._forward_fused(X, h0, c0, detail, blas, plan == "fused-lingering")
             if plan is not None:
                 return self._forward_infer(X, h0, c0, _UNIT_TIERS.get(plan, 0), blas, detail)
         pk = _UniformPacking(B, T) if uniform else Packing(lengths)
@@ -639,9 +639,10 @@ class Recurrent:
         if tier:
             return ("units" if tier == 1 else "units-lingering"), 1, self._kernel_blas(B, B * T), \
                 self._layer_modes(B, T)
-        parts = self._fused_parts(B, T)
+        parts, lingering = self._fused_parts(B, T)
         if parts:
-            return "fused", parts, self._kernel_blas(B // parts), self._fused_slices(B, T, parts)
+            return ("fused-lingering" if lingering else "fused"), parts, self._kernel_blas(B // parts), \
+                self._fused_slices(B, T, parts)
         H = self.hidden_size
         N, GH = B * T, self.num_gates * H
         n = get_num_threads()
@@ -657,17 +658,27 @@ class Recurrent:
         (:meth:`fastseq._plan.Plan.batch_split`) when
         :meth:`fastseq._plan.Plan.fuse_projection` takes their rows (not
         when the batch stays in one slice and :meth:`_forward_infer` would
-        compute the projection on a second thread)."""
+        compute the projection on a second thread), as ``(parts,
+        lingering)``.  ``lingering``: slices of the batch split on polling
+        threads (:meth:`fastseq._plan.Plan.batch_split_lingering`, below
+        the plan's split from sleeping threads), which a call that finds a
+        pool thread asleep runs one after the other on its own thread (the
+        same bits)."""
         if self.cell != "lstm" or T < 2:
-            return 0
+            return 0, False
         H = self.hidden_size
         F = self._widest_input()
         n = get_num_threads()
         plan = _plan.for_threads(n)
-        parts = plan.batch_split(n, B, B * T * 4 * H * (H + F)) if n > 1 else 1
+        work = B * T * 4 * H * (H + F)
+        parts = plan.batch_split(n, B, work) if n > 1 else 1
         pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H)
+        lingering = False
+        if parts == 1 and not pipelined and n > 1 and UNIT_SPLIT_AVAILABLE:
+            parts = plan.batch_split_lingering(n, B, work)
+            lingering = parts > 1
         fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize, pipelined)
-        return parts if fuse else 0
+        return (parts, lingering) if fuse else (0, False)
 
     @staticmethod
     def _fused_slices(B, T, parts):
@@ -824,7 +835,7 @@ class Recurrent:
             return out, (h_n, c_n)
         return out, h_n
 
-    def _forward_fused(self, X, h0, c0, bounds, blas=True):
+    def _forward_fused(self, X, h0, c0, bounds, blas=True, lingering=False):
         """LSTM inference of a full-length batch with each step's input
         projection inside its recurrent product
         (:func:`fastseq.kernels.infer.lstm_fused_slice`), the batch in the
@@ -862,9 +873,14 @@ class Recurrent:
                     args = (inp, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
                     if len(bounds) == 1:
                         lstm_fused_slice(*args, 0, B)
-                    elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
-                                        lambda states, descs, own, b, flags: lstm_fused_native(
-                                            states, descs, own, b, flags, fn, *args)):
+                    elif run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
+                                    lambda states, descs, own, b, flags: lstm_fused_native(
+                                        states, descs, own, b, flags, fn, *args), rouse=lingering):
+                        pass
+                    elif lingering:   # (a pool thread asleep: the slices here, one after the other)
+                        for b0, b1 in bounds:
+                            lstm_fused_slice(*args, b0, b1)
+                    else:
                         _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
                 inp = out
         self._cache = None
