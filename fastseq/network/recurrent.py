@@ -673,12 +673,13 @@ class Recurrent:
         work = B * T * 4 * H * (H + F)
         parts = plan.batch_split(n, B, work) if n > 1 else 1
         pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H)
-        lingering = False
+        weight_bytes = 4 * H * (F + H) * self.dtype.itemsize
         if parts == 1 and not pipelined and n > 1 and UNIT_SPLIT_AVAILABLE:
-            parts = plan.batch_split_lingering(n, B, work)
-            lingering = parts > 1
-        fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, 4 * H * (F + H) * self.dtype.itemsize, pipelined)
-        return (parts, lingering) if fuse else (0, False)
+            lingering = plan.batch_split_lingering(n, B, work)
+            if lingering > 1 and plan.fuse_projection(B // lingering, FUSED_MIN_ROWS, weight_bytes):
+                return lingering, True
+        fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, weight_bytes, pipelined)
+        return (parts, False) if fuse else (0, False)
 
     @staticmethod
     def _fused_slices(B, T, parts):
