@@ -586,22 +586,39 @@ class Recurrent:
         H, dt = self.hidden_size, self.dtype
         inp = X.reshape(T, F)        # step-major at batch 1: a view (only read)
         check_finite(inp, "X", " at valid (unpadded) steps")
-        w_ih, w_hh, b_ih, b_hh = self._bound_weights()[0]
         zeros = np.zeros((1, H), dtype=dt)
         out = np.empty((T, H), dtype=dt)
         h_n = np.empty((1, 1, H), dtype=dt)
+        c_n = np.empty((1, 1, H), dtype=dt) if self.cell == "lstm" else None
         self._cache = None
         with flush_denormals():
-            if self.cell == "lstm":
-                c_n = np.empty((1, 1, H), dtype=dt)
-                lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, zeros, zeros, False, out, h_n[0], c_n[0])
-                return out.reshape(1, T, H), (h_n, c_n)
-            if self.cell == "gru":
-                gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, zeros, False, out, h_n[0])
+            self._one_call(inp, None, self._bound_weights()[0], zeros, zeros, False, out, h_n[0],
+                           None if c_n is None else c_n[0])
+        return out.reshape(1, T, H), (h_n if c_n is None else (h_n, c_n))
+
+    def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
+        """One direction of one layer in one compiled call on this thread
+        (:mod:`fastseq.kernels.infer`): from the input projection ``xp``
+        when given, else from ``inp`` with the projection in the call;
+        ``weights`` as :meth:`_bound_weights` gives them, ``c0``/``c_n``
+        an LSTM's (None otherwise)."""
+        w_ih, w_hh, b_ih, b_hh = weights
+        if self.cell == "lstm":
+            if xp is None:
+                lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
             else:
-                rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, zeros, 1 if self.nonlinearity == "relu" else 0, False,
-                            out, h_n[0])
-        return out.reshape(1, T, H), h_n
+                lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
+        elif self.cell == "gru":
+            if xp is None:
+                gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
+            else:
+                gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
+        else:
+            relu = 1 if self.nonlinearity == "relu" else 0
+            if xp is None:
+                rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
+            else:
+                rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
 
     def _layer_modes(self, B, T):
         """How each layer's input projection runs in :meth:`_forward_infer`
@@ -756,8 +773,7 @@ class Recurrent:
             inp = inp.reshape(N, F)
         check_finite(inp, "X", " at valid (unpadded) steps")
         L = self.num_layers * D
-        cell = self.cell
-        lstm = cell == "lstm"
+        lstm = self.cell == "lstm"
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt) if lstm else None
         relu = 1 if self.nonlinearity == "relu" else 0
@@ -812,20 +828,7 @@ class Recurrent:
                         # (kernels.matmul.project) in the loop's compiled call
                         xp = None if mode != "split" else parallel_matmul(
                             inp, w_ih.T, out=self._projection_buffer(N, w_ih.shape[0], False))
-                        if lstm:
-                            if xp is None:
-                                lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, c0s, rev, out_h, hn, cn)
-                            else:
-                                lstm_infer(xp, b_ih, b_hh, w_hh, h0s, c0s, rev, out_h, hn, cn)
-                        elif cell == "gru":
-                            if xp is None:
-                                gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, rev, out_h, hn)
-                            else:
-                                gru_infer(xp, b_ih, b_hh, w_hh, h0s, rev, out_h, hn)
-                        elif xp is None:
-                            rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0s, relu, rev, out_h, hn)
-                        else:
-                            rnn_infer(xp, b_ih, b_hh, w_hh, h0s, relu, rev, out_h, hn)
+                        self._one_call(inp, xp, weights[idx], h0s, c0s, rev, out_h, hn, cn)
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
@@ -874,15 +877,14 @@ class Recurrent:
                     args = (inp, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
                     if len(bounds) == 1:
                         lstm_fused_slice(*args, 0, B)
-                    elif run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
-                                    lambda states, descs, own, b, flags: lstm_fused_native(
-                                        states, descs, own, b, flags, fn, *args), rouse=lingering):
-                        pass
-                    elif lingering:   # (a pool thread asleep: the slices here, one after the other)
-                        for b0, b1 in bounds:
-                            lstm_fused_slice(*args, b0, b1)
-                    else:
-                        _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
+                    elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
+                                        lambda states, descs, own, b, flags: lstm_fused_native(
+                                            states, descs, own, b, flags, fn, *args), rouse=lingering):
+                        if lingering:   # (a pool thread asleep: the slices here, one after the other)
+                            for b0, b1 in bounds:
+                                lstm_fused_slice(*args, b0, b1)
+                        else:
+                            _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
                 inp = out
         self._cache = None
         return inp.reshape(B, T, D * H), (h_n, c_n)
