@@ -18,6 +18,7 @@ import fastseq.network.recurrent as rec
 from fastseq import RNNClassifier, _fpenv, _plan, _threads
 from fastseq.kernels import _fpenv as kfp
 from fastseq.nn import Recurrent
+from conftest import answers_of
 
 needs_ftz = pytest.mark.skipif(
     not _fpenv.AVAILABLE,
@@ -305,9 +306,7 @@ def test_unit_split_compiled_tasks_flush_in_the_pool_thread(monkeypatch):
     monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
     monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
     monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)   # lingers until the next call
-    answers = []
-    real = rec.lstm_units_native
-    monkeypatch.setattr(rec, "lstm_units_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    answers = answers_of(monkeypatch, rec, "lstm_units_native")
     try:
         _on_pool_thread(_clear_flush)
         pool_before = _on_pool_thread(settings)

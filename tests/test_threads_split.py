@@ -17,7 +17,7 @@ import pytest
 from fastseq.kernels import _sync
 from fastseq import _plan, _threads
 from fastseq.nn import Recurrent
-from conftest import REFERENCE_MACHINE, layer_arrays
+from conftest import REFERENCE_MACHINE, answers_of, layer_arrays
 
 
 @pytest.fixture(autouse=True)
@@ -567,6 +567,28 @@ def test_inference_unit_split_gives_the_one_thread_bits(monkeypatch, cell, layer
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+def _wait_for_state(worker, state):
+    """Wait (up to 5 s) until the pool thread ``worker`` is in ``state``."""
+    for _ in range(5000):
+        if worker.state[0] == state:
+            return
+        threading.Event().wait(0.001)
+    pytest.fail(f"the pool thread never reached state {state}")
+
+
+def _asleep_pool_thread(monkeypatch):
+    """The thread of the one-thread pool, asleep on its queue (a task with
+    no linger after it); from then on it lingers until claimed after each
+    task (``LINGER_SPINS`` set high: end it with a short linger's task)."""
+    from fastseq.kernels._sync import IDLE
+    worker = _threads._pool(1).workers[0]
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)
+    _threads._start(1, [int])()
+    _wait_for_state(worker, IDLE)
+    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)
+    return worker
+
+
 @pytest.fixture
 def lingering(monkeypatch):
     """Pool threads that linger (the GIL released) until the next
@@ -591,10 +613,7 @@ def test_unit_split_as_compiled_tasks_gives_the_one_thread_bits(monkeypatch, lin
     import fastseq.network.recurrent as R
     layer = Recurrent(cell, 24, 96, bidirectional=True, dtype=dtype, random_state=1).eval()
     X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), 2, 30)
-    answers = []
-    name = f"{cell}_units_native"
-    real = getattr(R, name)
-    monkeypatch.setattr(R, name, lambda *a: answers.append(real(*a)) or answers[-1])
+    answers = answers_of(monkeypatch, R, f"{cell}_units_native")
     for n in (2, 3):
         answers.clear()
         with _threads.limit(n):
@@ -614,7 +633,7 @@ def test_a_lingering_only_unit_split_runs_on_one_thread_until_the_thread_lingers
     then lingers, so that the next call splits; both give the one-thread
     bits."""
     import fastseq.network.recurrent as R
-    from fastseq.kernels._sync import IDLE, LINGER
+    from fastseq.kernels._sync import LINGER
     layer = Recurrent("gru", 24, 96, random_state=1).eval()
     X = np.random.default_rng(2).standard_normal((1, 20, 24)).astype(np.float32)
     with _threads.limit(1):
@@ -623,28 +642,15 @@ def test_a_lingering_only_unit_split_runs_on_one_thread_until_the_thread_lingers
     monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1 << 62)   # (nothing else on the pool)
     monkeypatch.setattr(_plan.current(), "lingering_units_min_work", 0)
     monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
-    answers, python_parts = [], []
-    real = R.gru_units_native
-    monkeypatch.setattr(R, "gru_units_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    answers, python_parts = answers_of(monkeypatch, R, "gru_units_native"), []
     real_part = R.gru_units_part
     monkeypatch.setattr(R, "gru_units_part", lambda *a: python_parts.append(1) or real_part(*a))
-    worker = _threads._pool(1).workers[0]
-
-    def wait_for(state):
-        for _ in range(5000):
-            if worker.state[0] == state:
-                return
-            threading.Event().wait(0.001)
-        pytest.fail(f"the pool thread never reached state {state}")
-    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)
-    _threads._start(1, [int])()
-    wait_for(IDLE)                                          # asleep on its queue
-    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)
+    worker = _asleep_pool_thread(monkeypatch)
     with _threads.limit(2):
         assert layer._inference_plan(1, 20) == "units-lingering"
         got = layer_arrays(layer.forward(X, need_grad=False))
         assert answers == [False] and not python_parts
-        wait_for(LINGER)                                    # roused: it lingers now
+        _wait_for_state(worker, LINGER)                     # roused: it lingers now
         again = layer_arrays(layer.forward(X, need_grad=False))
         assert answers == [False, True] and not python_parts
     for a, b, c in zip(got, again, ref):
@@ -668,9 +674,7 @@ def test_fused_batch_split_as_compiled_tasks_gives_the_python_hand_overs_bits(mo
     h = rng.standard_normal((4, B, 32)).astype(dtype)
     state = (h, 0.5 * h)
     monkeypatch.setattr(_plan.current(), "split_min_work", 0)
-    answers = []
-    real = R.lstm_fused_native
-    monkeypatch.setattr(R, "lstm_fused_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    answers = answers_of(monkeypatch, R, "lstm_fused_native")
     with _threads.limit(2):
         assert layer._inference_route(B, T)[:2] == ("fused", 2)
         native = [layer_arrays(layer.forward(X, h0=state, need_grad=False)) for _ in range(3)]
@@ -694,34 +698,21 @@ def test_a_lingering_only_batch_split_runs_its_slices_here_until_the_thread_ling
     in Python) and rouses the thread; the next call splits.  Both give the
     bits of the split."""
     import fastseq.network.recurrent as R
-    from fastseq.kernels._sync import IDLE, LINGER
+    from fastseq.kernels._sync import LINGER
     layer = Recurrent("lstm", 12, 32, bidirectional=True, random_state=3).eval()
     X = np.random.default_rng(4).standard_normal((16, 20, 12)).astype(np.float32)
     monkeypatch.setattr(_plan.current(), "split_min_work", 1 << 62)          # never from idle
     monkeypatch.setattr(_plan.current(), "pipeline_min_work", 1 << 62)
     monkeypatch.setattr(_plan.current(), "lingering_split_min_work", 0)
-    answers, pool_slices = [], []
-    real = R.lstm_fused_native
-    monkeypatch.setattr(R, "lstm_fused_native", lambda *a: answers.append(real(*a)) or answers[-1])
+    answers, pool_slices = answers_of(monkeypatch, R, "lstm_fused_native"), []
     real_on_pool = R._on_pool
     monkeypatch.setattr(R, "_on_pool", lambda *a: pool_slices.append(1) or real_on_pool(*a))
-    worker = _threads._pool(1).workers[0]
-
-    def wait_for(state):
-        for _ in range(5000):
-            if worker.state[0] == state:
-                return
-            threading.Event().wait(0.001)
-        pytest.fail(f"the pool thread never reached state {state}")
-    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)
-    _threads._start(1, [int])()
-    wait_for(IDLE)
-    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)
+    worker = _asleep_pool_thread(monkeypatch)
     with _threads.limit(2):
         assert layer._inference_route(16, 20)[:2] == ("fused-lingering", 2)
         here = layer_arrays(layer.forward(X, need_grad=False))
         assert answers[0] is False and not pool_slices   # (the reverse direction may find it roused)
-        wait_for(LINGER)
+        _wait_for_state(worker, LINGER)
         split = layer_arrays(layer.forward(X, need_grad=False))
         assert answers[-2:] == [True, True] and not pool_slices
     for a, b in zip(here, split):
@@ -876,14 +867,7 @@ def test_a_pool_thread_lingers_after_a_queued_task(monkeypatch):
     once: each hand-over then woke a sleeping thread)."""
     from fastseq.kernels._sync import LINGER, QUEUED
 
-    worker = _threads._pool(1).workers[0]
-    monkeypatch.setattr(_threads, "LINGER_SPINS", 0)       # the thread goes idle after each task
-    _threads._start(1, [int])()
-    for _ in range(1000):                                  # (idle: the next task comes by the queue)
-        if worker.state[0] == 0:
-            break
-        threading.Event().wait(0.001)
-    monkeypatch.setattr(_threads, "LINGER_SPINS", 10 ** 12)   # now it lingers until claimed
+    worker = _asleep_pool_thread(monkeypatch)   # (idle: the next task comes by the queue)
     states = []
     real = _threads._Worker.hand
     monkeypatch.setattr(_threads._Worker, "hand", lambda self, job: states.append(int(self.state[0]))
