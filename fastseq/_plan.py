@@ -261,14 +261,14 @@ def _measure_linger_handover(rounds=21):
     an empty compiled part to the one thread of a two-thread pool that
     lingers after a task (inf where compiled hand-overs cannot run)."""
     from ._threads import _pool, linger_spins
-    from .kernels._sync import AVAILABLE, split_native
+    from .kernels._sync import AVAILABLE, STRIDE, split_native
     from .kernels.infer_native import part_address
 
     if not AVAILABLE or linger_spins() <= 0:
         return math.inf
     pool = _pool(1)
     bounds = np.array([[0, 0], [0, 0]], dtype=np.int64)
-    flags = np.zeros(2 * 8, dtype=np.int64)
+    flags = np.zeros(2 * STRIDE, dtype=np.int64)
     own = np.zeros(pool.descs.shape[1], dtype=np.int64)
     own[0] = part_address("noop", None)
     times = []

@@ -328,13 +328,7 @@ def split_native(states, descs, own, bounds, flags):
     store_release(flags, JOINED, 1)
     for w in range(n - 1):
         st = states[w]
-        ticket = st[TICKET]
-        spins = 0
-        while load_acquire(st, NDONE) != ticket:
-            spins += 1
-            if spins >= SPIN_LIMIT:
-                sched_yield()
-                spins = 0
+        wait_at(st, NDONE, st[TICKET])   # (tickets only grow)
     return True
 
 
