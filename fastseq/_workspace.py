@@ -37,9 +37,26 @@ def scratch(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
+def scratch_arrays(name, shapes, dtype):
+    """Uninitialised arrays of ``shapes`` (a tuple of shape tuples of
+    ints) and ``dtype`` (a ``numpy.dtype``), each :func:`scratch` of its
+    own under ``name``, looked up in one step while a call asks for the
+    same shapes as the last one did under ``name`` (a small call's weights
+    are prepared at every call: three :func:`scratch` calls were 3.5 us)."""
+    sets = getattr(_local, "sets", None)
+    if sets is None:
+        sets = _local.sets = {}
+    key = (shapes, dtype)
+    got = sets.get(name)
+    if got is None or got[0] != key:
+        got = sets[name] = (key, tuple(scratch((name, i), shape, dtype) for i, shape in enumerate(shapes)))
+    return got[1]
+
+
 def release():
     """Drop this thread's scratch arrays (their memory goes back)."""
     _local.arrays = {}
+    _local.sets = {}
 
 
 def _references(store, name):

@@ -176,8 +176,9 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
         sigs = getattr(infer, f"{cell}_infer_x").signatures
         assert 1 <= len(sigs) <= 2, sigs
     if cell == "lstm":
-        from fastseq.kernels.infer import lstm_fused_slice
+        from fastseq.kernels.infer import fused_weights, lstm_fused_slice
         assert 1 <= len(lstm_fused_slice.signatures) <= 2, lstm_fused_slice.signatures
+        assert 1 <= len(fused_weights.signatures) <= 2, fused_weights.signatures
 
 
 @pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
@@ -298,6 +299,49 @@ def test_small_call_gives_the_one_call_bits_and_is_taken_only_where_it_applies(r
     layer.train()
     layer.forward(X, need_grad=False)                      # another route key (training)
     assert len(general) == 2 + expected
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_fused_call_gives_the_general_paths_bits_and_reads_the_weights_each_call(rng, monkeypatch, dtype,
+                                                                                      bias):
+    """An LSTM inference call of a batch above 1 through a one-layer,
+    one-way layer whose kept route is the fused kernel's slices (one, or
+    two threads' worth) runs through ``Recurrent._small_call`` (not
+    ``_forward_fused``) and gives the general path's bits; weights changed
+    in place between calls are read (nothing packed is kept from call to
+    call), and a layer of another input width reuses no scratch of the
+    wrong shape."""
+    from fastseq import _plan, _threads
+    layer = Recurrent("lstm", 6, 16, bias=bias, dtype=dtype, random_state=2).eval()
+    other = Recurrent("lstm", 3, 16, bias=bias, dtype=dtype, random_state=3).eval()
+    X = rng.standard_normal((8, 9, 6)).astype(dtype)
+    X3 = rng.standard_normal((8, 9, 3)).astype(dtype)
+    general = []
+    real = Recurrent._forward_fused
+    monkeypatch.setattr(Recurrent, "_forward_fused", lambda self, *a: general.append(a[3]) or real(self, *a))
+    monkeypatch.setattr(_plan.current(), "split_min_work", 0)
+    for n, slices in ((1, ((0, 8),)), (2, ((0, 4), (4, 8)))):
+        general.clear()
+        with _threads.limit(n):
+            first = layer_arrays(layer.forward(X, need_grad=False))     # no route kept yet: the general path
+            assert general == [slices]
+            small = layer_arrays(layer.forward(X, need_grad=False))
+            third = layer_arrays(other.forward(X3, need_grad=False))
+            third_small = layer_arrays(other.forward(X3, need_grad=False))
+            assert len(general) == 2
+            for a, b in zip(small + third_small, first + third):
+                assert a.dtype == np.dtype(dtype) and a.shape == b.shape and a.flags.c_contiguous
+                np.testing.assert_array_equal(a, b)
+            w = layer.params["weight_hh_l0"]
+            w *= 0.5
+            halved = layer_arrays(layer.forward(X, need_grad=False))
+            w *= 2.0
+            assert len(general) == 2 and not np.array_equal(halved[0], first[0])
+            fresh = Recurrent("lstm", 6, 16, bias=bias, dtype=dtype, random_state=2).eval()
+            fresh.params["weight_hh_l0"][...] *= 0.5
+            for a, b in zip(halved, layer_arrays(fresh.forward(X, need_grad=False))):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -27,6 +27,31 @@ def test_scratch_reuses_grows_and_is_per_thread():
     assert not np.shares_memory(_workspace.scratch("t", (5, 5), np.float64), d)
 
 
+def test_scratch_arrays_are_the_same_while_the_shapes_stay():
+    """:func:`fastseq._workspace.scratch_arrays`: the same arrays while a
+    name is asked for the same shapes and dtype, each its own memory;
+    other shapes or a dtype get arrays of those (the memory of the
+    name's when large enough), another thread its own."""
+    _workspace.release()
+    f32 = np.dtype(np.float32)
+    a, b = _workspace.scratch_arrays("s", ((4, 5), (3,)), f32)
+    assert a.shape == (4, 5) and b.shape == (3,) and a.dtype == b.dtype == f32
+    assert a.flags.c_contiguous and not np.shares_memory(a, b)
+    again = _workspace.scratch_arrays("s", ((4, 5), (3,)), f32)
+    assert again[0] is a and again[1] is b
+    c, d = _workspace.scratch_arrays("s", ((2, 5), (6,)), f32)
+    assert c.shape == (2, 5) and d.shape == (6,) and np.shares_memory(a, c) and not np.shares_memory(b, d)
+    e, = _workspace.scratch_arrays("s", ((2, 5),), np.dtype(np.float64))
+    assert e.dtype == np.float64 and e.shape == (2, 5)
+    other = []
+    t = threading.Thread(target=lambda: other.extend(_workspace.scratch_arrays("s", ((2, 5),), f32)))
+    t.start()
+    t.join()
+    assert not np.shares_memory(other[0], c)
+    _workspace.release()
+    assert _workspace.scratch_arrays("s", ((2, 5),), np.dtype(np.float64))[0] is not e
+
+
 def test_fit_releases_the_layers_scratch():
     """An estimator's fit leaves no scratch memory behind in its thread
     (the weight gradients' buffers are as large as a batch's rows)."""
@@ -37,7 +62,7 @@ def test_fit_releases_the_layers_scratch():
     y = np.arange(12) % 2
     _workspace.scratch("t", (3,), np.float32)
     RNNClassifier(cell="lstm", hidden_size=8, max_iter=2, batch_size=6, random_state=0).fit(X, y)
-    assert getattr(_workspace._local, "arrays", {}) == {}
+    assert getattr(_workspace._local, "arrays", {}) == {} and getattr(_workspace._local, "sets", {}) == {}
 
 
 def test_kept_reuses_memory_only_once_nothing_else_holds_it():

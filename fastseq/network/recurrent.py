@@ -24,21 +24,20 @@ from ..kernels.gru import reset_scaled as gru_reset_scaled
 from ..kernels._sync import AVAILABLE as UNIT_SPLIT_AVAILABLE, STRIDE
 from ..kernels.grads import weight_grads_behind
 from ..kernels.infer import (
-    gru_infer, gru_infer_x, gru_run, gru_units_part, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run,
+    fused_weights, gru_infer, gru_infer_x, gru_run, gru_units_part, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run,
     lstm_units_part, rnn_infer, rnn_infer_x, rnn_run,
 )
 from ..kernels.infer_native import gru_units_native, lstm_fused_native, lstm_units_native, part_address
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, pack_into,
-    packed_shape, project_ahead,
+    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
 from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import Packing, writable
 from .._fpenv import flush_denormals
-from .._workspace import kept, scratch
+from .._workspace import kept, scratch, scratch_arrays
 from ._flat import flat_views, layout_size
 from .._validation import (
     check_choice, check_finite, check_fraction, check_lengths, check_n_jobs, check_positive_int,
@@ -566,35 +565,50 @@ class Recurrent:
                 None if plan is None else plan.version, PACKED_BLAS_MIN_ROWS.get(), PROJECT_BLAS_MIN_BYTES.get())
 
     def _small_call(self, X):
-        """The inference of one sequence through a one-layer, one-way layer
-        whose kept route (:meth:`_inference_route`) is one compiled call on
-        this thread without BLAS (what every small batch-1 call takes): the
-        arithmetic of :meth:`_forward_infer`, with none of its generality (a
-        third of a 14 us call's Python).  None when ``X`` (a writable
-        C-contiguous array of the layer's dtype) or the route is another:
-        then :meth:`forward` runs as usual."""
-        if (type(X) is not np.ndarray or X.ndim != 3 or X.dtype is not self.dtype or X.shape[0] != 1
+        """The inference of a one-layer, one-way layer whose kept route
+        (:meth:`_inference_route`) needs no BLAS and is either one compiled
+        call on this thread at batch 1 (what every small batch-1 call
+        takes) or the fused LSTM's batch slices (small batches above 1):
+        the arithmetic of :meth:`_forward_infer` or :meth:`_forward_fused`,
+        with none of their generality (a third of a 14 us call's Python,
+        10 us of a 54 us LSTM call at batch 4).  None when ``X`` (a
+        writable C-contiguous array of the layer's dtype) or the route is
+        another: then :meth:`forward` runs as usual."""
+        if (type(X) is not np.ndarray or X.ndim != 3 or X.dtype is not self.dtype
                 or not (X.flags.c_contiguous and X.flags.writeable)):
             return None
-        _, T, F = X.shape
-        if F != self.input_size or T < 1 or self.num_layers != 1 or self.bidirectional:
+        B, T, F = X.shape
+        if F != self.input_size or self.num_layers != 1 or self.bidirectional:
             return None
-        plans = self.__dict__.get("_plans")
-        got = plans and plans.get(self._route_key(1, T, call_threads(self.n_jobs)))
-        if not got or got[0] != "one" or got[2] or got[3] != ("one",):
+        plans = self.__dict__.get("_plans")    # (no route is kept for an empty X)
+        got = plans and plans.get(self._route_key(B, T, call_threads(self.n_jobs)))
+        if not got or got[2]:
+            return None
+        plan = got[0]
+        if plan == "one":
+            if B != 1 or got[3] != ("one",):
+                return None
+            fused = False
+        elif plan == "fused" or plan == "fused-lingering":
+            fused = True
+        else:
             return None
         H, dt = self.hidden_size, self.dtype
-        inp = X.reshape(T, F)        # step-major at batch 1: a view (only read)
+        inp = X.reshape(B * T, F)    # batch-major rows (fused), step-major at batch 1: a view (only read)
         check_finite(inp, "X", " at valid (unpadded) steps")
-        zeros = np.zeros((1, H), dtype=dt)
-        out = np.empty((T, H), dtype=dt)
-        h_n = np.empty((1, 1, H), dtype=dt)
-        c_n = np.empty((1, 1, H), dtype=dt) if self.cell == "lstm" else None
+        zeros = np.zeros((B, H), dtype=dt)
+        out = np.empty((B * T, H), dtype=dt)
+        h_n = np.empty((1, B, H), dtype=dt)
+        c_n = np.empty((1, B, H), dtype=dt) if self.cell == "lstm" else None
         self._cache = None
         with flush_denormals():
-            self._one_call(inp, None, self._bound_weights()[0], zeros, zeros, False, out, h_n[0],
-                           None if c_n is None else c_n[0])
-        return out.reshape(1, T, H), (h_n if c_n is None else (h_n, c_n))
+            if fused:
+                self._fused_direction(inp, self._bound_weights()[0], zeros, zeros, False, out, 0, h_n[0],
+                                      c_n[0], got[3], plan == "fused-lingering")
+            else:
+                self._one_call(inp, None, self._bound_weights()[0], zeros, zeros, False, out, h_n[0],
+                               None if c_n is None else c_n[0])
+        return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
 
     def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
         """One direction of one layer in one compiled call on this thread
@@ -858,36 +872,44 @@ class Recurrent:
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt)
         zeros = np.zeros((B, H), dtype=dt)
-        fn = part_address("fused", dt) if len(bounds) > 1 else 0
+        weights = self._bound_weights()
         with self._kernel_context(blas):
             for k in range(self.num_layers):
                 out = np.empty((N, D * H), dtype=dt)
-                Fk = inp.shape[1]
                 for d in range(D):
                     idx = k * D + d
-                    W_ih, W_hh, b_ih, b_hh = self._weights(k, d)
-                    w_cat = scratch("fused_w", (4 * H, Fk + H), dt)
-                    w_cat[:, :Fk] = W_ih
-                    w_cat[:, Fk:] = W_hh
-                    wp = scratch("fused_wp", packed_shape(w_cat), dt)
-                    pack_into(w_cat, wp)
-                    bias = np.zeros(4 * H, dtype=dt) if b_ih is None or b_ih.shape[0] == 0 else b_ih + b_hh
                     h0s = writable(h0[idx]) if h0 is not None else zeros
                     c0s = writable(c0[idx]) if c0 is not None else zeros
-                    args = (inp, w_cat, wp, bias, h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx])
-                    if len(bounds) == 1:
-                        lstm_fused_slice(*args, 0, B)
-                    elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
-                                        lambda states, descs, own, b, flags: lstm_fused_native(
-                                            states, descs, own, b, flags, fn, *args), rouse=lingering):
-                        if lingering:   # (a pool thread asleep: the slices here, one after the other)
-                            for b0, b1 in bounds:
-                                lstm_fused_slice(*args, b0, b1)
-                        else:
-                            _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
+                    self._fused_direction(inp, weights[idx], h0s, c0s, d == 1, out, d * H, h_n[idx], c_n[idx],
+                                          bounds, lingering)
                 inp = out
         self._cache = None
         return inp.reshape(B, T, D * H), (h_n, c_n)
+
+    def _fused_direction(self, inp, weights, h0, c0, reverse, out, col0, h_n, c_n, bounds, lingering):
+        """One direction of one layer of :meth:`_forward_fused` (columns
+        ``col0..col0+H`` of ``out``) from the layer's ``weights``
+        (:meth:`_bound_weights`): ``[W_ih | W_hh]``, its packed form and
+        the bias in this thread's scratch (one compiled call,
+        :func:`fastseq.kernels.infer.fused_weights`), then the batch
+        slices ``bounds``, side by side when there are more than one."""
+        H, dt = self.hidden_size, self.dtype
+        G, K = 4 * H, inp.shape[1] + H
+        SW = STRIP_BYTES // dt.itemsize
+        w_cat, wp, bias = scratch_arrays("fused", ((G, K), (G // SW, K, SW), (G,)), dt)
+        w_ih, w_hh, b_ih, b_hh = weights
+        fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, bias)
+        args = (inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
+        if len(bounds) == 1:
+            lstm_fused_slice(*args, *bounds[0])
+        elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
+                            lambda states, descs, own, b, flags: lstm_fused_native(
+                                states, descs, own, b, flags, part_address("fused", dt), *args), rouse=lingering):
+            if lingering:   # (a pool thread asleep: the slices here, one after the other)
+                for b0, b1 in bounds:
+                    lstm_fused_slice(*args, b0, b1)
+            else:
+                _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
 
     @staticmethod
     def _kernel_context(blas):
