@@ -658,6 +658,54 @@ def test_a_lingering_only_unit_split_runs_on_one_thread_until_the_thread_lingers
         np.testing.assert_array_equal(b, c)
 
 
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("tier", ["units", "units-lingering"])
+def test_small_unit_split_call_gives_the_general_paths_bits(monkeypatch, lingering, cell, tier):
+    """A one-layer, one-way inference call whose kept route is a unit
+    split (from idle, its projection ahead when the split's slot is taken;
+    or only on lingering threads, else on one thread) at batch 1 and 3
+    goes through ``Recurrent._small_call`` (not ``_forward_infer``), splits
+    as compiled tasks, and gives the one-thread bits; so does it with the
+    slot taken by another call (then on this thread)."""
+    import contextlib
+
+    import fastseq.network.recurrent as R
+    layer = Recurrent(cell, 24, 96, random_state=1).eval()
+    rng = np.random.default_rng(2)
+    refs = {}
+    for B in (1, 3):
+        X = rng.standard_normal((B, 20, 24)).astype(np.float32)
+        with _threads.limit(1):
+            refs[B] = (X, layer_arrays(layer.forward(X, need_grad=False)))
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1 << 62)
+    if tier == "units":
+        monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
+    else:
+        monkeypatch.setattr(_plan.current(), "pipeline_min_work", 1 << 62)
+        monkeypatch.setattr(_plan.current(), "lingering_units_min_work", 0)
+    general = []
+    real = Recurrent._forward_infer
+    monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: general.append(1) or real(self, *a))
+    answers = answers_of(monkeypatch, R, f"{cell}_units_native")
+    with _threads.limit(2):
+        for B, (X, ref) in refs.items():
+            general.clear()
+            layer.forward(X, need_grad=False)                  # the first call: the general path
+            assert layer._inference_route(B, 20)[0] == tier and general == [1]
+            answers.clear()
+            for _ in range(3):
+                for a, b in zip(layer_arrays(layer.forward(X, need_grad=False)), ref):
+                    np.testing.assert_array_equal(a, b)
+            assert general == [1] and answers[-2:] == [True, True], answers
+            with monkeypatch.context() as m:
+                m.setattr(R, "unit_split_slot", lambda: contextlib.nullcontext(False))
+                for a, b in zip(layer_arrays(layer.forward(X, need_grad=False)), ref):
+                    np.testing.assert_array_equal(a, b)
+            assert general == [1] and len(answers) == 3
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_batch_split_as_compiled_tasks_gives_the_python_hand_overs_bits(monkeypatch, lingering, dtype):
     """An LSTM inference batch split of the fused kernel

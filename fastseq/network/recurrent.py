@@ -566,48 +566,68 @@ class Recurrent:
 
     def _small_call(self, X):
         """The inference of a one-layer, one-way layer whose kept route
-        (:meth:`_inference_route`) needs no BLAS and is either one compiled
-        call on this thread at batch 1 (what every small batch-1 call
-        takes) or the fused LSTM's batch slices (small batches above 1):
-        the arithmetic of :meth:`_forward_infer` or :meth:`_forward_fused`,
-        with none of their generality (a third of a 14 us call's Python,
-        10 us of a 54 us LSTM call at batch 4).  None when ``X`` (a
-        writable C-contiguous array of the layer's dtype) or the route is
-        another: then :meth:`forward` runs as usual."""
+        (:meth:`_inference_route`) needs no BLAS and is one compiled call
+        on this thread at batch 1 (what every small batch-1 call takes),
+        the fused LSTM's batch slices, or a unit split (its input
+        projection in its parts, or ahead on a pool thread when the split
+        finds its slot taken): the arithmetic of :meth:`_forward_infer` or
+        :meth:`_forward_fused`, with none of their generality (a third of
+        a 14 us call's Python, 8 us of a 53 us LSTM call at batch 4).
+        None when ``X`` (a writable C-contiguous array of the layer's
+        dtype) or the route is another: then :meth:`forward` runs as
+        usual."""
         if (type(X) is not np.ndarray or X.ndim != 3 or X.dtype is not self.dtype
                 or not (X.flags.c_contiguous and X.flags.writeable)):
             return None
         B, T, F = X.shape
         if F != self.input_size or self.num_layers != 1 or self.bidirectional:
             return None
+        n = call_threads(self.n_jobs)
         plans = self.__dict__.get("_plans")    # (no route is kept for an empty X)
-        got = plans and plans.get(self._route_key(B, T, call_threads(self.n_jobs)))
+        got = plans and plans.get(self._route_key(B, T, n))
         if not got or got[2]:
             return None
         plan = got[0]
         if plan == "one":
             if B != 1 or got[3] != ("one",):
                 return None
-            fused = False
-        elif plan == "fused" or plan == "fused-lingering":
-            fused = True
-        else:
+        elif plan != "fused" and plan != "fused-lingering" and (plan not in _UNIT_TIERS or got[3][0] == "split"):
             return None
         H, dt = self.hidden_size, self.dtype
-        inp = X.reshape(B * T, F)    # batch-major rows (fused), step-major at batch 1: a view (only read)
+        if B == 1 or plan[0] == "f":   # batch-major rows (fused), step-major at batch 1: a view (only read)
+            inp = X.reshape(B * T, F)
+        else:
+            inp = np.empty((T, B, F), dtype=dt)
+            inp[...] = X.swapaxes(0, 1)
+            inp = inp.reshape(B * T, F)
         check_finite(inp, "X", " at valid (unpadded) steps")
         zeros = np.zeros((B, H), dtype=dt)
         out = np.empty((B * T, H), dtype=dt)
         h_n = np.empty((1, B, H), dtype=dt)
         c_n = np.empty((1, B, H), dtype=dt) if self.cell == "lstm" else None
+        c_n0 = None if c_n is None else c_n[0]
+        weights = self._bound_weights()[0]
         self._cache = None
-        with flush_denormals():
-            if fused:
-                self._fused_direction(inp, self._bound_weights()[0], zeros, zeros, False, out, 0, h_n[0],
-                                      c_n[0], got[3], plan == "fused-lingering")
-            else:
-                self._one_call(inp, None, self._bound_weights()[0], zeros, zeros, False, out, h_n[0],
-                               None if c_n is None else c_n[0])
+        if plan == "one":
+            with flush_denormals():
+                self._one_call(inp, None, weights, zeros, zeros, False, out, h_n[0], c_n0)
+        elif plan[0] == "f":
+            with flush_denormals():
+                self._fused_direction(inp, weights, zeros, zeros, False, out, 0, h_n[0], c_n0, got[3],
+                                      plan == "fused-lingering")
+        else:
+            with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
+                if free and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
+                                                  _UNIT_TIERS[plan] == 2):
+                    pass
+                elif got[3][0] == "ahead":
+                    w_ih, w_hh, b_ih, b_hh = weights
+                    self._run_pipelined(inp, w_ih, b_ih, b_hh, 0, w_hh, zeros, zeros, False, out, h_n[0], c_n0,
+                                        parallel=free)
+                else:
+                    self._one_call(inp, None, weights, zeros, zeros, False, out, h_n[0], c_n0)
+            if B > 1:
+                out = np.ascontiguousarray(out.reshape(T, B, H).swapaxes(0, 1))
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
 
     def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
@@ -811,26 +831,8 @@ class Recurrent:
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     # (a lingering-only split that finds a pool thread not
                     # lingering runs below, on this thread)
-                    if units and free and lstm:
-                        bias = self._input_bias(b_ih, b_hh)
-                        fn = part_address("lstm", dt)
-                        split = run_units(lambda tid, j0, j1, flags: lstm_units_part(
-                            inp, w_ih, bias, w_hh, h0s, c0s, rev, j0, j1, tid, flags, out_h, hn, cn),
-                            H, False,   # (blas: no projection reaches it)
-                            lambda states, descs, own, bounds, flags: lstm_units_native(
-                                states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0s, c0s, rev,
-                                out_h, hn, cn), units == 2)
-                    elif units and free:
-                        bias, b_hn = self._input_bias(b_ih, b_hh), self._candidate_bias(b_hh)
-                        fn = part_address("gru", dt)
-                        split = run_units(lambda tid, j0, j1, flags: gru_units_part(
-                            inp, w_ih, bias, b_hn, w_hh, h0s, rev, j0, j1, tid, flags, out_h, hn),
-                            H, False,
-                            lambda states, descs, own, bounds, flags: gru_units_native(
-                                states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0s, rev,
-                                out_h, hn), units == 2)
-                    else:
-                        split = False
+                    split = units and free and self._units_direction(inp, weights[idx], h0s, c0s, rev, out_h, hn,
+                                                                     cn, units == 2)
                     if split:
                         pass
                     elif mode == "ahead":
@@ -852,6 +854,34 @@ class Recurrent:
         if lstm:
             return out, (h_n, c_n)
         return out, h_n
+
+    def _units_direction(self, inp, weights, h0, c0, reverse, out_h, h_n, c_n, lingering_only):
+        """One direction of one layer of :meth:`_forward_infer` with its
+        hidden units split across the threads (:func:`fastseq._threads.run_units`,
+        an LSTM or reset-after GRU; ``c0``/``c_n`` None for a GRU), from
+        the step-major rows ``inp`` and the layer's ``weights``
+        (:meth:`_bound_weights`); True when it ran (False: with
+        ``lingering_only``, a pool thread was not lingering and nothing
+        ran)."""
+        w_ih, w_hh, b_ih, b_hh = weights
+        H, dt = self.hidden_size, self.dtype
+        bias = self._input_bias(b_ih, b_hh)
+        if self.cell == "lstm":
+            fn = part_address("lstm", dt)
+            return run_units(lambda tid, j0, j1, flags: lstm_units_part(
+                inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n),
+                H, False,   # (blas: no projection reaches it)
+                lambda states, descs, own, bounds, flags: lstm_units_native(
+                    states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, reverse,
+                    out_h, h_n, c_n), lingering_only)
+        b_hn = self._candidate_bias(b_hh)
+        fn = part_address("gru", dt)
+        return run_units(lambda tid, j0, j1, flags: gru_units_part(
+            inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n),
+            H, False,
+            lambda states, descs, own, bounds, flags: gru_units_native(
+                states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse,
+                out_h, h_n), lingering_only)
 
     def _forward_fused(self, X, h0, c0, bounds, blas=True, lingering=False):
         """LSTM inference of a full-length batch with each step's input
