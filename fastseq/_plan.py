@@ -60,6 +60,12 @@ UNIT_SPLIT_L2S = 2.0
 UNIT_SPLIT_MAX_BATCH = 1
 UNIT_SPLIT_MIN_STEPS = 64
 UNIT_SPLIT_MIN_UNITS = 32
+#: an LSTM inference unit split pays a barrier a step (about one compiled
+#: hand-over) that a batch split does not: below this many hand-overs'
+#: worth of a thread's share of a step, a batch split of whole row blocks
+#: whose weights fit in cache is taken instead (bench/RESULTS.md,
+#: "fifteenth session")
+UNITS_STEP_HANDOVERS = 8.0
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
 #: a threshold no work reaches
@@ -108,6 +114,7 @@ class Plan:
     unit_split_min_weight_bytes: int
     lingering_units_min_work: int = NEVER
     lingering_split_min_work: int = NEVER
+    units_min_step_work: int = 0
     unit_split_max_batch: int = UNIT_SPLIT_MAX_BATCH
     unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
@@ -135,6 +142,8 @@ class Plan:
                                              if math.isfinite(m.linger_handover_s) else NEVER),
                    lingering_split_min_work=(_pow2(SPLIT_HANDOVERS * m.linger_handover_work)
                                              if math.isfinite(m.linger_handover_s) else NEVER),
+                   units_min_step_work=(_pow2(UNITS_STEP_HANDOVERS * m.linger_handover_work)
+                                        if math.isfinite(m.linger_handover_s) else 0),
                    l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes)
 
     # ------------------------------------------------------------ decisions
@@ -209,6 +218,19 @@ class Plan:
         hand-overs' worth of work."""
         return (n_threads > 1 and B < max_rows * n_threads
                 and H >= self.unit_split_min_units * n_threads and work >= self.lingering_units_min_work)
+
+    def batch_over_units(self, n_threads, B, step_work, weight_bytes, block_rows):
+        """Whether an LSTM inference call that :meth:`infer_units` would
+        split by hidden units splits its batch instead (the fused kernel's
+        slices): a unit split's threads meet at a barrier every step
+        (about one compiled hand-over), a batch split's never.  When each
+        thread's share of a step (``step_work`` multiply-adds, all
+        threads') is under ``units_min_step_work``, each thread gets at
+        least a row block of the product (``block_rows`` rows) and the
+        weights it reads every step (``weight_bytes``) fit in half the L2
+        (so a few rows are no slower a row than many)."""
+        return (B // n_threads >= block_rows and weight_bytes <= self.l2_bytes // 2
+                and step_work < self.units_min_step_work * n_threads)
 
     def unit_split(self, n_threads, H, B, T, weight_bytes):
         """Whether an LSTM training pass splits its ``H`` hidden units."""

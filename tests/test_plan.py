@@ -140,6 +140,25 @@ def test_one_thread_layer_calls_measure_nothing(monkeypatch):
     assert one.l2_bytes == _plan._cache_bytes(2, 1024 ** 2) and _plan.for_threads(1) is one
 
 
+def test_batch_split_over_a_unit_split_of_short_steps_rule():
+    """An LSTM inference call splits its batch rather than its units when
+    a thread's share of a step is under eight compiled hand-overs' worth
+    (rounded to a power of two; its barrier a step would cost more than an
+    eighth), each thread gets a row block and the weights fit in half the
+    L2; never when the machine has no compiled hand-over."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=1e-6))
+    assert p.units_min_step_work == 262144
+    w = 2 * 262144                                                  # two threads' shares
+    assert p.batch_over_units(2, 8, w - 1, 512 * 1024, 4)
+    assert not p.batch_over_units(2, 8, w, 512 * 1024, 4)            # long enough steps
+    assert not p.batch_over_units(2, 7, 100, 512 * 1024, 4)          # under a row block a thread
+    assert not p.batch_over_units(2, 8, 100, 512 * 1024 + 1, 4)      # weights past half the L2
+    assert p.batch_over_units(4, 16, 2 * w - 1, 1000, 4)
+    for m in (Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20),
+              Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=math.inf)):
+        assert not Plan.for_machine(m).batch_over_units(2, 64, 1, 1, 4)
+
+
 def test_fused_projection_rule():
     """The input projection goes into the step product from one row block
     when [W_ih | W_hh] fits in half the L2, from two row blocks when it

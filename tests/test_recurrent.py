@@ -255,6 +255,32 @@ def test_one_call_inference_is_taken_only_where_it_applies(monkeypatch):
     assert calls[2:] == [("fused", 2), "one", "one", ("fused", 1), ("fused", 1), "one", ("fused", 1), "one"]
 
 
+def test_short_lstm_steps_split_the_batch_rather_than_the_units(monkeypatch):
+    """Where the plan splits an LSTM's hidden units, a batch of whole row
+    blocks a thread whose step shares are short
+    (``Plan.batch_over_units``) takes the fused kernel's batch split
+    instead, where the plan would split that batch, with the values of
+    the unit split."""
+    from fastseq import _plan, _threads
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)      # a unit split for any work
+    lstm = Recurrent("lstm", 16, 64, random_state=0).eval()
+    X = np.random.default_rng(1).standard_normal((8, 12, 16)).astype(np.float32)
+    with _threads.limit(2):
+        assert lstm._inference_plan(8, 12) == "units"
+        units = layer_arrays(lstm.forward(X, need_grad=False))
+        step = 8 * 4 * 64 * (64 + 16)                                  # the step's multiply-adds
+        monkeypatch.setattr(_plan.current(), "units_min_step_work", step // 2)
+        assert lstm._inference_plan(8, 12) == "units"                  # a share of step / 2: not under it
+        monkeypatch.setattr(_plan.current(), "units_min_step_work", step // 2 + 1)
+        assert lstm._inference_plan(8, 12) == "units"                  # no batch split of this work
+        monkeypatch.setattr(_plan.current(), "split_min_work", 0)
+        assert lstm._inference_route(8, 12)[:2] == ("fused", 2)
+        assert lstm._inference_plan(7, 12) == "units"                  # under a row block a thread
+        batch = layer_arrays(lstm.forward(X, need_grad=False))
+    for a, b in zip(batch, units):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bias", [True, False])

@@ -678,7 +678,9 @@ class Recurrent:
         ``plan``: None for the packed path
         (active dropout, the reset-before GRU, and batches the threaded batch
         split pays for), ``"fused"`` (:meth:`_fused_parts`), ``"units"``
-        and ``"units-lingering"`` (:meth:`_infer_units` 1 and 2), else ``"one"``: each layer and direction in one
+        and ``"units-lingering"`` (:meth:`_infer_units` 1 and 2, unless
+        :meth:`_batch_over_units` takes a batch split of the fused
+        kernel), else ``"one"``: each layer and direction in one
         compiled call on this thread, its input projection computed ahead on
         a second thread when there is one and the projection is large enough
         (:meth:`fastseq._plan.Plan.pipeline`)."""
@@ -687,10 +689,10 @@ class Recurrent:
         if self.cell == "gru" and not self.reset_after:
             return None, 0, False, ()
         tier = self._infer_units(B, T)
-        if tier:
+        parts, lingering = self._fused_parts(B, T)
+        if tier and not (parts > 1 and self._batch_over_units(B)):
             return ("units" if tier == 1 else "units-lingering"), 1, self._kernel_blas(B, B * T), \
                 self._layer_modes(B, T)
-        parts, lingering = self._fused_parts(B, T)
         if parts:
             return ("fused-lingering" if lingering else "fused"), parts, self._kernel_blas(B // parts), \
                 self._fused_slices(B, T, parts)
@@ -700,6 +702,17 @@ class Recurrent:
         if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
             return None, 0, False, ()
         return "one", 1, self._kernel_blas(B, N), self._layer_modes(B, T)
+
+    def _batch_over_units(self, B):
+        """Whether an LSTM inference call of ``B`` sequences that
+        :meth:`_infer_units` splits by hidden units takes the fused
+        kernel's batch split instead, its steps being short
+        (:meth:`fastseq._plan.Plan.batch_over_units`: the unit split's
+        barrier a step would be a large part of each)."""
+        H, F = self.hidden_size, self._widest_input()
+        n = get_num_threads()
+        return _plan.current().batch_over_units(n, B, B * 4 * H * (H + F), 4 * H * (H + F) * self.dtype.itemsize,
+                                                FUSED_MIN_ROWS)
 
     def _fused_parts(self, B, T):
         """Batch slices (one per thread) of a full-length LSTM inference call
