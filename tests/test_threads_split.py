@@ -207,7 +207,10 @@ def test_uniform_length_fast_path_matches_general_packing(cell, B, monkeypatch):
 
 def _spy_pipeline(monkeypatch):
     """Pipeline every layer (no size threshold); returns the list of the
-    ``parallel`` flags of each :func:`run_pipelined` call."""
+    ``parallel`` flags of each :func:`run_pipelined` call (a hand-over in
+    Python, or the two kernels in turn on this thread) and ``"native"``
+    for each pipeline handed over as a compiled task
+    (``*_pipelined_native``)."""
     import fastseq.network.recurrent as R
     monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
     calls = []
@@ -217,18 +220,26 @@ def _spy_pipeline(monkeypatch):
         calls.append(parallel)
         return real(produce, consume, parallel)
     monkeypatch.setattr(R, "run_pipelined", spy)
+    for name in ("lstm_pipelined_native", "gru_pipelined_native", "rnn_pipelined_native"):
+        def native(*a, real_native=getattr(R, name)):
+            ran = real_native(*a)
+            if ran:
+                calls.append("native")
+            return ran
+        monkeypatch.setattr(R, name, native)
     return calls
 
 
 @pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
 @pytest.mark.parametrize("n_jobs", [2, 3])
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-12)])
-def test_pipelined_inference_equals_the_packed_path(monkeypatch, cell, nl, n_jobs, dtype, tol):
+def test_pipelined_inference_equals_the_packed_path(monkeypatch, lingering, cell, nl, n_jobs, dtype, tol):
     """Stacked, bidirectional (the reverse direction's projection is produced
     in run order), bias-free, with initial states, batches of 1 and 3: equal
     to the packed one-thread path to rounding, bit-identical across repeats
-    and to the same two kernels run one after the other (what a call that
-    cannot take the slot does)."""
+    (handed over in Python to a sleeping pool thread, as compiled tasks
+    to a polling one) and to the same two kernels run one after the other
+    (what a call that cannot take the slot does)."""
     import fastseq.network.recurrent as R
     calls = _spy_pipeline(monkeypatch)
     kw = {"nonlinearity": nl} if cell == "rnn" else {}
@@ -247,11 +258,13 @@ def test_pipelined_inference_equals_the_packed_path(monkeypatch, cell, nl, n_job
             assert layer._inference_plan(B, T) == "one"
             got = layer.forward(X, h0=h0, need_grad=False)
             again = layer.forward(X, h0=h0, need_grad=False)
-            assert calls == [True] * (2 * layers * D)
+            assert len(calls) == 2 * layers * D and set(calls) <= {True, "native"}, calls
+            assert calls[-layers * D:] == ["native"] * (layers * D)   # (the threads linger by then)
             real = R.run_pipelined
-            monkeypatch.setattr(R, "run_pipelined", lambda p, c, parallel=True: real(p, c, False))
-            serial = layer.forward(X, h0=h0, need_grad=False)
-            monkeypatch.setattr(R, "run_pipelined", real)
+            with monkeypatch.context() as m:
+                m.setattr(R, "run_pipelined", lambda p, c, parallel=True: real(p, c, False))
+                m.setattr(R, "run_native", lambda *a, **k: False)
+                serial = layer.forward(X, h0=h0, need_grad=False)
         flat = lambda r: [r[0]] + (list(r[1]) if isinstance(r[1], tuple) else [r[1]])  # noqa: E731
         for a, b, c, d in zip(flat(got), flat(ref), flat(again), flat(serial)):
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
@@ -371,6 +384,7 @@ def test_pipeline_concurrent_callers_and_a_failing_producer(monkeypatch):
     def boom(*args):
         raise MemoryError("producer failed")
     monkeypatch.setattr(R, "project_ahead", boom)
+    monkeypatch.setattr(R, "run_native", lambda *a, **k: False)   # (a thread asleep: the Python hand-over)
     done = []
 
     def failing():

@@ -333,6 +333,30 @@ def split_native(states, descs, own, bounds, flags):
 
 
 @njit(**JIT)
+def hand_native(states, descs, own):
+    """Hand the compiled task described in ``own`` to lingering pool thread
+    0 (``states[0]``, ``descs[0]``) without waiting for it (then
+    :func:`wait_native`); False, with nothing handed, when it is not
+    lingering."""
+    st = states[0]
+    if compare_exchange(st, 0, LINGER, CLAIMING) != LINGER:
+        return False
+    descs[0][:] = own
+    st[TICKET] += 1
+    store_release(st, KIND, NATIVE)
+    store_release(st, 0, CLAIMED)
+    return True
+
+
+@njit(**JIT)
+def wait_native(states):
+    """Wait until the task :func:`hand_native` handed to pool thread 0 is
+    done."""
+    st = states[0]
+    wait_at(st, NDONE, st[TICKET])   # (tickets only grow)
+
+
+@njit(**JIT)
 def claim(state):
     """A caller's claim of a lingering pool thread (``state[0]`` from
     :data:`LINGER` to :data:`CLAIMING`: the caller then stores the task and

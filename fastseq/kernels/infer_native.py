@@ -21,8 +21,9 @@ from numba import carray, cfunc, njit, types
 
 from .._config import JIT
 from ._native import pointer_like
-from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, split_native
-from .infer import gru_units_part, lstm_fused_slice, lstm_units_part
+from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, hand_native, split_native, wait_native
+from .infer import gru_run, gru_units_part, lstm_fused_slice, lstm_run, lstm_units_part, rnn_run
+from .matmul import pack_weight, project_ahead_packed
 
 #: slot of the description: whether the part runs the reverse direction
 DESC_REV = 4
@@ -104,6 +105,22 @@ def lstm_fused_desc(desc, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, 
     _put(desc, 8, c_n)
 
 
+@njit(**JIT)
+def project_desc(desc, fn, inp, w, wp, bias, steps, out, ready):
+    """:func:`lstm_units_desc` for :func:`fastseq.kernels.matmul.project_ahead_packed`
+    (the input projection a time loop reads as it is published; ``wp``
+    packed by the caller, so that the task allocates nothing)."""
+    desc[0] = fn
+    desc[DESC_DEPTH] = wp.shape[2]
+    _put(desc, 0, inp)
+    _put(desc, 1, w)
+    _put(desc, 2, wp)        # (its first two dimensions)
+    _put1(desc, 3, bias)
+    _put1(desc, 4, steps)
+    _put(desc, 5, out)
+    _put1(desc, 6, ready)
+
+
 @njit(inline="always", **JIT)
 def _matrix(d, i, z):
     """Array ``i`` of description ``d``, of ``z``'s type, as a matrix."""
@@ -145,6 +162,15 @@ def _fused_part(addr, z):
                      _matrix(d, 8, z), d[DESC_J0], d[DESC_J1])
 
 
+@njit(inline="always", **JIT)
+def _project_part(addr, z):
+    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    k = DESC_ARRAYS + 3 * 2
+    wp = carray(pointer_like(d[k], z), (d[k + 1], d[k + 2], d[DESC_DEPTH]))
+    project_ahead_packed(_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z),
+                         _vector(d, 4, np.int64(0)), _matrix(d, 5, z), _vector(d, 6, np.int64(0)))
+
+
 # the cfuncs' bodies (plain functions: compiled only as cfuncs, by part_address)
 def _lstm_f32(addr):
     _lstm_part(addr, np.float32(0))
@@ -170,6 +196,14 @@ def _fused_f64(addr):
     _fused_part(addr, np.float64(0))
 
 
+def _project_f32(addr):
+    _project_part(addr, np.float32(0))
+
+
+def _project_f64(addr):
+    _project_part(addr, np.float64(0))
+
+
 def _noop(addr):
     """An empty part (the planner times a compiled hand-over with it)."""
 
@@ -177,13 +211,15 @@ def _noop(addr):
 _BODIES = {("lstm", np.dtype(np.float32)): _lstm_f32, ("lstm", np.dtype(np.float64)): _lstm_f64,
            ("gru", np.dtype(np.float32)): _gru_f32, ("gru", np.dtype(np.float64)): _gru_f64,
            ("fused", np.dtype(np.float32)): _fused_f32, ("fused", np.dtype(np.float64)): _fused_f64,
+           ("project", np.dtype(np.float32)): _project_f32, ("project", np.dtype(np.float64)): _project_f64,
            ("noop", None): _noop}
 _addresses = {}
 
 
 def part_address(cell, dtype):
     """Address of the compiled part of ``cell`` (``"lstm"`` or ``"gru"``:
-    a unit split's part; ``"fused"``: an LSTM fused slice)
+    a unit split's part; ``"fused"``: an LSTM fused slice; ``"project"``:
+    an input projection published step by step)
     for ``dtype``: a ``numba.cfunc`` ``void(int64)`` taking its
     description's address, compiled at the first call (``"noop"``, dtype
     None: a part that does nothing)."""
@@ -219,3 +255,48 @@ def lstm_fused_native(states, descs, own, bounds, flags, fn, inp, w_cat, wp, bia
     :func:`fastseq.kernels.infer.lstm_fused_slice`."""
     lstm_fused_desc(own, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
     return split_native(states, descs, own, bounds, flags)
+
+
+@njit(**JIT)
+def lstm_pipelined_native(states, descs, own, fn, inp, w_ih, bias, steps, x, ready, w_hh, h0, c0, reverse,
+                          out_h, h_n, c_n):
+    """An LSTM time loop on this thread (:func:`fastseq.kernels.infer.lstm_run`)
+    while a lingering pool thread computes its input projection ``x`` a
+    few steps ahead (:func:`project_desc`'s task, ``fn`` its part's
+    address), in one call from Python: False, with nothing run, when the
+    pool thread is not lingering."""
+    wp = pack_weight(w_ih)    # (here, where an error reaches the caller: the task allocates nothing)
+    project_desc(own, fn, inp, w_ih, wp, bias, steps, x, ready)
+    if not hand_native(states, descs, own):
+        return False
+    lstm_run(x, w_hh, h0, c0, reverse, ready, out_h, h_n, c_n)
+    wait_native(states)
+    return wp.shape[0] >= 0   # (a use of wp after the wait: numba frees it after its last use)
+
+
+@njit(**JIT)
+def gru_pipelined_native(states, descs, own, fn, inp, w_ih, bias, steps, x, ready, w_hh, b_hn, h0, reverse,
+                         out_h, h_n):
+    """:func:`lstm_pipelined_native` for the reset-after GRU (``b_hn`` its
+    candidate bias, :func:`fastseq.kernels.infer.gru_run`)."""
+    wp = pack_weight(w_ih)    # (here, where an error reaches the caller: the task allocates nothing)
+    project_desc(own, fn, inp, w_ih, wp, bias, steps, x, ready)
+    if not hand_native(states, descs, own):
+        return False
+    gru_run(x, w_hh, b_hn, h0, reverse, ready, out_h, h_n)
+    wait_native(states)
+    return wp.shape[0] >= 0   # (a use of wp after the wait: numba frees it after its last use)
+
+
+@njit(**JIT)
+def rnn_pipelined_native(states, descs, own, fn, inp, w_ih, bias, steps, x, ready, w_hh, h0, relu, reverse,
+                         out_h, h_n):
+    """:func:`lstm_pipelined_native` for the Elman RNN (``relu`` 1 for ReLU,
+    :func:`fastseq.kernels.infer.rnn_run`)."""
+    wp = pack_weight(w_ih)    # (here, where an error reaches the caller: the task allocates nothing)
+    project_desc(own, fn, inp, w_ih, wp, bias, steps, x, ready)
+    if not hand_native(states, descs, own):
+        return False
+    rnn_run(x, w_hh, h0, relu, reverse, ready, out_h, h_n)
+    wait_native(states)
+    return wp.shape[0] >= 0   # (a use of wp after the wait: numba frees it after its last use)

@@ -494,8 +494,14 @@ def project_ahead(inp, w, bias, batch_sizes, out, ready):
     (release store) for a loop started with ``ready`` (see
     ``lstm_forward_slice``).  The rows come out as :func:`project_packed`'s
     (as :func:`project`'s below :data:`PROJECT_BLAS_MIN_BYTES` of ``w``)."""
+    project_ahead_packed(inp, w, pack_weight(w), bias, batch_sizes, out, ready)
+
+
+@njit(**JIT)
+def project_ahead_packed(inp, w, wp, bias, batch_sizes, out, ready):
+    """:func:`project_ahead` with ``wp = pack_weight(w)`` given (a compiled
+    task that allocates nothing: :mod:`fastseq.kernels.infer_native`)."""
     T = batch_sizes.shape[0]
-    wp = pack_weight(w)
     t0 = 0
     r0 = 0
     while t0 < T:

@@ -27,7 +27,10 @@ from ..kernels.infer import (
     fused_weights, gru_infer, gru_infer_x, gru_run, gru_units_part, lstm_fused_slice, lstm_infer, lstm_infer_x, lstm_run,
     lstm_units_part, rnn_infer, rnn_infer_x, rnn_run,
 )
-from ..kernels.infer_native import gru_units_native, lstm_fused_native, lstm_units_native, part_address
+from ..kernels.infer_native import (
+    gru_pipelined_native, gru_units_native, lstm_fused_native, lstm_pipelined_native, lstm_units_native,
+    part_address, rnn_pipelined_native,
+)
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
     FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, project_ahead,
@@ -59,6 +62,10 @@ def _slices_array(bounds):
 #: :meth:`Recurrent._forward_infer`'s ``units`` of each plan
 _UNIT_TIERS = {"units": 1, "units-lingering": 2}
 _NO_SLOT = contextlib.nullcontext(False)
+#: the "bounds" of a pipelined projection's compiled hand-over (two parts:
+#: the projection on a pool thread, the loop here; only their count is read)
+_PAIR = np.zeros((2, 2), dtype=np.int64)
+_PAIR.flags.writeable = False
 
 
 def _column_sums(g, out):
@@ -1008,13 +1015,39 @@ class Recurrent:
                        parallel=True):
         """One layer and direction on this thread while a pool thread computes
         its input projection a few steps ahead (:func:`fastseq.kernels.matmul.project_ahead`,
-        in run order: the steps reversed for the reverse direction)."""
+        in run order: the steps reversed for the reverse direction): as a
+        compiled task when the thread polls for work
+        (:func:`fastseq.kernels.infer_native.lstm_pipelined_native` and its
+        kin), else handed over in Python; the same arithmetic either way.
+        (Only for large projections: a time loop that reads rows another
+        core has just written waits on each cache line, about 0.5 us a
+        step at batch 4 and 128 gates, more than a projection of 32
+        features costs: bench/RESULTS.md, "fifteenth session".)"""
         B, H = h0s.shape
         T = inp.shape[0] // B
-        x = np.empty((inp.shape[0], w_ih.shape[0]), dtype=self.dtype)
+        dt = self.dtype
+        x = np.empty((inp.shape[0], w_ih.shape[0]), dtype=dt)
         bias = self._input_bias(b_ih, b_hh)
         run_inp = np.ascontiguousarray(inp.reshape(T, B, -1)[::-1].reshape(inp.shape)) if reverse else inp
         steps = np.full(T, B, dtype=INDEX_DTYPE)
+        if parallel:
+            fn = part_address("project", dt)
+            if self.cell == "lstm":
+                def native(states, descs, own, pair, ready):
+                    return lstm_pipelined_native(states, descs, own, fn, run_inp, w_ih, bias, steps, x, ready,
+                                                 w_hh, h0s, c0s, reverse, out_h, h_n, c_n)
+            elif self.cell == "gru":
+                b_hn = self._candidate_bias(b_hh)
+
+                def native(states, descs, own, pair, ready):
+                    return gru_pipelined_native(states, descs, own, fn, run_inp, w_ih, bias, steps, x, ready,
+                                                w_hh, b_hn, h0s, reverse, out_h, h_n)
+            else:
+                def native(states, descs, own, pair, ready):
+                    return rnn_pipelined_native(states, descs, own, fn, run_inp, w_ih, bias, steps, x, ready,
+                                                w_hh, h0s, relu, reverse, out_h, h_n)
+            if run_native(_PAIR, np.zeros(STRIDE, dtype=np.int64), native):
+                return
 
         def produce(ready):
             project_ahead(run_inp, w_ih, bias, steps, x, ready)
