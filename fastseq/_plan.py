@@ -53,12 +53,11 @@ PIPELINE_HANDOVERS = 2.0       # projection ahead / weight gradients behind the 
 SPLIT_HANDOVERS = 4.0          # batch split of a whole time loop
 MATMUL_SPLIT_HANDOVERS = 4.0   # row blocks of one large matrix product
 INFER_SPLIT_STEP_HANDOVERS = 1.5  # inference batch split: one step's recurrent product
-#: LSTM training splits its hidden units when W_hh is at least this many
-#: L2 caches (each thread's share then fits its own), for one sequence of
-#: at least UNIT_SPLIT_MIN_STEPS steps and UNIT_SPLIT_MIN_UNITS units a thread
-UNIT_SPLIT_L2S = 2.0
-UNIT_SPLIT_MAX_BATCH = 1
-UNIT_SPLIT_MIN_STEPS = 64
+#: LSTM training splits its hidden units while its batch is too small for
+#: a batch split, when W_hh is at least this many L2 caches and from a
+#: pipeline's work, with UNIT_SPLIT_MIN_UNITS units a thread (bench/RESULTS.md,
+#: "fifteenth session")
+UNIT_SPLIT_L2S = 0.25
 UNIT_SPLIT_MIN_UNITS = 32
 #: an LSTM inference unit split pays a barrier a step (about one compiled
 #: hand-over) that a batch split does not: below this many hand-overs'
@@ -115,8 +114,6 @@ class Plan:
     lingering_units_min_work: int = NEVER
     lingering_split_min_work: int = NEVER
     units_min_step_work: int = 0
-    unit_split_max_batch: int = UNIT_SPLIT_MAX_BATCH
-    unit_split_min_steps: int = UNIT_SPLIT_MIN_STEPS
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
     min_split_rows: int = MIN_SPLIT_ROWS
     l2_bytes: int = 1024 ** 2
@@ -232,11 +229,17 @@ class Plan:
         return (B // n_threads >= block_rows and weight_bytes <= self.l2_bytes // 2
                 and step_work < self.units_min_step_work * n_threads)
 
-    def unit_split(self, n_threads, H, B, T, weight_bytes):
-        """Whether an LSTM training pass splits its ``H`` hidden units."""
+    def unit_split(self, n_threads, H, B, work, weight_bytes):
+        """Whether an LSTM training pass of ``work`` multiply-adds (its
+        step products) over ``B`` sequences splits its ``H`` hidden units
+        (a barrier a step, its parts handed over in Python): while the
+        batch is too small for a batch split (fewer than
+        ``min_split_rows`` sequences a thread), with ``W_hh``
+        (``weight_bytes``) of at least ``unit_split_min_weight_bytes``,
+        ``unit_split_min_units`` units a thread and a pipeline's work."""
         return (n_threads > 1 and H >= self.unit_split_min_units * n_threads
                 and weight_bytes >= self.unit_split_min_weight_bytes
-                and B <= self.unit_split_max_batch and T >= self.unit_split_min_steps)
+                and B < self.min_split_rows * n_threads and work >= self.pipeline_min_work)
 
 
 # ---------------------------------------------------------------- measuring

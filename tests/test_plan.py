@@ -26,11 +26,11 @@ def test_thresholds_follow_the_measured_handover():
                           (p.infer_split_step_work, _plan.INFER_SPLIT_STEP_HANDOVERS)]:
         assert value & (value - 1) == 0                          # a power of two
         assert abs(math.log2(value) - math.log2(factor * w)) <= 0.5
-    assert p.unit_split_min_weight_bytes == 1024 * 1024          # two L2 caches
+    assert p.unit_split_min_weight_bytes == 128 * 1024           # a quarter of an L2 cache
     fast = Plan.for_machine(Machine(handover_s=25e-6, madd_rate=40e9, l2_bytes=2 * 1024 * 1024))
     assert fast.split_min_work == p.split_min_work // 4
     assert fast.pipeline_min_work == p.pipeline_min_work // 4
-    assert fast.unit_split_min_weight_bytes == 4 * 1024 * 1024
+    assert fast.unit_split_min_weight_bytes == 512 * 1024
 
 
 def test_decisions():
@@ -46,11 +46,15 @@ def test_decisions():
     assert not p.pipeline(1, 10 ** 12)
     assert p.inference_split(2, 64, p.infer_split_step_work, big)
     assert not p.inference_split(2, 64, p.infer_split_step_work - 1, big)
-    assert p.unit_split(2, 256, 1, 64, 1024 * 1024)
-    assert not p.unit_split(2, 256, 1, 63, 1024 * 1024)          # too few steps
-    assert not p.unit_split(2, 256, 2, 64, 1024 * 1024)          # a batch
-    assert not p.unit_split(2, 256, 1, 64, 1024 * 1024 - 1)      # W_hh fits the caches
-    assert not p.unit_split(2, 48, 1, 64, 1024 * 1024)           # too few units a thread
+    w, kb = p.pipeline_min_work, 128 * 1024
+    assert p.unit_split_min_weight_bytes == kb                   # a quarter of the L2
+    assert p.unit_split(2, 256, 1, w, kb) and p.unit_split(2, 256, 7, w, kb)
+    assert not p.unit_split(2, 256, 1, w - 1, kb)                # too little work
+    assert not p.unit_split(2, 256, 8, w, kb)                    # a batch split's batch
+    assert p.unit_split(4, 256, 15, w, kb)
+    assert not p.unit_split(2, 256, 1, w, kb - 1)                # W_hh too small
+    assert not p.unit_split(2, 48, 1, w, kb)                     # too few units a thread
+    assert not p.unit_split(1, 256, 1, 10 ** 12, 1 << 30)
 
 
 def test_lingering_unit_split_rule():

@@ -333,20 +333,24 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
 
 
 def test_training_unit_split_thresholds():
-    """LSTM training splits its units for B=1, W_hh of two L2 caches or more
-    (the reference plan's 1 MB: H=256 in float32) and 64 steps or more, with two threads and no recurrent dropout;
-    never otherwise."""
+    """LSTM training splits its units while the batch is too small for a
+    batch split (under 8 sequences at two threads), for W_hh of a quarter
+    of an L2 cache or more (the reference plan's 128 KB: H >= 91 in
+    float32) and from a pipeline's work (8M multiply-adds of step
+    products), with two threads and no recurrent dropout; never
+    otherwise."""
     from fastseq.kernels._sync import AVAILABLE
 
     no_mask = np.empty((0, 256), np.float32)
-    layer = Recurrent("lstm", 8, 256)
+    layer = Recurrent("lstm", 8, 256)                                     # 256K multiply-adds a step and row
     with _threads.limit(2):
-        assert layer._train_units(1, 64, no_mask) == AVAILABLE
-        assert layer._train_units(1, 128, no_mask) == AVAILABLE
-        assert not layer._train_units(1, 32, no_mask)                     # too few steps
-        assert not layer._train_units(2, 128, no_mask)                    # a batch
+        assert layer._train_units(1, 32, no_mask) == AVAILABLE           # 8.4M
+        assert layer._train_units(7, 32, no_mask) == AVAILABLE
+        assert not layer._train_units(1, 31, no_mask)                     # too little work
+        assert not layer._train_units(8, 128, no_mask)                    # a batch split's batch
         assert not layer._train_units(1, 128, np.ones((1, 256), np.float32))   # recurrent dropout
-        assert not Recurrent("lstm", 8, 128)._train_units(1, 128, no_mask[:, :128])   # 64K weights
+        assert Recurrent("lstm", 8, 96)._train_units(1, 256, no_mask[:, :96]) == AVAILABLE   # 144 KB
+        assert not Recurrent("lstm", 8, 64)._train_units(1, 1024, no_mask[:, :64])   # 64 KB of weights
     with _threads.limit(1):
         assert not layer._train_units(1, 128, no_mask)                    # one thread
 
@@ -504,9 +508,8 @@ def test_lstm_training_unit_split_equals_one_thread(monkeypatch, layers, bidirec
     with _threads.limit(1):
         ref = run()
     monkeypatch.setattr(_plan.current(), "unit_split_min_weight_bytes", 0)
-    monkeypatch.setattr(_plan.current(), "unit_split_max_batch", 100)
     monkeypatch.setattr(_plan.current(), "unit_split_min_units", 1)
-    monkeypatch.setattr(_plan.current(), "unit_split_min_steps", 1)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
     calls = []
     real = R.run_units
     monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))

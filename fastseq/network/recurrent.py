@@ -798,7 +798,7 @@ class Recurrent:
         n = get_num_threads()
         H = self.hidden_size
         return (n > 1 and UNIT_SPLIT_AVAILABLE and mask.shape[0] == 0
-                and _plan.current().unit_split(n, H, B, T, 4 * H * H * self.dtype.itemsize))
+                and _plan.current().unit_split(n, H, B, B * T * 4 * H * H, 4 * H * H * self.dtype.itemsize))
 
     def _forward_infer(self, X, h0, c0, units, blas, modes):
         """Inference of a full-length batch, each layer and direction in one
