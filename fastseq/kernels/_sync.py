@@ -294,6 +294,32 @@ def linger(state, done, slot, spins, settle, desc):
 
 
 @njit(**JIT)
+def claim(state):
+    """A caller's claim of a lingering pool thread (``state[0]`` from
+    :data:`LINGER` to :data:`CLAIMING`: the caller then stores the task and
+    sets :data:`CLAIMED`); False when the thread is not lingering (running,
+    or idle: hand it the task by its queue)."""
+    return compare_exchange(state, 0, LINGER, CLAIMING) == LINGER
+
+
+@njit(inline="always", **JIT)
+def _publish_task(state):
+    """Hand a claimed thread (:func:`claim`) the compiled task now in its
+    description: a new ticket, :data:`KIND` :data:`NATIVE`, then
+    :data:`CLAIMED` (release stores: the description is visible first)."""
+    state[TICKET] += 1
+    store_release(state, KIND, NATIVE)
+    store_release(state, 0, CLAIMED)
+
+
+@njit(**JIT)
+def wait_done(state):
+    """Wait until the compiled task last handed to the thread of ``state``
+    is done."""
+    wait_at(state, NDONE, state[TICKET])   # (tickets only grow)
+
+
+@njit(**JIT)
 def split_native(states, descs, own, bounds, flags):
     """Run a call's parts as compiled tasks, without Python on either
     side: part ``k`` (its range ``bounds[k, 0]..bounds[k, 1]``: hidden
@@ -307,7 +333,7 @@ def split_native(states, descs, own, bounds, flags):
     thread is not lingering (then hand the parts over in Python)."""
     n = bounds.shape[0]
     for w in range(n - 1):
-        if compare_exchange(states[w], 0, LINGER, CLAIMING) != LINGER:
+        if not claim(states[w]):
             for v in range(w):
                 store_release(states[v], 0, LINGER)
             return False
@@ -317,18 +343,14 @@ def split_native(states, descs, own, bounds, flags):
         d[DESC_TID] = w + 1
         d[DESC_J0] = bounds[w + 1, 0]
         d[DESC_J1] = bounds[w + 1, 1]
-        st = states[w]
-        st[TICKET] += 1
-        store_release(st, KIND, NATIVE)
-        store_release(st, 0, CLAIMED)
+        _publish_task(states[w])
     own[DESC_TID] = 0
     own[DESC_J0] = bounds[0, 0]
     own[DESC_J1] = bounds[0, 1]
     call_at(own[0], own.ctypes.data)
     store_release(flags, JOINED, 1)
     for w in range(n - 1):
-        st = states[w]
-        wait_at(st, NDONE, st[TICKET])   # (tickets only grow)
+        wait_done(states[w])
     return True
 
 
@@ -336,30 +358,11 @@ def split_native(states, descs, own, bounds, flags):
 def hand_native(states, descs, own):
     """Hand the compiled task described in ``own`` to lingering pool thread
     0 (``states[0]``, ``descs[0]``) without waiting for it (then
-    :func:`wait_native`); False, with nothing handed, when it is not
+    :func:`wait_done` of ``states[0]``); False, with nothing handed, when it is not
     lingering."""
-    st = states[0]
-    if compare_exchange(st, 0, LINGER, CLAIMING) != LINGER:
+    if not claim(states[0]):
         return False
     descs[0][:] = own
-    st[TICKET] += 1
-    store_release(st, KIND, NATIVE)
-    store_release(st, 0, CLAIMED)
+    _publish_task(states[0])
     return True
 
-
-@njit(**JIT)
-def wait_native(states):
-    """Wait until the task :func:`hand_native` handed to pool thread 0 is
-    done."""
-    st = states[0]
-    wait_at(st, NDONE, st[TICKET])   # (tickets only grow)
-
-
-@njit(**JIT)
-def claim(state):
-    """A caller's claim of a lingering pool thread (``state[0]`` from
-    :data:`LINGER` to :data:`CLAIMING`: the caller then stores the task and
-    sets :data:`CLAIMED`); False when the thread is not lingering (running,
-    or idle: hand it the task by its queue)."""
-    return compare_exchange(state, 0, LINGER, CLAIMING) == LINGER

@@ -21,7 +21,7 @@ from numba import carray, cfunc, njit, types
 
 from .._config import JIT
 from ._native import pointer_like
-from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, hand_native, split_native, wait_native
+from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, hand_native, split_native, wait_done
 from .infer import gru_run, gru_units_part, lstm_fused_slice, lstm_run, lstm_units_part, rnn_run
 from .matmul import pack_weight, project_ahead_packed
 
@@ -270,7 +270,7 @@ def lstm_pipelined_native(states, descs, own, fn, inp, w_ih, bias, steps, x, rea
     if not hand_native(states, descs, own):
         return False
     lstm_run(x, w_hh, h0, c0, reverse, ready, out_h, h_n, c_n)
-    wait_native(states)
+    wait_done(states[0])
     return wp.shape[0] >= 0   # (a use of wp after the wait: numba frees it after its last use)
 
 
@@ -284,7 +284,7 @@ def gru_pipelined_native(states, descs, own, fn, inp, w_ih, bias, steps, x, read
     if not hand_native(states, descs, own):
         return False
     gru_run(x, w_hh, b_hn, h0, reverse, ready, out_h, h_n)
-    wait_native(states)
+    wait_done(states[0])
     return wp.shape[0] >= 0   # (a use of wp after the wait: numba frees it after its last use)
 
 
@@ -298,5 +298,5 @@ def rnn_pipelined_native(states, descs, own, fn, inp, w_ih, bias, steps, x, read
     if not hand_native(states, descs, own):
         return False
     rnn_run(x, w_hh, h0, relu, reverse, ready, out_h, h_n)
-    wait_native(states)
+    wait_done(states[0])
     return wp.shape[0] >= 0   # (a use of wp after the wait: numba frees it after its last use)

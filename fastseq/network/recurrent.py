@@ -624,15 +624,10 @@ class Recurrent:
                                       plan == "fused-lingering")
         else:
             with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
-                if free and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
-                                                  _UNIT_TIERS[plan] == 2):
-                    pass
-                elif got[3][0] == "ahead":
-                    w_ih, w_hh, b_ih, b_hh = weights
-                    self._run_pipelined(inp, w_ih, b_ih, b_hh, 0, w_hh, zeros, zeros, False, out, h_n[0], c_n0,
-                                        parallel=free)
-                else:
-                    self._one_call(inp, None, weights, zeros, zeros, False, out, h_n[0], c_n0)
+                if not (free and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
+                                                       _UNIT_TIERS[plan] == 2)):
+                    self._direction_unsplit(got[3][0], inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
+                                            free)
             if B > 1:
                 out = np.ascontiguousarray(out.reshape(T, B, H).swapaxes(0, 1))
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
@@ -830,7 +825,6 @@ class Recurrent:
         lstm = self.cell == "lstm"
         h_n = np.empty((L, B, H), dtype=dt)
         c_n = np.empty((L, B, H), dtype=dt) if lstm else None
-        relu = 1 if self.nonlinearity == "relu" else 0
         weights = self._bound_weights()
         zeros = np.zeros((B, H), dtype=dt) if h0 is None or (lstm and c0 is None) else None  # (only read)
         # (a call that can neither split nor pipeline takes no slot: 0.5 us)
@@ -842,7 +836,6 @@ class Recurrent:
                 for d in range(D):
                     idx = k * D + d
                     rev = d == 1
-                    w_ih, w_hh, b_ih, b_hh = weights[idx]
                     h0s = writable(h0[idx]) if h0 is not None else zeros
                     hn, cn, c0s = h_n[idx], None, None
                     if lstm:
@@ -851,20 +844,9 @@ class Recurrent:
                     out_h = np.empty((N, H), dtype=dt) if D == 2 else out
                     # (a lingering-only split that finds a pool thread not
                     # lingering runs below, on this thread)
-                    split = units and free and self._units_direction(inp, weights[idx], h0s, c0s, rev, out_h, hn,
-                                                                     cn, units == 2)
-                    if split:
-                        pass
-                    elif mode == "ahead":
-                        self._run_pipelined(inp, w_ih, b_ih, b_hh, relu, w_hh, h0s, c0s, rev, out_h, hn, cn,
-                                            parallel=free)
-                    else:
-                        # "split": the projection in row blocks across the threads,
-                        # then the loop; "one": the projection
-                        # (kernels.matmul.project) in the loop's compiled call
-                        xp = None if mode != "split" else parallel_matmul(
-                            inp, w_ih.T, out=self._projection_buffer(N, w_ih.shape[0], False))
-                        self._one_call(inp, xp, weights[idx], h0s, c0s, rev, out_h, hn, cn)
+                    if not (units and free and self._units_direction(inp, weights[idx], h0s, c0s, rev, out_h, hn,
+                                                                     cn, units == 2)):
+                        self._direction_unsplit(mode, inp, weights[idx], h0s, c0s, rev, out_h, hn, cn, free)
                     if D == 2:
                         out[:, d * H:(d + 1) * H] = out_h
                 inp = out
@@ -874,6 +856,23 @@ class Recurrent:
         if lstm:
             return out, (h_n, c_n)
         return out, h_n
+
+    def _direction_unsplit(self, mode, inp, weights, h0, c0, reverse, out_h, h_n, c_n, parallel):
+        """One direction of one layer of :meth:`_forward_infer` without a
+        unit split, from the step-major rows ``inp`` and the layer's
+        ``weights`` (:meth:`_bound_weights`), its input projection as
+        ``mode`` (:meth:`_layer_modes`) says: ``"ahead"`` on a pool thread
+        a few steps ahead of the loop (on this thread, after it, unless
+        ``parallel``), ``"split"`` in row blocks across the threads
+        before the loop, ``"one"`` in the loop's own compiled call."""
+        w_ih, w_hh, b_ih, b_hh = weights
+        if mode == "ahead":
+            self._run_pipelined(inp, w_ih, b_ih, b_hh, 1 if self.nonlinearity == "relu" else 0, w_hh, h0, c0,
+                                reverse, out_h, h_n, c_n, parallel=parallel)
+            return
+        xp = None if mode != "split" else parallel_matmul(
+            inp, w_ih.T, out=self._projection_buffer(inp.shape[0], w_ih.shape[0], False))
+        self._one_call(inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n)
 
     def _units_direction(self, inp, weights, h0, c0, reverse, out_h, h_n, c_n, lingering_only):
         """One direction of one layer of :meth:`_forward_infer` with its
