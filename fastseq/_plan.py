@@ -174,6 +174,16 @@ class Plan:
         recurrent product ``step_work``, the call's ``work``)."""
         return step_work >= self.infer_split_step_work and self.batch_split(n_threads, B, work) > 1
 
+    def share_packed(self, n_threads, weight_bytes):
+        """Whether the batch slices of one call on ``n_threads`` threads
+        read one packed recurrent weight of ``weight_bytes`` (packed once,
+        in blocks across the threads) rather than each packing its own:
+        when it is larger than a core's L2, so that every step streams it
+        from the shared L3, where a copy a thread would take twice the
+        room (bench/RESULTS.md, "One packed weight for the batch
+        slices")."""
+        return n_threads > 1 and weight_bytes > self.l2_bytes
+
     def fuse_projection(self, rows, block_rows, weight_bytes, pipelined=False):
         """Whether a time loop whose steps have ``rows`` rows (a thread's
         share) computes its input projection inside each step's product,

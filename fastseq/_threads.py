@@ -745,6 +745,27 @@ def pipelines(work):
     return n > 1 and _plan.current().pipeline(n, work)
 
 
+def packed_for_slices(w, B, work):
+    """``pack_weight(w)`` for the batch slices of :func:`run_sliced` (``B``
+    sequences, ``work`` multiply-adds) to share, packed in blocks of strips
+    on as many threads into this thread's scratch, when the batch is split
+    and :meth:`fastseq._plan.Plan.share_packed` takes a weight of its
+    size; else an empty packed weight (each slice packs its own:
+    :func:`fastseq.kernels.matmul.shared_or_packed`).  The same values
+    either way."""
+    from ._workspace import scratch
+    from .kernels.matmul import pack_into, packed_shape
+
+    shape = packed_shape(w)
+    n = _split_threads(B, work)
+    if n <= 1 or shape[0] < n or not _plan.current().share_packed(n, w.nbytes):
+        return np.empty((0,) + shape[1:], dtype=w.dtype)
+    wp = scratch("shared_packed", shape, w.dtype)
+    SW = shape[2]
+    _in_chunks(shape[0], n, lambda i, j: pack_into(w[i * SW:j * SW], wp[i:j]))
+    return wp
+
+
 def run_sliced(kernel, args, lengths_sorted, work):
     """Run ``kernel(*args, b0, b1)`` over the whole sorted batch: in one call, or
     on :func:`get_num_threads` slices in parallel threads when the batch and

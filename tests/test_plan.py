@@ -178,6 +178,17 @@ def test_fused_projection_rule():
     assert not p.fuse_projection(4, 4, 1000, pipelined=True)  # the projection on a second thread
 
 
+def test_shared_packed_weight_rule():
+    """The slices of a batch split share one packed weight from just past
+    a core's L2; one thread has nothing to share."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20))
+    assert not p.share_packed(2, 1 << 20)
+    assert p.share_packed(2, (1 << 20) + 1) and p.share_packed(8, 16 << 20)
+    assert not p.share_packed(1, 16 << 20)
+    big_l2 = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=2 << 20))
+    assert not big_l2.share_packed(2, (1 << 20) + 1)
+
+
 def test_inference_unit_split_rule():
     """Inference splits its hidden units while a batch split would give a
     thread fewer than the given rows, from a pipelined projection's work

@@ -100,6 +100,33 @@ def test_inference_path_matches_training_forward_float32():
     assert np.array_equal(out, out_inf)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_slices_sharing_one_packed_weight_give_the_same_bits(monkeypatch, cell):
+    """A recurrent weight larger than the L2 is packed once for the batch
+    slices of a call (:func:`fastseq._threads.packed_for_slices`), which
+    all read it: the same values as each slice packing its own, in the
+    training forward pass (gates stored, ragged lengths), its backward
+    pass and inference."""
+    shared = []
+    real = _threads.packed_for_slices
+
+    def spy(w, B, work):
+        wp = real(w, B, work)
+        shared.append(wp.shape[0])
+        return wp
+    monkeypatch.setattr("fastseq.network.recurrent.packed_for_slices", spy)
+    own = _run(cell, 2)      # (weights of a few KB: never shared)
+    assert shared and not any(shared)
+    del shared[:]
+    monkeypatch.setattr(_plan.Plan, "share_packed", lambda self, n, nbytes: True)
+    both = _run(cell, 2)
+    assert shared and all(shared)
+    for a, b in zip(own[:3] + own[4:], both[:3] + both[4:]):
+        assert np.array_equal(a, b)
+    for k in own[3]:
+        assert np.array_equal(own[3][k], both[3][k])
+
+
 def test_backward_after_inference_forward_raises():
     layer = Recurrent("gru", 3, 5)
     layer.forward(np.zeros((2, 4, 3), np.float32), need_grad=False)

@@ -25,7 +25,7 @@ from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
 from ._sync import wait_for, store_release
-from .matmul import pack_for_steps, packed_matmul
+from .matmul import no_packed_weight, pack_for_steps, packed_matmul, shared_or_packed
 
 
 @njit(inline="always", **JIT)
@@ -96,24 +96,27 @@ def gru_sequence_forward(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_g
         recurrent candidate term before the reset gate; an empty array for
         inference (nothing stored).
     """
-    gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates,
+    gru_forward_slice(xp, w_hh, no_packed_weight(w_hh), b_hn, h0, batch_sizes, rec_mask, out_h, out_gates,
                       np.empty(0, dtype=np.int64), np.int64(0), h0.shape[0])
 
 
 @njit(**JIT)
-def gru_forward_slice(xp, w_hh, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, ready, b0, b1):
+def gru_forward_slice(xp, w_hh, wp, b_hn, h0, batch_sizes, rec_mask, out_h, out_gates, ready, b0, b1):
     """:func:`gru_sequence_forward` for the sorted sequences ``b0 <= b < b1`` only
     (disjoint slices may run in parallel threads).
 
     ``ready`` (int64, empty for none) is the step counter of a producer
     thread filling ``xp`` ahead of the loop (:func:`fastseq.kernels.matmul.project_ahead`):
-    step ``t`` waits until ``ready[0] > t``.
+    step ``t`` waits until ``ready[0] > t``.  ``wp``: ``pack_weight(w_hh)``
+    shared by the slices of one call (:func:`fastseq.kernels.matmul.shared_or_packed`),
+    or an empty one (:func:`fastseq.kernels.matmul.no_packed_weight`):
+    the slice packs its own.
     """
     H = h0.shape[1]
     T = batch_sizes.shape[0]
     store = out_gates.shape[0] > 0
     n = max(b1 - b0, 0)
-    wp = pack_for_steps(w_hh, T)
+    wp = shared_or_packed(w_hh, wp, T)
     hm = np.empty((n, H), dtype=xp.dtype)
     hp = np.empty((n, 3 * H), dtype=xp.dtype)
     off = 0

@@ -18,7 +18,7 @@ from ._sync import barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
 from ._runtime import packed_blas_min_rows, project_blas_min_bytes
-from .matmul import STRIP_BYTES, pack_for_steps, pack_into, packed_matmul, project, project_packed
+from .matmul import STRIP_BYTES, no_packed_weight, pack_for_steps, pack_into, packed_matmul, project, project_packed
 from .rnn import rnn_forward_slice
 
 
@@ -81,7 +81,7 @@ def lstm_run(x, w_hh, h0, c0, reverse, ready, out_h, h_n, c_n):
     N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
     run_c = np.empty((N, H), dtype=x.dtype)
-    lstm_forward_slice(x, w_hh, h0, c0, np.full(N // B, B, dtype=np.int64),
+    lstm_forward_slice(x, w_hh, no_packed_weight(w_hh), h0, c0, np.full(N // B, B, dtype=np.int64),
                        np.empty((0, H), dtype=x.dtype), run_h, run_c,
                        np.empty((0, 4 * H), dtype=x.dtype), ready, np.int64(0), B)
     c_n[...] = run_c[N - B:]
@@ -103,7 +103,7 @@ def gru_run(x, w_hh, b_hn, h0, reverse, ready, out_h, h_n):
     B, H = h0.shape
     N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
-    gru_forward_slice(x, w_hh, b_hn, h0, np.full(N // B, B, dtype=np.int64),
+    gru_forward_slice(x, w_hh, no_packed_weight(w_hh), b_hn, h0, np.full(N // B, B, dtype=np.int64),
                       np.empty((0, H), dtype=x.dtype), run_h,
                       np.empty((0, 4 * H), dtype=x.dtype), ready, np.int64(0), B)
     finish(run_h, B, reverse, out_h, h_n)
@@ -123,7 +123,7 @@ def rnn_run(x, w_hh, h0, relu, reverse, ready, out_h, h_n):
     B, H = h0.shape
     N = x.shape[0]
     run_h = np.empty_like(out_h) if reverse else out_h
-    rnn_forward_slice(x, w_hh, h0, np.full(N // B, B, dtype=np.int64),
+    rnn_forward_slice(x, w_hh, no_packed_weight(w_hh), h0, np.full(N // B, B, dtype=np.int64),
                       np.empty((0, H), dtype=x.dtype), relu, run_h, ready, np.int64(0), B)
     finish(run_h, B, reverse, out_h, h_n)
 

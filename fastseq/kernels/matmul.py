@@ -297,6 +297,16 @@ def pack_for_steps(w, steps):
     return no_packed_weight(w)
 
 
+@njit(inline="always", **JIT)
+def shared_or_packed(w, wp, steps):
+    """``wp`` when it holds strips (a packed ``w`` that the batch slices of
+    one call share: packed once, read by every thread from one copy), else
+    :func:`pack_for_steps` of ``w`` for this slice's own loop."""
+    if wp.shape[0] > 0:
+        return wp
+    return pack_for_steps(w, steps)
+
+
 def _packed_matmul_for(vector_bytes, blocking=None):
     """:func:`packed_matmul` for micro-kernels of ``vector_bytes`` vectors
     and ``blocking`` (default ``BLOCKING[vector_bytes]``), as a plain Python

@@ -15,9 +15,9 @@ import numpy as np
 from .. import _plan
 from .. import kernels as K
 from .._threads import (
-    _on_pool, blas_single_thread, call_threads, get_num_threads, limit, matmul_splits, parallel_copy,
-    parallel_matmul, parallel_project, parallel_tall_matmul, pipelines, run_native, run_pipelined, run_sliced,
-    run_units, split_bounds, splits, unit_bounds, unit_split_slot,
+    _on_pool, blas_single_thread, call_threads, get_num_threads, limit, matmul_splits, packed_for_slices,
+    parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, pipelines, run_native, run_pipelined,
+    run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.gru import reset_scaled as gru_reset_scaled
@@ -33,7 +33,8 @@ from ..kernels.infer_native import (
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, project_ahead,
+    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, packed_shape,
+    project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -1147,6 +1148,7 @@ class Recurrent:
         # (the buffer of the other parity) and the caller's copy: kept memory
         out_h = self._kept(f"out_h{k}{d}", (N, H)) if need_grad else scratch(f"layer_out{k % 2}{d}", (N, H), dt)
         units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
+        wp = np.empty((0,) + packed_shape(w_hh)[1:], dtype=dt)    # (none: each slice packs its own)
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and pipelines(N * inp_c.shape[1] * w_ih.shape[0])):
@@ -1159,6 +1161,8 @@ class Recurrent:
                                   lambda ready: kernel(*args, ready, 0, pk.B), free)
         else:
             xp = parallel_project(inp_c, w_ih, bias, out=self._projection_buffer(N, w_ih.shape[0], need_grad))
+            if self.cell != "gru" or self.reset_after:
+                wp = packed_for_slices(w_hh, pk.B, work)
 
             def loop(kernel, args):
                 run_sliced(kernel, args + (_NO_READY,), ls, work)
@@ -1171,7 +1175,7 @@ class Recurrent:
         elif self.cell == "gru":
             b_hn = self._candidate_bias(b_hh)
             gates = self._kept(f"gates{k}{d}", (NG, 4 * H))
-            loop(gru_forward_slice, (xp, w_hh, b_hn, h0s, pk.batch_sizes, mask, out_h, gates))
+            loop(gru_forward_slice, (xp, w_hh, wp, b_hn, h0s, pk.batch_sizes, mask, out_h, gates))
             state["gates"] = gates
         elif self.cell == "lstm":
             out_c = self._kept(f"out_c{k}{d}", (N, H)) if need_grad else scratch(f"layer_cell{d}", (N, H), dt)
@@ -1181,11 +1185,11 @@ class Recurrent:
                     run_units(lambda tid, j0, j1, flags: lstm_forward_part(
                         xp, w_hh, h0s, c0s, pk.batch_sizes, j0, j1, tid, flags, out_h, out_c, gates), H)
             if not (units and free):
-                loop(lstm_forward_slice, (xp, w_hh, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates))
+                loop(lstm_forward_slice, (xp, w_hh, wp, h0s, c0s, pk.batch_sizes, mask, out_h, out_c, gates))
             state["out_c"], state["gates"] = out_c, gates
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
-            loop(rnn_forward_slice, (xp, w_hh, h0s, pk.batch_sizes, mask, relu, out_h))
+            loop(rnn_forward_slice, (xp, w_hh, wp, h0s, pk.batch_sizes, mask, relu, out_h))
         state["out_h"] = out_h
         return state
 
