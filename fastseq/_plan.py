@@ -159,6 +159,22 @@ class Plan:
         n = min(n_threads, B // self.min_split_rows)
         return n if n > 1 and work >= self.lingering_split_min_work else 1
 
+    def batch_split_few_rows(self, n_threads, B, H, work, weight_bytes):
+        """Threads the fused LSTM's lingering batch split (as
+        :meth:`batch_split_lingering`) takes a batch too small for it
+        across: fewer than ``min_split_rows`` sequences a thread, one at
+        least.  Where a unit split cannot take the layer (fewer than
+        ``unit_split_min_units`` of its ``H`` units a thread), its
+        weights ``[W_ih | W_hh]`` (``weight_bytes``) fit in half the L2 (a
+        row or two cost a thread little more a row than a row block) and
+        from ``lingering_split_min_work`` (1: not split; bench/RESULTS.md,
+        "Few rows a thread")."""
+        n = min(n_threads, B)
+        if (n > 1 and H < self.unit_split_min_units * n_threads and weight_bytes <= self.l2_bytes // 2
+                and work >= self.lingering_split_min_work):
+            return n
+        return 1
+
     def matmul_split(self, n_threads, m, k, n):
         """Row blocks an (m, k) @ (k, n) product is split into (1: one call)."""
         t = min(n_threads, m // 8)

@@ -189,6 +189,25 @@ def test_shared_packed_weight_rule():
     assert not big_l2.share_packed(2, (1 << 20) + 1)
 
 
+def test_few_rows_batch_split_rule():
+    """A batch of fewer rows a thread than a row block splits on lingering
+    threads (a sequence a thread at least) while a unit split cannot take
+    the layer, its fused weights fit in half the L2 and from the lingering
+    split's work."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=1e-6))
+    w = p.lingering_split_min_work
+    assert p.batch_split_few_rows(2, 4, 32, w, 32 * 1024) == 2
+    assert p.batch_split_few_rows(2, 2, 63, w, 512 * 1024) == 2
+    assert p.batch_split_few_rows(4, 3, 32, w, 1000) == 3                  # a sequence a thread
+    assert p.batch_split_few_rows(2, 1, 32, w, 1000) == 1
+    assert p.batch_split_few_rows(2, 4, 64, w, 1000) == 1                  # a unit split's layer
+    assert p.batch_split_few_rows(2, 4, 32, w, 512 * 1024 + 1) == 1        # past half the L2
+    assert p.batch_split_few_rows(2, 4, 32, w - 1, 1000) == 1
+    assert p.batch_split_few_rows(1, 4, 32, w, 1000) == 1
+    never = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20))
+    assert never.batch_split_few_rows(2, 4, 32, 1 << 40, 1000) == 1        # no thread lingers
+
+
 def test_inference_unit_split_rule():
     """Inference splits its hidden units while a batch split would give a
     thread fewer than the given rows, from a pipelined projection's work

@@ -786,8 +786,8 @@ def test_a_lingering_only_batch_split_runs_its_slices_here_until_the_thread_ling
     """Below the plan's work for a batch split from idle, the fused LSTM's
     inference splits its batch only as compiled tasks on polling threads
     (plan ``"fused-lingering"``): with its pool thread asleep it runs the
-    same slices one after the other on its own thread (nothing handed over
-    in Python) and rouses the thread; the next call splits.  Both give the
+    whole batch in one slice on its own thread (nothing handed over in
+    Python) and rouses the thread; the next call splits.  Both give the
     bits of the split."""
     import fastseq.network.recurrent as R
     from fastseq.kernels._sync import LINGER
@@ -809,6 +809,39 @@ def test_a_lingering_only_batch_split_runs_its_slices_here_until_the_thread_ling
         assert answers[-2:] == [True, True] and not pool_slices
     for a, b in zip(here, split):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("B", [2, 3, 5])
+def test_a_batch_of_few_rows_a_thread_splits_on_lingering_threads(monkeypatch, lingering, B):
+    """A batch too small for a row block a thread (fewer than
+    ``min_split_rows`` sequences each) of an LSTM too narrow for a unit
+    split splits across lingering threads all the same
+    (:meth:`fastseq._plan.Plan.batch_split_few_rows`): the split, and the
+    whole batch on the caller's thread when its pool thread sleeps, give
+    the same bits, and the values of the one-thread call.  A layer wide
+    enough for a unit split keeps it."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent("lstm", 12, 16, random_state=3).eval()
+    X = np.random.default_rng(4).standard_normal((B, 20, 12)).astype(np.float32)
+    monkeypatch.setattr(_plan.current(), "split_min_work", 1 << 62)          # never from idle
+    monkeypatch.setattr(_plan.current(), "lingering_split_min_work", 0)
+    answers = answers_of(monkeypatch, R, "lstm_fused_native")
+    worker = _asleep_pool_thread(monkeypatch)
+    with _threads.limit(2):
+        route = layer._inference_route(B, 20)
+        assert route[:2] == ("fused-lingering", 2) and route[3][0] == (0, (B + 1) // 2), route
+        here = layer_arrays(layer.forward(X, need_grad=False))
+        assert answers == [False]
+        _wait_for_state(worker, _sync.LINGER)
+        split = layer_arrays(layer.forward(X, need_grad=False))
+        assert answers[-1] is True
+        wide = Recurrent("lstm", 12, 64, random_state=3).eval()
+        assert wide._inference_route(B, 20)[0] != "fused-lingering"
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, need_grad=False))
+    for a, b, c in zip(here, split, ref):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=2e-5, atol=2e-5)
 
 
 def test_a_compiled_split_runs_nothing_without_a_lingering_thread():

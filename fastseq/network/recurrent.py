@@ -728,9 +728,11 @@ class Recurrent:
         compute the projection on a second thread), as ``(parts,
         lingering)``.  ``lingering``: slices of the batch split on polling
         threads (:meth:`fastseq._plan.Plan.batch_split_lingering`, below
-        the plan's split from sleeping threads), which a call that finds a
-        pool thread asleep runs one after the other on its own thread (the
-        same bits)."""
+        the plan's split from sleeping threads, and
+        :meth:`fastseq._plan.Plan.batch_split_few_rows` for fewer rows a
+        thread than a row block), whose whole batch a call that finds a
+        pool thread asleep runs in one slice on its own thread (the same
+        bits: a row's result does not depend on its slice)."""
         if self.cell != "lstm" or T < 2:
             return 0, False
         H = self.hidden_size
@@ -745,6 +747,9 @@ class Recurrent:
             lingering = plan.batch_split_lingering(n, B, work)
             if lingering > 1 and plan.fuse_projection(B // lingering, FUSED_MIN_ROWS, weight_bytes):
                 return lingering, True
+            few = plan.batch_split_few_rows(n, B, H, work, weight_bytes) if lingering == 1 else 1
+            if few > 1:
+                return few, True
         fuse = plan.fuse_projection(B // parts, FUSED_MIN_ROWS, weight_bytes, pipelined)
         return (parts, False) if fuse else (0, False)
 
@@ -955,9 +960,8 @@ class Recurrent:
         elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
                             lambda states, descs, own, b, flags: lstm_fused_native(
                                 states, descs, own, b, flags, part_address("fused", dt), *args), rouse=lingering):
-            if lingering:   # (a pool thread asleep: the slices here, one after the other)
-                for b0, b1 in bounds:
-                    lstm_fused_slice(*args, b0, b1)
+            if lingering:   # (a pool thread asleep: the whole batch here, the same bits)
+                lstm_fused_slice(*args, bounds[0][0], bounds[-1][1])
             else:
                 _on_pool(bounds, lambda b0, b1: lstm_fused_slice(*args, b0, b1))
 
