@@ -25,7 +25,7 @@ from .._config import JIT
 from .activations import sigmoid, tanh
 from ._packed import masked_state, packed_offsets
 from ._sync import wait_for, store_release
-from .matmul import no_packed_weight, pack_for_steps, packed_matmul, shared_or_packed
+from .matmul import no_packed_weight, packed_matmul, shared_or_packed
 
 
 @njit(inline="always", **JIT)
@@ -171,7 +171,7 @@ def gru_sequence_backward(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_
     """
     H = io_dh.shape[1]
     dgn = np.empty((out_dgx.shape[0], H), dtype=out_dgx.dtype)
-    gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
+    gru_backward_slice(d_out, w_hh_t, no_packed_weight(w_hh_t), h0, out_h, out_gates, batch_sizes, rec_mask,
                        io_dh, out_dgx, dgn, np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
     for r in range(out_dgx.shape[0]):
         for j in range(2 * H):
@@ -181,7 +181,7 @@ def gru_sequence_backward(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_
 
 
 @njit(**JIT)
-def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mask,
+def gru_backward_slice(d_out, w_hh_t, wp, h0, out_h, out_gates, batch_sizes, rec_mask,
                        io_dh, out_dgx, out_dgn, progress, b0, b1):
     """:func:`gru_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
 
@@ -196,7 +196,9 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     ``progress`` (int64, empty for none) receives, with a release store,
     the number of steps whose gate gradients are final (counted from the
     last step), for a thread computing weight gradients behind the loop
-    (:func:`fastseq.kernels.grads.weight_grads_behind`).
+    (:func:`fastseq.kernels.grads.weight_grads_behind`).  ``wp``:
+    ``pack_weight(w_hh_t)`` shared by the slices of one call, or empty (as
+    the forward slice's).
     """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
@@ -204,7 +206,7 @@ def gru_backward_slice(d_out, w_hh_t, h0, out_h, out_gates, batch_sizes, rec_mas
     store_dgn = out_dgn.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
-    wp = pack_for_steps(w_hh_t, T)
+    wp = shared_or_packed(w_hh_t, wp, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     carry = np.empty((n, H), dtype=d_out.dtype)
     lhs = np.empty((n, 3 * H), dtype=d_out.dtype)

@@ -192,26 +192,28 @@ def lstm_sequence_backward(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec
         Filled with the gradients of the gate pre-activations; the weight
         gradients are ``out_dgates.T @ inputs`` and ``out_dgates.T @ h_prev``.
     """
-    lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
+    lstm_backward_slice(d_out, w_hh_t, no_packed_weight(w_hh_t), c0, out_c, out_gates, batch_sizes, rec_mask,
                         io_dh, io_dc, out_dgates, np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
-def lstm_backward_slice(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, rec_mask,
+def lstm_backward_slice(d_out, w_hh_t, wp, c0, out_c, out_gates, batch_sizes, rec_mask,
                         io_dh, io_dc, out_dgates, progress, b0, b1):
     """:func:`lstm_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
 
     ``progress`` (int64, empty for none) receives, with a release store,
     the number of steps whose gate gradients are final (counted from the
     last step), for a thread computing weight gradients behind the loop
-    (:func:`fastseq.kernels.grads.weight_grads_behind`).
+    (:func:`fastseq.kernels.grads.weight_grads_behind`).  ``wp``:
+    ``pack_weight(w_hh_t)`` shared by the slices of one call, or empty (as
+    the forward slice's).
     """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
-    wp = pack_for_steps(w_hh_t, T)
+    wp = shared_or_packed(w_hh_t, wp, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
     publish = progress.shape[0] > 0

@@ -19,7 +19,7 @@ from .._config import JIT
 from .activations import tanh
 from ._packed import masked_state, packed_offsets
 from ._sync import wait_for, store_release
-from .matmul import no_packed_weight, pack_for_steps, packed_matmul, shared_or_packed
+from .matmul import no_packed_weight, packed_matmul, shared_or_packed
 
 
 @njit(inline="always", **JIT)
@@ -120,26 +120,28 @@ def rnn_sequence_backward(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_
     out_dgates : (N, H) float
         Filled with the gradients of the pre-activations.
     """
-    rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates,
-                       np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
+    rnn_backward_slice(d_out, w_hh_t, no_packed_weight(w_hh_t), out_h, batch_sizes, rec_mask, relu, io_dh,
+                       out_dgates, np.empty(0, dtype=np.int64), np.int64(0), io_dh.shape[0])
 
 
 @njit(**JIT)
-def rnn_backward_slice(d_out, w_hh_t, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, progress,
+def rnn_backward_slice(d_out, w_hh_t, wp, out_h, batch_sizes, rec_mask, relu, io_dh, out_dgates, progress,
                        b0, b1):
     """:func:`rnn_sequence_backward` for the sorted sequences ``b0 <= b < b1`` only.
 
     ``progress`` (int64, empty for none) receives, with a release store,
     the number of steps whose gate gradients are final (counted from the
     last step), for a thread computing weight gradients behind the loop
-    (:func:`fastseq.kernels.grads.weight_grads_behind`).
+    (:func:`fastseq.kernels.grads.weight_grads_behind`).  ``wp``:
+    ``pack_weight(w_hh_t)`` shared by the slices of one call, or empty (as
+    the forward slice's).
     """
     H = io_dh.shape[1]
     T = batch_sizes.shape[0]
     use_mask = rec_mask.shape[0] > 0
     offsets = packed_offsets(batch_sizes)
     n = max(b1 - b0, 0)
-    wp = pack_for_steps(w_hh_t, T)
+    wp = shared_or_packed(w_hh_t, wp, T)
     tmp = np.empty((n, H), dtype=d_out.dtype)
     one = np.ones(1, dtype=d_out.dtype)[0]
     zero = np.zeros(1, dtype=d_out.dtype)[0]

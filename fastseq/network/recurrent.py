@@ -1301,17 +1301,19 @@ class Recurrent:
         if self.cell == "gru" and not self.reset_after:
             return self._backward_reset_before(k, d, pk, st, dd, dh, grads, want_dx)
         inp = st["inp"]
+        # (packed once for every slice of a split batch, else empty: each packs its own)
+        wp = packed_for_slices(w_hh_t, pk.B, work)
         # the backward time loop of this cell: kernel(*args, progress, b0, b1)
         if self.cell == "lstm":
-            kernel, args = lstm_backward_slice, (dd, w_hh_t, st["c0"], st["out_c"], st["gates"],
+            kernel, args = lstm_backward_slice, (dd, w_hh_t, wp, st["c0"], st["out_c"], st["gates"],
                                                  pk.batch_sizes, mask, dh, dc, dgx)
         elif self.cell == "gru":
             # dgh (recurrent side) equals dgx but for the n-third, dn * r: formed
             # in place in dgx after its input-side uses (no (N, H) array)
-            kernel, args = gru_backward_slice, (dd, w_hh_t, st["h0"], st["out_h"], st["gates"],
+            kernel, args = gru_backward_slice, (dd, w_hh_t, wp, st["h0"], st["out_h"], st["gates"],
                                                 pk.batch_sizes, mask, dh, dgx, np.empty((0, H), dtype=dt))
         else:
-            kernel, args = rnn_backward_slice, (dd, w_hh_t, st["out_h"], pk.batch_sizes, mask,
+            kernel, args = rnn_backward_slice, (dd, w_hh_t, wp, st["out_h"], pk.batch_sizes, mask,
                                                 1 if self.nonlinearity == "relu" else 0, dh, dgx)
         units = self.cell == "lstm" and self._train_units(pk.B, len(pk.batch_sizes), mask)
         if (PIPELINE_BACKWARD and not units and get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE
