@@ -218,15 +218,25 @@ class Plan:
             return True
         return rows >= 2 * block_rows and weight_bytes <= self.l3_bytes // 2
 
+    def units_max_rows(self, n_threads, H, gates, block_rows):
+        """The ``max_rows`` of :meth:`infer_units` for a layer of ``H``
+        units and ``gates`` gates, as the layers measured: two row blocks
+        of the step's product (``block_rows`` rows each) for an LSTM (4
+        gates) and for a GRU from twice ``unit_split_min_units`` units a
+        thread, else half a row block (bench/RESULTS.md, "The GRU's unit
+        split up to 15 sequences")."""
+        if gates == 4 or H >= 2 * self.unit_split_min_units * n_threads:
+            return 2 * block_rows
+        return max(1, block_rows // 2)
+
     def infer_units(self, n_threads, B, H, work, max_rows):
         """Whether an inference call of ``work`` multiply-adds (input
         projection and time loop) over ``B`` sequences splits its ``H``
         hidden units across the threads rather than its batch, each thread
         then doing its share of every step: while a batch split would give
         a thread fewer than ``max_rows`` rows of the step's product (each
-        thread would stream all the weights for a few rows; the layer's
-        figures, as measured: two row blocks of the product for an LSTM,
-        half a row block for a GRU), from the work of a pipelined
+        thread would stream all the weights for a few rows;
+        :meth:`units_max_rows`), from the work of a pipelined
         projection (the second thread's
         share then repays its hand-over), and with ``unit_split_min_units``
         units a thread (bench/RESULTS.md, "Unit split of LSTM inference")."""

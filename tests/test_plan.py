@@ -208,6 +208,17 @@ def test_few_rows_batch_split_rule():
     assert never.batch_split_few_rows(2, 4, 32, 1 << 40, 1000) == 1        # no thread lingers
 
 
+def test_unit_split_rows_rule():
+    """An LSTM splits its units for batches under two row blocks a thread;
+    a GRU from 64 units a thread too, narrower under half a row block."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20))
+    assert p.units_max_rows(2, 64, 4, 4) == 8
+    assert p.units_max_rows(2, 128, 3, 4) == 8 and p.units_max_rows(4, 256, 3, 4) == 8
+    assert p.units_max_rows(2, 127, 3, 4) == 2 and p.units_max_rows(2, 64, 3, 4) == 2
+    assert p.units_max_rows(4, 128, 3, 4) == 2
+    assert p.units_max_rows(2, 64, 3, 1) == 1
+
+
 def test_inference_unit_split_rule():
     """Inference splits its hidden units while a batch split would give a
     thread fewer than the given rows, from a pipelined projection's work

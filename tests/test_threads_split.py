@@ -332,9 +332,13 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 256, 512).eval()._inference_plan(1, 64) == "one"
         assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 64) == "one"
         assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 64) == units
-        # a GRU's batch stays under half a row block a thread (B < 4)
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(3, 64) == units
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(4, 64) == "one"
+        # a GRU of 64 units a thread or more splits them for batches under two
+        # row blocks a thread (B < 16), as the LSTM; a narrower one under half
+        # a row block (B < 4)
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(15, 64) == units
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(16, 64) == "one"
+        assert Recurrent("gru", 8, 96).eval()._inference_plan(3, 400) == units
+        assert Recurrent("gru", 8, 96).eval()._inference_plan(4, 400) == "one"
         assert Recurrent("gru", 8, 112).eval()._inference_plan(1, 400) == "one"    # 56-unit halves: 168 rows
         assert Recurrent("rnn", 8, 256).eval()._inference_plan(1, 64) == "one"
     with _threads.limit(1):
@@ -351,11 +355,11 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         mid = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
         mid.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
         assert calls == []
-        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 4*128*128*576 = 37.7M
-        big.forward(np.ones((4, 128, 128), np.float32), need_grad=False)  # (no unit split from B 4)
+        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 16*128*128*576 = 151M
+        big.forward(np.ones((16, 128, 128), np.float32), need_grad=False)  # (no unit split from B 16)
         assert calls == [1]
     with _threads.limit(1):
-        big.forward(np.ones((4, 128, 128), np.float32), need_grad=False)   # one thread: never
+        big.forward(np.ones((16, 128, 128), np.float32), need_grad=False)   # one thread: never
     assert calls == [1]
 
 
@@ -562,6 +566,23 @@ def _unit_split_inputs(monkeypatch, layer, rng, B, T):
     monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)       # a split for any work
     monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
     return X, state, ref
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("B", [4, 9])
+def test_a_wide_gru_splits_its_units_for_larger_batches_with_the_one_thread_bits(monkeypatch, B):
+    """A GRU of twice the plan's least units a thread splits them for
+    batches up to two row blocks a thread, as the LSTM does (a narrower
+    one only under half a row block), with the one-thread call's bits."""
+    layer = Recurrent("gru", 24, 64, bidirectional=True, random_state=1).eval()
+    X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), B, 30)
+    with _threads.limit(2):
+        assert layer._inference_plan(B, 30) == "units"
+        got = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+        monkeypatch.setattr(_plan.current(), "unit_split_min_units", 17)      # 32 units a thread: narrow
+        assert layer._inference_plan(B, 30) == "one"
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")

@@ -786,8 +786,8 @@ class Recurrent:
         if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
                 or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES.get()):
             return 0
-        rows = 2 * FUSED_MIN_ROWS if self.cell == "lstm" else max(1, FUSED_MIN_ROWS // 2)
         plan, work = _plan.current(), B * T * G * H * (H + F)
+        rows = plan.units_max_rows(n, H, G, FUSED_MIN_ROWS)
         return 1 if plan.infer_units(n, B, H, work, rows) else 2 if plan.infer_units_lingering(
             n, B, H, work, rows) else 0
 
