@@ -153,7 +153,7 @@ class Plan:
     def batch_split_lingering(self, n_threads, B, work):
         """:meth:`batch_split` for a call that splits only when every pool
         thread it needs polls for work (a compiled hand-over; else the
-        call runs its slices one after the other on its own thread): from
+        call runs its whole batch on its own thread): from
         ``lingering_split_min_work``, the same factor of compiled
         hand-overs' worth of work."""
         n = min(n_threads, B // self.min_split_rows)
