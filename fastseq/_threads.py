@@ -928,11 +928,18 @@ def run_native(bounds, flags, native, rouse=False):
     ``own`` (a fresh array of the call's) and returns ``split_native``'s
     answer, which this returns (False: nothing ran; with ``rouse``, the
     threads that were not lingering are roused, :func:`_rouse`).  False at
-    once when pool threads do not linger (``OMP_WAIT_POLICY=passive``)."""
+    once when pool threads do not linger (``OMP_WAIT_POLICY=passive``).
+    A part that raised inside its compiled code (an allocation that failed:
+    a cfunc passes no exception on) marks ``flags``
+    (:func:`fastseq.kernels._sync.part_failed`) and releases the others;
+    this then raises ``MemoryError``."""
     if linger_spins() <= 0:
         return False
     pool = _pool(bounds.shape[0] - 1)
     if native(pool.states, pool.descs, np.empty(_sync.DESC_LEN, dtype=np.int64), bounds, flags):
+        if flags[_sync.FAILED]:
+            raise MemoryError("a part of a call split across threads failed inside its compiled code "
+                              "(an allocation); the call's results are discarded")
         return True
     if rouse:
         _rouse(pool)

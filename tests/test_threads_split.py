@@ -921,6 +921,87 @@ def test_unit_split_parts_that_fail_or_mark_no_start_release_the_others():
     np.testing.assert_array_equal(out_h.reshape(T, B, H).swapaxes(0, 1), ref)
 
 
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no compiled tasks without the barrier")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "fused"])
+def test_compiled_parts_that_fail_release_the_others_and_raise(lingering, kind):
+    """A compiled part (a unit split's, a fused batch slice's) whose
+    allocation fails cannot pass its exception out of its cfunc: it marks
+    the split's flags and releases the barriers, so no thread waits for
+    it (no hang), and the call raises ``MemoryError`` in Python; the pool
+    then runs the next call as usual.  The failure is made by describing
+    ``W_ih`` of 2**40 columns (the unit split's own rows of it) or an
+    input of 2**40 columns (the fused slice's row buffer): in the unit split only the pool thread's
+    part fails (the caller's has no units, so allocates no row of the
+    weights) and the caller's part runs its barriers."""
+    from fastseq.kernels import infer_native as N
+    cell = "gru" if kind == "gru" else "lstm"
+    layer = Recurrent(cell, 8, 64, random_state=0).eval()
+    w_ih, w_hh, b_ih, b_hh = layer._bound_weights()[0]
+    B, T, H = 4, 6, 64
+    X = np.random.default_rng(0).standard_normal((B, T, 8)).astype(np.float32)
+    inp = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(T * B, 8)
+    out, hn, cn = np.zeros((T * B, H), np.float32), np.zeros((B, H), np.float32), np.zeros((B, H), np.float32)
+    z = np.zeros((B, H), np.float32)
+    bias = layer._input_bias(b_ih, b_hh)
+    fn = N.part_address(kind, np.float32)
+    if kind == "fused":
+        from fastseq._workspace import scratch_arrays
+        from fastseq.kernels.infer import fused_weights
+        w_cat, wp, fb = scratch_arrays("test_fused", ((4 * H, 8 + H), (4 * H // 16, 8 + H, 16), (4 * H,)),
+                                       np.dtype(np.float32))
+        fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, fb)
+        bounds = np.array([[0, 2], [2, 4]], dtype=np.int64)
+        binp = X.reshape(B * T, 8)
+
+        def describe(own, flags):
+            N.lstm_fused_desc(own, fn, binp, w_cat, wp, fb, z, z, False, out, 0, hn, cn, flags)
+            return 2                    # (the input's columns: the slice's buffer of F + H)
+    else:
+        bounds = np.array([[0, 0], [0, H]], dtype=np.int64)
+
+        def describe(own, flags):
+            if kind == "lstm":
+                N.lstm_units_desc(own, fn, inp, w_ih, bias, w_hh, z, z, False, flags, out, hn, cn)
+            else:
+                N.gru_units_desc(own, fn, inp, w_ih, bias, layer._candidate_bias(b_hh), w_hh, z, False, flags,
+                                 out, hn)
+            return 3 + 2                # (W_ih's columns: a part's own rows of W_ih)
+
+    def native(states, descs, own, b, flags, fail):
+        k = describe(own, flags)
+        if fail:
+            own[N.DESC_ARRAYS + k] = 2 ** 40
+        return _sync.split_native(states, descs, own, b, flags)
+
+    def call(fail):
+        # (repeated until the pool thread is found lingering: the first may rouse it)
+        for _ in range(400):
+            flags = np.zeros(2 * _sync.STRIDE, dtype=np.int64)
+            if _threads.run_native(bounds, flags, lambda *a: native(*a, fail), rouse=True):
+                return flags
+            threading.Event().wait(0.001)
+        pytest.fail("the pool thread never lingered")
+    got = {}
+
+    def failing():
+        try:
+            call(True)
+        except BaseException as e:     # noqa: BLE001 - what the call raised, checked below
+            got["error"] = e
+    with _threads.limit(2):
+        t = threading.Thread(target=failing, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "a failed compiled part left the call waiting"
+        assert isinstance(got.get("error"), MemoryError), got
+        flags = call(False)                       # the pool runs the next call
+        assert not flags[_sync.FAILED]
+        if kind != "fused":
+            ref = layer_arrays(layer.forward(X, need_grad=False))
+    if kind != "fused":   # (the layer's own route here is another: its values)
+        np.testing.assert_allclose(out.reshape(T, B, H).swapaxes(0, 1), ref[0], rtol=2e-5, atol=2e-5)
+
+
 @pytest.mark.skipif(not _threads.PLACEMENT_AVAILABLE or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux's sched_getcpu/sched_setaffinity and two CPUs")
 def test_pool_threads_are_placed_off_the_callers_cpu(monkeypatch):

@@ -200,6 +200,24 @@ def wait_started(flags):
 JOINED = 1
 
 
+#: element of the calling thread's line of a split call's ``flags`` that a
+#: compiled part sets when it raised (:func:`part_failed`); the caller
+#: raises in Python once the parts are done
+FAILED = 3
+
+
+@njit(inline="always", **JIT)
+def part_failed(flags, tid):
+    """Part ``tid`` of a split call raised inside a compiled task (where no
+    exception reaches Python: an allocation that failed): mark the call
+    failed, mark this part started and release every barrier, so that the
+    other parts finish (their results are discarded) and no thread waits
+    for this one."""
+    store_release(flags, FAILED, 1)
+    store_release(flags, tid * STRIDE + STARTED, 1)
+    store_release(flags, tid * STRIDE, RELEASE_ALL)
+
+
 @njit(inline="always", **JIT)
 def wait_joined(flags):
     """Wait until the calling thread of a unit split has set

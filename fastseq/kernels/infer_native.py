@@ -21,7 +21,7 @@ from numba import carray, cfunc, njit, types
 
 from .._config import JIT
 from ._native import pointer_like
-from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, hand_native, split_native, wait_done
+from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, hand_native, part_failed, split_native, wait_done
 from .infer import gru_run, gru_units_part, lstm_fused_slice, lstm_run, lstm_units_part, rnn_run
 from .matmul import pack_weight, project_ahead_packed
 
@@ -87,9 +87,10 @@ def gru_units_desc(desc, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, ou
 
 
 @njit(**JIT)
-def lstm_fused_desc(desc, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n):
+def lstm_fused_desc(desc, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n, flags):
     """:func:`lstm_units_desc` for :func:`fastseq.kernels.infer.lstm_fused_slice`
-    (a batch split: each part's range its sequences)."""
+    (a batch split: each part's range its sequences; ``flags`` the
+    split's, where a part that raised marks it)."""
     desc[0] = fn
     desc[DESC_REV] = 1 if reverse else 0
     desc[DESC_COL] = col0
@@ -103,6 +104,7 @@ def lstm_fused_desc(desc, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, 
     _put(desc, 6, out)
     _put(desc, 7, h_n)
     _put(desc, 8, c_n)
+    _put1(desc, 9, flags)
 
 
 @njit(**JIT)
@@ -134,22 +136,33 @@ def _vector(d, i, z):
     return carray(pointer_like(d[k], z), (d[k + 1],))
 
 
+# A part's body catches what it raises (a failed allocation: nothing else
+# raises in these kernels) and marks it in the split's flags
+# (:func:`fastseq.kernels._sync.part_failed`): a cfunc cannot pass an
+# exception to its caller, and the others would wait for it at a barrier.
 @njit(inline="always", **JIT)
 def _lstm_part(addr, z):
     """The LSTM part described at ``addr``, its floats of ``z``'s type."""
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    lstm_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
-                    _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                    d[DESC_TID], _vector(d, 6, np.int64(0)), _matrix(d, 7, z), _matrix(d, 8, z),
-                    _matrix(d, 9, z))
+    flags = _vector(d, 6, np.int64(0))
+    try:
+        lstm_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
+                        _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
+                        d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z))
+    except Exception:  # noqa: BLE001 - numba catches no narrower class
+        part_failed(flags, d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _gru_part(addr, z):
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    gru_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
-                   _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                   d[DESC_TID], _vector(d, 6, np.int64(0)), _matrix(d, 7, z), _matrix(d, 8, z))
+    flags = _vector(d, 6, np.int64(0))
+    try:
+        gru_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
+                       _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
+                       d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z))
+    except Exception:  # noqa: BLE001
+        part_failed(flags, d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
@@ -157,9 +170,12 @@ def _fused_part(addr, z):
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
     k = DESC_ARRAYS + 3 * 2
     wp = carray(pointer_like(d[k], z), (d[k + 1], d[k + 2], d[DESC_DEPTH]))
-    lstm_fused_slice(_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z), _matrix(d, 4, z),
-                     _matrix(d, 5, z), d[DESC_REV] != 0, _matrix(d, 6, z), d[DESC_COL], _matrix(d, 7, z),
-                     _matrix(d, 8, z), d[DESC_J0], d[DESC_J1])
+    try:
+        lstm_fused_slice(_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z), _matrix(d, 4, z),
+                         _matrix(d, 5, z), d[DESC_REV] != 0, _matrix(d, 6, z), d[DESC_COL], _matrix(d, 7, z),
+                         _matrix(d, 8, z), d[DESC_J0], d[DESC_J1])
+    except Exception:  # noqa: BLE001
+        part_failed(_vector(d, 9, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
@@ -253,7 +269,7 @@ def lstm_fused_native(states, descs, own, bounds, flags, fn, inp, w_cat, wp, bia
                       h_n, c_n):
     """:func:`lstm_units_native` for the batch slices ``bounds`` of
     :func:`fastseq.kernels.infer.lstm_fused_slice`."""
-    lstm_fused_desc(own, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
+    lstm_fused_desc(own, fn, inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n, flags)
     return split_native(states, descs, own, bounds, flags)
 
 

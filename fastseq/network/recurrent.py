@@ -957,7 +957,7 @@ class Recurrent:
         args = (inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
         if len(bounds) == 1:
             lstm_fused_slice(*args, *bounds[0])
-        elif not run_native(_slices_array(bounds), np.zeros(2 * STRIDE, dtype=np.int64),
+        elif not run_native(_slices_array(bounds), np.zeros(len(bounds) * STRIDE, dtype=np.int64),
                             lambda states, descs, own, b, flags: lstm_fused_native(
                                 states, descs, own, b, flags, part_address("fused", dt), *args), rouse=lingering):
             if lingering:   # (a pool thread asleep: the whole batch here, the same bits)
