@@ -29,6 +29,8 @@ from .kernels._sync import (CLAIMED, LINGER, QUEUED, STARTED, STRIDE, claim, lin
                             spin_until, wait_started)
 from .kernels import _native
 from .kernels._native import fewest_threads as _fewest_threads
+from .kernels.matmul import pack_into, packed_shape
+from ._workspace import scratch
 
 
 _local = threading.local()
@@ -753,11 +755,9 @@ def packed_for_slices(w, B, work):
     size; else an empty packed weight (each slice packs its own:
     :func:`fastseq.kernels.matmul.shared_or_packed`).  The same values
     either way."""
-    from ._workspace import scratch
-    from .kernels.matmul import pack_into, packed_shape
-
     shape = packed_shape(w)
-    n = _split_threads(B, work)
+    # (the size first: a call that shares nothing pays a microsecond)
+    n = 1 if not _plan.current().share_packed(get_num_threads(), w.nbytes) else _split_threads(B, work)
     if n <= 1 or shape[0] < n or not _plan.current().share_packed(n, w.nbytes):
         return np.empty((0,) + shape[1:], dtype=w.dtype)
     wp = scratch("shared_packed", shape, w.dtype)
