@@ -756,8 +756,11 @@ def packed_for_slices(w, B, work):
     :func:`fastseq.kernels.matmul.shared_or_packed`).  The same values
     either way."""
     shape = packed_shape(w)
-    # (the size first: a call that shares nothing pays a microsecond)
-    n = 1 if not _plan.current().share_packed(get_num_threads(), w.nbytes) else _split_threads(B, work)
+    # (the size first: a call that shares nothing pays a microsecond; one
+    # thread asks the plan nothing)
+    n = get_num_threads()
+    if n > 1 and _plan.current().share_packed(n, w.nbytes):
+        n = _split_threads(B, work)
     if n <= 1 or shape[0] < n or not _plan.current().share_packed(n, w.nbytes):
         return np.empty((0,) + shape[1:], dtype=w.dtype)
     wp = scratch("shared_packed", shape, w.dtype)
