@@ -759,9 +759,8 @@ def packed_for_slices(w, B, work):
     # (the size first: a call that shares nothing pays a microsecond; one
     # thread asks the plan nothing)
     n = get_num_threads()
-    if n > 1 and _plan.current().share_packed(n, w.nbytes):
-        n = _split_threads(B, work)
-    if n <= 1 or shape[0] < n or not _plan.current().share_packed(n, w.nbytes):
+    n = _split_threads(B, work) if n > 1 and _plan.current().share_packed(n, w.nbytes) else 1
+    if n <= 1 or shape[0] < n:
         return np.empty((0,) + shape[1:], dtype=w.dtype)
     wp = scratch("shared_packed", shape, w.dtype)
     SW = shape[2]

@@ -33,8 +33,7 @@ from ..kernels.infer_native import (
 )
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
-    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, packed_shape,
-    project_ahead,
+    FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, project_ahead,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -1152,7 +1151,9 @@ class Recurrent:
         # (the buffer of the other parity) and the caller's copy: kept memory
         out_h = self._kept(f"out_h{k}{d}", (N, H)) if need_grad else scratch(f"layer_out{k % 2}{d}", (N, H), dt)
         units = self.cell == "lstm" and NG and self._train_units(pk.B, len(pk.batch_sizes), mask)
-        wp = np.empty((0,) + packed_shape(w_hh)[1:], dtype=dt)    # (none: each slice packs its own)
+        # (packed once for every slice of a split batch, else empty: each packs
+        # its own; the reset-before GRU's slices take two weights of their own)
+        wp = packed_for_slices(w_hh, pk.B, work) if self.cell != "gru" or self.reset_after else None
         if (not units and (self.cell != "gru" or self.reset_after) and get_num_threads() > 1
                 and UNIT_SPLIT_AVAILABLE and len(pk.batch_sizes) > 1 and not splits(pk.B, work)
                 and pipelines(N * inp_c.shape[1] * w_ih.shape[0])):
@@ -1165,8 +1166,6 @@ class Recurrent:
                                   lambda ready: kernel(*args, ready, 0, pk.B), free)
         else:
             xp = parallel_project(inp_c, w_ih, bias, out=self._projection_buffer(N, w_ih.shape[0], need_grad))
-            if self.cell != "gru" or self.reset_after:
-                wp = packed_for_slices(w_hh, pk.B, work)
 
             def loop(kernel, args):
                 run_sliced(kernel, args + (_NO_READY,), ls, work)
