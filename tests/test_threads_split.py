@@ -771,6 +771,65 @@ def test_small_unit_split_call_gives_the_general_paths_bits(monkeypatch, lingeri
             assert general == [1] and len(answers) == 3
 
 
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_batch_major_unit_split_parts_give_the_step_major_bits(cell, reverse):
+    """The unit split's parts with batch-major rows (``b*T + t``: what
+    ``Recurrent._small_call`` hands them, a view of X in and the array it
+    returns out, no transposed copy) give the step-major parts' bits, row
+    for row, at 2 and 3 threads, in either direction, from given states;
+    every output is written."""
+    from fastseq.kernels.infer import gru_units_part, lstm_units_part
+    F, H, B, T = 20, 96, 5, 13
+    layer = Recurrent(cell, F, H, random_state=4).eval()
+    w_ih, w_hh, b_ih, b_hh = layer._bound_weights()[0]
+    bias, b_hn = layer._input_bias(b_ih, b_hh), layer._candidate_bias(b_hh)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((B, T, F)).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    c0 = 0.5 * h0
+    for n in (2, 3):
+        got = {}
+        for major in (False, True):
+            inp = X.reshape(B * T, F) if major else np.ascontiguousarray(X.swapaxes(0, 1)).reshape(T * B, F)
+            out = np.full((B * T, H), np.nan, np.float32)
+            hn, cn = np.full((B, H), np.nan, np.float32), np.full((B, H), np.nan, np.float32)
+
+            def part(tid, j0, j1, flags):
+                if cell == "lstm":
+                    lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out, hn, cn, major)
+                else:
+                    gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out, hn, major)
+            with _threads.limit(n):
+                assert _threads.run_units(part, H)
+            rows = out.reshape(B, T, H) if major else out.reshape(T, B, H).swapaxes(0, 1)
+            got[major] = (rows, hn) if cell == "gru" else (rows, hn, cn)
+        for a, b in zip(got[True], got[False]):
+            assert not np.isnan(a).any()
+            np.testing.assert_array_equal(a, b)
+
+
+def test_inference_holds_blas_only_for_a_split_projection(monkeypatch):
+    """The BLAS setting of an inference route (``Recurrent._kernel_blas``)
+    follows its layers' projection modes: a projection computed ahead on a
+    pool thread (or in a unit split's parts) runs the packed product and
+    takes none, even where ``parallel_matmul`` would split it (the
+    setting cost 5 us, and kept ``_small_call`` from a unit split's
+    call); one split across threads by ``parallel_matmul`` (BLAS) holds
+    BLAS at one thread."""
+    layer = Recurrent("gru", 32, 64, random_state=0).eval()
+    plan = _plan.current()
+    monkeypatch.setattr(plan, "matmul_split_min_work", 0)
+    with _threads.limit(2):
+        monkeypatch.setattr(plan, "pipeline_min_work", 0)
+        route = layer._inference_route(4, 20)
+        assert route[3] == ("ahead",) and route[2] is False
+        monkeypatch.setattr(plan, "pipeline_min_work", _plan.NEVER)
+        route = layer._inference_route(4, 20)
+        assert route[3] == ("split",) and route[2] is True
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_batch_split_as_compiled_tasks_gives_the_python_hand_overs_bits(monkeypatch, lingering, dtype):
     """An LSTM inference batch split of the fused kernel
@@ -899,7 +958,7 @@ def test_unit_split_parts_that_fail_or_mark_no_start_release_the_others():
     args = (inp, np.ascontiguousarray(W_ih), b_ih + b_hh, np.ascontiguousarray(W_hh), z, z, False)
 
     def kernel(tid, j0, j1, flags):
-        lstm_units_part(*args, j0, j1, tid, flags, out_h, hn, cn)
+        lstm_units_part(*args, j0, j1, tid, flags, out_h, hn, cn, False)
     seen = []
 
     def part(tid, j0, j1, flags):
@@ -961,10 +1020,10 @@ def test_compiled_parts_that_fail_release_the_others_and_raise(lingering, kind):
 
         def describe(own, flags):
             if kind == "lstm":
-                N.lstm_units_desc(own, fn, inp, w_ih, bias, w_hh, z, z, False, flags, out, hn, cn)
+                N.lstm_units_desc(own, fn, inp, w_ih, bias, w_hh, z, z, False, flags, out, hn, cn, False)
             else:
                 N.gru_units_desc(own, fn, inp, w_ih, bias, layer._candidate_bias(b_hh), w_hh, z, False, flags,
-                                 out, hn)
+                                 out, hn, False)
             return 3 + 2                # (W_ih's columns: a part's own rows of W_ih)
 
     def native(states, descs, own, b, flags, fail):

@@ -247,10 +247,35 @@ def lstm_fused_slice(inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n,
         c_n[b0 + b] = c[b]
 
 
+@njit(inline="always", **JIT)
+def step_rows(B, T, batch_major):
+    """``(rs, bs)``: row ``t*rs + b*bs`` holds step ``t`` of sequence ``b``
+    of B sequences of T steps: ``(B, 1)`` step-major, ``(1, T)``
+    batch-major."""
+    if batch_major:
+        return 1, T
+    return B, 1
+
+
+@njit(inline="always", **JIT)
+def previous_states(out_h, r0, B, bs, hg):
+    """The (B, H) states of the step whose sequence 0 is in row ``r0`` of
+    ``out_h`` (rows ``r0 + b*bs``): a view of ``out_h``'s rows when they
+    are contiguous (``bs`` 1), else gathered into ``hg`` (each part reads
+    them all: the other parts' units too)."""
+    if bs == 1:
+        return out_h[r0:r0 + B]
+    for b in range(B):
+        hg[b] = out_h[r0 + b * bs]
+    return hg
+
+
 @njit(**JIT)
-def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n):
+def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n, batch_major):
     """Hidden units ``j0 <= j < j1`` of an LSTM inference over B sequences
-    of T = N / B steps (rows ``t*B + b`` of ``inp``, as :func:`lstm_infer_x`),
+    of T = N / B steps (rows ``t*B + b`` of ``inp`` and ``out_h``, as
+    :func:`lstm_infer_x`, or with ``batch_major`` rows ``b*T + t``, as a
+    (B, T, F) array's: no transposed copy of the input or the output),
     one of the parts that threads run side by side: this part's rows of
     ``W_ih`` and ``W_hh`` (one cache's share each), its own input projection
     (no thread waits for another's), then the time loop
@@ -263,7 +288,7 @@ def lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, 
     (:func:`fastseq.kernels.matmul.pack_weight`) gives its bits."""
     signal_started(flags, tid)
     xp = units_projection(inp, w_ih, bias, 4, j0, j1)
-    lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n)
+    lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n, batch_major)
 
 
 @njit(**JIT)
@@ -315,7 +340,7 @@ def units_projection(inp, w_ih, bias, G, j0, j1):
 
 
 @njit(**JIT)
-def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n):
+def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n, batch_major):
     """The time loop of :func:`lstm_units_part` from its projection ``xp``
     (N, 4n), gate ``k`` of unit ``j0 + q`` in column ``k*n + q``: each
     step's product from the full ``h_{t-1}``, the cell of this part's
@@ -323,9 +348,11 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
     ``tid`` of ``flags``) before the next step reads what the other parts
     wrote.  Writes columns ``j0..j1`` of ``out_h`` (N, H), ``h_n`` and
     ``c_n`` (B, H).  A pool thread's part (``tid`` > 0) returns once the
-    caller waits for it (:func:`fastseq.kernels._sync.wait_joined`).  (A
-    function of its own: compiled in the same function as the projection,
-    the loop ran at about half its speed in hand-made trials.)"""
+    caller waits for it (:func:`fastseq.kernels._sync.wait_joined`).  With
+    ``batch_major`` the rows of ``xp`` and ``out_h`` are ``b*T + t``
+    (:func:`step_rows`).  (A function of its own: compiled in the same
+    function as the projection, the loop ran at about half its speed in
+    hand-made trials.)"""
     B = h0.shape[0]
     N = xp.shape[0]
     T = N // B
@@ -333,6 +360,8 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
     dt = xp.dtype
     w, wp = own_packed(w_hh, 4, j0, j1, T, B)
     hp = np.empty((B, 4 * n), dtype=dt)
+    hg = np.empty((B if batch_major else 0, out_h.shape[1]), dtype=dt)
+    rs, bs = step_rows(B, T, batch_major)
     # the cell of the previous step and of this one (two buffers, swapped
     # each step: the cell reads one and writes the other)
     cs = np.empty((2, B, n), dtype=dt)
@@ -341,37 +370,38 @@ def lstm_units_loop(xp, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c
     prev = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        r0 = t * B
-        h_prev = h0 if s == 0 else out_h[prev:prev + B]
+        r0 = t * rs
+        h_prev = h0 if s == 0 else previous_states(out_h, prev, B, bs, hg)
         packed_matmul(h_prev, w, wp, hp)
         cp, cn = cs[s & 1], cs[1 - (s & 1)]
         for b in range(B):
             # gate k of unit q at k*n + q in both xp's and hp's rows: the
             # whole-row cell of n units on them
-            cell_forward(xp[r0 + b], hp[b], cp[b], cn[b], out_h[r0 + b, j0:j1], hp[b], False, n, 0, n)
+            r = r0 + b * bs
+            cell_forward(xp[r], hp[b], cp[b], cn[b], out_h[r, j0:j1], hp[b], False, n, 0, n)
         if s + 1 < T:
             barrier(flags, tid, s + 1)
         prev = r0
     for b in range(B):
-        h_n[b, j0:j1] = out_h[prev + b, j0:j1]
+        h_n[b, j0:j1] = out_h[prev + b * bs, j0:j1]
         c_n[b, j0:j1] = cs[T & 1, b]
     if tid > 0:
         wait_joined(flags)
 
 
 @njit(**JIT)
-def gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n):
+def gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n, batch_major):
     """:func:`lstm_units_part` for the reset-after GRU: ``bias`` (3H,) is
     the input side's (``b_ih + [b_hr, b_hz, 0]``, empty for none) and
     ``b_hn`` (H,) the candidate's (zeros for none); the time loop is
     :func:`gru_units_loop`.  Each output sums as in :func:`gru_infer_x`."""
     signal_started(flags, tid)
     xp = units_projection(inp, w_ih, bias, 3, j0, j1)
-    gru_units_loop(xp, w_hh, b_hn[j0:j1].copy(), h0, reverse, j0, j1, tid, flags, out_h, h_n)
+    gru_units_loop(xp, w_hh, b_hn[j0:j1].copy(), h0, reverse, j0, j1, tid, flags, out_h, h_n, batch_major)
 
 
 @njit(**JIT)
-def gru_units_loop(xp, w_hh, b_hn, h0, reverse, j0, j1, tid, flags, out_h, h_n):
+def gru_units_loop(xp, w_hh, b_hn, h0, reverse, j0, j1, tid, flags, out_h, h_n, batch_major):
     """The time loop of :func:`gru_units_part` (as :func:`lstm_units_loop`;
     ``b_hn`` (n,) this part's units' candidate bias)."""
     B = h0.shape[0]
@@ -380,18 +410,21 @@ def gru_units_loop(xp, w_hh, b_hn, h0, reverse, j0, j1, tid, flags, out_h, h_n):
     n = j1 - j0
     w, wp = own_packed(w_hh, 3, j0, j1, T, B)
     hp = np.empty((B, 3 * n), dtype=xp.dtype)
+    hg = np.empty((B if batch_major else 0, out_h.shape[1]), dtype=xp.dtype)
+    rs, bs = step_rows(B, T, batch_major)
     prev = 0
     for s in range(T):
         t = T - 1 - s if reverse else s
-        r0 = t * B
-        h_prev = h0 if s == 0 else out_h[prev:prev + B]
+        r0 = t * rs
+        h_prev = h0 if s == 0 else previous_states(out_h, prev, B, bs, hg)
         packed_matmul(h_prev, w, wp, hp)
         for b in range(B):
-            gru_cell(xp[r0 + b], hp[b], h_prev[b, j0:j1], b_hn, out_h[r0 + b, j0:j1], hp[b], False, n)
+            r = r0 + b * bs
+            gru_cell(xp[r], hp[b], h_prev[b, j0:j1], b_hn, out_h[r, j0:j1], hp[b], False, n)
         if s + 1 < T:
             barrier(flags, tid, s + 1)
         prev = r0
     for b in range(B):
-        h_n[b, j0:j1] = out_h[prev + b, j0:j1]
+        h_n[b, j0:j1] = out_h[prev + b * bs, j0:j1]
     if tid > 0:
         wait_joined(flags)

@@ -30,6 +30,8 @@ DESC_REV = 4
 #: slots of a fused slice's description: its output's first column, and
 #: the third dimension of its packed weight
 DESC_COL, DESC_DEPTH = 5, 6
+#: slot of a unit split's description: whether its rows are batch-major
+DESC_MAJOR = 7
 #: first slot of the arrays: three each (address, rows, columns; 0 columns
 #: for a vector)
 DESC_ARRAYS = 8
@@ -52,12 +54,13 @@ def _put1(desc, i, a):
 
 
 @njit(**JIT)
-def lstm_units_desc(desc, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out_h, h_n, c_n):
+def lstm_units_desc(desc, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out_h, h_n, c_n, batch_major):
     """Describe :func:`fastseq.kernels.infer.lstm_units_part`'s call (all
     but the part's thread and units) in ``desc``; ``fn`` the address of its
     cfunc (:func:`part_address`)."""
     desc[0] = fn
     desc[DESC_REV] = 1 if reverse else 0
+    desc[DESC_MAJOR] = 1 if batch_major else 0
     _put(desc, 0, inp)
     _put(desc, 1, w_ih)
     _put1(desc, 2, bias)
@@ -71,10 +74,11 @@ def lstm_units_desc(desc, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out
 
 
 @njit(**JIT)
-def gru_units_desc(desc, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n):
+def gru_units_desc(desc, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n, batch_major):
     """:func:`lstm_units_desc` for :func:`fastseq.kernels.infer.gru_units_part`."""
     desc[0] = fn
     desc[DESC_REV] = 1 if reverse else 0
+    desc[DESC_MAJOR] = 1 if batch_major else 0
     _put(desc, 0, inp)
     _put(desc, 1, w_ih)
     _put1(desc, 2, bias)
@@ -148,7 +152,8 @@ def _lstm_part(addr, z):
     try:
         lstm_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
                         _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                        d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z))
+                        d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z),
+                        d[DESC_MAJOR] != 0)
     except Exception:  # noqa: BLE001 - numba catches no narrower class
         part_failed(flags, d[DESC_TID])
 
@@ -160,7 +165,7 @@ def _gru_part(addr, z):
     try:
         gru_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
                        _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                       d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z))
+                       d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), d[DESC_MAJOR] != 0)
     except Exception:  # noqa: BLE001
         part_failed(flags, d[DESC_TID])
 
@@ -248,19 +253,19 @@ def part_address(cell, dtype):
 
 @njit(**JIT)
 def lstm_units_native(states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, out_h,
-                      h_n, c_n):
+                      h_n, c_n, batch_major):
     """An LSTM unit split as compiled tasks, in one call from Python:
     :func:`lstm_units_desc` into ``own``, then
     :func:`fastseq.kernels._sync.split_native` (its answer)."""
-    lstm_units_desc(own, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out_h, h_n, c_n)
+    lstm_units_desc(own, fn, inp, w_ih, bias, w_hh, h0, c0, reverse, flags, out_h, h_n, c_n, batch_major)
     return split_native(states, descs, own, bounds, flags)
 
 
 @njit(**JIT)
 def gru_units_native(states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, out_h,
-                     h_n):
+                     h_n, batch_major):
     """:func:`lstm_units_native` for the reset-after GRU."""
-    gru_units_desc(own, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n)
+    gru_units_desc(own, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse, flags, out_h, h_n, batch_major)
     return split_native(states, descs, own, bounds, flags)
 
 

@@ -580,6 +580,10 @@ class Recurrent:
         finds its slot taken): the arithmetic of :meth:`_forward_infer` or
         :meth:`_forward_fused`, with none of their generality (a third of
         a 14 us call's Python, 8 us of a 53 us LSTM call at batch 4).
+        Rows stay batch-major from ``X`` to the output (the unit split's
+        parts take them so: no transposed copy in or out, 3-9% of a call
+        at batch 2-4, e.g. an LSTM of 128 units, 128 steps, 812 -> 784
+        us; bench/RESULTS.md, "seventeenth session").
         None when ``X`` (a writable C-contiguous array of the layer's
         dtype) or the route is another: then :meth:`forward` runs as
         usual."""
@@ -601,12 +605,9 @@ class Recurrent:
         elif plan != "fused" and plan != "fused-lingering" and (plan not in _UNIT_TIERS or got[3][0] == "split"):
             return None
         H, dt = self.hidden_size, self.dtype
-        if B == 1 or plan[0] == "f":   # batch-major rows (fused), step-major at batch 1: a view (only read)
-            inp = X.reshape(B * T, F)
-        else:
-            inp = np.empty((T, B, F), dtype=dt)
-            inp[...] = X.swapaxes(0, 1)
-            inp = inp.reshape(B * T, F)
+        # batch-major rows (the fused slices, a unit split's batch_major
+        # parts; step-major as well at batch 1): a view of X (only read)
+        inp = X.reshape(B * T, F)
         check_finite(inp, "X", " at valid (unpadded) steps")
         zeros = np.zeros((B, H), dtype=dt)
         out = np.empty((B * T, H), dtype=dt)
@@ -625,11 +626,16 @@ class Recurrent:
         else:
             with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
                 if not (free and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
-                                                       _UNIT_TIERS[plan] == 2)):
-                    self._direction_unsplit(got[3][0], inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
+                                                       _UNIT_TIERS[plan] == 2, B > 1)):
+                    # (the unsplit kernels' rows are step-major: transposed in and out)
+                    inp_s, out_s = inp, out
+                    if B > 1:
+                        inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
+                        out_s = np.empty((B * T, H), dtype=dt)
+                    self._direction_unsplit(got[3][0], inp_s, weights, zeros, zeros, False, out_s, h_n[0], c_n0,
                                             free)
-            if B > 1:
-                out = np.ascontiguousarray(out.reshape(T, B, H).swapaxes(0, 1))
+                    if B > 1:
+                        out.reshape(B, T, H)[...] = out_s.reshape(T, B, H).swapaxes(0, 1)
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
 
     def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
@@ -693,8 +699,8 @@ class Recurrent:
         tier = self._infer_units(B, T)
         parts, lingering = self._fused_parts(B, T)
         if tier and not (parts > 1 and self._batch_over_units(B)):
-            return ("units" if tier == 1 else "units-lingering"), 1, self._kernel_blas(B, B * T), \
-                self._layer_modes(B, T)
+            modes = self._layer_modes(B, T)
+            return ("units" if tier == 1 else "units-lingering"), 1, self._kernel_blas(B, B * T, modes), modes
         if parts:
             return ("fused-lingering" if lingering else "fused"), parts, self._kernel_blas(B // parts), \
                 self._fused_slices(B, T, parts)
@@ -703,7 +709,8 @@ class Recurrent:
         n = get_num_threads()
         if n > 1 and _plan.current().inference_split(n, B, B * GH * H, N * GH * H):
             return None, 0, False, ()
-        return "one", 1, self._kernel_blas(B, N), self._layer_modes(B, T)
+        modes = self._layer_modes(B, T)
+        return "one", 1, self._kernel_blas(B, N, modes), modes
 
     def _batch_over_units(self, B):
         """Whether an LSTM inference call of ``B`` sequences that
@@ -879,33 +886,33 @@ class Recurrent:
             inp, w_ih.T, out=self._projection_buffer(inp.shape[0], w_ih.shape[0], False))
         self._one_call(inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n)
 
-    def _units_direction(self, inp, weights, h0, c0, reverse, out_h, h_n, c_n, lingering_only):
+    def _units_direction(self, inp, weights, h0, c0, reverse, out_h, h_n, c_n, lingering_only, batch_major=False):
         """One direction of one layer of :meth:`_forward_infer` with its
         hidden units split across the threads (:func:`fastseq._threads.run_units`,
         an LSTM or reset-after GRU; ``c0``/``c_n`` None for a GRU), from
-        the step-major rows ``inp`` and the layer's ``weights``
-        (:meth:`_bound_weights`); True when it ran (False: with
-        ``lingering_only``, a pool thread was not lingering and nothing
-        ran)."""
+        the step-major rows ``inp`` (with ``batch_major``, rows ``b*T + t``
+        in and out) and the layer's ``weights`` (:meth:`_bound_weights`);
+        True when it ran (False: with ``lingering_only``, a pool thread
+        was not lingering and nothing ran)."""
         w_ih, w_hh, b_ih, b_hh = weights
         H, dt = self.hidden_size, self.dtype
         bias = self._input_bias(b_ih, b_hh)
         if self.cell == "lstm":
             fn = part_address("lstm", dt)
             return run_units(lambda tid, j0, j1, flags: lstm_units_part(
-                inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n),
+                inp, w_ih, bias, w_hh, h0, c0, reverse, j0, j1, tid, flags, out_h, h_n, c_n, batch_major),
                 H, False,   # (blas: no projection reaches it)
                 lambda states, descs, own, bounds, flags: lstm_units_native(
                     states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, reverse,
-                    out_h, h_n, c_n), lingering_only)
+                    out_h, h_n, c_n, batch_major), lingering_only)
         b_hn = self._candidate_bias(b_hh)
         fn = part_address("gru", dt)
         return run_units(lambda tid, j0, j1, flags: gru_units_part(
-            inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n),
+            inp, w_ih, bias, b_hn, w_hh, h0, reverse, j0, j1, tid, flags, out_h, h_n, batch_major),
             H, False,
             lambda states, descs, own, bounds, flags: gru_units_native(
                 states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse,
-                out_h, h_n), lingering_only)
+                out_h, h_n, batch_major), lingering_only)
 
     def _forward_fused(self, X, h0, c0, bounds, blas=True, lingering=False):
         """LSTM inference of a full-length batch with each step's input
@@ -974,24 +981,22 @@ class Recurrent:
         part of a small call)."""
         return blas_single_thread() if blas else flush_denormals()
 
-    def _kernel_blas(self, step_rows, projection_rows=0):
+    def _kernel_blas(self, step_rows, projection_rows=0, modes=()):
         """Whether a full-length inference call whose step products have
         ``step_rows`` rows and, unless fused, whose input projection has
-        ``projection_rows`` rows may call BLAS: a step product of
+        ``projection_rows`` rows, each layer's as ``modes`` says
+        (:meth:`_layer_modes`), may call BLAS: a step product of
         :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS` rows or more, a
         projection whose weight has
         :data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES` or more, or
-        one split across threads."""
-        N, GH = projection_rows, self.num_gates * self.hidden_size
+        one split across threads (``"split"``,
+        :func:`fastseq._threads.parallel_matmul`; one computed ahead runs
+        the packed product, as a unit split's parts do)."""
         if step_rows >= PACKED_BLAS_MIN_ROWS.get():
             return True
-        if N:
-            F = self._widest_input()
-            # (no layer's projection is split below the plan's split work)
-            if GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES.get() or (
-                    get_num_threads() > 1 and N * F * GH >= _plan.current().matmul_split_min_work
-                    and any(matmul_splits(N, self._layer_input_size(k), GH) for k in range(self.num_layers))):
-                return True
+        if projection_rows:
+            GH, F = self.num_gates * self.hidden_size, self._widest_input()
+            return GH * F * self.dtype.itemsize >= PROJECT_BLAS_MIN_BYTES.get() or "split" in modes
         return False
 
     def _input_bias(self, b_ih, b_hh):
