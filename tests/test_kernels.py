@@ -294,29 +294,37 @@ def test_pack_weight_layout(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_weights_concatenate_pack_and_sum_the_biases(dtype):
-    """``infer.fused_weights``: ``[W_ih | W_hh]``, its packed form and
-    ``b_ih + b_hh`` (zeros for empty biases: no bias), exactly, into
-    arrays that held anything before."""
+    """``infer.fused_weights``: the packed form of ``[W_ih | W_hh]`` (packed
+    straight from the two weights), ``b_ih + b_hh`` (zeros for empty
+    biases: no bias) and ``[W_ih | W_hh]`` itself, all of it with ``full``
+    (BLAS reads it), else only its rows past the strips (those the packed
+    product reads; the others are left as they were), exactly, into arrays
+    that held anything before."""
     from fastseq.kernels.infer import fused_weights
     from fastseq.kernels.matmul import STRIP_BYTES
 
     sw = STRIP_BYTES // np.dtype(dtype).itemsize
     rng = np.random.default_rng(5)
-    for F, H in [(3, 8), (7, 16), (32, 32)]:
+    for F, H in [(3, 8), (7, 16), (32, 32), (9, 3), (13, 5), (1, 2)]:
         w_ih = rng.standard_normal((4 * H, F)).astype(dtype)
         w_hh = rng.standard_normal((4 * H, H)).astype(dtype)
         b_ih, b_hh = rng.standard_normal((2, 4 * H)).astype(dtype)
         cat = np.concatenate([w_ih, w_hh], axis=1)
         ns = 4 * H // sw
         packed = cat[:ns * sw].reshape(ns, sw, F + H).transpose(0, 2, 1)
-        for bias_in, bias_ref in (((b_ih, b_hh), b_ih + b_hh), ((np.empty(0, dtype),) * 2, np.zeros(4 * H, dtype))):
-            w_cat = np.full((4 * H, F + H), np.nan, dtype)
-            wp = np.full((ns, F + H, sw), np.nan, dtype)
-            bias = np.full(4 * H, np.nan, dtype)
-            fused_weights(w_ih, w_hh, *bias_in, w_cat, wp, bias)
-            np.testing.assert_array_equal(w_cat, cat)
-            np.testing.assert_array_equal(wp, packed)
-            np.testing.assert_array_equal(bias, bias_ref)
+        for full in (True, False):
+            for bias_in, bias_ref in (((b_ih, b_hh), b_ih + b_hh), ((np.empty(0, dtype),) * 2, np.zeros(4 * H, dtype))):
+                w_cat = np.full((4 * H, F + H), np.nan, dtype)
+                wp = np.full((ns, F + H, sw), np.nan, dtype)
+                bias = np.full(4 * H, np.nan, dtype)
+                fused_weights(w_ih, w_hh, *bias_in, w_cat, wp, bias, full)
+                np.testing.assert_array_equal(w_cat[ns * sw:], cat[ns * sw:])
+                if full:
+                    np.testing.assert_array_equal(w_cat, cat)
+                else:
+                    assert np.isnan(w_cat[:ns * sw]).all()
+                np.testing.assert_array_equal(wp, packed)
+                np.testing.assert_array_equal(bias, bias_ref)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

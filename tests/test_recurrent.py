@@ -184,12 +184,16 @@ def test_each_kernel_has_at_most_one_signature_per_dtype(rng, cell):
 @pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
 @pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (1, True), (2, True)])
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float64", 1e-13)])
-def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, cell, nl, num_layers, bidirectional,
-                                                   dtype, tol):
+def test_one_call_inference_equals_the_packed_path(rng, monkeypatch, blas_rows, cell, nl, num_layers,
+                                                   bidirectional, dtype, tol):
     kw = {"nonlinearity": nl} if cell == "rnn" else {}
     D = 2 if bidirectional else 1
-    # B = 3: the one-call kernels; B = 9: an LSTM's fused input projection
-    for bias, B in ((True, 3), (False, 3), (True, 9), (False, 9)):
+    # B = 3: the one-call kernels; B = 9: an LSTM's fused input projection,
+    # last with its step products through BLAS (which reads all of
+    # [W_ih | W_hh], where the packed product reads the rows past its strips)
+    for bias, B, rows in ((True, 3, 0), (False, 3, 0), (True, 9, 0), (False, 9, 0), (True, 9, 4)):
+        if rows:
+            blas_rows(rows)
         layer = Recurrent(cell, 4, 5, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
                           dtype=dtype, random_state=2, **kw).eval()
         if cell == "lstm":

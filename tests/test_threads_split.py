@@ -1008,7 +1008,7 @@ def test_compiled_parts_that_fail_release_the_others_and_raise(lingering, kind):
         from fastseq.kernels.infer import fused_weights
         w_cat, wp, fb = scratch_arrays("test_fused", ((4 * H, 8 + H), (4 * H // 16, 8 + H, 16), (4 * H,)),
                                        np.dtype(np.float32))
-        fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, fb)
+        fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, fb, False)
         bounds = np.array([[0, 2], [2, 4]], dtype=np.int64)
         binp = X.reshape(B * T, 8)
 

@@ -166,18 +166,26 @@ def candidate_bias(b_hh, H):
 
 
 @njit(**JIT)
-def fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, bias):
-    """What :func:`lstm_fused_slice` reads, in one call: ``w_cat = [W_ih |
-    W_hh]`` (4H, F + H), ``wp`` its packed form
-    (:func:`fastseq.kernels.matmul.pack_into`) and ``bias = b_ih + b_hh``
-    (zeros when ``b_ih`` is empty: no bias)."""
+def fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, bias, full):
+    """What :func:`lstm_fused_slice` reads, in one call: ``wp`` the packed
+    form of ``[W_ih | W_hh]`` (4H, F + H) (:func:`fastseq.kernels.matmul.pack_into`,
+    packed straight from the two weights), ``bias = b_ih + b_hh`` (zeros
+    when ``b_ih`` is empty: no bias) and ``w_cat = [W_ih | W_hh]`` itself:
+    all of it with ``full`` (a slice of :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS`
+    rows or more hands it to BLAS), else only its rows past the packed
+    strips, the only ones :func:`fastseq.kernels.matmul.packed_matmul`
+    reads then (the copy took half of this call: 99 of 55 us at H 256,
+    586 of 244 us at H 500, one thread; bench/RESULTS.md, "eighteenth
+    session")."""
     F, H = w_ih.shape[1], w_hh.shape[1]
-    for r in range(w_cat.shape[0]):   # (element loops: a slice a row cost 4 us at 128 rows)
+    r0 = 0 if full else wp.shape[0] * wp.shape[2]
+    for r in range(r0, w_cat.shape[0]):   # (element loops: a slice a row cost 4 us at 128 rows)
         for j in range(F):
             w_cat[r, j] = w_ih[r, j]
         for j in range(H):
             w_cat[r, F + j] = w_hh[r, j]
-    pack_into(w_cat, wp)
+    pack_into(w_ih, wp[:, :F])
+    pack_into(w_hh, wp[:, F:])
     if b_ih.shape[0] > 0:
         for j in range(bias.shape[0]):
             bias[j] = b_ih[j] + b_hh[j]

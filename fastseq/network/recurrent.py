@@ -959,7 +959,10 @@ class Recurrent:
         SW = STRIP_BYTES // dt.itemsize
         w_cat, wp, bias = scratch_arrays("fused", ((G, K), (G // SW, K, SW), (G,)), dt)
         w_ih, w_hh, b_ih, b_hh = weights
-        fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, bias)
+        # (w_cat in full only for a slice whose product BLAS takes; the
+        # lingering split's fallback runs the whole batch in one slice)
+        rows = h0.shape[0] if lingering else max(b1 - b0 for b0, b1 in bounds)
+        fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, bias, rows >= PACKED_BLAS_MIN_ROWS.get())
         args = (inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
         if len(bounds) == 1:
             lstm_fused_slice(*args, *bounds[0])
