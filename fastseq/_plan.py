@@ -200,6 +200,18 @@ class Plan:
         slices")."""
         return n_threads > 1 and weight_bytes > self.l2_bytes
 
+    def share_projection(self, n_threads, weight_bytes):
+        """Whether an input projection split across ``n_threads`` threads
+        by rows, whose weight of ``weight_bytes`` would send each thread's
+        block to BLAS (:data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES`),
+        runs the packed product instead, from one packed copy that the
+        threads share: when that copy fits in half of the L3 (each thread
+        streams it from there once per block of rows; beyond, from memory).
+        Two threads, this znver4: 1,600 x 1,024 into 4,096 (16 MB) 216
+        GFLOP/s against BLAS's 200 (bench/RESULTS.md, "eighteenth
+        session")."""
+        return n_threads > 1 and weight_bytes <= self.l3_bytes // 2
+
     def fuse_projection(self, rows, block_rows, weight_bytes, pipelined=False):
         """Whether a time loop whose steps have ``rows`` rows (a thread's
         share) computes its input projection inside each step's product,

@@ -1028,7 +1028,7 @@ def parallel_project(inp, w, bias, out=None):
     """``inp @ w.T + bias`` (:func:`fastseq.kernels.matmul.project`) on
     :func:`get_num_threads` row blocks in threads, like :func:`parallel_matmul`
     (the result does not depend on the split); into ``out`` when given."""
-    from .kernels.matmul import project
+    from .kernels.matmul import PROJECT_BLAS_MIN_BYTES, project, project_shared
 
     m = inp.shape[0]
     if out is None:
@@ -1036,6 +1036,17 @@ def parallel_project(inp, w, bias, out=None):
     n = _matmul_threads(m, inp.shape[1], w.shape[0])
     if n <= 1:
         project(inp, w, bias, out)
+    elif w.nbytes >= PROJECT_BLAS_MIN_BYTES.get() and _plan.current().share_projection(n, w.nbytes):
+        # (where each block would call BLAS: one packed copy, packed in
+        # blocks of strips on the threads, that every block reads)
+        shape = packed_shape(w)
+        wp = scratch("projection_packed", shape, w.dtype)
+        SW = shape[2]
+        if shape[0] >= n:
+            _in_chunks(shape[0], n, lambda i, j: pack_into(w[i * SW:j * SW], wp[i:j]))
+        else:
+            pack_into(w, wp)
+        _in_chunks(m, n, lambda i, j: project_shared(inp[i:j], w, wp, bias, out[i:j]))
     else:
         _in_chunks(m, n, lambda i, j: project(inp[i:j], w, bias, out[i:j]))
     return out

@@ -127,6 +127,49 @@ def test_slices_sharing_one_packed_weight_give_the_same_bits(monkeypatch, cell):
         assert np.array_equal(own[3][k], both[3][k])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_parallel_projection_shares_one_packed_weight_where_its_blocks_would_call_blas(monkeypatch, dtype,
+                                                                                        project_blas_bytes):
+    """An input projection split by rows whose weight would send each
+    block to BLAS (from PROJECT_BLAS_MIN_BYTES, set to a few KB here) runs
+    the packed product from one copy that the threads pack and share
+    (``kernels.matmul.project_shared``) while the plan takes it (half the
+    L3): every row gets the bits of the packed path of one thread
+    (``project`` under the threshold), at 2 and 3 threads, with and
+    without a bias, outputs past the strips included, and equals the
+    float64 product.  Past half the L3 the blocks call BLAS, as before."""
+    from fastseq.kernels import matmul as mm
+
+    rng = np.random.default_rng(4)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 0)
+    shared = []
+    real = mm.project_shared
+    monkeypatch.setattr(mm, "project_shared", lambda *a: shared.append(a[0].shape[0]) or real(*a))
+    m, K, M = 301, 64, 37
+    inp = rng.standard_normal((m, K)).astype(dtype)
+    w = rng.standard_normal((M, K)).astype(dtype)
+    for bias in (rng.standard_normal(M).astype(dtype), np.empty(0, dtype)):
+        ref = inp.astype(np.float64) @ w.astype(np.float64).T + (bias if bias.size else 0)
+        project_blas_bytes(w.nbytes + 1)
+        one = np.full((m, M), np.nan, dtype)
+        mm.project(inp, w, bias, one)             # the packed path, one thread
+        project_blas_bytes(w.nbytes)
+        for n in (2, 3):
+            del shared[:]
+            with _threads.limit(n):
+                out = _threads.parallel_project(inp, w, bias, out=np.full((m, M), np.nan, dtype))
+            assert len(shared) == n and sum(shared) == m
+            np.testing.assert_array_equal(out, one)
+            np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(K) * 4)
+        del shared[:]
+        with monkeypatch.context() as mp, _threads.limit(2):
+            mp.setattr(_plan.current(), "l3_bytes", 2 * w.nbytes - 2)
+            out = _threads.parallel_project(inp, w, bias)
+        assert shared == []
+        np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(K) * 4)
+
+
 def test_backward_after_inference_forward_raises():
     layer = Recurrent("gru", 3, 5)
     layer.forward(np.zeros((2, 4, 3), np.float32), need_grad=False)

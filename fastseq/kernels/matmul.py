@@ -496,6 +496,27 @@ def project_packed(inp, w, wp, bias, out):
         add_bias(out, bias, r0, r1)
 
 
+#: rows per block of :func:`project_shared`: a weight streamed from the L3
+#: (past the L2) is read once per block, four times less often than in
+#: :data:`PROJECT_ROWS` (16 MB of weight, one thread: 99 -> 105 GFLOP/s;
+#: 256 rows fall back, 190: bench/RESULTS.md, "eighteenth session")
+PROJECT_STREAMED_ROWS = 128
+
+
+@njit(**JIT)
+def project_shared(inp, w, wp, bias, out):
+    """:func:`project`'s packed path from ``wp = pack_weight(w)`` given (a
+    copy that the threads splitting the rows share:
+    :func:`fastseq._threads.parallel_project`), in blocks of
+    :data:`PROJECT_STREAMED_ROWS` rows; a row's result is
+    :func:`project_packed`'s."""
+    n = inp.shape[0]
+    for r0 in range(0, n, PROJECT_STREAMED_ROWS):
+        r1 = min(n, r0 + PROJECT_STREAMED_ROWS)
+        packed_matmul(inp[r0:r1], w, wp, out[r0:r1])
+        add_bias(out, bias, r0, r1)
+
+
 @njit(**JIT)
 def project_ahead(inp, w, bias, batch_sizes, out, ready):
     """Producer of a time loop's input: :func:`project` a few steps at a time
