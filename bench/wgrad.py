@@ -1,4 +1,4 @@
-"""Weight gradients over few inputs: BLAS against the tall product.
+"""Weight gradients over few inputs: BLAS against the tall products.
 
 Run from the repository root::
 
@@ -8,13 +8,18 @@ Times the weight-gradient product ``dg.T @ x`` of a layer (``dg`` (N, M)
 its gate gradients, ``x`` (N, F) its inputs, float32, random) both ways
 the layer can run it: BLAS (:func:`fastseq._threads.parallel_matmul`, row
 blocks in threads, BLAS at one thread each) and the strided-strip product
-(:func:`fastseq._threads.parallel_tall_matmul`), under
+(:func:`fastseq._threads.parallel_tall_matmul`) and the same product
+from the inputs transposed first (``transposed=True``; the time of the
+transposing copy, :func:`fastseq._threads.parallel_transpose`, included:
+the layer writes its fused inputs that way instead of copying them
+plainly, so the copy's own time is what it costs there), under
 ``fastseq._threads.limit(threads)`` entered once (entering threadpoolctl's
 limits at every call costs milliseconds, more than some products take),
 alternated call by call (:func:`bench.compare.time_alternating`, median
 ms), and prints each with its GFLOP/s and whether the layer's rule
 (``network.recurrent._tall_fits``) takes the tall product for that ``F``
-and ``M`` (``M`` not a multiple of a strip's 16 gates: BLAS).
+and ``M`` (``M`` not a multiple of a strip's 16 gates: BLAS) and the
+rule of the transposed inputs (``_tall_fits_transposed``).
 
 The default shapes are the layers' own: the weather GRU's input side
 (49152 rows: 1024 sequences of 48 steps; 5 inputs and a column of ones;
@@ -36,8 +41,8 @@ SHAPES = ((49152, 6, 192), (49152, 64, 192), (49152, 70, 64), (49152, 70, 256), 
 
 
 def run(shapes, threads, repeats):
-    from fastseq._threads import limit, parallel_matmul, parallel_tall_matmul
-    from fastseq.network.recurrent import _tall_fits
+    from fastseq._threads import limit, parallel_matmul, parallel_tall_matmul, parallel_transpose
+    from fastseq.network.recurrent import _tall_fits, _tall_fits_transposed
 
     rows = []
     rng = np.random.default_rng(0)
@@ -46,18 +51,30 @@ def run(shapes, threads, repeats):
         x = rng.standard_normal((N, F), dtype=np.float32)
         out = np.empty((M, F), dtype=np.float32)
         out_t = np.empty((F, M), dtype=np.float32)
+        xt = np.empty((F, N), dtype=np.float32)
+
+        def transposed():
+            parallel_transpose(x, xt)
+            parallel_tall_matmul(xt, dg, out=out_t, transposed=True)
         with limit(threads):
-            np.testing.assert_allclose(parallel_tall_matmul(x, dg).T, parallel_matmul(dg.T, x),
-                                       rtol=1e-3, atol=1e-2 * np.sqrt(N))
+            ref = parallel_matmul(dg.T, x)
+            np.testing.assert_allclose(parallel_tall_matmul(x, dg).T, ref, rtol=1e-3, atol=1e-2 * np.sqrt(N))
+            transposed()
+            np.testing.assert_allclose(out_t.T, ref, rtol=1e-3, atol=1e-2 * np.sqrt(N))
             ts = time_alternating({"blas": lambda: parallel_matmul(dg.T, x, out=out),
-                                   "tall": lambda: parallel_tall_matmul(x, dg, out=out_t)},
+                                   "tall": lambda: parallel_tall_matmul(x, dg, out=out_t),
+                                   "transposed": transposed},
                                   repeats, pause=0.002)
             rule = _tall_fits(F, M, np.dtype(np.float32))
+            rule_t = _tall_fits_transposed(F, M, np.dtype(np.float32))
         flop = 2.0 * N * F * M
-        row = {"N": N, "F": F, "M": M, "blas_ms": ts["blas"] * 1e3, "tall_ms": ts["tall"] * 1e3,
-               "blas_gflops": flop / ts["blas"] / 1e9, "tall_gflops": flop / ts["tall"] / 1e9, "rule_tall": rule}
+        row = {"N": N, "F": F, "M": M, "rule_tall": rule, "rule_transposed": rule_t}
+        for k in ts:
+            row[f"{k}_ms"], row[f"{k}_gflops"] = ts[k] * 1e3, flop / ts[k] / 1e9
         print(f"N {N:6d} F {F:5d} M {M:5d}  BLAS {row['blas_ms']:8.3f} ms ({row['blas_gflops']:5.0f} GFLOP/s)"
-              f"  tall {row['tall_ms']:8.3f} ms ({row['tall_gflops']:5.0f})  rule: {'tall' if rule else 'BLAS'}",
+              f"  tall {row['tall_ms']:8.3f} ms ({row['tall_gflops']:5.0f})"
+              f"  transposed {row['transposed_ms']:8.3f} ms ({row['transposed_gflops']:5.0f})"
+              f"  rules: {'tall' if rule else 'BLAS'}, {'transposed' if rule_t else 'BLAS'}",
               flush=True)
         rows.append(row)
     return rows

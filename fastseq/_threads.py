@@ -29,7 +29,7 @@ from .kernels._sync import (CLAIMED, LINGER, QUEUED, STARTED, STRIDE, claim, lin
                             spin_until, wait_started)
 from .kernels import _native
 from .kernels._native import fewest_threads as _fewest_threads
-from .kernels.matmul import pack_into, packed_shape
+from .kernels.matmul import pack_into, packed_shape, transpose_into
 from ._workspace import scratch
 
 
@@ -996,18 +996,25 @@ def _on_pool(bounds, fn):
         join()
 
 
-def parallel_tall_matmul(x, g, out=None):
+def parallel_tall_matmul(x, g, out=None, transposed=False):
     """``x.T @ g`` (F, M) for C-contiguous ``x`` (N, F) and ``g`` (N, M),
     by :func:`fastseq.kernels.matmul.tall_matmul` (a weight gradient over
     few inputs, which BLAS runs far below its rate), the columns' strips in
     :func:`get_num_threads` blocks in threads as :func:`parallel_matmul`
     splits rows, or the rows of ``x.T`` when there are too few strips for
     each thread to fill the micro-kernel's register tile with them (a
-    result does not depend on the split); into ``out`` (F, M) when given."""
-    from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES, tall_matmul
+    result does not depend on the split); into ``out`` (F, M) when given.
+    With ``transposed``, ``x`` is the inputs already transposed, (F, N)
+    (:func:`fastseq.kernels.matmul.tall_matmul_t`: the same sums, in the
+    same order)."""
+    from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES, tall_matmul, tall_matmul_t
 
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)   # (one signature)
-    N, F = x.shape
+    if transposed:
+        F, N = x.shape
+        tall_matmul = tall_matmul_t
+    else:
+        N, F = x.shape
     M = g.shape[1]
     if out is None:
         out = np.empty((F, M), dtype=g.dtype)
@@ -1054,6 +1061,23 @@ def parallel_project(inp, w, bias, out=None):
 
 #: elements of a copy from which :func:`parallel_copy` splits it
 MIN_COPY_SPLIT = 1 << 20
+
+
+def parallel_transpose(src, dst, row0=0, col0=0):
+    """``dst[row0:row0 + K, col0:col0 + N] = src.T`` for ``src`` (N, K):
+    :func:`fastseq.kernels.matmul.transpose_into` for a C-contiguous
+    ``src`` and rows of ``dst`` of unit stride, of one dtype (numpy's copy
+    otherwise), on :func:`get_num_threads` blocks of ``src``'s rows in
+    threads from :data:`MIN_COPY_SPLIT` elements."""
+    m = src.shape[0]
+    if not (src.flags.c_contiguous and dst.strides[1] == dst.itemsize and dst.dtype == src.dtype):
+        dst[row0:row0 + src.shape[1], col0:col0 + m] = src.T      # (no kernel for these layouts)
+        return
+    n = 1 if src.size < MIN_COPY_SPLIT else min(get_num_threads(), m)
+    if n <= 1:
+        transpose_into(src, dst, row0, col0, 0, m)
+    else:
+        _in_chunks(m, n, lambda i, j: transpose_into(src, dst, row0, col0, i, j))
 
 
 def parallel_copy(dst, src):

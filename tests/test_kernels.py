@@ -122,13 +122,16 @@ def test_packing_maps():
 
 @pytest.mark.parametrize("vector_bytes", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tall_matmul_every_width(dtype, vector_bytes):
+@pytest.mark.parametrize("transposed", [False, True])
+def test_tall_matmul_every_width(dtype, vector_bytes, transposed):
     """The weight-gradient product ``xt @ g`` over strided strips of ``g``
     for every vector width (as the packed product above): rows of ``xt`` in
     whole register blocks and every remainder, strip groups and single
     strips, several k blocks, columns past the last strip (the tail), and
     strip or row ranges taken in parts (as threads take them) giving the same bits
-    as one call; every element written, equal to the float64 product."""
+    as one call; every element written, equal to the float64 product.
+    ``tall_matmul_t`` (the inputs given transposed, ``xt`` itself) gives
+    ``tall_matmul``'s bits."""
     from numba import njit
 
     from fastseq._config import JIT, VECTOR_BYTES
@@ -136,9 +139,11 @@ def test_tall_matmul_every_width(dtype, vector_bytes):
     from fastseq.kernels.matmul import KBLOCK_BYTES, STRIP_BYTES
 
     if vector_bytes == VECTOR_BYTES:
-        tall = mm.tall_matmul
+        strided = mm.tall_matmul
+        tall = mm.tall_matmul_t if transposed else mm.tall_matmul
     else:
-        tall = njit(**{**JIT, "cache": False})(mm._tall_matmul_for(vector_bytes))
+        strided = njit(**{**JIT, "cache": False})(mm._tall_matmul_for(vector_bytes))
+        tall = njit(**{**JIT, "cache": False})(mm._tall_matmul_for(vector_bytes, True)) if transposed else strided
     rng = np.random.default_rng(9)
     sw = STRIP_BYTES // np.dtype(dtype).itemsize
     k_block = KBLOCK_BYTES // STRIP_BYTES
@@ -149,11 +154,15 @@ def test_tall_matmul_every_width(dtype, vector_bytes):
         for F in (1, 2, 3, 4, 5, 7, 9, 29):
             xt = rng.standard_normal((F, N)).astype(dtype)
             ref = xt.astype(np.float64) @ g.astype(np.float64)
-            x = np.ascontiguousarray(xt.T)
+            x = xt if transposed else np.ascontiguousarray(xt.T)
             out = _nan((F, M), dtype)
             tall(x, g, out, 0, F, 0, NS, True)
             np.testing.assert_allclose(out, ref, rtol=rtol, atol=rtol * np.sqrt(N) * 4,
                                        err_msg=f"N={N} M={M} F={F}")
+            if transposed:
+                given = _nan((F, M), dtype)
+                strided(np.ascontiguousarray(xt.T), g, given, 0, F, 0, NS, True)
+                np.testing.assert_array_equal(out, given)
             parts = _nan((F, M), dtype)
             cut = NS // 2
             tall(x, g, parts, 0, F, cut, NS, True)
@@ -164,10 +173,46 @@ def test_tall_matmul_every_width(dtype, vector_bytes):
             tall(x, g, rows, 0, F // 2, 0, NS, True)
             np.testing.assert_array_equal(rows, out)
     empty = _nan((3, 2 * sw + 1), dtype)   # no rows: an empty sum, zeros
-    tall(np.zeros((0, 3), dtype=dtype), np.zeros((0, 2 * sw + 1), dtype=dtype), empty, 0, 3, 0, 2, True)
+    tall(np.zeros((3, 0) if transposed else (0, 3), dtype=dtype), np.zeros((0, 2 * sw + 1), dtype=dtype), empty,
+         0, 3, 0, 2, True)
     np.testing.assert_array_equal(empty, 0)
     view = njit(lambda a: mm.strips_view(a).copy())(g)
     np.testing.assert_array_equal(view, g[:, :NS * sw].reshape(N, NS, sw).transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_into_any_block_and_offset(dtype):
+    """``transpose_into``: ``dst[row0 + k, col0 + n] = src[n, k]`` for a
+    range of rows of ``src``, whole strips by whole vectors and every
+    remainder, at any offset into a larger buffer, leaving the rest of it
+    as it was; ranges taken in parts (as threads take them) fill the same;
+    ``parallel_transpose`` at 1 and 2 threads likewise."""
+    from fastseq import _threads
+    from fastseq.kernels.matmul import transpose_into
+
+    rng = np.random.default_rng(12)
+    for N, K in [(1, 1), (3, 5), (16, 8), (37, 19), (70, 33), (129, 4)]:
+        src = rng.standard_normal((N, K)).astype(dtype)
+        for row0, col0, n0, n1 in [(0, 0, 0, N), (2, 3, 0, N), (1, 5, N // 3, N), (0, 1, 1, N // 2 + 1)]:
+            dst = _nan((row0 + K + 2, col0 + N + 3), dtype)
+            transpose_into(src, dst, row0, col0, n0, n1)
+            ref = _nan(dst.shape, dtype)
+            ref[row0:row0 + K, col0 + n0:col0 + n1] = src[n0:n1].T
+            np.testing.assert_array_equal(dst, ref, err_msg=f"N={N} K={K} at {row0, col0, n0, n1}")
+        whole = _nan((K + 1, N + 2), dtype)
+        transpose_into(src, whole, 1, 2, N // 2, N)
+        transpose_into(src, whole, 1, 2, 0, N // 2)
+        np.testing.assert_array_equal(whole[1:, 2:], src.T)
+        for threads in (1, 2):
+            par = _nan((K + 1, N + 2), dtype)
+            with _threads.limit(threads):
+                _threads.parallel_transpose(src, par, 1, 2)
+            np.testing.assert_array_equal(par, whole)
+    big = rng.standard_normal((_threads.MIN_COPY_SPLIT // 8 + 5, 8)).astype(dtype)   # split across threads
+    out = np.empty((8, big.shape[0]), dtype)
+    with _threads.limit(2):
+        _threads.parallel_transpose(big, out)
+    np.testing.assert_array_equal(out, big.T)
 
 
 @pytest.mark.parametrize("F, M, split", [(6, 200, "strips"), (70, 16, "rows")])

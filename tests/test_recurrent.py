@@ -431,6 +431,11 @@ def test_tall_weight_gradients_only_for_whole_strips_of_few_inputs():
     assert R._tall_fits(6, 192, f32) and R._tall_fits(6, 8, f64)
     assert not R._tall_fits(6, 300, f32) and not R._tall_fits(6, 20, f64)
     assert not R._tall_fits(100_000, 192, f32)                   # too many inputs
+    # inputs given transposed (each row block reads its rows in order): a
+    # quarter of the L2 (conftest's reference plan: 512 KB) for a k block
+    # of 128 float32 (a row of 512 bytes), the same whole strips
+    assert R._tall_fits_transposed(256, 1024, f32) and not R._tall_fits_transposed(257, 1024, f32)
+    assert not R._tall_fits_transposed(6, 300, f32) and R._tall_fits_transposed(128, 8, f64)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3, 5, 4)).astype(np.float32)
     for H in (5, 16):                                            # GRU gates 15 (BLAS) and 48 (tall)

@@ -376,12 +376,26 @@ def _packed_matmul_for(vector_bytes, blocking=None):
 packed_matmul = njit(**JIT)(_packed_matmul_for(VECTOR_BYTES))
 
 
-def _tall_matmul_for(vector_bytes):
+@njit(inline="always", **JIT)
+def _transposed_rows(x, f0, f1):
+    """Rows ``f0..f1`` of ``x.T`` (a strided view: :func:`_tile_rows`
+    reads ``k`` ``x.strides[0]`` apart)."""
+    return x.T[f0:f1]
+
+
+@njit(inline="always", **JIT)
+def _given_rows(xt, f0, f1):
+    """Rows ``f0..f1`` of ``xt``, inputs already transposed (read in order)."""
+    return xt[f0:f1]
+
+
+def _tall_matmul_for(vector_bytes, transposed=False):
     """:func:`tall_matmul` for micro-kernels of ``vector_bytes`` vectors (as
     :func:`_packed_matmul_for`: the package compiles this machine's width,
-    tests every width)."""
+    tests every width); with ``transposed``, :func:`tall_matmul_t`."""
     VB = vector_bytes
     R, S = BLOCKING[VB][:2]
+    rows_of = _given_rows if transposed else _transposed_rows
 
     def tall_matmul(x, g, out, f0, f1, s0, s1, tail):
         """``out[f0:f1, cols] = x.T[f0:f1] @ g[:, cols]`` for the columns of
@@ -400,7 +414,7 @@ def _tall_matmul_for(vector_bytes):
         outer loop: ``g`` is read once, in order).  Each output sums over
         ``k`` in order, whatever the strip ranges: threads may take disjoint
         ranges (of strips or rows) side by side with identical results."""
-        xt = x.T[f0:f1]   # a strided view: _tile_rows reads k x.strides[0] apart
+        xt = rows_of(x, f0, f1)
         out = out[f0:f1]
         g3 = strips_view(g)
         F, N = xt.shape
@@ -435,6 +449,44 @@ def _tall_matmul_for(vector_bytes):
 #: ``out[:, cols] = xt @ g[:, cols]`` by strips (see :func:`_tall_matmul_for`),
 #: with this machine's vector width
 tall_matmul = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES))
+#: :func:`tall_matmul` from the inputs already transposed: ``x`` (F, N),
+#: C-contiguous, ``out[f0:f1, cols] = x[f0:f1] @ g[:, cols]``.  Each row
+#: block of the micro-kernel then reads its rows of ``x`` in order rather
+#: than a few elements of each of ``k`` rows of (N, F) inputs: two
+#: threads, 3,584 x 285 inputs into 1,024 gates, 159 -> 186 GFLOP/s
+#: (BLAS 144; bench/RESULTS.md, "eighteenth session").  For inputs that a
+#: caller copies anyway (:func:`transpose_into` writes them so)
+tall_matmul_t = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES, True))
+
+@njit(**JIT)
+def transpose_into(src, dst, row0, col0, n0, n1):
+    """``dst[row0 + k, col0 + n] = src[n, k]`` for ``n0 <= n < n1`` and
+    every column ``k`` of ``src`` (N, K), C-contiguous: blocks of one
+    strip of rows by one vector of columns through :func:`_pack_block`
+    (transposed in registers; ``dst`` seen as strips as
+    :func:`strips_view` sees a gradient), the rest element by element.
+    Threads may take disjoint ranges of ``n``."""
+    K = src.shape[1]
+    isz = src.itemsize
+    SW = STRIP_BYTES // isz
+    VW = 32 // isz
+    ns = (n1 - n0) // SW
+    kv = K - K % VW
+    if ns > 0:
+        w = src[n0:n1]
+        d = dst[row0:row0 + K, col0 + n0:col0 + n1]
+        wp = np.lib.stride_tricks.as_strided(d, shape=(ns, K, SW), strides=(SW * isz, d.strides[0], isz))
+        for s in range(ns):
+            for k in range(0, kv, VW):
+                _pack_block(w, wp, s, k)
+            for k in range(kv, K):
+                dr = dst[row0 + k]
+                for c in range(SW):
+                    dr[col0 + n0 + s * SW + c] = src[n0 + s * SW + c, k]
+    for k in range(K):
+        dr = dst[row0 + k]
+        for n in range(n0 + ns * SW, n1):
+            dr[col0 + n] = src[n, k]
 
 
 @njit(inline="always", **JIT)

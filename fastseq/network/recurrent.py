@@ -16,8 +16,8 @@ from .. import _plan
 from .. import kernels as K
 from .._threads import (
     _on_pool, blas_single_thread, call_threads, get_num_threads, limit, matmul_splits, packed_for_slices,
-    parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, pipelines, run_native, run_pipelined,
-    run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
+    parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, parallel_transpose, pipelines, run_native,
+    run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.gru import reset_scaled as gru_reset_scaled
@@ -101,35 +101,58 @@ def _product_grads(x, dg, dW):
     weights' gradient of the GRU, whose n-third differs from the input
     side's)."""
     if _tall_fits(x.shape[1], dg.shape[1], dg.dtype):
-        dW[...] = parallel_tall_matmul(x, dg).T
+        # (the (F, M) product into dW transposed in registers: numpy's
+        # transposed copy took 0.4 ms of 768 x 256 gradients)
+        parallel_transpose(parallel_tall_matmul(x, dg), dW)
     else:
         parallel_matmul(dg.T, x, out=dW)
 
 
-def _gate_grads(dg, K, fill, db, name):
-    """``dg.T @ x`` (M, K) for the (N, K) inputs ``x`` that ``fill(view)``
-    writes into a buffer kept under ``name`` (:func:`fastseq._workspace.scratch`)
-    and, unless ``db`` is None, ``db[...] = dg.sum(axis=0)``: within
-    :func:`_tall_fits`, one product of
+def _tall_fits_transposed(rows, cols, dt):
+    """:func:`_tall_fits` for inputs already transposed
+    (:func:`fastseq.kernels.matmul.tall_matmul_t`: each row block reads its
+    rows in order): while the inputs of one of its k blocks take at most a
+    quarter of a core's L2.  Two threads, this znver4, GFLOP/s, tall /
+    BLAS: 3,584 rows, 285 inputs into 256 and 1,024 gates 159 / 127 and
+    186 / 144, 501 into 2,000 197 / 183; past the rule 1,001 into 2,000 a
+    tie (192 / 195), 1,025 into 4,096 158 / 199 (bench/RESULTS.md,
+    "eighteenth session")."""
+    k_block = KBLOCK_BYTES // STRIP_BYTES
+    return (cols % (STRIP_BYTES // dt.itemsize) == 0
+            and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 4)
+
+
+def _gate_grads(dg, K, fill, db, name, dests):
+    """``dW[...] = (dg.T @ x)[:, k0:k1]`` for each ``(dW, k0, k1)`` of
+    ``dests``, the (N, K) inputs ``x`` written transposed by ``fill(xt)``
+    into the rows of a buffer (K + 1, N) kept under ``name``
+    (:func:`fastseq._workspace.scratch`; a copy made either way, as
+    :func:`fastseq._threads.parallel_transpose` writes it) and, unless
+    ``db`` is None, ``db[...] = dg.sum(axis=0)``: within
+    :func:`_tall_fits_transposed`, one product of
     :func:`fastseq._threads.parallel_tall_matmul` over the inputs and a
-    column of ones beside them (the bias gradient in the same pass), else
-    BLAS and :func:`_column_sums`."""
+    row of ones below them (the bias gradient in the same pass; its (K,
+    M) result goes into each ``dW`` transposed in registers), else BLAS
+    and :func:`_column_sums`."""
     (N, M), dt = dg.shape, dg.dtype
     ones = db is not None
-    tall = _tall_fits(K + ones, M, dt)
-    x = scratch(name + "_x", (N, K + (tall and ones)), dt)
-    fill(x[:, :K])
+    tall = _tall_fits_transposed(K + ones, M, dt)
+    xt = scratch(name + "_xt", (K + (tall and ones), N), dt)
+    fill(xt)
     if not tall:
-        out = parallel_matmul(dg.T, x, out=scratch(name + "_out", (M, K), dt))
+        out = parallel_matmul(dg.T, xt.T, out=scratch(name + "_out", (M, K), dt))
         if ones:
             _column_sums(dg, db)
-        return out
+        for dW, k0, k1 in dests:
+            dW[...] = out[:, k0:k1]
+        return
     if ones:
-        x[:, K] = 1
-    out = parallel_tall_matmul(x, dg).T
+        xt[K] = 1
+    out = parallel_tall_matmul(xt, dg, transposed=True)
     if ones:
-        db[...] = out[:, K]
-    return out[:, :K]
+        db[...] = out[K]
+    for dW, k0, k1 in dests:
+        parallel_transpose(out[k0:k1], dW)
 
 
 def _input_grads(dg, inp, H, dW, db):
@@ -137,12 +160,13 @@ def _input_grads(dg, inp, H, dW, db):
     dg.sum(axis=0)``: :func:`_gate_grads` for inputs no wider than the
     state (``F <= H``; BLAS runs a product of F < H columns far below its
     rate), else BLAS and :func:`_column_sums`."""
-    if inp.shape[1] > H:
+    F = inp.shape[1]
+    if F > H:
         parallel_matmul(dg.T, inp, out=dW)
         if db is not None:
             _column_sums(dg, db)
         return
-    dW[...] = _gate_grads(dg, inp.shape[1], lambda x: np.copyto(x, inp), db, "wgrad_in")
+    _gate_grads(dg, F, lambda xt: parallel_transpose(np.ascontiguousarray(inp), xt), db, "wgrad_in", ((dW, 0, F),))
 
 
 def _transposed(w):
@@ -1356,12 +1380,11 @@ class Recurrent:
         # product lost to two at MNIST rows; python -m bench.handover, part 3)
         fused = dgh is not None and F <= H
         if fused:
-            def fill(xh):   # [inputs | h_prev]
-                parallel_copy(xh[:, :F], inp)
-                self._h_prev(pk, st, mask, xh[:, F:])
-            both = _gate_grads(dgx, F + H, fill, grads["bias_ih" + s] if self.bias else None, "wgrad")
-            grads["weight_ih" + s][...] = both[:, :F]
-            grads["weight_hh" + s][...] = both[:, F:]
+            def fill(xt):   # [inputs | h_prev], transposed
+                parallel_transpose(np.ascontiguousarray(inp), xt)
+                self._h_prev_transposed(pk, st, mask, xt, F)
+            _gate_grads(dgx, F + H, fill, grads["bias_ih" + s] if self.bias else None, "wgrad",
+                        ((grads["weight_ih" + s], 0, F), (grads["weight_hh" + s], F, F + H)))
         else:
             _input_grads(dgx, inp, H, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
         d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
@@ -1396,6 +1419,19 @@ class Recurrent:
         if mask.shape[0]:
             out *= mask[pk.row_b]
         return out
+
+    def _h_prev_transposed(self, pk, st, mask, xt, row0):
+        """:meth:`_h_prev` transposed into rows ``row0..row0+H`` of ``xt``
+        (K, N): from ``h0`` and the outputs in place for a batch of full
+        lengths without a recurrent dropout mask, else through
+        :meth:`_h_prev`'s (N, H) rows."""
+        B, N = pk.B, pk.N
+        if mask.shape[0] == 0 and getattr(pk, "uniform", False):
+            parallel_transpose(np.ascontiguousarray(st["h0"]), xt, row0, 0)
+            parallel_transpose(st["out_h"][:N - B], xt, row0, B)
+        else:
+            h_prev = self._h_prev(pk, st, mask, scratch("h_prev_rows", (N, self.hidden_size), self.dtype))
+            parallel_transpose(h_prev, xt, row0, 0)
 
     def _backward_reset_before(self, k, d, pk, st, dd, dh, grads, want_dx):
         """:meth:`_backward_direction` of the reset-before GRU: the candidate's
