@@ -16,7 +16,8 @@ measures (FFTW's "wisdom", BLIS's per-machine configuration):
 - ``madd_rate``: multiply-adds a second of one core on a float32 matrix
   product (numpy's BLAS at one thread);
 - ``l2_bytes``, ``l3_bytes``: one core's L2 cache and the L3 (from the
-  operating system; 1 MB and 8 MB when it does not say).
+  operating system; 1 MB and 8 MB when it does not say);
+- ``l1_bytes``: one core's L1 data cache (32 KB when it does not say).
 
 Measuring takes a few tens of milliseconds, once per machine: the facts are
 kept in a small JSON file (``$FASTSEQ_CACHE_DIR``, else ``$NUMBA_CACHE_DIR``,
@@ -70,7 +71,7 @@ MIN_SPLIT_ROWS = 4
 #: a threshold no work reaches
 NEVER = 1 << 62
 #: version of the facts file (a change of what is measured starts afresh)
-_FORMAT = 3
+_FORMAT = 4
 #: every Plan's state gets a new number from this counter (Plan.version)
 _VERSIONS = itertools.count()
 
@@ -84,6 +85,7 @@ class Machine:
     l2_bytes: int
     l3_bytes: int = 8 * 1024 ** 2
     linger_handover_s: float = math.inf   # (inf: not measured, no such hand-over)
+    l1_bytes: int = 32 * 1024
 
     @property
     def handover_work(self):
@@ -118,6 +120,7 @@ class Plan:
     min_split_rows: int = MIN_SPLIT_ROWS
     l2_bytes: int = 1024 ** 2
     l3_bytes: int = 8 * 1024 ** 2
+    l1_bytes: int = 32 * 1024
 
     def __setattr__(self, name, value):
         # each change of a threshold (the dataclass's own __init__ included)
@@ -141,7 +144,7 @@ class Plan:
                                              if math.isfinite(m.linger_handover_s) else NEVER),
                    units_min_step_work=(_pow2(UNITS_STEP_HANDOVERS * m.linger_handover_work)
                                         if math.isfinite(m.linger_handover_s) else 0),
-                   l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes)
+                   l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes, l1_bytes=m.l1_bytes)
 
     # ------------------------------------------------------------ decisions
     def batch_split(self, n_threads, B, work):
@@ -292,14 +295,19 @@ class Plan:
 
 # ---------------------------------------------------------------- measuring
 def _cache_bytes(level, default):
-    """Size of cpu0's cache of ``level`` (from Linux's sysfs; ``default``
-    when it does not say)."""
+    """Size of cpu0's data (or unified) cache of ``level`` (from Linux's
+    sysfs; ``default`` when it does not say)."""
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for name in sorted(os.listdir(base)):
             with open(os.path.join(base, name, "level")) as f:
                 if f.read().strip() != str(level):
                     continue
+            kind = os.path.join(base, name, "type")
+            if os.path.exists(kind):
+                with open(kind) as f:
+                    if f.read().strip() == "Instruction":
+                        continue
             with open(os.path.join(base, name, "size")) as f:
                 size = f.read().strip().upper()
             mult = {"K": 1024, "M": 1024 ** 2}.get(size[-1:], 1)
@@ -376,7 +384,7 @@ def measure():
     """The :class:`Machine` facts of this machine, measured now."""
     return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(),
                    l2_bytes=_cache_bytes(2, 1024 ** 2), l3_bytes=_cache_bytes(3, 8 * 1024 ** 2),
-                   linger_handover_s=_measure_linger_handover())
+                   linger_handover_s=_measure_linger_handover(), l1_bytes=_cache_bytes(1, 32 * 1024))
 
 
 def _cache_path():
@@ -460,7 +468,7 @@ def for_threads(n):
     if plan is None:
         plan = _one_thread = Plan.for_machine(Machine(
             handover_s=0.0, madd_rate=0.0, l2_bytes=_cache_bytes(2, 1024 ** 2),
-            l3_bytes=_cache_bytes(3, 8 * 1024 ** 2)))
+            l3_bytes=_cache_bytes(3, 8 * 1024 ** 2), l1_bytes=_cache_bytes(1, 32 * 1024)))
     return plan
 
 

@@ -85,11 +85,12 @@ def test_measure_and_cache(tmp_path, monkeypatch):
     path = str(tmp_path / "sub" / "plan.json")
     m = _plan.load_or_measure(path)
     assert 1e-7 < m.handover_s < 0.1 and 1e7 < m.madd_rate < 1e14 and m.l2_bytes >= 64 * 1024
+    assert 4 * 1024 <= m.l1_bytes <= m.l2_bytes
     assert 1e-9 < m.linger_handover_s < 0.01 or not _sync.AVAILABLE
     with open(path) as f:
         assert json.load(f)["machine"] == {"handover_s": m.handover_s, "madd_rate": m.madd_rate,
                                            "l2_bytes": m.l2_bytes, "l3_bytes": m.l3_bytes,
-                                           "linger_handover_s": m.linger_handover_s}
+                                           "linger_handover_s": m.linger_handover_s, "l1_bytes": m.l1_bytes}
     monkeypatch.setattr(_plan, "measure", lambda: pytest.fail("measured again"))
     assert _plan.load_or_measure(path) == m
     with open(path, "w") as f:

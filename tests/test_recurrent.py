@@ -449,6 +449,38 @@ def test_tall_weight_gradients_only_for_whole_strips_of_few_inputs():
             np.testing.assert_allclose(g[name], g64[name], rtol=1e-4, atol=1e-5, err_msg=f"H={H} {name}")
 
 
+@pytest.mark.parametrize("lengths", [None, [6, 4, 6, 2, 5]])
+def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(monkeypatch, lengths):
+    """Where a k block of the states would spill the L1 from the strided
+    tall product (``_strided_x_spills``; the plan's L1 set to a few bytes
+    here), the GRU's recurrent weight gradient is computed from the states
+    transposed first (``tall_matmul_t``): the same sums in the same order,
+    so the same bits as the strided product, full and ragged batches, one
+    and two threads."""
+    from fastseq import _plan, _threads
+    from fastseq.network import recurrent as R
+
+    X = np.random.default_rng(3).standard_normal((5, 6, 4)).astype(np.float32)
+    grads = {}
+    for l1 in (1 << 30, 8):
+        with monkeypatch.context() as m:
+            m.setattr(_plan.current(), "l1_bytes", l1)
+            m.setattr(_plan.current(), "matmul_split_min_work", 0)
+            spills = []
+            real = R._strided_x_spills
+            m.setattr(R, "_strided_x_spills", lambda F, dt: spills.append(real(F, dt)) or spills[-1])
+            for n in (1, 2):
+                layer = Recurrent("gru", 4, 16, random_state=0)
+                with _threads.limit(n):
+                    out, _ = layer.forward(X, lengths)
+                    _, g = layer.backward(np.ones_like(out), need_input_grad=False)
+                grads[l1, n] = g
+            assert spills and all(spills) == (l1 == 8)
+    for key in grads:
+        for name, v in grads[key].items():
+            np.testing.assert_array_equal(v, grads[1 << 30, 1][name], err_msg=f"{key} {name}")
+
+
 def test_import_compiles_nothing():
     code = ("import fastseq, fastseq.nn, fastseq.kernels as K\n"
             "jitted = [getattr(K, n) for n in K.__all__ if hasattr(getattr(K, n), 'signatures')]\n"

@@ -95,12 +95,31 @@ def _tall_fits(rows, cols, dt):
             and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8)
 
 
+def _strided_x_spills(F, dt):
+    """Whether the strided tall product (:func:`fastseq.kernels.matmul.tall_matmul`)
+    over (N, F) inputs reads a k block of them (``F`` elements of each of
+    its k rows, a few for each row block) from past a core's L1: then the
+    inputs transposed first cost less than that (two threads, this znver4,
+    3,456 x 256 states into 768 gates: 8.7 -> 7.4 ms with the transposing
+    copy; 64 states, 49,152 rows: a tie, 9.2 and 9.4; ``python -m
+    bench.wgrad``)."""
+    return F * (KBLOCK_BYTES // STRIP_BYTES) * dt.itemsize > _plan.for_threads(get_num_threads()).l1_bytes
+
+
 def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
-    within :func:`_tall_fits` of ``x``'s and ``dg``'s columns, else BLAS (the recurrent
+    within :func:`_tall_fits` of ``x``'s and ``dg``'s columns (from ``x``
+    transposed first where :func:`_strided_x_spills`, within
+    :func:`_tall_fits_transposed`), else BLAS (the recurrent
     weights' gradient of the GRU, whose n-third differs from the input
     side's)."""
-    if _tall_fits(x.shape[1], dg.shape[1], dg.dtype):
+    (N, F), M, dt = x.shape, dg.shape[1], dg.dtype
+    if _strided_x_spills(F, dt) and _tall_fits_transposed(F, M, dt):
+        # (a k block of x's rows past the L1: the inputs transposed first)
+        xt = scratch("wgrad_h_xt", (F, N), dt)
+        parallel_transpose(np.ascontiguousarray(x), xt)
+        parallel_transpose(parallel_tall_matmul(xt, dg, transposed=True), dW)
+    elif _tall_fits(F, M, dt):
         # (the (F, M) product into dW transposed in registers: numpy's
         # transposed copy took 0.4 ms of 768 x 256 gradients)
         parallel_transpose(parallel_tall_matmul(x, dg), dW)
