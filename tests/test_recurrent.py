@@ -481,6 +481,33 @@ def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(mo
             np.testing.assert_array_equal(v, grads[1 << 30, 1][name], err_msg=f"{key} {name}")
 
 
+def test_gru_reset_scaled_gradients_split_by_columns_give_the_same_bits(monkeypatch):
+    """The GRU backward pass's reset-scaled gate gradients and ``b_hn``'s
+    sums, split in column blocks across threads (``_reset_scaled``, from
+    ``RESET_SCALED_SPLIT`` elements: 0 here), give one call's bits: each
+    column sums its rows in order (40 units: two whole blocks of 16 and a
+    part)."""
+    from fastseq import _threads
+    from fastseq.kernels import gru as G
+    from fastseq.network import recurrent as R
+
+    X = np.random.default_rng(5).standard_normal((6, 7, 3)).astype(np.float32)
+    calls = []
+    real = G.reset_scaled
+    monkeypatch.setattr(R, "gru_reset_scaled", lambda *a: calls.append(a[4:]) or real(*a))
+    grads = []
+    for split in (1 << 62, 0):
+        monkeypatch.setattr(R, "RESET_SCALED_SPLIT", split)
+        del calls[:]
+        layer = Recurrent("gru", 3, 40, random_state=0)
+        with _threads.limit(2):
+            out, _ = layer.forward(X)
+            grads.append(layer.backward(np.ones_like(out))[1])
+        assert sorted(calls) == ([(0, 40)] if split else [(0, 16), (16, 32), (32, 40)])
+    for name in grads[0]:
+        np.testing.assert_array_equal(grads[0][name], grads[1][name], err_msg=name)
+
+
 def test_import_compiles_nothing():
     code = ("import fastseq, fastseq.nn, fastseq.kernels as K\n"
             "jitted = [getattr(K, n) for n in K.__all__ if hasattr(getattr(K, n), 'signatures')]\n"

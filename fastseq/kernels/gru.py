@@ -253,21 +253,22 @@ def gru_backward_slice(d_out, w_hh_t, wp, h0, out_h, out_gates, batch_sizes, rec
 
 
 @njit(**JIT)
-def reset_scaled(dg, gates, H, db_n):
-    """``dg[:, 2H:] *= gates[:, :H]``: the gate gradients (N, 3H) made the
-    recurrent side's, whose n-third is the input side's times ``r_t``
-    (``gates`` (N, >= H), ``r_t`` first), in place; and, unless ``db_n``
-    (H,) is empty, its column sums into ``db_n`` (``b_hn``'s gradient), in
-    the same pass, rows in order."""
+def reset_scaled(dg, gates, H, db_n, j0, j1):
+    """``dg[:, 2H + j] *= gates[:, j]`` for ``j0 <= j < j1``: the gate
+    gradients (N, 3H) made the recurrent side's, whose n-third is the input
+    side's times ``r_t`` (``gates`` (N, >= H), ``r_t`` first), in place;
+    and, unless ``db_n`` (H,) is empty, its column sums into ``db_n[j]``
+    (``b_hn``'s gradient), in the same pass, rows in order (threads may
+    take disjoint column ranges: the same sums)."""
     N = dg.shape[0]
     sums = db_n.shape[0] > 0
     if sums:
-        db_n[:] = 0
+        db_n[j0:j1] = 0
     for i in range(N):
-        d = dg[i, 2 * H:3 * H]
-        r = gates[i, :H]
-        for j in range(H):
+        d = dg[i, 2 * H + j0:2 * H + j1]
+        r = gates[i, j0:j1]
+        for j in range(j1 - j0):
             d[j] *= r[j]
         if sums:
-            for j in range(H):
-                db_n[j] += d[j]
+            for j in range(j1 - j0):
+                db_n[j0 + j] += d[j]

@@ -107,6 +107,26 @@ def _strided_x_spills(F, dt):
     return F * (KBLOCK_BYTES // STRIP_BYTES) * dt.itemsize > _plan.for_threads(get_num_threads()).l1_bytes
 
 
+#: elements (rows times units) from which :func:`_reset_scaled` splits
+#: its columns across threads (a pass over memory, as a copy)
+RESET_SCALED_SPLIT = 1 << 18
+
+
+def _reset_scaled(dg, gates, H, db_n):
+    """:func:`fastseq.kernels.gru.reset_scaled` of every column, in column
+    blocks of whole cache lines across the threads from
+    :data:`RESET_SCALED_SPLIT` elements (the same sums: each column's in
+    row order; at MNIST rows, 3,584 x 256, 1.3 ms on one thread)."""
+    line = STRIP_BYTES // dg.itemsize
+    n = min(get_num_threads(), H // line) if dg.shape[0] * H >= RESET_SCALED_SPLIT else 1
+    if n <= 1:
+        gru_reset_scaled(dg, gates, H, db_n, 0, H)
+        return
+    step = -(-(H // line) // n) * line
+    _on_pool([(j, min(j + step, H)) for j in range(0, H, step)],
+             lambda j0, j1: gru_reset_scaled(dg, gates, H, db_n, j0, j1))
+
+
 def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
     within :func:`_tall_fits` of ``x``'s and ``dg``'s columns (from ``x``
@@ -1414,7 +1434,7 @@ class Recurrent:
         if fused:
             return d_inp
         if dgh is None:  # GRU: dgh = dgx with its n-third times r (dgx is done with), b_hn's sums
-            gru_reset_scaled(dgx, st["gates"], H, db[2 * H:] if self.bias else np.empty(0, dtype=dt))
+            _reset_scaled(dgx, st["gates"], H, db[2 * H:] if self.bias else np.empty(0, dtype=dt))
             dgh = dgx
         if mask.shape[0] == 0 and getattr(pk, "uniform", False):
             # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
