@@ -208,6 +208,18 @@ def test_transpose_into_any_block_and_offset(dtype):
             with _threads.limit(threads):
                 _threads.parallel_transpose(src, par, 1, 2)
             np.testing.assert_array_equal(par, whole)
+        # layouts the kernel does not take (a strided source, a destination
+        # of strided rows, another dtype): numpy's copy, the same values
+        wide = rng.standard_normal((N, 2 * K)).astype(dtype)
+        odd = _nan((K + 1, N + 2), dtype)
+        _threads.parallel_transpose(wide[:, ::2], odd, 1, 2)
+        np.testing.assert_array_equal(odd[1:, 2:], wide[:, ::2].T)
+        cols = _nan((K, 2 * N), dtype)
+        _threads.parallel_transpose(src, cols[:, ::2])
+        np.testing.assert_array_equal(cols[:, ::2], src.T)
+        other = np.zeros((K, N), np.float32 if dtype == np.float64 else np.float64)
+        _threads.parallel_transpose(src, other)
+        np.testing.assert_array_equal(other, src.T.astype(other.dtype))
     big = rng.standard_normal((_threads.MIN_COPY_SPLIT // 8 + 5, 8)).astype(dtype)   # split across threads
     out = np.empty((8, big.shape[0]), dtype)
     with _threads.limit(2):
