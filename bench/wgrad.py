@@ -19,7 +19,7 @@ alternated call by call (:func:`bench.compare.time_alternating`, median
 ms), and prints each with its GFLOP/s and whether the layer's rule
 (``network.recurrent._tall_fits``) takes the tall product for that ``F``
 and ``M`` (``M`` not a multiple of a strip's 16 gates: BLAS) and the
-rule of the transposed inputs (``_tall_fits_transposed``).
+rule of the transposed inputs (``_tall_fits(..., transposed=True)``).
 
 The default shapes are the layers' own: the weather GRU's input side
 (49152 rows: 1024 sequences of 48 steps; 5 inputs and a column of ones;
@@ -42,7 +42,7 @@ SHAPES = ((49152, 6, 192), (49152, 64, 192), (49152, 70, 64), (49152, 70, 256), 
 
 def run(shapes, threads, repeats):
     from fastseq._threads import limit, parallel_matmul, parallel_tall_matmul, parallel_transpose
-    from fastseq.network.recurrent import _tall_fits, _tall_fits_transposed
+    from fastseq.network.recurrent import _tall_fits
 
     rows = []
     rng = np.random.default_rng(0)
@@ -66,7 +66,7 @@ def run(shapes, threads, repeats):
                                    "transposed": transposed},
                                   repeats, pause=0.002)
             rule = _tall_fits(F, M, np.dtype(np.float32))
-            rule_t = _tall_fits_transposed(F, M, np.dtype(np.float32))
+            rule_t = _tall_fits(F, M, np.dtype(np.float32), transposed=True)
         flop = 2.0 * N * F * M
         row = {"N": N, "F": F, "M": M, "rule_tall": rule, "rule_transposed": rule_t}
         for k in ts:

@@ -762,9 +762,19 @@ def packed_for_slices(w, B, work):
     n = _split_threads(B, work) if n > 1 and _plan.current().share_packed(n, w.nbytes) else 1
     if n <= 1 or shape[0] < n:
         return np.empty((0,) + shape[1:], dtype=w.dtype)
-    wp = scratch("shared_packed", shape, w.dtype)
+    return _packed_on_threads(w, "shared_packed", n)
+
+
+def _packed_on_threads(w, name, n):
+    """``pack_weight(w)`` into this thread's scratch ``name``, in blocks of
+    strips on ``n`` threads (on this one when there are fewer strips)."""
+    shape = packed_shape(w)
+    wp = scratch(name, shape, w.dtype)
     SW = shape[2]
-    _in_chunks(shape[0], n, lambda i, j: pack_into(w[i * SW:j * SW], wp[i:j]))
+    if shape[0] >= n > 1:
+        _in_chunks(shape[0], n, lambda i, j: pack_into(w[i * SW:j * SW], wp[i:j]))
+    else:
+        pack_into(w, wp)
     return wp
 
 
@@ -1046,13 +1056,7 @@ def parallel_project(inp, w, bias, out=None):
     elif w.nbytes >= PROJECT_BLAS_MIN_BYTES.get() and _plan.current().share_projection(n, w.nbytes):
         # (where each block would call BLAS: one packed copy, packed in
         # blocks of strips on the threads, that every block reads)
-        shape = packed_shape(w)
-        wp = scratch("projection_packed", shape, w.dtype)
-        SW = shape[2]
-        if shape[0] >= n:
-            _in_chunks(shape[0], n, lambda i, j: pack_into(w[i * SW:j * SW], wp[i:j]))
-        else:
-            pack_into(w, wp)
+        wp = _packed_on_threads(w, "projection_packed", n)
         _in_chunks(m, n, lambda i, j: project_shared(inp[i:j], w, wp, bias, out[i:j]))
     else:
         _in_chunks(m, n, lambda i, j: project(inp[i:j], w, bias, out[i:j]))

@@ -434,8 +434,8 @@ def test_tall_weight_gradients_only_for_whole_strips_of_few_inputs():
     # inputs given transposed (each row block reads its rows in order): a
     # quarter of the L2 (conftest's reference plan: 512 KB) for a k block
     # of 128 float32 (a row of 512 bytes), the same whole strips
-    assert R._tall_fits_transposed(256, 1024, f32) and not R._tall_fits_transposed(257, 1024, f32)
-    assert not R._tall_fits_transposed(6, 300, f32) and R._tall_fits_transposed(128, 8, f64)
+    assert R._tall_fits(256, 1024, f32, True) and not R._tall_fits(257, 1024, f32, True)
+    assert not R._tall_fits(6, 300, f32, True) and R._tall_fits(128, 8, f64, True)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3, 5, 4)).astype(np.float32)
     for H in (5, 16):                                            # GRU gates 15 (BLAS) and 48 (tall)

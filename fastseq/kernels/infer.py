@@ -174,9 +174,9 @@ def fused_weights(w_ih, w_hh, b_ih, b_hh, w_cat, wp, bias, full):
     all of it with ``full`` (a slice of :data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS`
     rows or more hands it to BLAS), else only its rows past the packed
     strips, the only ones :func:`fastseq.kernels.matmul.packed_matmul`
-    reads then (the copy took half of this call: 99 of 55 us at H 256,
-    586 of 244 us at H 500, one thread; bench/RESULTS.md, "eighteenth
-    session")."""
+    reads then (with the whole copy this call took 99 us at H 256, of
+    which the packing 55; 586 and 244 at H 500; one thread;
+    bench/RESULTS.md, "eighteenth session")."""
     F, H = w_ih.shape[1], w_hh.shape[1]
     r0 = 0 if full else wp.shape[0] * wp.shape[2]
     for r in range(r0, w_cat.shape[0]):   # (element loops: a slice a row cost 4 us at 128 rows)

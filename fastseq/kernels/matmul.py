@@ -458,13 +458,14 @@ tall_matmul = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES))
 #: caller copies anyway (:func:`transpose_into` writes them so)
 tall_matmul_t = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES, True))
 
+
 @njit(**JIT)
 def transpose_into(src, dst, row0, col0, n0, n1):
     """``dst[row0 + k, col0 + n] = src[n, k]`` for ``n0 <= n < n1`` and
     every column ``k`` of ``src`` (N, K), C-contiguous: blocks of one
     strip of rows by one vector of columns through :func:`_pack_block`
-    (transposed in registers; ``dst`` seen as strips as
-    :func:`strips_view` sees a gradient), the rest element by element.
+    (transposed in registers; ``dst`` seen as strips by
+    :func:`strips_view`), the rest element by element.
     Threads may take disjoint ranges of ``n``."""
     K = src.shape[1]
     isz = src.itemsize
@@ -474,8 +475,7 @@ def transpose_into(src, dst, row0, col0, n0, n1):
     kv = K - K % VW
     if ns > 0:
         w = src[n0:n1]
-        d = dst[row0:row0 + K, col0 + n0:col0 + n1]
-        wp = np.lib.stride_tricks.as_strided(d, shape=(ns, K, SW), strides=(SW * isz, d.strides[0], isz))
+        wp = strips_view(dst[row0:row0 + K, col0 + n0:col0 + n1])
         for s in range(ns):
             for k in range(0, kv, VW):
                 _pack_block(w, wp, s, k)

@@ -34,7 +34,6 @@ from ..kernels.infer_native import (
 from ..kernels.gru_reset_before import gru_rb_backward_slice, gru_rb_forward_slice
 from ..kernels.matmul import (
     FUSED_MIN_ROWS, KBLOCK_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES, STRIP_BYTES, project_ahead,
-    transpose_into,
 )
 from ..kernels.lstm import lstm_backward_part, lstm_backward_slice, lstm_forward_part, lstm_forward_slice
 from ..kernels.rnn import rnn_backward_slice, rnn_forward_slice
@@ -77,12 +76,14 @@ def _column_sums(g, out):
     return np.matmul(np.ones(g.shape[0], dtype=g.dtype), g, out=out)
 
 
-def _tall_fits(rows, cols, dt):
+def _tall_fits(rows, cols, dt, transposed=False):
     """Whether a weight gradient over ``rows`` inputs (a layer's inputs, its
     states, a column of ones for the bias) into ``cols`` gates goes to
     :func:`fastseq._threads.parallel_tall_matmul` rather than BLAS: while
     the inputs of one of its k blocks take at most an eighth of a core's L2
-    cache (each strip group reads them back from there), and the gates
+    cache (each strip group reads them back from there), a quarter for
+    inputs already ``transposed`` (:func:`fastseq.kernels.matmul.tall_matmul_t`:
+    each row block reads its rows in order), and the gates
     fill whole strips (the product's columns past its last strip take a
     plain loop: 3-4x BLAS's time for a GRU of 100 units, 300 gates,
     thirteenth session).  ``python -m bench.wgrad`` times both for the
@@ -90,10 +91,15 @@ def _tall_fits(rows, cols, dt):
     "Weight gradients over few inputs"; znver4, two threads, BLAS -> tall):
     the weather layers' 6, 64 and 70 inputs 8.7 -> 3.8, 15.4 -> 12.6, 7.3
     -> 5.0 and 20.2 -> 16.8 ms, MNIST rows' 29 and 256 1.9 -> 1.2 and 9.1
-    -> 8.5; past the rule BLAS wins, 285 inputs 13.0 against 14.4 ms."""
+    -> 8.5; past the rule BLAS wins, 285 inputs 13.0 against 14.4 ms.
+    Transposed, GFLOP/s, tall / BLAS: 3,584 rows, 285 inputs into 256 and
+    1,024 gates 159 / 127 and 186 / 144, 501 into 2,000 197 / 183; past the
+    rule 1,001 into 2,000 a tie (192 / 195), 1,025 into 4,096 158 / 199
+    (bench/RESULTS.md, "eighteenth session")."""
     k_block = KBLOCK_BYTES // STRIP_BYTES
+    share = 4 if transposed else 8
     return (cols % (STRIP_BYTES // dt.itemsize) == 0
-            and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 8)
+            and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // share)
 
 
 def _strided_x_spills(F, dt):
@@ -131,11 +137,11 @@ def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
     within :func:`_tall_fits` of ``x``'s and ``dg``'s columns (from ``x``
     transposed first where :func:`_strided_x_spills`, within
-    :func:`_tall_fits_transposed`), else BLAS (the recurrent
+    :func:`_tall_fits` of transposed inputs), else BLAS (the recurrent
     weights' gradient of the GRU, whose n-third differs from the input
     side's)."""
     (N, F), M, dt = x.shape, dg.shape[1], dg.dtype
-    if _strided_x_spills(F, dt) and _tall_fits_transposed(F, M, dt):
+    if _strided_x_spills(F, dt) and _tall_fits(F, M, dt, transposed=True):
         # (a k block of x's rows past the L1: the inputs transposed first)
         xt = scratch("wgrad_h_xt", (F, N), dt)
         parallel_transpose(np.ascontiguousarray(x), xt)
@@ -148,20 +154,6 @@ def _product_grads(x, dg, dW):
         parallel_matmul(dg.T, x, out=dW)
 
 
-def _tall_fits_transposed(rows, cols, dt):
-    """:func:`_tall_fits` for inputs already transposed
-    (:func:`fastseq.kernels.matmul.tall_matmul_t`: each row block reads its
-    rows in order): while the inputs of one of its k blocks take at most a
-    quarter of a core's L2.  Two threads, this znver4, GFLOP/s, tall /
-    BLAS: 3,584 rows, 285 inputs into 256 and 1,024 gates 159 / 127 and
-    186 / 144, 501 into 2,000 197 / 183; past the rule 1,001 into 2,000 a
-    tie (192 / 195), 1,025 into 4,096 158 / 199 (bench/RESULTS.md,
-    "eighteenth session")."""
-    k_block = KBLOCK_BYTES // STRIP_BYTES
-    return (cols % (STRIP_BYTES // dt.itemsize) == 0
-            and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // 4)
-
-
 def _gate_grads(dg, K, fill, db, name, dests):
     """``dW[...] = (dg.T @ x)[:, k0:k1]`` for each ``(dW, k0, k1)`` of
     ``dests``, the (N, K) inputs ``x`` written transposed by ``fill(xt)``
@@ -169,14 +161,14 @@ def _gate_grads(dg, K, fill, db, name, dests):
     (:func:`fastseq._workspace.scratch`; a copy made either way, as
     :func:`fastseq._threads.parallel_transpose` writes it) and, unless
     ``db`` is None, ``db[...] = dg.sum(axis=0)``: within
-    :func:`_tall_fits_transposed`, one product of
+    :func:`_tall_fits` of transposed inputs, one product of
     :func:`fastseq._threads.parallel_tall_matmul` over the inputs and a
     row of ones below them (the bias gradient in the same pass; its (K,
     M) result goes into each ``dW`` transposed in registers), else BLAS
     and :func:`_column_sums`."""
     (N, M), dt = dg.shape, dg.dtype
     ones = db is not None
-    tall = _tall_fits_transposed(K + ones, M, dt)
+    tall = _tall_fits(K + ones, M, dt, transposed=True)
     xt = scratch(name + "_xt", (K + (tall and ones), N), dt)
     fill(xt)
     if not tall:
@@ -211,11 +203,11 @@ def _input_grads(dg, inp, H, dW, db):
 
 def _transposed(w):
     """``w.T`` as a C-contiguous copy, transposed in registers
-    (:func:`fastseq.kernels.matmul.transpose_into`; numpy's copy took
+    (:func:`fastseq._threads.parallel_transpose`; numpy's copy took
     0.3 ms of a 1 MB W_hh in a training step, in blocks of 32 rows, 0.41
     in one)."""
     out = np.empty(w.shape[::-1], dtype=w.dtype)
-    transpose_into(np.ascontiguousarray(w), out, 0, 0, 0, w.shape[0])
+    parallel_transpose(np.ascontiguousarray(w), out)
     return out
 
 CELLS = ("rnn", "lstm", "gru")
