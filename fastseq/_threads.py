@@ -381,6 +381,113 @@ def _place(workers):
 
 
 # ------------------------------------------------------------------------
+# A busy CPU.  A split call waits for its slowest part (a unit split at
+# every step), so when another process or thread takes the CPU that one of
+# its threads runs on, the scheduler gives that thread a share of it in
+# slices of milliseconds and the whole call waits for it: an LSTM of 256
+# units, batch 1, 32 steps took 0.35 ms on two threads, 4.2 ms beside one
+# busy process (0.6 ms on one thread; ``python -m bench.contention``).  So
+# now and then (at most every CHECK_S) a split call whose compiled parts ran
+# (:func:`run_native`) reads the CPU time of each of its threads: when one
+# ran for less than HELD_SHARE of the call and was held off for HELD_MIN_S
+# or more (a time slice, not an interrupt), the calls that have a one-thread
+# form with the same results (:func:`unit_split_slot`, the fused LSTM's
+# batch slices) take it for BUSY_S (:func:`cpu_busy`), after which the next
+# split calls are timed again, each of them until PROBATION_CALLS in a row
+# find no busy CPU.  Such a call can take many time slices (30-70 ms here
+# beside a busy process), so each busy finding doubles the time to the
+# next, up to BUSY_MAX_S, until a probation ends without one (back to
+# BUSY_S).
+
+#: seconds for which a busy CPU keeps the splits that can run on one thread
+#: there (doubled for each finding in a row, up to :data:`BUSY_MAX_S`)
+BUSY_S = 0.25
+#: the most seconds between two split calls that each found a busy CPU
+BUSY_MAX_S = 4.0
+#: split calls in a row, each timed, that must find no busy CPU after one did
+PROBATION_CALLS = 8
+#: seconds between two timed split calls
+CHECK_S = 0.01
+#: the share of a call's time below which a thread was held off its CPU
+HELD_SHARE = 0.5
+#: seconds a thread must have lost to be called held off
+HELD_MIN_S = 2e-4
+
+_busy_until = 0.0    # perf_counter() until which cpu_busy() holds
+_busy_for = BUSY_S   # seconds the next busy finding holds for
+_probation = 0       # split calls still to be timed after a busy finding
+_next_check = 0.0    # perf_counter() from which the next split call is timed
+_cpu_clock = getattr(time, "pthread_getcpuclockid", None)   # (not on every platform: no timing there)
+
+
+def cpu_busy():
+    """Whether a split call found one of its threads held off its CPU in the
+    last :data:`BUSY_S` seconds (see above): calls then run on one thread
+    where they can with the same results."""
+    return _busy_until > 0.0 and _busy_until > time.perf_counter()
+
+
+def _thread_clocks(workers):
+    """The CPU-time clocks of ``workers`` (pool threads), or None where the
+    platform cannot read another thread's CPU time."""
+    try:
+        for w in workers:
+            if w.clock is None:
+                w.clock = _cpu_clock(w.thread.ident)
+        return [w.clock for w in workers]
+    except (OSError, AttributeError, TypeError):  # pragma: no cover - depends on the platform
+        return None
+
+
+def _cpu_times(clocks):
+    """CPU seconds of this thread, then of each of ``clocks``."""
+    return [time.thread_time()] + [time.clock_gettime(c) for c in clocks]
+
+
+def _start_timing(workers):
+    """What :func:`_held_off` compares after a split call on ``workers``
+    (pool threads), or None when this call is not timed (outside a
+    probation, the last call timed ended less than :data:`CHECK_S` ago; or
+    no clock can be read)."""
+    now = time.perf_counter()
+    if _cpu_clock is None or (now < _next_check and not _probation):
+        return None
+    clocks = _thread_clocks(workers)
+    if clocks is None:
+        return None
+    return now, clocks, _cpu_times(clocks)
+
+
+def _held_off(timing):
+    """After a split call timed by :func:`_start_timing`: whether one of its
+    threads was held off its CPU (see above), which sets :func:`cpu_busy`
+    (for :data:`BUSY_S`, doubled for each finding before a probation of
+    :data:`PROBATION_CALLS` ends without one)."""
+    global _busy_until, _busy_for, _probation, _next_check
+    t0, clocks, cpu0 = timing
+    now = time.perf_counter()
+    ran = min(b - a for a, b in zip(cpu0, _cpu_times(clocks)))
+    _next_check = now + CHECK_S
+    if busy_share(now - t0, ran):
+        _busy_until = now + _busy_for
+        _busy_for = min(2 * _busy_for, BUSY_MAX_S)
+        _probation = PROBATION_CALLS
+        return True
+    if _probation:
+        _probation -= 1
+        if not _probation:
+            _busy_for = BUSY_S
+    return False
+
+
+def busy_share(wall, ran):
+    """Whether a thread that ran ``ran`` CPU seconds of a split call of
+    ``wall`` seconds was held off its CPU: less than :data:`HELD_SHARE` of
+    the call, and :data:`HELD_MIN_S` or more lost."""
+    return wall - ran >= HELD_MIN_S and ran < HELD_SHARE * wall
+
+
+# ------------------------------------------------------------------------
 # Hand-overs that spin before they sleep.  A pool thread that sleeps between
 # calls must be woken at the next one, and a caller that sleeps while a part
 # finishes must be woken too; on a virtual machine each wake-up costs 50-150
@@ -456,12 +563,13 @@ class _Worker:
     :func:`fastseq.kernels._sync.split_native`), which it runs without
     returning to Python at all."""
 
-    __slots__ = ("state", "desc", "queue", "job", "thread", "roused")
+    __slots__ = ("state", "desc", "queue", "job", "thread", "roused", "clock")
 
     def __init__(self, workers, state, desc):
         self.state = state   # (zeros: IDLE) its row of the pool's states
         self.desc = desc     # the compiled task it is handed (:func:`fastseq.kernels._sync.split_native`)
         self.roused = None   # the held lock of the empty task last handed by _rouse
+        self.clock = None    # its CPU-time clock (:func:`_held_off`), once read
         self.queue = queue.SimpleQueue()
         self.job = None
         self.thread = threading.Thread(target=self._run, args=(workers,), name="fastseq-worker", daemon=True)
@@ -822,7 +930,7 @@ class _UnitSlot:
     __slots__ = ("got",)
 
     def __enter__(self):
-        self.got = _unit_lock.acquire(blocking=False)
+        self.got = not cpu_busy() and _unit_lock.acquire(blocking=False)
         return self.got
 
     def __exit__(self, *exc):
@@ -834,8 +942,8 @@ class _UnitSlot:
 def unit_split_slot():
     """Context manager giving True when this call may run a unit split now
     (one at a time in the process: two of them interleaved on a shared pool
-    could each hold a worker spinning for a part queued behind the other's),
-    else False."""
+    could each hold a worker spinning for a part queued behind the other's;
+    not while :func:`cpu_busy`), else False."""
     return _UnitSlot()
 
 
@@ -944,11 +1052,15 @@ def run_native(bounds, flags, native, rouse=False):
     A part that raised inside its compiled code (an allocation that failed:
     a cfunc passes no exception on) marks ``flags``
     (:func:`fastseq.kernels._sync.part_failed`) and releases the others;
-    this then raises ``MemoryError``."""
+    this then raises ``MemoryError``.  Now and then the call is timed, to
+    tell a busy CPU (:func:`cpu_busy`)."""
     if linger_spins() <= 0:
         return False
     pool = _pool(bounds.shape[0] - 1)
+    timing = _start_timing(pool.workers)
     if native(pool.states, pool.descs, np.empty(_sync.DESC_LEN, dtype=np.int64), bounds, flags):
+        if timing is not None:
+            _held_off(timing)
         if flags[_sync.FAILED]:
             raise MemoryError("a part of a call split across threads failed inside its compiled code "
                               "(an allocation); the call's results are discarded")

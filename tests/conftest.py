@@ -65,6 +65,21 @@ def _reference_plan(monkeypatch):
     monkeypatch.setattr(_plan, "_current", _plan.Plan.for_machine(_plan.Machine(**REFERENCE_MACHINE)))
 
 
+@pytest.fixture(autouse=True)
+def _no_busy_cpu(monkeypatch):
+    """No split call is timed for a busy CPU (:func:`fastseq._threads.cpu_busy`):
+    a finding on a loaded machine would send the suite's splits to one
+    thread, and the tests that count them would fail (the tests of the
+    finding itself set their own clocks: tests/test_threads_split.py)."""
+    from fastseq import _threads
+
+    monkeypatch.setattr(_threads, "_cpu_clock", None)
+    monkeypatch.setattr(_threads, "_busy_until", 0.0)
+    monkeypatch.setattr(_threads, "_busy_for", _threads.BUSY_S)
+    monkeypatch.setattr(_threads, "_probation", 0)
+    monkeypatch.setattr(_threads, "_next_check", 0.0)
+
+
 #: that machine's crossover of the step product's tiles and BLAS (rows): the
 #: suite's calls take BLAS from the same rows on every CPU, and measure
 #: nothing (tests/test_plan.py checks the measuring)

@@ -182,3 +182,20 @@ def test_faults_counts_a_training_step(capsys, monkeypatch):
     assert [r[0] for r in rows] == [tiny.name]
     assert rows[0][1] > 0 and rows[0][2] >= 0 and rows[0][3] >= 0
     assert "CPU:" in capsys.readouterr().out
+
+
+def test_contention_runs_its_three_engines(capsys):
+    """``python -m bench.contention --quick``: fastseq with and without its
+    busy-CPU finding, and torch, beside a busy process; the finding is back
+    on afterwards."""
+    from bench import contention
+    from fastseq import _threads
+
+    clock = _threads._cpu_clock
+    rows = contention.main(["--quick"])
+    out = capsys.readouterr().out
+    assert "CPU:" in out and "no finding" in out
+    (name, t), = rows
+    assert name == "lstm/B1/T8/I32/H32" and set(t) == {"fastseq", "no finding", "torch"}
+    assert all(mean > 0 and median > 0 for mean, median in t.values())
+    assert _threads._cpu_clock is clock

@@ -1255,3 +1255,91 @@ def test_a_pool_thread_keeps_nothing_of_its_last_task():
         del payload
         gc.collect()
         assert ref() is None
+
+
+def test_a_thread_held_off_its_cpu_is_told_from_an_interrupt():
+    """``busy_share``: a thread that ran under half of a split call and lost
+    a time slice's worth of it (0.2 ms) was held off its CPU; a short loss
+    (an interrupt) or a large share is not."""
+    assert _threads.busy_share(1e-3, 0.3e-3)
+    assert _threads.busy_share(40e-3, 0.5e-3)
+    assert not _threads.busy_share(1e-3, 0.6e-3)        # over half the call
+    assert not _threads.busy_share(0.3e-3, 0.12e-3)     # 0.18 ms lost
+    assert not _threads.busy_share(1e-3, 1e-3)
+
+
+def _fake_cpu_times(monkeypatch, ran):
+    """Threads whose CPU clocks advance by ``ran()`` times the wall time
+    between two readings (the split call's own clocks replaced)."""
+    import time
+    monkeypatch.setattr(_threads, "_cpu_clock", lambda ident: 0)
+    monkeypatch.setattr(_threads, "_cpu_times", lambda clocks: [ran() * time.perf_counter()] * (1 + len(clocks)))
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_thread_held_off_its_cpu_sends_unit_splits_to_one_thread_for_a_while(monkeypatch, lingering, cell):
+    """A timed split call (compiled parts on lingering threads) one of whose
+    threads was held off its CPU makes the next calls run on one thread,
+    with the same bits and nothing handed over, until ``cpu_busy`` ends;
+    then calls split again, each timed: a finding in that probation doubles
+    the time to the next try, ``PROBATION_CALLS`` clean calls in a row
+    bring it back to ``BUSY_S``."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent(cell, 24, 96, dtype="float64", random_state=1).eval()
+    X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), 2, 30)
+    answers, python_parts = answers_of(monkeypatch, R, f"{cell}_units_native"), []
+    real_part = getattr(R, f"{cell}_units_part")
+    monkeypatch.setattr(R, f"{cell}_units_part", lambda *a: python_parts.append(1) or real_part(*a))
+    share = [0.0]                       # held off for the whole call
+    _fake_cpu_times(monkeypatch, lambda: share[0])
+    monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+
+    def call():
+        for a, b in zip(layer_arrays(layer.forward(X, h0=state, need_grad=False)), ref):
+            np.testing.assert_array_equal(a, b)
+    with _threads.limit(2):
+        assert layer._inference_plan(2, 30) == "units"
+        while not answers or not answers[-1]:   # (until the pool thread lingers)
+            call()
+        assert _threads.cpu_busy() and _threads._busy_for == 2 * _threads.BUSY_S
+        n = len(answers)
+        python_parts.clear()        # (the first call's, its thread asleep)
+        for _ in range(3):
+            call()
+        assert len(answers) == n and not python_parts          # on this thread
+        monkeypatch.setattr(_threads, "_busy_until", 0.0)      # (its time over)
+        call()
+        assert len(answers) == n + 1 and answers[-1] and _threads.cpu_busy()   # held off again
+        assert _threads._busy_for == 4 * _threads.BUSY_S
+        monkeypatch.setattr(_threads, "_busy_until", 0.0)
+        share[0] = 1.0                                         # the CPU free again
+        for k in range(_threads.PROBATION_CALLS):
+            assert _threads._busy_for == 4 * _threads.BUSY_S
+            call()
+            assert not _threads.cpu_busy()
+        assert len(answers) == n + 1 + _threads.PROBATION_CALLS and all(answers[n:])
+        assert _threads._busy_for == _threads.BUSY_S and not python_parts
+
+
+def test_a_busy_cpu_runs_the_fused_batch_slices_here_with_their_bits(monkeypatch, lingering):
+    """While ``cpu_busy``, the fused LSTM's batch split runs its slices one
+    after the other on the calling thread (no compiled task, nothing on
+    the pool), with the bits of the split."""
+    import time
+
+    import fastseq.network.recurrent as R
+    layer = Recurrent("lstm", 12, 32, num_layers=2, bidirectional=True, random_state=3).eval()
+    X = np.random.default_rng(4).standard_normal((16, 20, 12)).astype(np.float32)
+    monkeypatch.setattr(_plan.current(), "split_min_work", 0)
+    with _threads.limit(2):
+        assert layer._inference_route(16, 20)[:2] == ("fused", 2)
+        split = layer_arrays(layer.forward(X, need_grad=False))
+        answers, pool_slices = answers_of(monkeypatch, R, "lstm_fused_native"), []
+        real_on_pool = R._on_pool
+        monkeypatch.setattr(R, "_on_pool", lambda *a: pool_slices.append(1) or real_on_pool(*a))
+        monkeypatch.setattr(_threads, "_busy_until", time.perf_counter() + 60.0)
+        here = layer_arrays(layer.forward(X, need_grad=False))
+        assert not answers and not pool_slices
+    for a, b in zip(here, split):
+        np.testing.assert_array_equal(a, b)

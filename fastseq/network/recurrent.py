@@ -15,7 +15,7 @@ import numpy as np
 from .. import _plan
 from .. import kernels as K
 from .._threads import (
-    _on_pool, blas_single_thread, call_threads, get_num_threads, limit, matmul_splits, packed_for_slices,
+    _on_pool, blas_single_thread, call_threads, cpu_busy, get_num_threads, limit, matmul_splits, packed_for_slices,
     parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, parallel_transpose, pipelines, run_native,
     run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
 )
@@ -1009,7 +1009,9 @@ class Recurrent:
         (:meth:`_bound_weights`): ``[W_ih | W_hh]``, its packed form and
         the bias in this thread's scratch (one compiled call,
         :func:`fastseq.kernels.infer.fused_weights`), then the batch
-        slices ``bounds``, side by side when there are more than one."""
+        slices ``bounds``, side by side when there are more than one (one
+        after the other on this thread while
+        :func:`fastseq._threads.cpu_busy`: the same bits)."""
         H, dt = self.hidden_size, self.dtype
         G, K = 4 * H, inp.shape[1] + H
         SW = STRIP_BYTES // dt.itemsize
@@ -1022,6 +1024,9 @@ class Recurrent:
         args = (inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n)
         if len(bounds) == 1:
             lstm_fused_slice(*args, *bounds[0])
+        elif cpu_busy():    # (a thread held off its CPU: the slices one after the other here)
+            for b0, b1 in bounds:
+                lstm_fused_slice(*args, b0, b1)
         elif not run_native(_slices_array(bounds), np.zeros(len(bounds) * STRIDE, dtype=np.int64),
                             lambda states, descs, own, b, flags: lstm_fused_native(
                                 states, descs, own, b, flags, part_address("fused", dt), *args), rouse=lingering):
