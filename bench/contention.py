@@ -5,10 +5,13 @@ Run from the repository root::
 
     python -m bench.contention                 # about a minute on 2 cores
     python -m bench.contention --busy 0        # the same with nothing beside it
+    python -m bench.contention --train         # training steps instead
     python -m bench.contention --quick         # seconds
 
 For each case (a layer's inference at the given thread count, weights
-copied from torch), three engines take turns, each calling back to back for
+copied from torch; with ``--train`` a training step of
+:class:`bench.compare.FastseqTrainer` and ``TorchTrainer``: forward,
+backward, clipping, Adam), three engines take turns, each calling back to back for
 ``--seconds`` while ``--busy`` other processes (a Python loop each) keep
 CPUs busy: fastseq as it is, fastseq with the finding off (no split call is
 timed: every split runs split, as before the finding existed), and torch.
@@ -51,34 +54,47 @@ def _calls(fn, seconds, warmup):
     return times
 
 
-def run_case(case, threads, seconds, warmup, rounds):
+def run_case(case, threads, seconds, warmup, rounds, train=False):
     import torch
 
-    from bench.compare import Case, make_torch
+    from bench.compare import Case, FastseqTrainer, TorchTrainer, make_torch
     from fastseq import _threads
     from fastseq.interop import from_torch
 
     cell, B, T, F, H = case
     c = Case(f"{cell}/B{B}/T{T}/I{F}/H{H}", "contention", cell, B, T, F, H)
     module = make_torch(c)
-    layer = from_torch(module, dtype="float32").eval()
+    layer = from_torch(module, dtype="float32")
     layer.n_jobs = threads
     X = np.random.default_rng(0).standard_normal((B, T, F)).astype(np.float32)
-    tX = torch.from_numpy(X)
+    G = np.random.default_rng(1).standard_normal((B, T, H)).astype(np.float32)
+    tX, tG = torch.from_numpy(X), torch.from_numpy(G)
     clock = _threads._cpu_clock
 
     def finding(on):
         # (from a fresh state either way: a finding made by the other
         # engine's turn does not carry over)
         _threads._cpu_clock = clock if on else None
-        _threads._busy_until, _threads._busy_for, _threads._probation = 0.0, _threads.BUSY_S, 0
+        _threads._busy_until, _threads._busy_for = 0.0, _threads.BUSY_S
+        _threads._probation = _threads._strikes = 0
 
-    def fastseq_call():
-        layer.forward(X, need_grad=False)
+    if train:
+        fs_trainer, torch_trainer = FastseqTrainer(layer.train()), TorchTrainer(module)
 
-    def torch_call():
-        with torch.inference_mode():
-            module(tX)
+        def fastseq_call():
+            fs_trainer.step(X, G)
+
+        def torch_call():
+            torch_trainer.step(tX, tG)
+    else:
+        layer.eval()
+
+        def fastseq_call():
+            layer.forward(X, need_grad=False)
+
+        def torch_call():
+            with torch.inference_mode():
+                module(tX)
     engines = {"fastseq": (lambda: finding(True), fastseq_call),
                "no finding": (lambda: finding(False), fastseq_call),
                "torch": (lambda: None, torch_call)}
@@ -100,6 +116,7 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=2.0, help="seconds of timed calls a turn")
     p.add_argument("--warmup", type=float, default=0.3, help="seconds of calls before each turn's timing")
     p.add_argument("--rounds", type=int, default=2, help="turns of each engine a case")
+    p.add_argument("--train", action="store_true", help="training steps instead of inference")
     p.add_argument("--quick", action="store_true", help="one small case, short turns")
     args = p.parse_args(argv)
 
@@ -113,7 +130,8 @@ def main(argv=None):
     if args.quick:
         cases, seconds, warmup, rounds = [("lstm", 1, 8, 32, 32)], 0.1, 0.05, 1
     print(cpu_header(machine_info(args.threads)))
-    print(f"{args.busy} busy process(es) beside the engines; ms a call, mean (median) over "
+    print(f"{'training steps' if args.train else 'inference'}, {args.busy} busy process(es) beside the engines; "
+          f"ms a call, mean (median) over "
           f"{rounds} x {seconds:g} s of calls each")
     print(f"{'case':28s} {'fastseq':>17s} {'no finding':>17s} {'torch':>17s}  torch / fastseq")
     rows = []
@@ -121,7 +139,7 @@ def main(argv=None):
     try:
         time.sleep(0.2)
         for case in cases:
-            name, t = run_case(case, args.threads, seconds, warmup, rounds)
+            name, t = run_case(case, args.threads, seconds, warmup, rounds, args.train)
             cols = "".join(f" {1e3 * m:8.3f} ({1e3 * md:6.3f})" for m, md in t.values())
             print(f"{name:28s}{cols}  {t['torch'][0] / t['fastseq'][0]:6.2f}", flush=True)
             rows.append((name, t))

@@ -388,11 +388,13 @@ def _place(workers):
 # units, batch 1, 32 steps took 0.35 ms on two threads, 4.2 ms beside one
 # busy process (0.6 ms on one thread; ``python -m bench.contention``).  So
 # now and then (at most every CHECK_S) a split call whose compiled parts ran
-# (:func:`run_native`) reads the CPU time of each of its threads: when one
-# ran for less than HELD_SHARE of the call and was held off for HELD_MIN_S
-# or more (a time slice, not an interrupt), the calls that have a one-thread
-# form with the same results (:func:`unit_split_slot`, the fused LSTM's
-# batch slices) take it for BUSY_S (:func:`cpu_busy`), after which the next
+# (:func:`run_native`, :func:`run_units`) reads the CPU time of each of its
+# threads: when one ran for less than HELD_SHARE of the call and was held
+# off for HELD_MIN_S or more (a time slice, not an interrupt), in STRIKES
+# timed calls in a row (one such call in about 300 happens on an idle
+# machine here), the calls that have a one-thread form with the same results
+# (:func:`unit_split_slot`, the fused LSTM's batch slices) take it for
+# BUSY_S (:func:`cpu_busy`), after which the next
 # split calls are timed again, each of them until PROBATION_CALLS in a row
 # find no busy CPU.  Such a call can take many time slices (30-70 ms here
 # beside a busy process), so each busy finding doubles the time to the
@@ -412,10 +414,14 @@ CHECK_S = 0.01
 HELD_SHARE = 0.5
 #: seconds a thread must have lost to be called held off
 HELD_MIN_S = 2e-4
+#: timed split calls in a row that must find a thread held off (each timed
+#: call after one that did is timed too)
+STRIKES = 2
 
 _busy_until = 0.0    # perf_counter() until which cpu_busy() holds
 _busy_for = BUSY_S   # seconds the next busy finding holds for
 _probation = 0       # split calls still to be timed after a busy finding
+_strikes = 0         # timed split calls in a row that found a thread held off
 _next_check = 0.0    # perf_counter() from which the next split call is timed
 _cpu_clock = getattr(time, "pthread_getcpuclockid", None)   # (not on every platform: no timing there)
 
@@ -446,12 +452,15 @@ def _cpu_times(clocks):
 
 def _start_timing(workers):
     """What :func:`_held_off` compares after a split call on ``workers``
-    (pool threads), or None when this call is not timed (outside a
-    probation, the last call timed ended less than :data:`CHECK_S` ago; or
-    no clock can be read)."""
+    (pool threads), or None when this call is not timed: the last call
+    timed ended less than :data:`CHECK_S` ago (outside a probation or a
+    strike), a thread is not lingering (its wake-up would count), or no
+    clock can be read."""
     now = time.perf_counter()
-    if _cpu_clock is None or (now < _next_check and not _probation):
+    if _cpu_clock is None or (now < _next_check and not (_probation or _strikes)):
         return None
+    if any(w.state[0] != LINGER for w in workers):
+        return None     # (a thread asleep: its wake-up is not a busy CPU)
     clocks = _thread_clocks(workers)
     if clocks is None:
         return None
@@ -459,20 +468,26 @@ def _start_timing(workers):
 
 
 def _held_off(timing):
-    """After a split call timed by :func:`_start_timing`: whether one of its
-    threads was held off its CPU (see above), which sets :func:`cpu_busy`
-    (for :data:`BUSY_S`, doubled for each finding before a probation of
+    """After a split call timed by :func:`_start_timing`: whether it found
+    a busy CPU, one of its threads held off its CPU as the :data:`STRIKES`
+    - 1 timed calls before it (see above), which sets :func:`cpu_busy` (for
+    :data:`BUSY_S`, doubled for each finding before a probation of
     :data:`PROBATION_CALLS` ends without one)."""
-    global _busy_until, _busy_for, _probation, _next_check
+    global _busy_until, _busy_for, _probation, _next_check, _strikes
     t0, clocks, cpu0 = timing
     now = time.perf_counter()
     ran = min(b - a for a, b in zip(cpu0, _cpu_times(clocks)))
     _next_check = now + CHECK_S
     if busy_share(now - t0, ran):
+        _strikes += 1
+        if _strikes < STRIKES:
+            return False
+        _strikes = 0
         _busy_until = now + _busy_for
         _busy_for = min(2 * _busy_for, BUSY_MAX_S)
         _probation = PROBATION_CALLS
         return True
+    _strikes = 0
     if _probation:
         _probation -= 1
         if not _probation:
@@ -1031,6 +1046,7 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
             raise
         finally:  # a part that marks no start of its own releases the caller as it ends
             flags[tid * STRIDE + STARTED] = 1
+    timing = _start_timing(_pool(n - 1).workers)
     with blas_single_thread() if blas else _FLUSH:
         join = _start(n - 1, [functools.partial(guarded, tid) for tid in range(1, n)], joined=flags)
         try:
@@ -1038,6 +1054,8 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
             guarded(0)
         finally:
             join()
+    if timing is not None:
+        _held_off(timing)
     return True
 
 

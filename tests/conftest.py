@@ -77,6 +77,7 @@ def _no_busy_cpu(monkeypatch):
     monkeypatch.setattr(_threads, "_busy_until", 0.0)
     monkeypatch.setattr(_threads, "_busy_for", _threads.BUSY_S)
     monkeypatch.setattr(_threads, "_probation", 0)
+    monkeypatch.setattr(_threads, "_strikes", 0)
     monkeypatch.setattr(_threads, "_next_check", 0.0)
 
 

@@ -1279,12 +1279,12 @@ def _fake_cpu_times(monkeypatch, ran):
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_thread_held_off_its_cpu_sends_unit_splits_to_one_thread_for_a_while(monkeypatch, lingering, cell):
-    """A timed split call (compiled parts on lingering threads) one of whose
-    threads was held off its CPU makes the next calls run on one thread,
-    with the same bits and nothing handed over, until ``cpu_busy`` ends;
-    then calls split again, each timed: a finding in that probation doubles
-    the time to the next try, ``PROBATION_CALLS`` clean calls in a row
-    bring it back to ``BUSY_S``."""
+    """``STRIKES`` timed split calls in a row (compiled parts on lingering
+    threads) one of whose threads was held off its CPU make the next calls
+    run on one thread, with the same bits and nothing handed over, until
+    ``cpu_busy`` ends; then calls split again, each timed: a finding in
+    that probation doubles the time to the next try, ``PROBATION_CALLS``
+    clean calls in a row bring it back to ``BUSY_S``."""
     import fastseq.network.recurrent as R
     layer = Recurrent(cell, 24, 96, dtype="float64", random_state=1).eval()
     X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), 2, 30)
@@ -1302,6 +1302,9 @@ def test_a_thread_held_off_its_cpu_sends_unit_splits_to_one_thread_for_a_while(m
         assert layer._inference_plan(2, 30) == "units"
         while not answers or not answers[-1]:   # (until the pool thread lingers)
             call()
+        for _ in range(_threads.STRIKES - 1):
+            assert not _threads.cpu_busy()
+            call()
         assert _threads.cpu_busy() and _threads._busy_for == 2 * _threads.BUSY_S
         n = len(answers)
         python_parts.clear()        # (the first call's, its thread asleep)
@@ -1309,16 +1312,18 @@ def test_a_thread_held_off_its_cpu_sends_unit_splits_to_one_thread_for_a_while(m
             call()
         assert len(answers) == n and not python_parts          # on this thread
         monkeypatch.setattr(_threads, "_busy_until", 0.0)      # (its time over)
-        call()
-        assert len(answers) == n + 1 and answers[-1] and _threads.cpu_busy()   # held off again
+        for _ in range(_threads.STRIKES):
+            call()
+        assert len(answers) == n + _threads.STRIKES and answers[-1] and _threads.cpu_busy()   # held off again
         assert _threads._busy_for == 4 * _threads.BUSY_S
         monkeypatch.setattr(_threads, "_busy_until", 0.0)
         share[0] = 1.0                                         # the CPU free again
+        n = len(answers)
         for k in range(_threads.PROBATION_CALLS):
             assert _threads._busy_for == 4 * _threads.BUSY_S
             call()
             assert not _threads.cpu_busy()
-        assert len(answers) == n + 1 + _threads.PROBATION_CALLS and all(answers[n:])
+        assert len(answers) == n + _threads.PROBATION_CALLS and all(answers[n:])
         assert _threads._busy_for == _threads.BUSY_S and not python_parts
 
 
@@ -1343,3 +1348,72 @@ def test_a_busy_cpu_runs_the_fused_batch_slices_here_with_their_bits(monkeypatch
         assert not answers and not pool_slices
     for a, b in zip(here, split):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_held_off_call_between_clean_ones_is_no_busy_cpu(monkeypatch, lingering):
+    """A thread held off its CPU in one timed call (an interrupt, another
+    process's moment) finds no busy CPU when the next timed call is clean;
+    a thread that is not lingering (asleep, its wake-up to come) is not
+    timed."""
+    import time
+
+    from fastseq.kernels._sync import LINGER
+    share = [1.0]
+    _fake_cpu_times(monkeypatch, lambda: share[0])
+    monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+    monkeypatch.setattr(_threads, "CHECK_S", 0.0)
+    workers = _threads._pool(1).workers
+    _threads._start(1, [int], _threads._pool(1))()      # (it lingers after a task)
+    _wait_for_state(workers[0], LINGER)
+    for k in range(6):
+        share[0] = 0.0 if k % 2 == 0 else 1.0          # held off, clean, held off, ...
+        timing = _threads._start_timing(workers)
+        assert timing is not None
+        time.sleep(0.001)
+        assert not _threads._held_off(timing)
+        assert not _threads.cpu_busy() and _threads._strikes == (1 if k % 2 == 0 else 0)
+    workers[0].state[0] = 0     # (as if idle)
+    try:
+        assert _threads._start_timing(workers) is None
+    finally:
+        workers[0].state[0] = LINGER
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+def test_a_training_unit_split_handed_over_in_python_is_timed_too(monkeypatch, lingering):
+    """The LSTM training's unit split (its parts handed over in Python,
+    ``run_units`` without compiled tasks) is timed as the compiled splits
+    are: held-off threads send its next passes to one thread, with the
+    one-thread bits."""
+    from fastseq.kernels._sync import LINGER
+    layer = Recurrent("lstm", 16, 64, dtype="float64", random_state=5)
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((2, 9, 16))
+    G = rng.standard_normal((2, 9, 64))
+    with _threads.limit(1):
+        out, _ = layer.forward(X)
+        ref = [out, layer.backward(G)[0]]
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    monkeypatch.setattr(_plan.current(), "unit_split_min_weight_bytes", 0)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
+    _fake_cpu_times(monkeypatch, lambda: 0.0)
+    monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+    parts = []
+    real = _threads.run_units
+    import fastseq.network.recurrent as R
+    monkeypatch.setattr(R, "run_units", lambda *a, **k: parts.append(1) or real(*a, **k))
+    with _threads.limit(2):
+        assert layer._train_units(2, 9, np.zeros((0, 64)))
+        _threads._start(1, [int], _threads._pool(1))()      # (it lingers after a task)
+        _wait_for_state(_threads._pool(1).workers[0], LINGER)
+        while not _threads.cpu_busy():
+            assert len(parts) < 20
+            out, _ = layer.forward(X)
+            got = [out, layer.backward(G)[0]]
+        n = len(parts)
+        out, _ = layer.forward(X)
+        here = [out, layer.backward(G)[0]]
+        assert len(parts) == n                             # on this thread
+    for a, b, c in zip(got, here, ref):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
