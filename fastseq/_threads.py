@@ -446,8 +446,12 @@ def _thread_clocks(workers):
 
 
 def _cpu_times(clocks):
-    """CPU seconds of this thread, then of each of ``clocks``."""
-    return [time.thread_time()] + [time.clock_gettime(c) for c in clocks]
+    """CPU seconds of this thread, then of each of ``clocks`` (None when one
+    cannot be read: a thread gone)."""
+    try:
+        return [time.thread_time()] + [time.clock_gettime(c) for c in clocks]
+    except OSError:  # pragma: no cover - a pool thread ends only with the interpreter
+        return None
 
 
 def _start_timing(workers):
@@ -462,9 +466,8 @@ def _start_timing(workers):
     if any(w.state[0] != LINGER for w in workers):
         return None     # (a thread asleep: its wake-up is not a busy CPU)
     clocks = _thread_clocks(workers)
-    if clocks is None:
-        return None
-    return now, clocks, _cpu_times(clocks)
+    cpu = None if clocks is None else _cpu_times(clocks)
+    return None if cpu is None else (now, clocks, cpu)
 
 
 def _held_off(timing):
@@ -476,8 +479,11 @@ def _held_off(timing):
     global _busy_until, _busy_for, _probation, _next_check, _strikes
     t0, clocks, cpu0 = timing
     now = time.perf_counter()
-    ran = min(b - a for a, b in zip(cpu0, _cpu_times(clocks)))
+    cpu = _cpu_times(clocks)
     _next_check = now + CHECK_S
+    if cpu is None:
+        return False
+    ran = min(b - a for a, b in zip(cpu0, cpu))
     if busy_share(now - t0, ran):
         _strikes += 1
         if _strikes < STRIKES:

@@ -1274,6 +1274,9 @@ def _fake_cpu_times(monkeypatch, ran):
     import time
     monkeypatch.setattr(_threads, "_cpu_clock", lambda ident: 0)
     monkeypatch.setattr(_threads, "_cpu_times", lambda clocks: [ran() * time.perf_counter()] * (1 + len(clocks)))
+    for pool in _threads._pools.values():   # (each thread reads the fake clock id, undone after)
+        for w in pool.workers:
+            monkeypatch.setattr(w, "clock", None)
 
 
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
@@ -1417,3 +1420,29 @@ def test_a_training_unit_split_handed_over_in_python_is_timed_too(monkeypatch, l
     for a, b, c in zip(got, here, ref):
         np.testing.assert_array_equal(a, c)
         np.testing.assert_array_equal(b, c)
+
+
+def test_a_cpu_clock_that_cannot_be_read_times_nothing(monkeypatch, lingering):
+    """A pool thread's CPU clock that cannot be read (``OSError``: a thread
+    gone) leaves the call untimed, or its timing without a finding."""
+    import time
+
+    from fastseq.kernels._sync import LINGER
+    if not hasattr(time, "pthread_getcpuclockid"):
+        pytest.skip("no thread CPU clocks here")
+    workers = _threads._pool(1).workers
+    _threads._start(1, [int], _threads._pool(1))()
+    _wait_for_state(workers[0], LINGER)
+    monkeypatch.setattr(_threads, "_cpu_clock", time.pthread_getcpuclockid)
+    monkeypatch.setattr(workers[0], "clock", None)
+    monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+    monkeypatch.setattr(_threads, "STRIKES", 1)
+    timing = _threads._start_timing(workers)
+    assert timing is not None
+
+    def gone(clock):
+        raise OSError("no such thread")
+    monkeypatch.setattr(time, "clock_gettime", gone)
+    assert not _threads._held_off(timing) and not _threads.cpu_busy()
+    monkeypatch.setattr(_threads, "_next_check", 0.0)
+    assert _threads._start_timing(workers) is None
