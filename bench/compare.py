@@ -934,6 +934,10 @@ def summary_lines(s):
     for t in s["targets"]:
         mark = {True: "met", False: "**short**", None: "not measured"}[t["met"]]
         lines.append(f"- {t['target']}: {f(t['value'], '.3g')} ({mark})")
+    if s.get("busy_cpu_findings"):
+        lines += ["", f"fastseq found a busy CPU {s['busy_cpu_findings']} time(s) in this run "
+                      "(`fastseq._threads.cpu_busy`): some of its calls ran on one thread for a while, "
+                      "so the machine was loaded"]
     return lines
 
 
@@ -1187,6 +1191,9 @@ def main(argv=None):
         gc.collect()
     summary = summarize(results, peak)
     summary["deterministic_fixed_threads"] = deterministic
+    # (each finding ran some fastseq calls on one thread for a while: a
+    # loaded machine; 0 expected on idle CPUs)
+    summary["busy_cpu_findings"] = _threads.busy_findings
     if not args.no_cold:
         summary["cold_start"] = measure_cold_start()
     summary["bench_wall_s"] = time.perf_counter() - t_start

@@ -422,6 +422,9 @@ _busy_until = 0.0    # perf_counter() until which cpu_busy() holds
 _busy_for = BUSY_S   # seconds the next busy finding holds for
 _probation = 0       # split calls still to be timed after a busy finding
 _strikes = 0         # timed split calls in a row that found a thread held off
+#: busy CPUs found in this process (each one sets :func:`cpu_busy`; read
+#: by ``bench/compare.py``, whose figures assume the CPUs free)
+busy_findings = 0
 _next_check = 0.0    # perf_counter() from which the next split call is timed
 _cpu_clock = getattr(time, "pthread_getcpuclockid", None)   # (not on every platform: no timing there)
 
@@ -476,7 +479,7 @@ def _held_off(timing):
     - 1 timed calls before it (see above), which sets :func:`cpu_busy` (for
     :data:`BUSY_S`, doubled for each finding before a probation of
     :data:`PROBATION_CALLS` ends without one)."""
-    global _busy_until, _busy_for, _probation, _next_check, _strikes
+    global _busy_until, _busy_for, _probation, _next_check, _strikes, busy_findings
     t0, clocks, cpu0 = timing
     now = time.perf_counter()
     cpu = _cpu_times(clocks)
@@ -489,6 +492,7 @@ def _held_off(timing):
         if _strikes < STRIKES:
             return False
         _strikes = 0
+        busy_findings += 1
         _busy_until = now + _busy_for
         _busy_for = min(2 * _busy_for, BUSY_MAX_S)
         _probation = PROBATION_CALLS

