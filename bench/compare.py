@@ -305,12 +305,20 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=T
     spinning thread halves the other's speed); the untimed call refills the
     caches the other engine evicted (``refill=False`` skips it, for calls
     whose data do not fit in cache anyway).  Both engines get the same
-    treatment.
+    treatment.  The warm-up calls and the calibrating call of each engine
+    come after the same pause: fastseq times some of its split calls, and
+    one whose thread waits on another engine's spinning threads twice in a
+    row runs its next calls on one thread for a while
+    (:func:`fastseq._threads.cpu_busy`).
     """
     for _ in range(warmup):
         for fn in fns.values():
+            time.sleep(pause)
             fn()
-    inner = {k: _calibrate(fn, min_time) for k, fn in fns.items()}
+    inner = {}
+    for k, fn in fns.items():
+        time.sleep(pause)
+        inner[k] = _calibrate(fn, min_time)
     samples = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
