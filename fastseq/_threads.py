@@ -387,19 +387,18 @@ def _place(workers):
 # slices of milliseconds and the whole call waits for it: an LSTM of 256
 # units, batch 1, 32 steps took 0.35 ms on two threads, 4.2 ms beside one
 # busy process (0.6 ms on one thread; ``python -m bench.contention``).  So
-# now and then (at most every CHECK_S) a split call whose compiled parts ran
-# (:func:`run_native`, :func:`run_units`) reads the CPU time of each of its
-# threads: when one ran for less than HELD_SHARE of the call and was held
-# off for HELD_MIN_S or more (a time slice, not an interrupt), in STRIKES
+# now and then (at most every CHECK_S) a split call whose pool threads were
+# lingering (:func:`run_native`, :func:`run_units`) reads the CPU time of
+# each of its threads.  When one ran for less than HELD_SHARE of the call
+# and lost HELD_MIN_S or more (a time slice, not an interrupt) in STRIKES
 # timed calls in a row (one such call in about 300 happens on an idle
-# machine here), the calls that have a one-thread form with the same results
-# (:func:`unit_split_slot`, the fused LSTM's batch slices) take it for
-# BUSY_S (:func:`cpu_busy`), after which the next
-# split calls are timed again, each of them until PROBATION_CALLS in a row
-# find no busy CPU.  Such a call can take many time slices (30-70 ms here
-# beside a busy process), so each busy finding doubles the time to the
-# next, up to BUSY_MAX_S, until a probation ends without one (back to
-# BUSY_S).
+# machine here), the calls that have a one-thread form with the same
+# results (:func:`unit_split_slot`, the fused LSTM's batch slices) take it
+# for BUSY_S (:func:`cpu_busy`).  Then the split calls are timed again,
+# each of them, until PROBATION_CALLS in a row find no busy CPU.  Such a
+# call can take many time slices (30-70 ms here beside a busy process), so
+# each busy finding doubles the time to the next try, up to BUSY_MAX_S,
+# until a probation ends without one (back to BUSY_S).
 
 #: seconds for which a busy CPU keeps the splits that can run on one thread
 #: there (doubled for each finding in a row, up to :data:`BUSY_MAX_S`)
