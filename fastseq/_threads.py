@@ -1055,9 +1055,10 @@ def run_units(part, H, blas=True, native=None, lingering_only=False):
             raise
         finally:  # a part that marks no start of its own releases the caller as it ends
             flags[tid * STRIDE + STARTED] = 1
-    timing = _start_timing(_pool(n - 1).workers)
+    pool = _pool(n - 1)
+    timing = _start_timing(pool.workers)
     with blas_single_thread() if blas else _FLUSH:
-        join = _start(n - 1, [functools.partial(guarded, tid) for tid in range(1, n)], joined=flags)
+        join = _start(n - 1, [functools.partial(guarded, tid) for tid in range(1, n)], pool, joined=flags)
         try:
             wait_started(flags)
             guarded(0)
