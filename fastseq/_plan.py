@@ -380,11 +380,18 @@ def _measure_madd_rate():
     return a.shape[0] * a.shape[1] * b.shape[1] / best
 
 
+def _cache_sizes():
+    """The cache fields of :class:`Machine` for this machine: one core's L1
+    data cache and L2, and the L3 (:func:`_cache_bytes`; 32 KB, 1 MB and
+    8 MB when the operating system does not say)."""
+    return dict(l1_bytes=_cache_bytes(1, 32 * 1024), l2_bytes=_cache_bytes(2, 1024 ** 2),
+                l3_bytes=_cache_bytes(3, 8 * 1024 ** 2))
+
+
 def measure():
     """The :class:`Machine` facts of this machine, measured now."""
     return Machine(handover_s=_measure_handover(), madd_rate=_measure_madd_rate(),
-                   l2_bytes=_cache_bytes(2, 1024 ** 2), l3_bytes=_cache_bytes(3, 8 * 1024 ** 2),
-                   linger_handover_s=_measure_linger_handover(), l1_bytes=_cache_bytes(1, 32 * 1024))
+                   linger_handover_s=_measure_linger_handover(), **_cache_sizes())
 
 
 def _cache_path():
@@ -466,9 +473,7 @@ def for_threads(n):
         return current()
     plan = _one_thread
     if plan is None:
-        plan = _one_thread = Plan.for_machine(Machine(
-            handover_s=0.0, madd_rate=0.0, l2_bytes=_cache_bytes(2, 1024 ** 2),
-            l3_bytes=_cache_bytes(3, 8 * 1024 ** 2), l1_bytes=_cache_bytes(1, 32 * 1024)))
+        plan = _one_thread = Plan.for_machine(Machine(handover_s=0.0, madd_rate=0.0, **_cache_sizes()))
     return plan
 
 
