@@ -391,8 +391,10 @@ def _place(workers):
 # lingering (:func:`run_native`, :func:`run_units`) reads the CPU time of
 # each of its threads.  When one ran for less than HELD_SHARE of the call
 # and lost HELD_MIN_S or more (a time slice, not an interrupt) in STRIKES
-# timed calls in a row (one such call in about 300 happens on an idle
-# machine here), the calls that have a one-thread form with the same
+# timed calls in a row, each STRIKE_GAP_S or more after the one before
+# (one such call in about 300 happens on an idle machine here, and another
+# engine's threads spin for about 10 ms after its call: torch's OpenMP
+# threads), the calls that have a one-thread form with the same
 # results (:func:`unit_split_slot`, the fused LSTM's batch slices) take it
 # for BUSY_S (:func:`cpu_busy`).  Then the split calls are timed again,
 # each of them, until PROBATION_CALLS in a row find no busy CPU.  Such a
@@ -413,9 +415,12 @@ CHECK_S = 0.01
 HELD_SHARE = 0.5
 #: seconds a thread must have lost to be called held off
 HELD_MIN_S = 2e-4
-#: timed split calls in a row that must find a thread held off (each timed
-#: call after one that did is timed too)
+#: timed split calls in a row that must find a thread held off
 STRIKES = 2
+#: seconds from a timed split call that found a thread held off to the
+#: next timed call (outside a probation): a busy CPU lasts longer than
+#: another engine's threads spinning after its call
+STRIKE_GAP_S = 0.02
 
 _busy_until = 0.0    # perf_counter() until which cpu_busy() holds
 _busy_for = BUSY_S   # seconds the next busy finding holds for
@@ -459,11 +464,11 @@ def _cpu_times(clocks):
 def _start_timing(workers):
     """What :func:`_held_off` compares after a split call on ``workers``
     (pool threads), or None when this call is not timed: the last call
-    timed ended less than :data:`CHECK_S` ago (outside a probation or a
-    strike), a thread is not lingering (its wake-up would count), or no
-    clock can be read."""
+    timed ended less than :data:`CHECK_S` ago (:data:`STRIKE_GAP_S`
+    after a strike; each call is timed in a probation), a thread is not
+    lingering (its wake-up would count), or no clock can be read."""
     now = time.perf_counter()
-    if _cpu_clock is None or (now < _next_check and not (_probation or _strikes)):
+    if _cpu_clock is None or (now < _next_check and not _probation):
         return None
     if any(w.state[0] != LINGER for w in workers):
         return None     # (a thread asleep: its wake-up is not a busy CPU)
@@ -489,6 +494,7 @@ def _held_off(timing):
     if busy_share(now - t0, ran):
         _strikes += 1
         if _strikes < STRIKES:
+            _next_check = now + STRIKE_GAP_S
             return False
         _strikes = 0
         busy_findings += 1

@@ -1297,6 +1297,7 @@ def test_a_thread_held_off_its_cpu_sends_unit_splits_to_one_thread_for_a_while(m
     share = [0.0]                       # held off for the whole call
     _fake_cpu_times(monkeypatch, lambda: share[0])
     monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+    monkeypatch.setattr(_threads, "STRIKE_GAP_S", 0.0)     # (the gap: the next test)
 
     def call():
         for a, b in zip(layer_arrays(layer.forward(X, h0=state, need_grad=False)), ref):
@@ -1365,6 +1366,7 @@ def test_one_held_off_call_between_clean_ones_is_no_busy_cpu(monkeypatch, linger
     _fake_cpu_times(monkeypatch, lambda: share[0])
     monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
     monkeypatch.setattr(_threads, "CHECK_S", 0.0)
+    monkeypatch.setattr(_threads, "STRIKE_GAP_S", 0.0)
     workers = _threads._pool(1).workers
     _threads._start(1, [int], _threads._pool(1))()      # (it lingers after a task)
     _wait_for_state(workers[0], LINGER)
@@ -1380,6 +1382,37 @@ def test_one_held_off_call_between_clean_ones_is_no_busy_cpu(monkeypatch, linger
         assert _threads._start_timing(workers) is None
     finally:
         workers[0].state[0] = LINGER
+
+
+def test_a_second_strike_comes_from_a_call_timed_a_strike_gap_later(monkeypatch, lingering):
+    """After a timed call that found a thread held off, the next call is
+    timed only ``STRIKE_GAP_S`` later (another engine's threads spinning for
+    a few ms after its call do not make a busy CPU), and a held-off call
+    then is the second strike; in a probation every call is timed."""
+    import time
+
+    from fastseq.kernels._sync import LINGER
+    _fake_cpu_times(monkeypatch, lambda: 0.0)           # every call held off
+    monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+    workers = _threads._pool(1).workers
+    _threads._start(1, [int], _threads._pool(1))()
+    _wait_for_state(workers[0], LINGER)
+
+    def timed_call():
+        timing = _threads._start_timing(workers)
+        if timing is not None:
+            time.sleep(0.001)
+            _threads._held_off(timing)
+        return timing is not None
+    assert timed_call() and _threads._strikes == 1 and not _threads.cpu_busy()
+    t = time.perf_counter()
+    assert _threads._next_check >= t + _threads.STRIKE_GAP_S - 0.005
+    assert not timed_call() and _threads._strikes == 1      # within the gap: not timed
+    monkeypatch.setattr(_threads, "_next_check", time.perf_counter())   # (the gap over)
+    assert timed_call() and _threads.cpu_busy() and _threads._strikes == 0
+    monkeypatch.setattr(_threads, "_busy_until", 0.0)
+    assert timed_call() and _threads._strikes == 1           # probation: timed at once
+    assert timed_call() and _threads.cpu_busy()
 
 
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
@@ -1401,6 +1434,7 @@ def test_a_training_unit_split_handed_over_in_python_is_timed_too(monkeypatch, l
     monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
     _fake_cpu_times(monkeypatch, lambda: 0.0)
     monkeypatch.setattr(_threads, "HELD_MIN_S", 0.0)
+    monkeypatch.setattr(_threads, "STRIKE_GAP_S", 0.0)
     parts = []
     real = _threads.run_units
     import fastseq.network.recurrent as R
