@@ -79,6 +79,7 @@ def _no_busy_cpu(monkeypatch):
     monkeypatch.setattr(_threads, "_probation", 0)
     monkeypatch.setattr(_threads, "_strikes", 0)
     monkeypatch.setattr(_threads, "_next_check", 0.0)
+    monkeypatch.setattr(_threads, "busy_findings", 0)
 
 
 #: that machine's crossover of the step product's tiles and BLAS (rows): the
