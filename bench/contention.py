@@ -16,7 +16,8 @@ backward, clipping, Adam), three engines take turns, each calling back to back f
 CPUs busy: fastseq as it is, fastseq with the finding off (no split call is
 timed: every split runs split, as before the finding existed), and torch.
 The mean of a call counts everything a user would wait for, the slow calls
-that find a busy CPU included; the median is also given.  The first
+that find a busy CPU included; the median is also given, and the busy CPUs
+that fastseq found in its turns (``fastseq._threads.busy_findings``).  The first
 ``--warmup`` seconds of each turn are not counted.  Results are printed
 with the CPU kind; nothing is asserted.
 """
@@ -99,14 +100,17 @@ def run_case(case, threads, seconds, warmup, rounds, train=False):
                "no finding": (lambda: finding(False), fastseq_call),
                "torch": (lambda: None, torch_call)}
     times = {k: [] for k in engines}
+    findings = 0
     try:
         for _ in range(rounds):
             for k, (setup, fn) in engines.items():
                 setup()
+                before = _threads.busy_findings
                 times[k] += _calls(fn, seconds, warmup)
+                findings += _threads.busy_findings - before
     finally:
         finding(True)
-    return c.name, {k: (statistics.fmean(v), statistics.median(v)) for k, v in times.items()}
+    return c.name, {k: (statistics.fmean(v), statistics.median(v)) for k, v in times.items()}, findings
 
 
 def main(argv=None):
@@ -133,15 +137,15 @@ def main(argv=None):
     print(f"{'training steps' if args.train else 'inference'}, {args.busy} busy process(es) beside the engines; "
           f"ms a call, mean (median) over "
           f"{rounds} x {seconds:g} s of calls each")
-    print(f"{'case':28s} {'fastseq':>17s} {'no finding':>17s} {'torch':>17s}  torch / fastseq")
+    print(f"{'case':28s} {'fastseq':>17s} {'no finding':>17s} {'torch':>17s}  torch / fastseq  findings")
     rows = []
     procs = _busy(args.busy)
     try:
         time.sleep(0.2)
         for case in cases:
-            name, t = run_case(case, args.threads, seconds, warmup, rounds, args.train)
+            name, t, findings = run_case(case, args.threads, seconds, warmup, rounds, args.train)
             cols = "".join(f" {1e3 * m:8.3f} ({1e3 * md:6.3f})" for m, md in t.values())
-            print(f"{name:28s}{cols}  {t['torch'][0] / t['fastseq'][0]:6.2f}", flush=True)
+            print(f"{name:28s}{cols}  {t['torch'][0] / t['fastseq'][0]:15.2f}  {findings:8d}", flush=True)
             rows.append((name, t))
     finally:
         for proc in procs:
