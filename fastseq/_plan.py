@@ -66,6 +66,11 @@ UNIT_SPLIT_MIN_UNITS = 32
 #: whose weights fit in cache is taken instead (bench/RESULTS.md,
 #: "fifteenth session")
 UNITS_STEP_HANDOVERS = 8.0
+#: a one-thread inference loop beside its pipelined projection waits at each
+#: step for rows the other core writes: a projection is computed ahead only
+#: when a step's share of it is at least this many compiled hand-overs' worth
+#: (bench/RESULTS.md, "twentieth session")
+PIPELINE_STEP_HANDOVERS = 2.0
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
 #: a threshold no work reaches
@@ -116,6 +121,7 @@ class Plan:
     lingering_units_min_work: int = NEVER
     lingering_split_min_work: int = NEVER
     units_min_step_work: int = 0
+    pipeline_min_step_work: int = 0
     unit_split_min_units: int = UNIT_SPLIT_MIN_UNITS
     min_split_rows: int = MIN_SPLIT_ROWS
     l2_bytes: int = 1024 ** 2
@@ -144,6 +150,8 @@ class Plan:
                                              if math.isfinite(m.linger_handover_s) else NEVER),
                    units_min_step_work=(_pow2(UNITS_STEP_HANDOVERS * m.linger_handover_work)
                                         if math.isfinite(m.linger_handover_s) else 0),
+                   pipeline_min_step_work=(_pow2(PIPELINE_STEP_HANDOVERS * m.linger_handover_work)
+                                           if math.isfinite(m.linger_handover_s) else 0),
                    l2_bytes=m.l2_bytes, l3_bytes=m.l3_bytes, l1_bytes=m.l1_bytes)
 
     # ------------------------------------------------------------ decisions
@@ -183,10 +191,13 @@ class Plan:
         t = min(n_threads, m // 8)
         return t if t > 1 and m * k * n >= self.matmul_split_min_work else 1
 
-    def pipeline(self, n_threads, work):
+    def pipeline(self, n_threads, work, step_work=None):
         """Whether a second thread computes ``work`` multiply-adds (input
-        projection, weight gradients) beside a time loop on this one."""
-        return n_threads > 1 and work >= self.pipeline_min_work
+        projection, weight gradients) beside a time loop on this one; for
+        an inference projection, ``step_work`` of it a step, from
+        ``pipeline_min_step_work``."""
+        return (n_threads > 1 and work >= self.pipeline_min_work
+                and (step_work is None or step_work >= self.pipeline_min_step_work))
 
     def inference_split(self, n_threads, B, step_work, work):
         """Whether a full-length inference call splits its batch (a step's

@@ -877,12 +877,13 @@ def matmul_splits(m, k, n):
     return _matmul_threads(m, k, n) > 1
 
 
-def pipelines(work):
+def pipelines(work, step_work=None):
     """Whether a second thread should compute ``work`` multiply-adds (an
     input projection ahead of a time loop, weight gradients behind it)
-    beside the loop on this one (:meth:`fastseq._plan.Plan.pipeline`)."""
+    beside the loop on this one (:meth:`fastseq._plan.Plan.pipeline`;
+    ``step_work``: an inference projection's work a step)."""
     n = get_num_threads()
-    return n > 1 and _plan.current().pipeline(n, work)
+    return n > 1 and _plan.current().pipeline(n, work, step_work)
 
 
 def packed_for_slices(w, B, work):

@@ -78,6 +78,55 @@ def test_lingering_unit_split_rule():
         assert Plan.for_machine(m).batch_split_lingering(2, 64, 10 ** 15) == 1
 
 
+def test_pipeline_step_rule():
+    """An inference projection is computed ahead only when a step's share of
+    it is at least two compiled hand-overs' worth (rounded to a power of
+    two); without a compiled hand-over (not measured) the total work alone
+    decides, as the plan's other callers do."""
+    p = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20, linger_handover_s=1e-6))
+    assert p.pipeline_min_step_work == 65536                          # 2 x 1 us x 40 G/s: 80K -> 64K
+    w = p.pipeline_min_work
+    assert p.pipeline(2, w, 65536) and not p.pipeline(2, w, 65535)
+    assert p.pipeline(2, w) and not p.pipeline(2, w - 1, 10 ** 9)     # (no step: the total alone)
+    assert not p.pipeline(1, 10 ** 12, 10 ** 9)
+    unmeasured = Plan.for_machine(Machine(handover_s=100e-6, madd_rate=40e9, l2_bytes=1 << 20))
+    assert unmeasured.pipeline_min_step_work == 0 and unmeasured.pipeline(2, w, 1)
+
+
+def test_small_steps_are_not_pipelined(monkeypatch):
+    """A layer whose projection a step is under the plan's step work runs
+    it in the loop's own call (not ahead, nor split before the loop), and
+    a small LSTM batch takes the fused batch split on polling threads
+    instead; a unit split keeps its projection ahead; the results are the
+    same bits as at one thread."""
+    import numpy as np
+    from fastseq.nn import Recurrent
+    plan = _plan.current()
+    monkeypatch.setattr(plan, "pipeline_min_work", 1 << 20)
+    monkeypatch.setattr(plan, "matmul_split_min_work", 1 << 20)
+    monkeypatch.setattr(plan, "pipeline_min_step_work", 65536)
+    monkeypatch.setattr(plan, "lingering_split_min_work", 1 << 17)
+    with _threads.limit(2):
+        rnn = Recurrent("rnn", 64, 64, random_state=0).eval()
+        assert rnn._layer_modes(4, 128) == ("one",)                  # 16K a step, 2.1M in all
+        assert rnn._layer_modes(16, 128) == ("ahead",)               # 64K a step
+        assert Recurrent("gru", 6, 64)._layer_modes(8, 1500) == ("one",)   # 9K a step: not split either
+        assert Recurrent("gru", 6, 64)._layer_modes(8, 1500, units=True) == ("ahead",)
+        lstm = Recurrent("lstm", 32, 32, random_state=0).eval()
+        if _sync.AVAILABLE:
+            assert lstm._decide_inference(4, 128)[:2] == ("fused-lingering", 2)
+        monkeypatch.setattr(plan, "pipeline_min_step_work", 0)
+        assert rnn._layer_modes(4, 128) == ("ahead",)
+        assert lstm._decide_inference(4, 128)[0] == "one"
+        monkeypatch.setattr(plan, "pipeline_min_step_work", 65536)
+        X = np.random.default_rng(0).standard_normal((4, 128, 32)).astype(np.float32)
+        two = [lstm.forward(X, need_grad=False)[0] for _ in range(3)]
+    with _threads.limit(1):
+        one = lstm.forward(X, need_grad=False)[0]
+    for out in two:
+        np.testing.assert_array_equal(out, one)
+
+
 def test_measure_and_cache(tmp_path, monkeypatch):
     """The facts are measured once (finite, positive, in a plausible range),
     written to the cache file, and read back instead of measured again; a

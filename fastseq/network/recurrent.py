@@ -718,21 +718,28 @@ class Recurrent:
             else:
                 rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
 
-    def _layer_modes(self, B, T):
+    def _layer_modes(self, B, T, units=False):
         """How each layer's input projection runs in :meth:`_forward_infer`
         (a tuple, one per layer; part of :meth:`_inference_route`):
         ``"ahead"`` on a pool thread a few steps ahead of the loop
         (:meth:`_run_pipelined`; with more than one thread, from the plan's
-        pipeline work), ``"split"`` in row blocks across the threads before
-        the loop (:func:`fastseq._threads.parallel_matmul`), else ``"one"``:
-        in the loop's own compiled call."""
+        pipeline work, and unless the loop's hidden ``units`` are split,
+        from its work a step), ``"split"`` in row blocks across the threads
+        before the loop (:func:`fastseq._threads.parallel_matmul`), else
+        ``"one"``: in the loop's own compiled call (also for a projection
+        whose steps are too small to compute ahead: a loop on one core
+        beside it waits for the other core's rows at every step, and a
+        split of it before the loop costs more than it moves;
+        bench/RESULTS.md, "twentieth session")."""
         N, GH = B * T, self.num_gates * self.hidden_size
         pipe = get_num_threads() > 1 and UNIT_SPLIT_AVAILABLE and T > 1
         modes = []
         for k in range(self.num_layers):
             F = self._layer_input_size(k)
-            modes.append("ahead" if pipe and pipelines(N * F * GH)
-                         else "split" if matmul_splits(N, F, GH) else "one")
+            if pipe and pipelines(N * F * GH):
+                modes.append("ahead" if units or pipelines(N * F * GH, B * F * GH) else "one")
+            else:
+                modes.append("split" if matmul_splits(N, F, GH) else "one")
         return tuple(modes)
 
     def _decide_inference(self, B, T):
@@ -755,7 +762,7 @@ class Recurrent:
         tier = self._infer_units(B, T)
         parts, lingering = self._fused_parts(B, T)
         if tier and not (parts > 1 and self._batch_over_units(B)):
-            modes = self._layer_modes(B, T)
+            modes = self._layer_modes(B, T, units=True)
             return ("units" if tier == 1 else "units-lingering"), 1, self._kernel_blas(B, B * T, modes), modes
         if parts:
             return ("fused-lingering" if lingering else "fused"), parts, self._kernel_blas(B // parts), \
@@ -803,7 +810,7 @@ class Recurrent:
         plan = _plan.for_threads(n)
         work = B * T * 4 * H * (H + F)
         parts = plan.batch_split(n, B, work) if n > 1 else 1
-        pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H)
+        pipelined = parts == 1 and n > 1 and UNIT_SPLIT_AVAILABLE and plan.pipeline(n, B * T * F * 4 * H, B * F * 4 * H)
         weight_bytes = 4 * H * (F + H) * self.dtype.itemsize
         if parts == 1 and not pipelined and n > 1 and UNIT_SPLIT_AVAILABLE:
             lingering = plan.batch_split_lingering(n, B, work)
