@@ -71,6 +71,11 @@ UNITS_STEP_HANDOVERS = 8.0
 #: when a step's share of it is at least this many compiled hand-overs' worth
 #: (bench/RESULTS.md, "twentieth session")
 PIPELINE_STEP_HANDOVERS = 2.0
+#: an inference unit split takes batches of under this many row blocks a
+#: thread where the layer's weights are larger than half the L2 (znver5: 5-20%
+#: faster than the fused batch split at H 256-512 and B 16-48;
+#: bench/RESULTS.md, "twentieth session")
+UNITS_WIDE_BLOCKS = 8
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
 #: a threshold no work reaches
@@ -244,13 +249,19 @@ class Plan:
             return True
         return rows >= 2 * block_rows and weight_bytes <= self.l3_bytes // 2
 
-    def units_max_rows(self, n_threads, H, gates, block_rows):
+    def units_max_rows(self, n_threads, H, gates, block_rows, weight_bytes=0):
         """The ``max_rows`` of :meth:`infer_units` for a layer of ``H``
         units and ``gates`` gates, as the layers measured: two row blocks
         of the step's product (``block_rows`` rows each) for an LSTM (4
         gates) and for a GRU from twice ``unit_split_min_units`` units a
         thread, else half a row block (bench/RESULTS.md, "The GRU's unit
-        split up to 15 sequences")."""
+        split up to 15 sequences"); :data:`UNITS_WIDE_BLOCKS` row blocks
+        where the layer's weights ``[W_ih | W_hh]`` (``weight_bytes``) are
+        larger than half the L2, which each thread of a batch split would
+        stream from the L3 at every step, and a thread of a unit split
+        reads half of (bench/RESULTS.md, "twentieth session")."""
+        if weight_bytes > self.l2_bytes // 2 and H >= 2 * self.unit_split_min_units * n_threads:
+            return UNITS_WIDE_BLOCKS * block_rows
         if gates == 4 or H >= 2 * self.unit_split_min_units * n_threads:
             return 2 * block_rows
         return max(1, block_rows // 2)

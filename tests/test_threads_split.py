@@ -358,10 +358,13 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(7, 5) == units       # 9.5M
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(15, 5) in (units, "fused")
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 32) == units
-        # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: fused from
-        # two row blocks of the product a slice (8 rows)
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == "fused"
+        # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: units up
+        # to 8 row blocks a thread (32 rows), then fused
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == units
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(63, 10) == units
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
+        # (a narrow layer's, 20 KB, within it: fused from two row blocks)
+        assert Recurrent("lstm", 8, 64).eval()._inference_plan(16, 1000) == "fused"
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(3, 10) == "one"
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(8, 1000) == "fused"   # 16 units a thread
@@ -377,10 +380,13 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 64) == "one"
         assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 64) == units
         # a GRU of 64 units a thread or more splits them for batches under two
-        # row blocks a thread (B < 16), as the LSTM; a narrower one under half
-        # a row block (B < 4)
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(15, 64) == units
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(16, 64) == "one"
+        # row blocks a thread (B < 16), as the LSTM (under 8 row blocks where
+        # its weights pass half the L2, as GRU(8, 256)'s 811 KB); a narrower
+        # one under half a row block (B < 4)
+        assert Recurrent("gru", 8, 128).eval()._inference_plan(15, 64) == units
+        assert Recurrent("gru", 8, 128).eval()._inference_plan(16, 64) == "one"
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(63, 64) == units
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(64, 64) is None       # a batch split
         assert Recurrent("gru", 8, 96).eval()._inference_plan(3, 400) == units
         assert Recurrent("gru", 8, 96).eval()._inference_plan(4, 400) == "one"
         assert Recurrent("gru", 8, 112).eval()._inference_plan(1, 400) == "one"    # 56-unit halves: 168 rows
@@ -391,19 +397,21 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
     with _threads.limit(2):
         # the reference plan (conftest) splits from 8M multiply-adds a step:
         # one thread below
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(16, 100) == "one"     # 3.1M
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(48, 100) is None      # 9.4M: batch split
+        assert Recurrent("gru", 8, 128).eval()._inference_plan(16, 100) == "one"     # 0.8M
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(64, 100) is None      # 12.6M: batch split
         small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
         small.forward(np.ones((1, 32, 8), np.float32), need_grad=False)
         assert calls == []
         mid = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
         mid.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
         assert calls == []
-        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 16*128*128*576 = 151M
-        big.forward(np.ones((16, 128, 128), np.float32), need_grad=False)  # (no unit split from B 16)
+        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 64*128*128*576 = 604M
+        # (no unit split from B 64 of its 737 KB of weights, nor a batch split
+        # of 7.1M a step)
+        big.forward(np.ones((64, 128, 128), np.float32), need_grad=False)
         assert len(calls) == 1 and calls[0] in (True, "native")
     with _threads.limit(1):
-        big.forward(np.ones((16, 128, 128), np.float32), need_grad=False)   # one thread: never
+        big.forward(np.ones((64, 128, 128), np.float32), need_grad=False)   # one thread: never
     assert len(calls) == 1
 
 

@@ -856,7 +856,7 @@ class Recurrent:
                 or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES.get()):
             return 0
         plan, work = _plan.current(), B * T * G * H * (H + F)
-        rows = plan.units_max_rows(n, H, G, FUSED_MIN_ROWS)
+        rows = plan.units_max_rows(n, H, G, FUSED_MIN_ROWS, G * H * (H + F) * isz)
         return 1 if plan.infer_units(n, B, H, work, rows) else 2 if plan.infer_units_lingering(
             n, B, H, work, rows) else 0
 
