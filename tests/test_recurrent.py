@@ -699,3 +699,69 @@ def test_gru_reset_before_matches_reference(rng, num_layers, bidirectional, bias
 def test_reset_after_is_a_gru_option():
     with pytest.raises(ValueError, match="reset_after=False is a GRU option"):
         Recurrent("lstm", 2, 3, reset_after=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_backward_products_on_the_tiles(monkeypatch, blas_rows, dtype):
+    """The backward pass's large products (:func:`_backward_product`) run on
+    the packed tiles below the step product's BLAS crossover a thread's
+    block of rows, from either operand laid out either way, and on BLAS
+    from it (or where the output's columns do not fill whole strips): the
+    same values either way."""
+    import fastseq.network.recurrent as R
+    from fastseq import _threads
+    rng = np.random.default_rng(0)
+    dt = np.dtype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-4) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    used = []
+    real_project, real_matmul = R.parallel_project, R.parallel_matmul
+    monkeypatch.setattr(R, "parallel_project", lambda *a: used.append("tiles") or real_project(*a))
+    monkeypatch.setattr(R, "parallel_matmul", lambda *a, **k: used.append("blas") or real_matmul(*a, **k))
+    dg = rng.standard_normal((300, 64)).astype(dt)          # (N, 4H)
+    x = rng.standard_normal((300, 48)).astype(dt)           # (N, K)
+    W = rng.standard_normal((64, 32)).astype(dt)            # (4H, F)
+    for threads in (1, 2):
+        with _threads.limit(threads):
+            for rows, path in ((10 ** 6, "tiles"), (1, "blas")):
+                blas_rows(rows)
+                for a, b in ((dg.T, x), (dg.T, np.ascontiguousarray(x.T).T), (dg, W)):
+                    used.clear()
+                    out = R._backward_product(a, b)
+                    assert used == [path]
+                    np.testing.assert_allclose(out, a @ b, **tol)
+                    into = np.empty_like(out)
+                    assert R._backward_product(a, b, out=into) is into
+                    np.testing.assert_allclose(into, a @ b, **tol)
+            blas_rows(10 ** 6)
+            used.clear()
+            np.testing.assert_allclose(R._backward_product(dg.T, x[:, :44]), dg.T @ x[:, :44], **tol)
+            assert used == ["blas"]                              # 44 columns: not whole strips
+
+
+def test_backward_on_the_tiles_matches_blas(monkeypatch, blas_rows):
+    """An LSTM's and a GRU's gradients (float64, two threads) with the
+    backward products on the tiles equal those on BLAS (1e-12), and those
+    of one thread."""
+    import fastseq.network.recurrent as R
+    from fastseq import _threads
+    blas = []
+    real = R.parallel_matmul
+    monkeypatch.setattr(R, "parallel_matmul", lambda *a, **k: blas.append(1) or real(*a, **k))
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((6, 20, 16))
+    for cell in ("lstm", "gru"):
+        layer = Recurrent(cell, 16, 16, dtype="float64", random_state=0)
+        G = rng.standard_normal((6, 20, 16))
+        runs = []
+        for threads, rows in ((2, 10 ** 6), (2, 1), (1, 10 ** 6)):
+            blas_rows(rows)
+            blas.clear()
+            with _threads.limit(threads):
+                layer.forward(X)
+                dX, g = layer.backward(G)
+            runs.append([dX] + [v.copy() for v in g.values()])
+            if cell == "lstm":      # (the GRU's recurrent weight gradient stays on BLAS)
+                assert bool(blas) == (rows == 1)
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

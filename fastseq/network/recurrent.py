@@ -133,6 +133,43 @@ def _reset_scaled(dg, gates, H, db_n):
              lambda j0, j1: gru_reset_scaled(dg, gates, H, db_n, j0, j1))
 
 
+def _backward_product(a, b, out=None, name="bwd"):
+    """``a @ b`` (into ``out`` when given) for the backward pass's large
+    products (weight gradients over many rows, the input gradient): on
+    the packed tiles (:func:`fastseq._threads.parallel_project`, ``a``
+    and ``b.T`` made C-contiguous first where they are not, in scratch
+    buffers under ``name``) where each thread's block of output rows is
+    under the machine's measured crossover of the step product
+    (:data:`fastseq.kernels.matmul.PACKED_BLAS_MIN_ROWS`: BLAS overtakes
+    the tiles from that many rows), the output's columns fill whole strips
+    and both copies fit in half the L3; else BLAS
+    (:func:`fastseq._threads.parallel_matmul`).  On a znver5, whose BLAS
+    runs Haswell kernels, the LSTM's (1,024 x 2,048) @ (2,048 x 512) weight
+    gradient took 5.9 ms against 8.7 (bench/RESULTS.md, "twentieth
+    session")."""
+    (m, k), n, dt = a.shape, b.shape[1], np.result_type(a, b)
+    threads = max(1, get_num_threads())
+    half_l3 = _plan.for_threads(threads).l3_bytes // 2
+    if (a.dtype != dt or b.dtype != dt or -(-m // threads) >= PACKED_BLAS_MIN_ROWS.get()
+            or n % (STRIP_BYTES // dt.itemsize) or m * k * dt.itemsize > half_l3
+            or n * k * dt.itemsize > half_l3 or (out is not None and out.strides[1] != dt.itemsize)
+            or not (a.flags.c_contiguous or a.T.flags.c_contiguous)
+            or not (b.flags.c_contiguous or b.T.flags.c_contiguous)):
+        return parallel_matmul(a, b, out=out)
+    if not a.flags.c_contiguous:
+        a_c = scratch(name + "_a", (m, k), dt)
+        parallel_transpose(a.T, a_c)
+        a = a_c
+    if b.T.flags.c_contiguous:
+        w = b.T
+    else:
+        w = scratch(name + "_w", (n, k), dt)
+        parallel_transpose(b, w)
+    if out is None:
+        out = np.empty((m, n), dtype=dt)
+    return parallel_project(a, w, np.empty(0, dtype=dt), out)
+
+
 def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
     within :func:`_tall_fits` of ``x``'s and ``dg``'s columns (from ``x``
@@ -151,7 +188,7 @@ def _product_grads(x, dg, dW):
         # transposed copy took 0.4 ms of 768 x 256 gradients)
         parallel_transpose(parallel_tall_matmul(x, dg), dW)
     else:
-        parallel_matmul(dg.T, x, out=dW)
+        _backward_product(dg.T, x, out=dW)
 
 
 def _gate_grads(dg, K, fill, db, name, dests):
@@ -172,7 +209,7 @@ def _gate_grads(dg, K, fill, db, name, dests):
     xt = scratch(name + "_xt", (K + (tall and ones), N), dt)
     fill(xt)
     if not tall:
-        out = parallel_matmul(dg.T, xt.T, out=scratch(name + "_out", (M, K), dt))
+        out = _backward_product(dg.T, xt.T, out=scratch(name + "_out", (M, K), dt))
         if ones:
             _column_sums(dg, db)
         for dW, k0, k1 in dests:
@@ -194,7 +231,7 @@ def _input_grads(dg, inp, H, dW, db):
     rate), else BLAS and :func:`_column_sums`."""
     F = inp.shape[1]
     if F > H:
-        parallel_matmul(dg.T, inp, out=dW)
+        _backward_product(dg.T, inp, out=dW)
         if db is not None:
             _column_sums(dg, db)
         return
@@ -1431,7 +1468,7 @@ class Recurrent:
                         ((grads["weight_ih" + s], 0, F), (grads["weight_hh" + s], F, F + H)))
         else:
             _input_grads(dgx, inp, H, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
-        d_inp = parallel_matmul(dgx, W_ih) if want_dx else None
+        d_inp = _backward_product(dgx, W_ih, name="dx") if want_dx else None
         dW, db = grads["weight_hh" + s], grads.get("bias_hh" + s)
         if self.bias:  # every gate's bias gradient but the GRU's b_hn is b_ih's
             db[...] = grads["bias_ih" + s]
@@ -1496,4 +1533,4 @@ class Recurrent:
         parallel_matmul(dgx[:, 2 * H:].T, st["gates"][:, :H] * h_prev, out=dW[2 * H:])
         if self.bias:
             grads["bias_hh" + s][...] = grads["bias_ih" + s]
-        return parallel_matmul(dgx, W_ih) if want_dx else None
+        return _backward_product(dgx, W_ih, name="dx") if want_dx else None
