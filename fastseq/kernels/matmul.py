@@ -32,6 +32,8 @@ inlined into its callers.  This took a cold small LSTM fit, import included,
 from 15 to about 8.5 s.
 """
 
+from types import FunctionType
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -395,7 +397,6 @@ def _tall_matmul_for(vector_bytes, transposed=False):
     tests every width); with ``transposed``, :func:`tall_matmul_t`."""
     VB = vector_bytes
     R, S = BLOCKING[VB][:2]
-    rows_of = _given_rows if transposed else _transposed_rows
 
     def tall_matmul(x, g, out, f0, f1, s0, s1, tail):
         """``out[f0:f1, cols] = x.T[f0:f1] @ g[:, cols]`` for the columns of
@@ -443,7 +444,20 @@ def _tall_matmul_for(vector_bytes, transposed=False):
                         acc_m += xr[k] * g[k, m]
                     out[f, m] = acc_m
 
-    return tall_matmul
+    # ``rows_of`` becomes the module's global of either form, not a closure
+    # cell: numba's cache keys a function by its closure's pickled values,
+    # and a pickled dispatcher carries a fresh id in every process (with a
+    # cell of it the cache missed, and the function compiled again, in every
+    # process); each form has a name of its own, so that the two keep
+    # separate index files
+    rows_name = "_given_rows" if transposed else "_transposed_rows"
+    code = tall_matmul.__code__
+    code = code.replace(co_names=tuple(rows_name if n == "rows_of" else n for n in code.co_names))
+    fn = FunctionType(code, tall_matmul.__globals__, tall_matmul.__name__, tall_matmul.__defaults__,
+                      tall_matmul.__closure__)
+    fn.__qualname__ = tall_matmul.__qualname__ + ("_t" if transposed else "")
+    fn.__doc__, fn.__module__ = tall_matmul.__doc__, tall_matmul.__module__
+    return fn
 
 
 #: ``out[:, cols] = xt @ g[:, cols]`` by strips (see :func:`_tall_matmul_for`),
