@@ -260,9 +260,10 @@ class Plan:
         larger than half the L2, which each thread of a batch split would
         stream from the L3 at every step, and a thread of a unit split
         reads half of (bench/RESULTS.md, "twentieth session")."""
-        if weight_bytes > self.l2_bytes // 2 and H >= 2 * self.unit_split_min_units * n_threads:
+        wide = H >= 2 * self.unit_split_min_units * n_threads
+        if wide and weight_bytes > self.l2_bytes // 2:
             return UNITS_WIDE_BLOCKS * block_rows
-        if gates == 4 or H >= 2 * self.unit_split_min_units * n_threads:
+        if gates == 4 or wide:
             return 2 * block_rows
         return max(1, block_rows // 2)
 

@@ -15,9 +15,9 @@ import numpy as np
 from .. import _plan
 from .. import kernels as K
 from .._threads import (
-    _on_pool, blas_single_thread, call_threads, cpu_busy, get_num_threads, limit, matmul_splits, packed_for_slices,
-    parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, parallel_transpose, pipelines, run_native,
-    run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
+    _matmul_threads, _on_pool, blas_single_thread, call_threads, cpu_busy, get_num_threads, limit, matmul_splits,
+    packed_for_slices, parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, parallel_transpose,
+    pipelines, run_native, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.gru import reset_scaled as gru_reset_scaled
@@ -148,7 +148,7 @@ def _backward_product(a, b, out=None, name="bwd"):
     gradient took 5.9 ms against 8.7 (bench/RESULTS.md, "twentieth
     session")."""
     (m, k), n, dt = a.shape, b.shape[1], np.result_type(a, b)
-    threads = max(1, get_num_threads())
+    threads = _matmul_threads(m, k, n)       # (the row blocks parallel_project takes)
     half_l3 = _plan.for_threads(threads).l3_bytes // 2
     if (a.dtype != dt or b.dtype != dt or -(-m // threads) >= PACKED_BLAS_MIN_ROWS.get()
             or n % (STRIP_BYTES // dt.itemsize) or m * k * dt.itemsize > half_l3
