@@ -134,11 +134,13 @@ def gru_forward_slice(xp, w_hh, wp, b_hn, h0, batch_sizes, rec_mask, out_h, out_
         else:
             h_prev = out_h[prev + b0:prev + b0 + nb]
         packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
-        for b in range(nb):
-            r = off + b0 + b
-            if store:
+        if store:  # (outside the row loops, as in the LSTM's forward slice)
+            for b in range(nb):
+                r = off + b0 + b
                 gru_cell(xp[r], hp[b], h_prev[b], b_hn, out_h[r], out_gates[r], True, H)
-            else:
+        else:
+            for b in range(nb):
+                r = off + b0 + b
                 gru_cell(xp[r], hp[b], h_prev[b], b_hn, out_h[r], hp[b], False, H)
         prev = off
         off += bs

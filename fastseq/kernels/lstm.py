@@ -157,11 +157,16 @@ def lstm_forward_slice(xp, w_hh, wp, h0, c0, batch_sizes, rec_mask, out_h, out_c
             h_prev = out_h[prev + b0:prev + b0 + nb]
             c_prev = out_c[prev + b0:prev + b0 + nb]
         packed_matmul(masked_state(h_prev, rec_mask, b0, hm[:nb]), w_hh, wp, hp[:nb])
-        for b in range(nb):
-            r = off + b0 + b
-            if store:
+        # (the branch outside the row loops: inside them it cost an LSTM of
+        # 32 units, batch 1, a third of its step; bench/RESULTS.md,
+        # "twenty-first session")
+        if store:
+            for b in range(nb):
+                r = off + b0 + b
                 cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, 0, H)
-            else:
+        else:
+            for b in range(nb):
+                r = off + b0 + b
                 cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], hp[b], False, H, 0, H)
         prev = off
         off += bs
@@ -278,11 +283,13 @@ def lstm_forward_part(xp, w_hh, h0, c0, batch_sizes, j0, j1, tid, flags, out_h, 
             h_prev = out_h[prev:prev + nb]
             c_prev = out_c[prev:prev + nb]
         packed_matmul(h_prev, w, wp, hp[:nb])
-        for b in range(nb):
-            r = off + b
-            if store:
+        if store:  # (outside the row loops, as in lstm_forward_slice)
+            for b in range(nb):
+                r = off + b
                 cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], out_gates[r], True, H, j0, j1)
-            else:
+        else:
+            for b in range(nb):
+                r = off + b
                 cell_forward(xp[r], hp[b], c_prev[b], out_c[r], out_h[r], hp[b], False, H, j0, j1)
         if t + 1 < T:
             barrier(flags, tid, t + 1)
