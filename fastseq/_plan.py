@@ -554,12 +554,13 @@ def measure_blas_times():
     each, alternated, fastest of :data:`BLAS_ROWS_REPEATS`)."""
     from ._threads import blas_single_thread
     from .kernels._runtime import PACKED_BLAS_MIN_ROWS
+    from ._workspace import aligned_empty
     from .kernels.matmul import pack_into, packed_matmul, packed_shape
 
     K, M = BLAS_ROWS_SHAPE
     rng = np.random.default_rng(0)
     w = rng.standard_normal((M, K), dtype=np.float32)
-    wp = np.empty(packed_shape(w), dtype=np.float32)   # (no array taken from a cached kernel)
+    wp = aligned_empty(packed_shape(w), np.float32)   # (no array taken from a cached kernel)
     pack_into(w, wp)
     saved = PACKED_BLAS_MIN_ROWS.get()
     times = {}
@@ -620,9 +621,10 @@ def resolve_kernel_values():
             return
         _values_state = 1
         try:
-            from .kernels._runtime import PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES
+            from .kernels._runtime import L1_BYTES, PACKED_BLAS_MIN_ROWS, PROJECT_BLAS_MIN_BYTES
 
             PROJECT_BLAS_MIN_BYTES.set(PROJECT_BLAS_L2S * _cache_bytes(2, 1024 ** 2))
+            L1_BYTES.set(_cache_bytes(1, 32 * 1024))
             try:
                 PACKED_BLAS_MIN_ROWS.set(load_or_measure_blas_rows())
             except Exception:   # (not timed: the kernels keep their default)

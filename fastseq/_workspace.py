@@ -21,10 +21,28 @@ import numpy as np
 _local = threading.local()
 
 
+#: bytes of the line every scratch array starts (:func:`aligned_empty`)
+LINE_BYTES = 64
+
+
+def aligned_empty(shape, dtype):
+    """An uninitialised C-contiguous array of ``shape`` and ``dtype`` whose
+    first element starts a 64-byte line (numpy aligns to 16 bytes): the
+    packed weights that the compiled products read as 64-byte vectors
+    (:func:`fastseq.kernels.matmul.empty_strips`)."""
+    dtype = np.dtype(dtype)
+    shape = tuple(map(int, shape))
+    size = math.prod(shape)
+    buf = np.empty(size + LINE_BYTES // dtype.itemsize, dtype=dtype)
+    off = (-buf.ctypes.data % LINE_BYTES) // dtype.itemsize
+    return buf[off:off + size].reshape(shape)
+
+
 def scratch(name, shape, dtype):
     """An uninitialised C-contiguous array of ``shape`` and ``dtype`` owned
     by this thread under ``name``: the memory of the last call's when it is
-    large enough (its contents are not kept)."""
+    large enough (its contents are not kept).  It starts a 64-byte line
+    (:func:`aligned_empty`)."""
     arrays = getattr(_local, "arrays", None)
     if arrays is None:
         arrays = _local.arrays = {}
@@ -33,7 +51,7 @@ def scratch(name, shape, dtype):
     size = math.prod(shape)   # (np.prod costs a few microseconds a call: a small call's share)
     buf = arrays.get(name)
     if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = arrays[name] = np.empty(size, dtype=dtype)
+        buf = arrays[name] = aligned_empty((size,), dtype)
     return buf[:size].reshape(shape)
 
 

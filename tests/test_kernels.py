@@ -261,7 +261,8 @@ def test_packed_matmul_every_tile_path(dtype, vector_bytes, blas_rows):
     checked on any machine): rows in whole blocks and every remainder, one
     and two rows over their strip groups, strips left over from a group,
     several k blocks (accumulated), outputs past the last full strip (dot
-    form), BLAS from PACKED_BLAS_MIN_ROWS rows (a number the compiled code
+    form), one row's larger groups within L1 (the same bits as beyond it),
+    BLAS from PACKED_BLAS_MIN_ROWS rows (a number the compiled code
     reads at run time: set to 128 here), and the fallbacks (no packed
     weight, rows that are not unit-stride): every element written, equal to
     a @ w.T in float64."""
@@ -269,6 +270,7 @@ def test_packed_matmul_every_tile_path(dtype, vector_bytes, blas_rows):
 
     from fastseq._config import JIT, VECTOR_BYTES
     from fastseq.kernels import matmul as mm
+    from fastseq.kernels._runtime import L1_BYTES
     from fastseq.kernels.matmul import KBLOCK_BYTES, STRIP_BYTES
 
     PACKED_BLAS_MIN_ROWS = blas_rows(128)
@@ -288,7 +290,8 @@ def test_packed_matmul_every_tile_path(dtype, vector_bytes, blas_rows):
     k_block = KBLOCK_BYTES // STRIP_BYTES  # k per block
     rtol = 1e-5 if dtype == np.float32 else 1e-12
     rows = mm.BLOCKING[vector_bytes][0]
-    for K, M in [(1, sw), (7, 3), (9, 2 * sw + 5), (33, 4 * sw), (2 * k_block + 3, 5 * sw + 1), (64, 9 * sw)]:
+    for K, M in [(1, sw), (7, 3), (9, 2 * sw + 5), (33, 4 * sw), (2 * k_block + 3, 5 * sw + 1), (64, 9 * sw),
+                 (5, 7 * sw), (20, 15 * sw + 2)]:
         w = rng.standard_normal((M, K)).astype(dtype)
         wp = pack_weight(w)
         assert wp.shape == (M // sw, K, sw)
@@ -301,6 +304,18 @@ def test_packed_matmul_every_tile_path(dtype, vector_bytes, blas_rows):
                 out = _nan((n, M), dtype)
                 packed_matmul(a, w, weight, out)
                 np.testing.assert_allclose(out, ref, **tol)
+            # one row takes more strips at once from a weight within L1 (a
+            # number read at run time): every group size, the same bits
+            saved = L1_BYTES.get()
+            try:
+                outs = []
+                for l1 in (0, 1 << 40):
+                    L1_BYTES.set(l1)
+                    outs.append(_nan((n, M), dtype))
+                    packed_matmul(a, w, wp, outs[-1])
+            finally:
+                L1_BYTES.set(saved)
+            np.testing.assert_array_equal(outs[0], outs[1])
             wide = _nan((n, 2 * K), dtype)
             wide[:, ::2] = a  # rows that are not unit-stride: the dot form
             out = _nan((n, M), dtype)

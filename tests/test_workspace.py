@@ -127,3 +127,29 @@ def test_a_training_step_reuses_the_layers_memory_and_keeps_a_saved_state():
         for name in grads1:
             np.testing.assert_array_equal(grads2[name], grads1[name])
         assert "_kept_arrays" not in pickle.loads(pickle.dumps(layer)).__dict__
+
+
+def test_packed_weights_start_a_cache_line():
+    """Packed weights (read as 64-byte vectors) start a 64-byte line
+    wherever they are allocated: in compiled code (numba aligns to 32
+    bytes), in Python scratch and as fresh numpy arrays (16 bytes)."""
+    from numba import njit
+
+    from fastseq.kernels.infer import own_packed
+    from fastseq.kernels.matmul import pack_weight
+
+    @njit
+    def addresses(w):
+        out = []
+        for k in range(1, 9):
+            out.append(pack_weight(w[:, :k]).ctypes.data % 64)
+            out.append(own_packed(w, 4, 0, 16, 4, 1)[1].ctypes.data % 64)
+        return out
+
+    for dtype in (np.float32, np.float64):
+        w = np.ones((64, 9), dtype=dtype)
+        assert addresses(w) == [0] * 16
+        for k in range(1, 9):
+            assert _workspace.scratch(("line", k), (3, k), dtype).ctypes.data % 64 == 0
+            got = _workspace.aligned_empty((k, 5), dtype)
+            assert got.ctypes.data % 64 == 0 and got.shape == (k, 5) and got.flags.c_contiguous

@@ -75,3 +75,9 @@ packed_blas_min_rows = _reader(PACKED_BLAS_MIN_ROWS.name)
 #: (four of the znver3's)
 PROJECT_BLAS_MIN_BYTES = RuntimeInt(f"{_PREFIX}_project_blas_min_bytes", 2 * 1024 * 1024)
 project_blas_min_bytes = _reader(PROJECT_BLAS_MIN_BYTES.name)
+#: bytes of this machine's L1 data cache: a one-row product whose packed
+#: weight fits in it takes more strips at once
+#: (:data:`fastseq.kernels.matmul.BLOCKING`), set by
+#: :func:`fastseq._plan.resolve_kernel_values`; until then 32 KB
+L1_BYTES = RuntimeInt(f"{_PREFIX}_l1_bytes", 32 * 1024)
+l1_bytes = _reader(L1_BYTES.name)

@@ -18,7 +18,7 @@ from ._sync import barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
 from ._runtime import packed_blas_min_rows, project_blas_min_bytes
-from .matmul import STRIP_BYTES, no_packed_weight, pack_for_steps, pack_into, packed_matmul, project, project_packed
+from .matmul import STRIP_BYTES, empty_strips, no_packed_weight, pack_for_steps, pack_into, packed_matmul, project, project_packed
 from .rnn import rnn_forward_slice
 
 
@@ -320,7 +320,7 @@ def own_packed(w, G, j0, j1, steps, rows):
         own = own_rows(w, G, j0, j1)
         return own, pack_for_steps(own, steps)
     per = n // SW
-    wp = np.empty((G * per, w.shape[1], SW), dtype=w.dtype)
+    wp = empty_strips(w, G * per)
     for g in range(G):
         pack_into(w[g * H + j0:g * H + j1], wp[g * per:(g + 1) * per])
     return w[:G * n], wp

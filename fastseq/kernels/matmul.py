@@ -182,13 +182,17 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
 
 
 #: register blocking of the packed product for each vector width in bytes:
-#: (rows, strips) of the main tile, strips taken at once for one row and for
-#: two rows.  A strip is one cache line of outputs (``STRIP_BYTES //
+#: (rows, strips) of the main tile, strips taken at once for two rows, and
+#: for one row when its packed weight fits in L1 (``l1_bytes``) and when it
+#: does not.  A strip is one cache line of outputs (``STRIP_BYTES //
 #: vector bytes`` vectors); accumulators are rows x strips x vectors a strip,
 #: kept within the register file with room for the strip vectors and a
-#: broadcast: 8 of AVX2's 16 registers, 16 of AVX-512's 32, 16 of NEON's 32
-#: (AVX-512 figures against other blockings in bench/RESULTS.md).
-BLOCKING = {64: (4, 4, 4, 4), 32: (4, 1, 4, 2), 16: (4, 1, 4, 2)}
+#: broadcast: 8 of AVX2's 16 registers, 16 of AVX-512's 32, 16 of NEON's 32.
+#: One row from L1 is bound by the latency of its accumulators' chains, and
+#: takes 8 of them; from L2 by the weight's stream, which fewer strips at
+#: once keep better (AVX-512 figures against other blockings in
+#: bench/RESULTS.md, "twenty-first session" for one row).
+BLOCKING = {64: (4, 4, 4, 8, 4), 32: (4, 1, 2, 4, 4), 16: (4, 1, 2, 4, 4)}
 #: rows of a step from which a time loop may take its input projection into
 #: the step's product (:func:`fastseq.kernels.infer.lstm_fused_slice`): one
 #: row block of every width's micro-kernel, where the product is
@@ -245,15 +249,33 @@ def _pack_block(typingctx, w, wp, s, k0):
     return sig, codegen
 
 
+@njit(inline="always", **JIT)
+def empty_strips(w, ns):
+    """An uninitialised (ns, K, SW) array of ``w``'s dtype (``K`` its
+    columns, SW the outputs of a strip) whose first element starts a
+    64-byte line, so that every strip vector of the packed product is one
+    aligned load (numba aligns arrays to 32 bytes: half of them put every
+    64-byte vector across two lines, which cost a one-row product 1.2-1.6x
+    its time at H = 32-128 on a znver5; bench/RESULTS.md, "twenty-first
+    session")."""
+    K = w.shape[1]
+    SW = STRIP_BYTES // w.itemsize
+    n = ns * K * SW
+    buf = np.empty(n + SW, dtype=w.dtype)
+    off = ((STRIP_BYTES - np.int64(buf.ctypes.data) % STRIP_BYTES) % STRIP_BYTES) // w.itemsize
+    return buf[off:off + n].reshape((ns, K, SW))
+
+
 @njit(**JIT)
 def pack_weight(w):
     """``w`` (M, K) as (M // SW, K, SW) strips, SW outputs of one cache line
     each (``wp[s, k, c] = w[s*SW + c, k]``); the last ``M % SW`` outputs are
     left to plain dot products.  Blocks of one vector of ``k`` go through
-    :func:`_pack_block` when ``w``'s rows are unit-stride."""
+    :func:`_pack_block` when ``w``'s rows are unit-stride.  The strips start
+    a cache line (:func:`empty_strips`)."""
     M, K = w.shape
     SW = STRIP_BYTES // w.itemsize
-    wp = np.empty((M // SW, K, SW), dtype=w.dtype)
+    wp = empty_strips(w, M // SW)
     pack_into(w, wp)
     return wp
 
@@ -316,7 +338,13 @@ def _packed_matmul_for(vector_bytes, blocking=None):
     :data:`fastseq._config.VECTOR_BYTES`, tests for every width and
     ``bench/matmul_step.py`` for other blockings."""
     VB = vector_bytes
-    R, S, S1, S2 = BLOCKING[VB] if blocking is None else blocking
+    R, S, S2, S1, S1L2 = BLOCKING[VB] if blocking is None else blocking
+    # one row: groups of S1 strips (S1L2 beyond L1), then of each smaller
+    # power of two that the strips left hold (three group sizes, then single
+    # strips)
+    S1h, S1q = max(1, S1 // 2), max(1, S1 // 4)
+    if S1 & (S1 - 1) or S1 > 8 or S1L2 not in (S1, S1h):
+        raise ValueError("one row's strips at once must be a power of two up to 8, and beyond L1 it or its half")
 
     def packed_matmul(a, w, wp, out):
         """``out = a @ w.T`` from ``wp = pack_weight(w)``; BLAS from
@@ -341,17 +369,28 @@ def _packed_matmul_for(vector_bytes, blocking=None):
             m_dot = NS * SW
             KB = max(1, KBLOCK_BYTES // (SW * isz))
             s = 0
+            top = S1 if NS * K * SW * isz <= _runtime.l1_bytes() else S1L2
             while s < NS:
-                gs = S1 if n == 1 else (S2 if n == 2 else S)
-                if s + gs > NS:
-                    gs = 1
+                if n == 1:
+                    gs = top
+                    while gs > NS - s:
+                        gs //= 2
+                else:
+                    gs = S2 if n == 2 else S
+                    if s + gs > NS:
+                        gs = 1
                 for k0 in range(0, K, KB):
                     k1 = min(K, k0 + KB)
                     acc = 1 if k0 > 0 else 0
                     if gs == 1:
                         _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, R, 1, VB)
                     elif n == 1:
-                        _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 1, S1, VB)
+                        if gs == S1:
+                            _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 1, S1, VB)
+                        elif gs == S1h:
+                            _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 1, S1h, VB)
+                        else:
+                            _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 1, S1q, VB)
                     elif n == 2:
                         _tile_rows(a, wp, out, n, s, s * SW, k0, k1, acc, 2, S2, VB)
                     else:

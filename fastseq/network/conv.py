@@ -34,6 +34,7 @@ from .._config import DEFAULT_DTYPE, INDEX_DTYPE, resolve_dtype
 from .._data import writable
 from .._threads import _on_pool, _split_threads, blas_single_thread, get_num_threads
 from .._validation import check_lengths, check_positive_int
+from .._workspace import aligned_empty
 from ..kernels.conv import (CHUNK_ROWS, conv_forward, conv_pack, conv_pack_weight,
                             conv_relu_pool_backward, conv_unpack, strips)
 from ..kernels.matmul import STRIP_BYTES
@@ -312,7 +313,7 @@ class ConvStack:
         Fl, C, K = self._in_sizes[l], self.filters[l], self.kernel_size
         out = np.empty((B, Tl // p, C), dtype=dt)
         arg = np.empty(out.shape if need_grad and p > 1 else (0, 0, 0), dtype=INDEX_DTYPE)
-        wp = np.empty((strips(C, dt.itemsize), K * Fl, STRIP_BYTES // dt.itemsize), dtype=dt)
+        wp = aligned_empty((strips(C, dt.itemsize), K * Fl, STRIP_BYTES // dt.itemsize), dt)
         conv_pack_weight(self._gemm[l], wp)
         return out, arg, wp, self.params[f"bias_l{l}"], lens_l, Fl
 

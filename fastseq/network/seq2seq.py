@@ -20,6 +20,7 @@ import numpy as np
 from .._config import DEFAULT_DTYPE, resolve_dtype
 from .._data import writable
 from .._threads import blas_single_thread
+from .._workspace import aligned_empty
 from ._flat import flat_views, layout_size
 from .._validation import check_choice, check_positive_int
 from ..kernels.attention import ATTENTION_KINDS, BAHDANAU, COSINE, LUONG, NONE
@@ -40,7 +41,7 @@ def _packed(w):
     w_e, w_c, _, w_hh, _, w_os, w_oc, _ = w
     out = []
     for a in (w_e, w_c, w_hh, w_os, w_oc):
-        wp = np.empty(packed_shape(a), dtype=a.dtype)
+        wp = aligned_empty(packed_shape(a), a.dtype)
         pack_into(a, wp)
         out.append(wp)
     return tuple(out)
