@@ -204,3 +204,22 @@ def test_contention_runs_its_three_engines(capsys):
     assert name == "lstm/B1/T8/I32/H32" and set(t) == {"fastseq", "no finding", "torch"}
     assert all(mean > 0 and median > 0 for mean, median in t.values())
     assert _threads._cpu_clock is clock
+
+
+def test_one_row_times_each_offset_and_grouping(capsys):
+    """``python -m bench.one_row``: the one-row product with its packed
+    weight on a line and 32 bytes into one (and, where the width has two,
+    each one-row grouping), its result checked; bad sizes refused."""
+    from bench import one_row
+    from fastseq.kernels.matmul import BLOCKING
+    from fastseq._config import VECTOR_BYTES
+
+    rows = one_row.main(["--H", "16,20", "--gates", "4,1", "--budget", "1e4"])
+    assert [(r["H"], r["G"]) for r in rows] == [(16, 4), (16, 1), (20, 4), (20, 1)]
+    timed = 4 if BLOCKING[VECTOR_BYTES][3] != BLOCKING[VECTOR_BYTES][4] else 2
+    assert all(sum(k.startswith("ns_") for k in r) == timed and all(
+        v > 0 for k, v in r.items() if k.startswith("ns_")) for r in rows)
+    assert "CPU:" in capsys.readouterr().out
+    for bad in (["--H", "0"], ["--gates", "x"]):
+        with pytest.raises(SystemExit):
+            one_row.main(bad)
