@@ -223,3 +223,22 @@ def test_one_row_times_each_offset_and_grouping(capsys):
     for bad in (["--H", "0"], ["--gates", "x"]):
         with pytest.raises(SystemExit):
             one_row.main(bad)
+
+
+def test_pingpong_times_the_round_trip_and_both_forms(capsys):
+    """``python -m bench.pingpong``: a cache line's round trip between the
+    first two CPUs and a layer's split and one-thread inference, line by
+    line; bad arguments refused."""
+    import os
+
+    from bench import pingpong
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    rows = pingpong.main(["--seconds", "0.05", "--H", "16", "--T", "4", "--calls", "2", "--every", "0"])
+    assert rows and all(r["round_trip_ns"] > 0 and r["two_us"] > 0 and r["one_us"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "CPU:" in out and "the same bits on 1 and 2 threads: True" in out
+    for bad in (["--seconds", "0"], ["--T", "1"]):
+        with pytest.raises(SystemExit):
+            pingpong.main(bad)
