@@ -970,6 +970,54 @@ class _UnitSlot:
         return False
 
 
+#: calls of a route between two calls of its other form
+#: (:class:`SplitWatch`)
+WATCH_EVERY = 64
+#: timed calls of each form that a :class:`SplitWatch` keeps (their median
+#: decides)
+WATCH_KEEP = 3
+
+
+class SplitWatch:
+    """Which form the next call of one route takes: split across the
+    threads, or its one-thread form (the same bits).  A call split by
+    hidden units waits for the other thread at every step, so its speed
+    depends on how far apart the two CPUs are: on a virtual machine whose
+    host moves its vCPUs, a cache line's round trip went from 110 to 510
+    ns (cores far apart) or 43 ns (one core's two hardware threads), and
+    the split from faster than one thread to slower (LSTM B1/H64/T128:
+    67 -> 122 or 107 us, one thread 86-90; ``python -m bench.pingpong``,
+    bench/RESULTS.md, "twenty-first session").  The busy-CPU check cannot
+    see this (no thread is held off its CPU), so the route times both:
+    every :data:`WATCH_EVERY` calls one takes the other form, and once
+    each form has :data:`WATCH_KEEP` timings the faster median is the
+    form the route takes until the next comparison says otherwise."""
+
+    __slots__ = ("calls", "split", "one", "slow")
+
+    def __init__(self):
+        self.calls = 0
+        self.split = []
+        self.one = []
+        self.slow = False
+
+    def split_now(self):
+        """Whether this call should run split (counts the call)."""
+        self.calls += 1
+        return self.slow == (self.calls % WATCH_EVERY == 0)
+
+    def record(self, split, seconds):
+        """A call of the ``split`` form (or the one-thread form) took
+        ``seconds``."""
+        times = self.split if split else self.one
+        times.append(seconds)
+        if len(times) > WATCH_KEEP:
+            del times[0]
+        if len(self.split) == WATCH_KEEP and len(self.one) == WATCH_KEEP:
+            mid = WATCH_KEEP // 2
+            self.slow = sorted(self.split)[mid] > sorted(self.one)[mid]
+
+
 def unit_split_slot():
     """Context manager giving True when this call may run a unit split now
     (one at a time in the process: two of them interleaved on a shared pool

@@ -823,6 +823,64 @@ def test_small_unit_split_call_gives_the_general_paths_bits(monkeypatch, lingeri
             assert general == [1] and len(answers) == 3
 
 
+def test_split_watch_takes_the_faster_form_and_keeps_timing_the_other():
+    """A route's SplitWatch splits every call but one in WATCH_EVERY (its
+    one-thread form); once each form has WATCH_KEEP timings it takes the
+    form with the faster median, and keeps timing the other one call in
+    WATCH_EVERY, so it turns back when that form is faster again."""
+    from fastseq._threads import WATCH_EVERY, WATCH_KEEP, SplitWatch
+
+    w = SplitWatch()
+    forms = []
+    for _ in range(WATCH_EVERY * WATCH_KEEP):
+        split = w.split_now()
+        forms.append(split)
+        w.record(split, 2.0 if split else 1.0)       # the split slower
+    assert forms.count(False) == WATCH_KEEP and forms[WATCH_EVERY - 1] is False
+    assert w.slow
+    forms = []
+    while w.slow:
+        split = w.split_now()
+        forms.append(split)
+        w.record(split, 0.5 if split else 1.0)       # the split faster again
+    # (the median turns once most of the kept split timings are new)
+    assert len(forms) == WATCH_EVERY * (WATCH_KEEP // 2 + 1) and forms.count(True) == WATCH_KEEP // 2 + 1
+    assert [w.split_now() for _ in range(WATCH_EVERY - 1)] == [True] * (WATCH_EVERY - 1)
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_small_unit_split_call_runs_one_thread_while_its_watch_says_so(monkeypatch, lingering, cell):
+    """A small call whose kept route is a unit split runs its one-thread
+    form (not split, the same bits) while the route's SplitWatch finds the
+    split slower, timing that form; and split again once it does not."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent(cell, 24, 96, random_state=1).eval()
+    X = np.random.default_rng(2).standard_normal((1, 20, 24)).astype(np.float32)
+    with _threads.limit(1):
+        ref = layer_arrays(layer.forward(X, need_grad=False))
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1 << 62)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
+    answers = answers_of(monkeypatch, R, f"{cell}_units_native")
+    with _threads.limit(2):
+        layer.forward(X, need_grad=False)
+        assert layer._inference_route(1, 20)[0] == "units"
+        layer.forward(X, need_grad=False)
+        (watch,) = layer._watches.values()
+        watch.calls, watch.slow, watch.one = 0, True, []
+        answers.clear()
+        for _ in range(3):
+            for a, b in zip(layer_arrays(layer.forward(X, need_grad=False)), ref):
+                np.testing.assert_array_equal(a, b)
+        assert answers == [] and len(watch.one) == 3
+        watch.slow = False
+        for a, b in zip(layer_arrays(layer.forward(X, need_grad=False)), ref):
+            np.testing.assert_array_equal(a, b)
+        assert answers == [True]
+    assert "_watches" not in layer.__getstate__()
+
+
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("reverse", [False, True])

@@ -9,6 +9,7 @@ gradients after it).
 
 import contextlib
 import functools
+import time
 
 import numpy as np
 
@@ -17,7 +18,8 @@ from .. import kernels as K
 from .._threads import (
     _matmul_threads, _on_pool, blas_single_thread, call_threads, cpu_busy, get_num_threads, limit, matmul_splits,
     packed_for_slices, parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, parallel_transpose,
-    pipelines, run_native, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds, unit_split_slot,
+    SplitWatch, pipelines, run_native, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds,
+    unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.gru import reset_scaled as gru_reset_scaled
@@ -518,6 +520,7 @@ class Recurrent:
         state.pop("params")
         state["_cache"] = None
         state.pop("_plans", None)  # decisions for this process's plan and threads
+        state.pop("_watches", None)   # timings of this process's calls (Recurrent._small_call)
         state.pop("_kept_arrays", None)   # memory of the training calls (Recurrent._kept)
         state.pop("_bound", None)   # views of flat (Recurrent._bound_weights)
         return state
@@ -688,7 +691,8 @@ class Recurrent:
             return None
         n = call_threads(self.n_jobs)
         plans = self.__dict__.get("_plans")    # (no route is kept for an empty X)
-        got = plans and plans.get(self._route_key(B, T, n))
+        key = self._route_key(B, T, n)
+        got = plans and plans.get(key)
         if not got or got[2]:
             return None
         plan = got[0]
@@ -717,18 +721,30 @@ class Recurrent:
                 self._fused_direction(inp, weights, zeros, zeros, False, out, 0, h_n[0], c_n0, got[3],
                                       plan == "fused-lingering")
         else:
+            # (which form runs: the route's SplitWatch, timing both now and then)
+            watches = self.__dict__.setdefault("_watches", {})
+            watch = watches.get(key)
+            if watch is None:
+                if len(watches) >= 64:
+                    watches.clear()
+                watch = watches[key] = SplitWatch()
+            split = watch.split_now()
+            t0 = time.perf_counter()
             with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
-                if not (free and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
-                                                       _UNIT_TIERS[plan] == 2, B > 1)):
+                ran = free and split and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0],
+                                                               c_n0, _UNIT_TIERS[plan] == 2, B > 1)
+                if not ran:
                     # (the unsplit kernels' rows are step-major: transposed in and out)
                     inp_s, out_s = inp, out
                     if B > 1:
                         inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
                         out_s = np.empty((B * T, H), dtype=dt)
                     self._direction_unsplit(got[3][0], inp_s, weights, zeros, zeros, False, out_s, h_n[0], c_n0,
-                                            free)
+                                            free and split)
                     if B > 1:
                         out.reshape(B, T, H)[...] = out_s.reshape(T, B, H).swapaxes(0, 1)
+            if ran or (free and not split):
+                watch.record(ran, time.perf_counter() - t0)
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
 
     def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
