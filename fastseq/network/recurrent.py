@@ -520,7 +520,6 @@ class Recurrent:
         state.pop("params")
         state["_cache"] = None
         state.pop("_plans", None)  # decisions for this process's plan and threads
-        state.pop("_watches", None)   # timings of this process's calls (Recurrent._small_call)
         state.pop("_kept_arrays", None)   # memory of the training calls (Recurrent._kept)
         state.pop("_bound", None)   # views of flat (Recurrent._bound_weights)
         return state
@@ -630,7 +629,7 @@ class Recurrent:
             uniform = lengths.min() == T
         h0, c0 = self._check_states(h0, B)
         if uniform and not need_grad:
-            plan, parts, blas, detail = self._inference_route(B, T)
+            plan, parts, blas, detail = self._inference_route(B, T)[:4]
             if plan == "fused" or plan == "fused-lingering":
                 return self._forward_fused(X, h0, c0, detail, blas, plan == "fused-lingering")
             if plan is not None:
@@ -651,14 +650,16 @@ class Recurrent:
         on the layer for the thread count, the mode, the dropouts, the
         plan's version and the BLAS bounds it was taken under (the Python
         of the decision costs up to 5 us, on every call of a small batch
-        otherwise: an LSTM of 32 units, batch 1, 32 steps, 31 -> 26 us)."""
+        otherwise: an LSTM of 32 units, batch 1, 32 steps, 31 -> 26 us),
+        with the route's :class:`fastseq._threads.SplitWatch` last (which
+        form a unit split's small calls take: :meth:`_small_call`)."""
         key = self._route_key(B, T, get_num_threads())
         plans = self.__dict__.setdefault("_plans", {})
         got = plans.get(key)
         if got is None:
             if len(plans) >= 64:
                 plans.clear()
-            got = plans[key] = self._decide_inference(B, T)
+            got = plans[key] = self._decide_inference(B, T) + (SplitWatch(),)
         return got
 
     def _route_key(self, B, T, n):
@@ -691,8 +692,7 @@ class Recurrent:
             return None
         n = call_threads(self.n_jobs)
         plans = self.__dict__.get("_plans")    # (no route is kept for an empty X)
-        key = self._route_key(B, T, n)
-        got = plans and plans.get(key)
+        got = plans and plans.get(self._route_key(B, T, n))
         if not got or got[2]:
             return None
         plan = got[0]
@@ -721,13 +721,7 @@ class Recurrent:
                 self._fused_direction(inp, weights, zeros, zeros, False, out, 0, h_n[0], c_n0, got[3],
                                       plan == "fused-lingering")
         else:
-            # (which form runs: the route's SplitWatch, timing both now and then)
-            watches = self.__dict__.setdefault("_watches", {})
-            watch = watches.get(key)
-            if watch is None:
-                if len(watches) >= 64:
-                    watches.clear()
-                watch = watches[key] = SplitWatch()
+            watch = got[4]    # (the route's SplitWatch: which form runs, both timed now and then)
             split = watch.split_now()
             t0 = time.perf_counter()
             with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
