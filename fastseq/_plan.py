@@ -72,10 +72,10 @@ UNITS_STEP_HANDOVERS = 8.0
 #: (bench/RESULTS.md, "twentieth session")
 PIPELINE_STEP_HANDOVERS = 2.0
 #: an inference unit split takes batches of under this many row blocks a
-#: thread where the layer's weights are larger than half the L2 (znver5: 5-20%
-#: faster than the fused batch split at H 256-512 and B 16-48;
-#: bench/RESULTS.md, "twentieth session")
-UNITS_WIDE_BLOCKS = 8
+#: thread where the layer's weights are larger than half the L2 (each thread
+#: of a batch split streams all of them at every step, of a unit split half;
+#: bench/RESULTS.md, "twentieth session" and "twenty-second session")
+UNITS_WIDE_BLOCKS = 16
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
 #: a threshold no work reaches

@@ -359,10 +359,10 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(15, 5) in (units, "fused")
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 32) == units
         # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: units up
-        # to 8 row blocks a thread (32 rows), then fused
+        # to 16 row blocks a thread (64 rows), then fused
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == units
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(63, 10) == units
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(127, 10) == units
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(128, 10) == "fused"   # split too
         # (a narrow layer's, 20 KB, within it: fused from two row blocks)
         assert Recurrent("lstm", 8, 64).eval()._inference_plan(16, 1000) == "fused"
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
@@ -375,18 +375,22 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         # multiply-adds) goes to the second thread, not into the step product
         assert Recurrent("lstm", 128, 62).eval()._inference_plan(4, 32) == "fused"   # 4.1M: not pipelined
         assert Recurrent("lstm", 128, 64).eval()._inference_plan(4, 128) in (units, "fused")
-        # nor where a projection would reach BLAS (4*512*256 float32: 2 MB)
-        assert Recurrent("lstm", 256, 512).eval()._inference_plan(1, 64) == "one"
-        assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 64) == "one"
-        assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 64) == units
+        # where a projection would reach BLAS (4*512*256 float32: 2 MB) only
+        # with a pipeline's work of it (8.4M: the one-thread form computes it
+        # ahead, packed, as the parts do), not with less (15 steps: 7.9M)
+        assert Recurrent("lstm", 256, 512).eval()._inference_plan(1, 16) == units
+        assert Recurrent("lstm", 256, 512).eval()._inference_plan(1, 15) == "one"
+        assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 64) == units
+        assert Recurrent("lstm", 256, 512, dtype="float64").eval()._inference_plan(1, 15) == "one"
+        assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 15) == units
         # a GRU of 64 units a thread or more splits them for batches under two
-        # row blocks a thread (B < 16), as the LSTM (under 8 row blocks where
+        # row blocks a thread (B < 16), as the LSTM (under 16 row blocks where
         # its weights pass half the L2, as GRU(8, 256)'s 811 KB); a narrower
         # one under half a row block (B < 4)
         assert Recurrent("gru", 8, 128).eval()._inference_plan(15, 64) == units
         assert Recurrent("gru", 8, 128).eval()._inference_plan(16, 64) == "one"
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(63, 64) == units
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(64, 64) is None       # a batch split
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(127, 64) == units
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(128, 64) is None      # a batch split
         assert Recurrent("gru", 8, 96).eval()._inference_plan(3, 400) == units
         assert Recurrent("gru", 8, 96).eval()._inference_plan(4, 400) == "one"
         assert Recurrent("gru", 8, 112).eval()._inference_plan(1, 400) == "one"    # 56-unit halves: 168 rows
@@ -398,16 +402,16 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         # the reference plan (conftest) splits from 8M multiply-adds a step:
         # one thread below
         assert Recurrent("gru", 8, 128).eval()._inference_plan(16, 100) == "one"     # 0.8M
-        assert Recurrent("gru", 8, 256).eval()._inference_plan(64, 100) is None      # 12.6M: batch split
+        assert Recurrent("gru", 8, 256).eval()._inference_plan(128, 100) is None     # 25.2M: batch split
         small = Recurrent("lstm", 8, 32, random_state=0).eval()   # 32*8*128 = 32K multiply-adds
         small.forward(np.ones((1, 32, 8), np.float32), need_grad=False)
         assert calls == []
         mid = Recurrent("lstm", 64, 64, random_state=0).eval()    # 128*64*256 = 2.1M
         mid.forward(np.ones((1, 128, 64), np.float32), need_grad=False)
         assert calls == []
-        big = Recurrent("gru", 128, 192, random_state=0).eval()   # 64*128*128*576 = 604M
-        # (no unit split from B 64 of its 737 KB of weights, nor a batch split
-        # of 7.1M a step)
+        big = Recurrent("gru", 128, 96, random_state=0).eval()    # 64*128*128*288 = 302M
+        # (a narrow GRU: no unit split from B 4, nor a batch split of 1.8M a
+        # step)
         big.forward(np.ones((64, 128, 128), np.float32), need_grad=False)
         assert len(calls) == 1 and calls[0] in (True, "native")
     with _threads.limit(1):
@@ -682,6 +686,43 @@ def test_inference_unit_split_gives_the_one_thread_bits(monkeypatch, cell, layer
     tol = 2e-5 if dtype == "float32" else 1e-12
     for a, b in zip(ref, layer_arrays(layer.forward(X, np.full(B, T), h0=state))):   # need_grad: packed
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_unit_split_whose_projection_reaches_blas_gives_its_own_bits_when_held(monkeypatch, project_blas_bytes,
+                                                                                 cell):
+    """A layer whose input projection ``project()`` would send to BLAS
+    (:data:`fastseq.kernels._runtime.PROJECT_BLAS_MIN_BYTES`, a few KB here)
+    splits its units where the one-thread form at the same thread count
+    computes that projection ahead (packed, never BLAS, as each part does
+    its own share): the split and the call that finds the split held by
+    another give the same bits, close to one thread's (BLAS's) values; a
+    projection too small to compute ahead keeps the layer from the split."""
+    import fastseq.network.recurrent as R
+    layer = Recurrent(cell, 40, 64, num_layers=2, bidirectional=True, random_state=1).eval()
+    B, T = 3, 30
+    project_blas_bytes(4096)     # every projection's weight (at least 3*64*40*4 bytes) reaches BLAS
+    X, state, ref = _unit_split_inputs(monkeypatch, layer, np.random.default_rng(2), B, T)
+    calls = []
+    real = R.run_units
+    monkeypatch.setattr(R, "run_units", lambda *a: calls.append(1) or real(*a))
+    with _threads.limit(2):
+        assert layer._inference_plan(B, T) == "units"
+        got = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+        with _threads._UnitSlot() as mine:          # the split held by another call
+            assert mine
+            held = layer_arrays(layer.forward(X, h0=state, need_grad=False))
+    assert len(calls) == 4
+    for a, b, c in zip(got, held, ref):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=2e-5, atol=2e-5)
+    # the first layer's projection (B*T*40*G*64 multiply-adds) under the
+    # plan's pipeline work, the call's work above it: one thread
+    G = layer.num_gates
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", B * T * 40 * G * 64 + 1)
+    with _threads.limit(2):
+        assert layer._inference_plan(B, T) == "one"
 
 
 def _wait_for_state(worker, state):

@@ -18,7 +18,8 @@ from ._sync import barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
 from ._runtime import packed_blas_min_rows, project_blas_min_bytes
-from .matmul import STRIP_BYTES, empty_strips, no_packed_weight, pack_for_steps, pack_into, packed_matmul, project, project_packed
+from .matmul import (STRIP_BYTES, empty_strips, no_packed_weight, pack_for_steps, pack_into, packed_matmul, project,
+                     project_packed, project_shared)
 from .rnn import rnn_forward_slice
 
 
@@ -339,10 +340,15 @@ def units_projection(inp, w_ih, bias, G, j0, j1):
     if bias.shape[0] > 0:
         for g in range(G):
             own_bias[g * n:(g + 1) * n] = bias[g * H + j0:g * H + j1]
-    if G * n * w_ih.shape[1] * w_ih.itemsize >= project_blas_min_bytes():  # (the layer never splits these)
-        project(inp, own_rows(w_ih, G, j0, j1), own_bias, xp)
-    else:  # project()'s packed path, its weight packed straight from W_ih's rows
-        w, wp = own_packed(w_ih, G, j0, j1, 2, 1)
+    # project()'s packed path (never BLAS: a row's result is then the one-thread
+    # call's, whose projection is computed ahead, packed, from this size on:
+    # Recurrent._infer_units), its weight packed straight from W_ih's rows;
+    # from project()'s BLAS size in blocks of PROJECT_STREAMED_ROWS rows (a
+    # weight streamed from the L3 once per block)
+    w, wp = own_packed(w_ih, G, j0, j1, 2, 1)
+    if G * n * w_ih.shape[1] * w_ih.itemsize >= project_blas_min_bytes():
+        project_shared(inp, w, wp, own_bias, xp)
+    else:
         project_packed(inp, w, wp, own_bias, xp)
     return xp
 

@@ -883,8 +883,10 @@ class Recurrent:
         :func:`fastseq.kernels.infer.gru_units_part`, a barrier a step)
         rather than its batch: when :meth:`fastseq._plan.Plan.infer_units`
         takes the batch and the call's work, and when each part's gate rows
-        fill whole strips of the packed product
-        and no projection reaches BLAS (:data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES`):
+        fill whole strips of the packed product and a projection whose
+        weight would reach BLAS (:data:`fastseq.kernels.matmul.PROJECT_BLAS_MIN_BYTES`)
+        is one that the one-thread form computes ahead, packed, as the
+        parts do (:meth:`_layer_modes`):
         every output then sums as in the one-thread call, so the split
         gives its bits, and a call that finds the split taken by another
         (:func:`fastseq._threads.unit_split_slot`) runs on one thread with
@@ -899,8 +901,13 @@ class Recurrent:
             return 0
         H, G, isz = self.hidden_size, self.num_gates, self.dtype.itemsize
         F = self._widest_input()
-        if (any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n))
-                or (G * H * isz) % STRIP_BYTES or G * H * F * isz >= PROJECT_BLAS_MIN_BYTES.get()):
+        if any((G * (j1 - j0) * isz) % STRIP_BYTES for j0, j1 in unit_bounds(H, n)) or (G * H * isz) % STRIP_BYTES:
+            return 0
+        # a projection that project() would send to BLAS: only where the
+        # one-thread form computes it ahead (packed, as the parts do)
+        N = B * T
+        if any(G * H * f * isz >= PROJECT_BLAS_MIN_BYTES.get() and not pipelines(N * f * G * H)
+               for f in map(self._layer_input_size, range(self.num_layers))):
             return 0
         plan, work = _plan.current(), B * T * G * H * (H + F)
         rows = plan.units_max_rows(n, H, G, FUSED_MIN_ROWS, G * H * (H + F) * isz)
