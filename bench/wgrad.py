@@ -7,7 +7,10 @@ Run from the repository root::
 Times the weight-gradient product ``dg.T @ x`` of a layer (``dg`` (N, M)
 its gate gradients, ``x`` (N, F) its inputs, float32, random) both ways
 the layer can run it: BLAS (:func:`fastseq._threads.parallel_matmul`, row
-blocks in threads, BLAS at one thread each) and the strided-strip product
+blocks in threads, BLAS at one thread each), what the layer runs past the
+tall product's rule (``network.recurrent._backward_product``: the packed
+product from transposed copies where they fit, else BLAS; "tiles"), the
+strip product
 (:func:`fastseq._threads.parallel_tall_matmul`) and the same product
 from the inputs transposed first (``transposed=True``; the time of the
 transposing copy, :func:`fastseq._threads.parallel_transpose`, included:
@@ -16,17 +19,18 @@ plainly, so the copy's own time is what it costs there), under
 ``fastseq._threads.limit(threads)`` entered once (entering threadpoolctl's
 limits at every call costs milliseconds, more than some products take),
 alternated call by call (:func:`bench.compare.time_alternating`, median
-ms), and prints each with its GFLOP/s and whether the layer's rule
-(``network.recurrent._tall_fits``) takes the tall product for that ``F``
-and ``M`` (``M`` not a multiple of a strip's 16 gates: BLAS) and the
-rule of the transposed inputs (``_tall_fits(..., transposed=True)``).
+ms), and prints each with its GFLOP/s and which the layer's rule takes:
+the tall product where the gates fill whole strips
+(``network.recurrent._tall_fits``; ``M`` not a multiple of a strip's 16
+gates: BLAS), from the inputs transposed first where a k block of them
+passes half the L2 (``_strided_x_spills``).
 
 The default shapes are the layers' own: the weather GRU's input side
 (49152 rows: 1024 sequences of 48 steps; 5 inputs and a column of ones;
 192 gates) and recurrent side (64 states), the weather RNN's and LSTM's
 fused ``[inputs | h_prev | 1]`` (70 columns), the MNIST-rows GRU's input
-(29) and recurrent (256) sides, the MNIST-rows LSTM's fused inputs (285,
-past the rule) and two larger ones past it.
+(29) and recurrent (256) sides, the MNIST-rows LSTM's fused inputs (285)
+and two larger ones.
 """
 
 import argparse
@@ -42,7 +46,7 @@ SHAPES = ((49152, 6, 192), (49152, 64, 192), (49152, 70, 64), (49152, 70, 256), 
 
 def run(shapes, threads, repeats):
     from fastseq._threads import limit, parallel_matmul, parallel_tall_matmul, parallel_transpose
-    from fastseq.network.recurrent import _tall_fits
+    from fastseq.network.recurrent import _backward_product, _strided_x_spills, _tall_fits
 
     rows = []
     rng = np.random.default_rng(0)
@@ -61,20 +65,24 @@ def run(shapes, threads, repeats):
             np.testing.assert_allclose(parallel_tall_matmul(x, dg).T, ref, rtol=1e-3, atol=1e-2 * np.sqrt(N))
             transposed()
             np.testing.assert_allclose(out_t.T, ref, rtol=1e-3, atol=1e-2 * np.sqrt(N))
+            np.testing.assert_allclose(_backward_product(dg.T, x, out=out), ref, rtol=1e-3,
+                                       atol=1e-2 * np.sqrt(N))
             ts = time_alternating({"blas": lambda: parallel_matmul(dg.T, x, out=out),
+                                   "tiles": lambda: _backward_product(dg.T, x, out=out),
                                    "tall": lambda: parallel_tall_matmul(x, dg, out=out_t),
                                    "transposed": transposed},
                                   repeats, pause=0.002)
-            rule = _tall_fits(F, M, np.dtype(np.float32))
-            rule_t = _tall_fits(F, M, np.dtype(np.float32), transposed=True)
+            rule = _tall_fits(M, np.dtype(np.float32))
+            rule_t = rule and _strided_x_spills(F, np.dtype(np.float32))
         flop = 2.0 * N * F * M
         row = {"N": N, "F": F, "M": M, "rule_tall": rule, "rule_transposed": rule_t}
         for k in ts:
             row[f"{k}_ms"], row[f"{k}_gflops"] = ts[k] * 1e3, flop / ts[k] / 1e9
         print(f"N {N:6d} F {F:5d} M {M:5d}  BLAS {row['blas_ms']:8.3f} ms ({row['blas_gflops']:5.0f} GFLOP/s)"
+              f"  tiles {row['tiles_ms']:8.3f} ms ({row['tiles_gflops']:5.0f})"
               f"  tall {row['tall_ms']:8.3f} ms ({row['tall_gflops']:5.0f})"
               f"  transposed {row['transposed_ms']:8.3f} ms ({row['transposed_gflops']:5.0f})"
-              f"  rules: {'tall' if rule else 'BLAS'}, {'transposed' if rule_t else 'BLAS'}",
+              f"  rule: {'transposed' if rule_t else 'tall' if rule else 'BLAS'}",
               flush=True)
         rows.append(row)
     return rows

@@ -161,15 +161,17 @@ def test_compare_refuses_fewer_than_one_seed(capsys):
 
 
 def test_wgrad_times_both_products(capsys):
-    """``python -m bench.wgrad``: BLAS and the tall product of the same
-    weight gradient timed side by side, with the layer's rule; bad shapes
+    """``python -m bench.wgrad``: BLAS, the layer's product past the tall
+    rule and the tall products of the same weight gradient timed side by
+    side, with the layer's rule (the tall product for whole strips of
+    gates, from the inputs transposed past half the L2); bad shapes
     refused with a message."""
     from bench import wgrad
 
     rows = wgrad.main(["--threads", "1", "--repeats", "1", "--shapes", "40:3:32,40:5000:16,40:3:20"])
     assert [(r["N"], r["F"], r["M"]) for r in rows] == [(40, 3, 32), (40, 5000, 16), (40, 3, 20)]
-    assert all(r["blas_ms"] > 0 and r["tall_ms"] > 0 for r in rows)
-    assert rows[0]["rule_tall"] and not rows[1]["rule_tall"] and not rows[2]["rule_tall"]
+    assert all(r["blas_ms"] > 0 and r["tiles_ms"] > 0 and r["tall_ms"] > 0 for r in rows)
+    assert [(r["rule_tall"], r["rule_transposed"]) for r in rows] == [(True, False), (True, True), (False, False)]
     assert "CPU:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         wgrad.main(["--shapes", "40:3"])

@@ -124,8 +124,8 @@ def test_packing_maps():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("transposed", [False, True])
 def test_tall_matmul_every_width(dtype, vector_bytes, transposed):
-    """The weight-gradient product ``xt @ g`` over strided strips of ``g``
-    for every vector width (as the packed product above): rows of ``xt`` in
+    """The weight-gradient product ``xt @ g`` over strips of ``g`` (packed a k
+    block at a time) for every vector width (as the packed product above): rows of ``xt`` in
     whole register blocks and every remainder, strip groups and single
     strips, several k blocks, columns past the last strip (the tail), and
     strip or row ranges taken in parts (as threads take them) giving the same bits

@@ -419,23 +419,17 @@ def test_training_weight_gradients_one_signature_per_dtype():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_tall_weight_gradients_only_for_whole_strips_of_few_inputs():
-    """The tall weight-gradient product is taken for few inputs into gates
-    that fill whole strips of 16 float32 (8 float64); gates past the last
-    strip take a plain loop there (3-4x BLAS's time for a GRU of 100
+def test_tall_weight_gradients_only_for_whole_strips():
+    """The tall weight-gradient product is taken for gates that fill whole
+    strips of 16 float32 (8 float64), however many inputs; gates past the
+    last strip take a plain loop there (3-4x BLAS's time for a GRU of 100
     units), so those layers' products go to BLAS, with the same gradients
     as the tall product gives."""
     from fastseq.network import recurrent as R
 
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    assert R._tall_fits(6, 192, f32) and R._tall_fits(6, 8, f64)
-    assert not R._tall_fits(6, 300, f32) and not R._tall_fits(6, 20, f64)
-    assert not R._tall_fits(100_000, 192, f32)                   # too many inputs
-    # inputs given transposed (each row block reads its rows in order): a
-    # quarter of the L2 (conftest's reference plan: 512 KB) for a k block
-    # of 128 float32 (a row of 512 bytes), the same whole strips
-    assert R._tall_fits(256, 1024, f32, True) and not R._tall_fits(257, 1024, f32, True)
-    assert not R._tall_fits(6, 300, f32, True) and R._tall_fits(128, 8, f64, True)
+    assert R._tall_fits(192, f32) and R._tall_fits(8, f64) and R._tall_fits(4096, f32)
+    assert not R._tall_fits(300, f32) and not R._tall_fits(20, f64)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3, 5, 4)).astype(np.float32)
     for H in (5, 16):                                            # GRU gates 15 (BLAS) and 48 (tall)
@@ -451,8 +445,8 @@ def test_tall_weight_gradients_only_for_whole_strips_of_few_inputs():
 
 @pytest.mark.parametrize("lengths", [None, [6, 4, 6, 2, 5]])
 def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(monkeypatch, lengths):
-    """Where a k block of the states would spill the L1 from the strided
-    tall product (``_strided_x_spills``; the plan's L1 set to a few bytes
+    """Where a k block of the states would pass half the L2 in the strided
+    tall product (``_strided_x_spills``; the plan's L2 set to a few bytes
     here), the GRU's recurrent weight gradient is computed from the states
     transposed first (``tall_matmul_t``): the same sums in the same order,
     so the same bits as the strided product, full and ragged batches, one
@@ -462,9 +456,9 @@ def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(mo
 
     X = np.random.default_rng(3).standard_normal((5, 6, 4)).astype(np.float32)
     grads = {}
-    for l1 in (1 << 30, 8):
+    for l2 in (1 << 30, 8):
         with monkeypatch.context() as m:
-            m.setattr(_plan.current(), "l1_bytes", l1)
+            m.setattr(_plan.current(), "l2_bytes", l2)
             m.setattr(_plan.current(), "matmul_split_min_work", 0)
             spills = []
             real = R._strided_x_spills
@@ -474,8 +468,8 @@ def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(mo
                 with _threads.limit(n):
                     out, _ = layer.forward(X, lengths)
                     _, g = layer.backward(np.ones_like(out), need_input_grad=False)
-                grads[l1, n] = g
-            assert spills and all(spills) == (l1 == 8)
+                grads[l2, n] = g
+            assert spills and all(spills) == (l2 == 8)
     for key in grads:
         for name, v in grads[key].items():
             np.testing.assert_array_equal(v, grads[1 << 30, 1][name], err_msg=f"{key} {name}")

@@ -76,7 +76,7 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
     group, every load sequential.  ``R``, ``S`` and ``VB`` are compile-time
     constants (module or closure integers): one specialisation each.
     ``wp`` is C-contiguous (:func:`pack_weight`), or any view whose elements
-    are unit-stride within a strip (:func:`tall_matmul`: consecutive ``k``
+    are unit-stride within a strip (consecutive ``k``
     then lie ``wp.strides[1]`` bytes apart); ``a`` likewise C-contiguous,
     or any view (its ``k`` ``a.strides[1]`` bytes apart)."""
     if not all(isinstance(v, types.IntegerLiteral) for v in (R, S, VB)):
@@ -117,7 +117,7 @@ def _tile_rows(typingctx, a, wp, out, n, s0, col0, k0, k1, accumulate, R, S, VB)
             "llvm.fma.v%d%s" % (VW, "f32" if fty == ir.FloatType() else "f64"))
         if wty.layout == "C":  # packed strips: k runs one strip apart
             sw = const(C * VW)
-        else:  # a strided view (:func:`tall_matmul`): k's stride from the array
+        else:  # a strided view: k's stride from the array
             kstride = cgutils.unpack_tuple(builder, warr.strides, 3)[1]
             sw = builder.sdiv(kstride, const(context.get_abi_sizeof(fty)))
         if aty.layout == "C":  # rows of ``a`` unit-stride along k
@@ -258,11 +258,17 @@ def empty_strips(w, ns):
     64-byte vector across two lines, which cost a one-row product 1.2-1.6x
     its time at H = 32-128 on a znver5; bench/RESULTS.md, "twenty-first
     session")."""
-    K = w.shape[1]
-    SW = STRIP_BYTES // w.itemsize
+    return aligned_strips(w, ns, w.shape[1])
+
+
+@njit(inline="always", **JIT)
+def aligned_strips(x, ns, K):
+    """An uninitialised (ns, K, SW) array of ``x``'s dtype whose first
+    element starts a 64-byte line (:func:`empty_strips` for ``K`` given)."""
+    SW = STRIP_BYTES // x.itemsize
     n = ns * K * SW
-    buf = np.empty(n + SW, dtype=w.dtype)
-    off = ((STRIP_BYTES - np.int64(buf.ctypes.data) % STRIP_BYTES) % STRIP_BYTES) // w.itemsize
+    buf = np.empty(n + SW, dtype=x.dtype)
+    off = ((STRIP_BYTES - np.int64(buf.ctypes.data) % STRIP_BYTES) % STRIP_BYTES) // x.itemsize
     return buf[off:off + n].reshape((ns, K, SW))
 
 
@@ -430,6 +436,21 @@ def _given_rows(xt, f0, f1):
     return xt[f0:f1]
 
 
+@njit(inline="always", **JIT)
+def _copy_strips(g, block, k0, k1, s, gs, SW):
+    """``block[j, k - k0, c] = g[k, (s + j)*SW + c]`` for ``j < gs`` and
+    ``k0 <= k < k1``: strips of ``g``'s columns packed for
+    :func:`tall_matmul`.  ``SW`` must be a constant where this is inlined
+    (an itemsize read from the array is not one, and the copy with it ran
+    at about half the speed)."""
+    for j in range(gs):
+        c0 = (s + j) * SW
+        for k in range(k1 - k0):
+            gr = g[k0 + k]
+            for c in range(SW):
+                block[j, k, c] = gr[c0 + c]
+
+
 def _tall_matmul_for(vector_bytes, transposed=False):
     """:func:`tall_matmul` for micro-kernels of ``vector_bytes`` vectors (as
     :func:`_packed_matmul_for`: the package compiles this machine's width,
@@ -447,35 +468,45 @@ def _tall_matmul_for(vector_bytes, transposed=False):
         (two threads, znver4: 13 GFLOP/s for 6 inputs into 192 gates, this
         29; ``python -m bench.wgrad``).
 
-        ``g`` is seen as (M // SW, N, SW) strips (:func:`strips_view`, a
-        strided view, no copy): :func:`_tile_rows` reads a strip's columns of ``S`` strips at
-        a time as it would a packed weight's, the ``F`` rows of ``xt`` in
-        register blocks, over blocks of :data:`KBLOCK_BYTES` of ``k`` (the
-        outer loop: ``g`` is read once, in order).  Each output sums over
-        ``k`` in order, whatever the strip ranges: threads may take disjoint
-        ranges (of strips or rows) side by side with identical results."""
+        Over blocks of :data:`KBLOCK_BYTES` of ``k`` (the outer loop: ``g``
+        is read once, in order), ``S`` strips of ``g`` at a time (SW
+        columns each) are copied into a packed block kept in L1, through
+        which :func:`_tile_rows` runs the ``F`` rows of ``xt`` in register
+        blocks as it would a packed weight's strips.  (Read in place, a
+        strip's ``k`` lie a row of ``g`` apart, ``M`` elements: at 1,024
+        gates every one in the same L1 set, so that each row block read
+        the strips back from L2; one thread, 3,584 rows, 285 inputs into
+        1,024 gates, 135 -> 215 GFLOP/s: bench/RESULTS.md, "twenty-second
+        session".)  Each output sums over ``k`` in order, whatever the
+        strip ranges: threads may take disjoint ranges (of strips or rows)
+        side by side with identical results."""
         xt = rows_of(x, f0, f1)
         out = out[f0:f1]
-        g3 = strips_view(g)
         F, N = xt.shape
-        SW = g3.shape[2]
+        SW = STRIP_BYTES // g.itemsize
         KB = max(1, KBLOCK_BYTES // (SW * xt.itemsize))
         if N == 0:  # an empty sum (no k block writes anything)
             out[:, s0 * SW:(g.shape[1] if tail else s1 * SW)] = 0
+        block = aligned_strips(g, S, KB)
         for k0 in range(0, N, KB):
             k1 = min(N, k0 + KB)
             acc = 1 if k0 > 0 else 0
+            a = xt[:, k0:k1]
             s = s0
             while s < s1:
-                if s + S <= s1:
-                    _tile_rows(xt, g3, out, F, s, s * SW, k0, k1, acc, R, S, VB)
-                    s += S
+                gs = S if s + S <= s1 else 1
+                if g.itemsize == 4:
+                    _copy_strips(g, block, k0, k1, s, gs, 16)
                 else:
-                    _tile_rows(xt, g3, out, F, s, s * SW, k0, k1, acc, R, 1, VB)
-                    s += 1
+                    _copy_strips(g, block, k0, k1, s, gs, 8)
+                if gs == S:
+                    _tile_rows(a, block, out, F, 0, s * SW, 0, k1 - k0, acc, R, S, VB)
+                else:
+                    _tile_rows(a, block, out, F, 0, s * SW, 0, k1 - k0, acc, R, 1, VB)
+                s += gs
         if tail:
             z = xt.dtype.type(0)
-            for m in range(g3.shape[0] * SW, g.shape[1]):
+            for m in range((g.shape[1] // SW) * SW, g.shape[1]):
                 for f in range(F):
                     xr = xt[f]
                     acc_m = z
@@ -544,8 +575,9 @@ def transpose_into(src, dst, row0, col0, n0, n1):
 
 @njit(inline="always", **JIT)
 def strips_view(g):
-    """``g`` (N, M), C-contiguous, as the (M // SW, N, SW) strips of
-    :func:`tall_matmul` (a view; built in compiled code, so that its type
+    """``g`` (N, M), C-contiguous, as (M // SW, N, SW) strips of SW
+    columns (:func:`transpose_into` writes through it; a view built in
+    compiled code, so that its type
     is a strided array even where it happens to be contiguous: one
     signature)."""
     isz = g.itemsize

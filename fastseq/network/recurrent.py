@@ -78,41 +78,30 @@ def _column_sums(g, out):
     return np.matmul(np.ones(g.shape[0], dtype=g.dtype), g, out=out)
 
 
-def _tall_fits(rows, cols, dt, transposed=False):
-    """Whether a weight gradient over ``rows`` inputs (a layer's inputs, its
-    states, a column of ones for the bias) into ``cols`` gates goes to
-    :func:`fastseq._threads.parallel_tall_matmul` rather than BLAS: while
-    the inputs of one of its k blocks take at most an eighth of a core's L2
-    cache (each strip group reads them back from there), a quarter for
-    inputs already ``transposed`` (:func:`fastseq.kernels.matmul.tall_matmul_t`:
-    each row block reads its rows in order), and the gates
-    fill whole strips (the product's columns past its last strip take a
-    plain loop: 3-4x BLAS's time for a GRU of 100 units, 300 gates,
-    thirteenth session).  ``python -m bench.wgrad`` times both for the
-    layers' shapes (bench/RESULTS.md,
-    "Weight gradients over few inputs"; znver4, two threads, BLAS -> tall):
-    the weather layers' 6, 64 and 70 inputs 8.7 -> 3.8, 15.4 -> 12.6, 7.3
-    -> 5.0 and 20.2 -> 16.8 ms, MNIST rows' 29 and 256 1.9 -> 1.2 and 9.1
-    -> 8.5; past the rule BLAS wins, 285 inputs 13.0 against 14.4 ms.
-    Transposed, GFLOP/s, tall / BLAS: 3,584 rows, 285 inputs into 256 and
-    1,024 gates 159 / 127 and 186 / 144, 501 into 2,000 197 / 183; past the
-    rule 1,001 into 2,000 a tie (192 / 195), 1,025 into 4,096 158 / 199
-    (bench/RESULTS.md, "eighteenth session")."""
-    k_block = KBLOCK_BYTES // STRIP_BYTES
-    share = 4 if transposed else 8
-    return (cols % (STRIP_BYTES // dt.itemsize) == 0
-            and rows * k_block * dt.itemsize <= _plan.for_threads(get_num_threads()).l2_bytes // share)
+def _tall_fits(cols, dt):
+    """Whether a weight gradient into ``cols`` gates goes to
+    :func:`fastseq._threads.parallel_tall_matmul` rather than BLAS: when
+    the gates fill whole strips (the product's columns past its last strip
+    take a plain loop: 3-4x BLAS's time for a GRU of 100 units, 300 gates,
+    thirteenth session).  With the gates' strips packed a block at a time
+    (:func:`fastseq.kernels.matmul.tall_matmul`) it ran 1.4-1.9x BLAS's
+    speed at every shape timed, 6 to 4,097 inputs, 64 to 49,152 rows
+    (two threads, znver5, OpenBLAS's Haswell kernels; ``python -m
+    bench.wgrad``, bench/RESULTS.md, "twenty-second session")."""
+    return cols % (STRIP_BYTES // dt.itemsize) == 0
 
 
 def _strided_x_spills(F, dt):
-    """Whether the strided tall product (:func:`fastseq.kernels.matmul.tall_matmul`)
-    over (N, F) inputs reads a k block of them (``F`` elements of each of
-    its k rows, a few for each row block) from past a core's L1: then the
-    inputs transposed first cost less than that (two threads, this znver4,
-    3,456 x 256 states into 768 gates: 8.7 -> 7.4 ms with the transposing
-    copy; 64 states, 49,152 rows: a tie, 9.2 and 9.4; ``python -m
-    bench.wgrad``)."""
-    return F * (KBLOCK_BYTES // STRIP_BYTES) * dt.itemsize > _plan.for_threads(get_num_threads()).l1_bytes
+    """Whether the tall product over (N, F) inputs read in place
+    (:func:`fastseq.kernels.matmul.tall_matmul`) is slower than over the
+    inputs transposed first (:func:`fastseq.kernels.matmul.tall_matmul_t`,
+    the copy included): when a k block of them (``F`` elements of each of
+    its k rows, which every group of strips reads again) is larger than
+    half a core's L2.  Two threads, znver5, ms, in place / transposed:
+    3,584 x 285 inputs into 1,024 gates 4.9 / 5.8, 2,048 x 513 4.7 / 5.4;
+    1,600 x 1,025 into 4,096 30.4 / 28.5, 1,600 x 2,049 67.7 / 61.8
+    (``python -m bench.wgrad``)."""
+    return F * (KBLOCK_BYTES // STRIP_BYTES) * dt.itemsize > _plan.for_threads(get_num_threads()).l2_bytes // 2
 
 
 #: elements (rows times units) from which :func:`_reset_scaled` splits
@@ -174,18 +163,16 @@ def _backward_product(a, b, out=None, name="bwd"):
 
 def _product_grads(x, dg, dW):
     """``dW[...] = dg.T @ x``: :func:`fastseq._threads.parallel_tall_matmul`
-    within :func:`_tall_fits` of ``x``'s and ``dg``'s columns (from ``x``
-    transposed first where :func:`_strided_x_spills`, within
-    :func:`_tall_fits` of transposed inputs), else BLAS (the recurrent
-    weights' gradient of the GRU, whose n-third differs from the input
-    side's)."""
+    where :func:`_tall_fits` ``dg``'s columns (from ``x`` transposed first
+    where :func:`_strided_x_spills`), else BLAS (the recurrent weights'
+    gradient of the GRU, whose n-third differs from the input side's)."""
     (N, F), M, dt = x.shape, dg.shape[1], dg.dtype
-    if _strided_x_spills(F, dt) and _tall_fits(F, M, dt, transposed=True):
-        # (a k block of x's rows past the L1: the inputs transposed first)
+    if _strided_x_spills(F, dt) and _tall_fits(M, dt):
+        # (a k block of x's rows past half the L2: the inputs transposed first)
         xt = scratch("wgrad_h_xt", (F, N), dt)
         parallel_transpose(np.ascontiguousarray(x), xt)
         parallel_transpose(parallel_tall_matmul(xt, dg, transposed=True), dW)
-    elif _tall_fits(F, M, dt):
+    elif _tall_fits(M, dt):
         # (the (F, M) product into dW transposed in registers: numpy's
         # transposed copy took 0.4 ms of 768 x 256 gradients)
         parallel_transpose(parallel_tall_matmul(x, dg), dW)
@@ -199,15 +186,15 @@ def _gate_grads(dg, K, fill, db, name, dests):
     into the rows of a buffer (K + 1, N) kept under ``name``
     (:func:`fastseq._workspace.scratch`; a copy made either way, as
     :func:`fastseq._threads.parallel_transpose` writes it) and, unless
-    ``db`` is None, ``db[...] = dg.sum(axis=0)``: within
-    :func:`_tall_fits` of transposed inputs, one product of
+    ``db`` is None, ``db[...] = dg.sum(axis=0)``: where
+    :func:`_tall_fits` the gates, one product of
     :func:`fastseq._threads.parallel_tall_matmul` over the inputs and a
     row of ones below them (the bias gradient in the same pass; its (K,
     M) result goes into each ``dW`` transposed in registers), else BLAS
     and :func:`_column_sums`."""
     (N, M), dt = dg.shape, dg.dtype
     ones = db is not None
-    tall = _tall_fits(K + ones, M, dt, transposed=True)
+    tall = _tall_fits(M, dt)
     xt = scratch(name + "_xt", (K + (tall and ones), N), dt)
     fill(xt)
     if not tall:
