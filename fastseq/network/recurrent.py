@@ -213,17 +213,10 @@ def _gate_grads(dg, K, fill, db, name, dests):
         parallel_transpose(out[k0:k1], dW)
 
 
-def _input_grads(dg, inp, H, dW, db):
+def _input_grads(dg, inp, dW, db):
     """``dW[...] = dg.T @ inp`` and, unless ``db`` is None, ``db[...] =
-    dg.sum(axis=0)``: :func:`_gate_grads` for inputs no wider than the
-    state (``F <= H``; BLAS runs a product of F < H columns far below its
-    rate), else BLAS and :func:`_column_sums`."""
+    dg.sum(axis=0)``: :func:`_gate_grads` of the inputs."""
     F = inp.shape[1]
-    if F > H:
-        _backward_product(dg.T, inp, out=dW)
-        if db is not None:
-            _column_sums(dg, db)
-        return
     _gate_grads(dg, F, lambda xt: parallel_transpose(np.ascontiguousarray(inp), xt), db, "wgrad_in", ((dW, 0, F),))
 
 
@@ -1458,12 +1451,12 @@ class Recurrent:
         dgh = None if self.cell == "gru" else dgx
         B = pk.B
         F = inp.shape[1]
-        # RNN, LSTM with inputs no wider than the state: both weight gradients
-        # as one product, dgates.T @ [inputs | h_prev] (a product of F < H
-        # columns runs BLAS far below its rate), into buffers kept from call
-        # to call (fresh ones cost their page faults: with them the one
-        # product lost to two at MNIST rows; python -m bench.handover, part 3)
-        fused = dgh is not None and F <= H
+        # RNN, LSTM: both weight gradients as one product, dgates.T @ [inputs
+        # | h_prev | 1] (the tall product; BLAS runs a product of few columns
+        # far below its rate), into buffers kept from call to call (fresh ones
+        # cost their page faults: with them the one product lost to two at
+        # MNIST rows; python -m bench.handover, part 3)
+        fused = dgh is not None
         if fused:
             def fill(xt):   # [inputs | h_prev], transposed
                 parallel_transpose(np.ascontiguousarray(inp), xt)
@@ -1471,7 +1464,7 @@ class Recurrent:
             _gate_grads(dgx, F + H, fill, grads["bias_ih" + s] if self.bias else None, "wgrad",
                         ((grads["weight_ih" + s], 0, F), (grads["weight_hh" + s], F, F + H)))
         else:
-            _input_grads(dgx, inp, H, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
+            _input_grads(dgx, inp, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
         d_inp = _backward_product(dgx, W_ih, name="dx") if want_dx else None
         dW, db = grads["weight_hh" + s], grads.get("bias_hh" + s)
         if self.bias:  # every gate's bias gradient but the GRU's b_hn is b_ih's
@@ -1530,7 +1523,7 @@ class Recurrent:
                    (dd, _transposed(W_hh[:2 * H]), _transposed(W_hh[2 * H:]),
                     st["h0"], st["out_h"], st["gates"], pk.batch_sizes, mask, dh, dgx),
                    pk.lengths_sorted, N * 3 * H * H)
-        _input_grads(dgx, st["inp"], H, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
+        _input_grads(dgx, st["inp"], grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
         h_prev = self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt))
         dW = grads["weight_hh" + s]
         parallel_matmul(dgx[:, :2 * H].T, h_prev, out=dW[:2 * H])
