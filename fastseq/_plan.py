@@ -74,8 +74,11 @@ PIPELINE_STEP_HANDOVERS = 2.0
 #: an inference unit split takes batches of under this many row blocks a
 #: thread where the layer's weights are larger than half the L2 (each thread
 #: of a batch split streams all of them at every step, of a unit split half;
-#: bench/RESULTS.md, "twentieth session" and "twenty-second session")
+#: bench/RESULTS.md, "twentieth session" and "twenty-second session") ...
 UNITS_WIDE_BLOCKS = 16
+#: ... and under this many for an LSTM whose weights fit in half the L3,
+#: which the fused kernel's batch split takes from there
+UNITS_FUSED_BLOCKS = 8
 #: least sequences per thread in a batch split
 MIN_SPLIT_ROWS = 4
 #: a threshold no work reaches
@@ -255,14 +258,18 @@ class Plan:
         of the step's product (``block_rows`` rows each) for an LSTM (4
         gates) and for a GRU from twice ``unit_split_min_units`` units a
         thread, else half a row block (bench/RESULTS.md, "The GRU's unit
-        split up to 15 sequences"); :data:`UNITS_WIDE_BLOCKS` row blocks
-        where the layer's weights ``[W_ih | W_hh]`` (``weight_bytes``) are
-        larger than half the L2, which each thread of a batch split would
-        stream from the L3 at every step, and a thread of a unit split
-        reads half of (bench/RESULTS.md, "twentieth session")."""
+        split up to 15 sequences"); where the layer's weights ``[W_ih |
+        W_hh]`` (``weight_bytes``) are larger than half the L2, which each
+        thread of a batch split would stream from the L3 at every step, and
+        a thread of a unit split reads half of, :data:`UNITS_FUSED_BLOCKS`
+        row blocks for an LSTM whose weights fit in half the L3 (the fused
+        kernel's batch split takes it beyond: :meth:`fuse_projection`),
+        else :data:`UNITS_WIDE_BLOCKS` (bench/RESULTS.md, "twentieth
+        session" and "twenty-second session")."""
         wide = H >= 2 * self.unit_split_min_units * n_threads
         if wide and weight_bytes > self.l2_bytes // 2:
-            return UNITS_WIDE_BLOCKS * block_rows
+            fusable = gates == 4 and weight_bytes <= self.l3_bytes // 2
+            return (UNITS_FUSED_BLOCKS if fusable else UNITS_WIDE_BLOCKS) * block_rows
         if gates == 4 or wide:
             return 2 * block_rows
         return max(1, block_rows // 2)

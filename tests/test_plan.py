@@ -267,12 +267,14 @@ def test_unit_split_rows_rule():
     assert p.units_max_rows(2, 127, 3, 4) == 2 and p.units_max_rows(2, 64, 3, 4) == 2
     assert p.units_max_rows(4, 128, 3, 4) == 2
     assert p.units_max_rows(2, 64, 3, 1) == 1
-    # weights [W_ih | W_hh] over half the L2: up to 16 row blocks a thread,
-    # from 64 units a thread (each thread of a batch split would stream them
-    # all from the L3 at every step)
-    half = (1 << 20) // 2
-    assert p.units_max_rows(2, 256, 4, 4, half + 1) == 64 and p.units_max_rows(2, 256, 4, 4, half) == 8
-    assert p.units_max_rows(2, 128, 3, 4, half + 1) == 64
+    # weights [W_ih | W_hh] over half the L2, from 64 units a thread (each
+    # thread of a batch split would stream them all from the L3 at every
+    # step): up to 8 row blocks a thread for an LSTM whose weights fit in
+    # half the L3 (the fused kernel's batch split takes it beyond), else 16
+    half, l3_half = (1 << 20) // 2, p.l3_bytes // 2
+    assert p.units_max_rows(2, 256, 4, 4, half + 1) == 32 and p.units_max_rows(2, 256, 4, 4, half) == 8
+    assert p.units_max_rows(2, 256, 4, 4, l3_half) == 32 and p.units_max_rows(2, 256, 4, 4, l3_half + 1) == 64
+    assert p.units_max_rows(2, 128, 3, 4, half + 1) == 64 and p.units_max_rows(2, 128, 3, 4, l3_half + 1) == 64
     assert p.units_max_rows(2, 127, 4, 4, half + 1) == 8 and p.units_max_rows(2, 127, 3, 4, half + 1) == 2
 
 

@@ -358,11 +358,15 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(7, 5) == units       # 9.5M
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(15, 5) in (units, "fused")
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(1, 32) == units
-        # [W_ih | W_hh] of 1 MB, over half the reference plan's L2: units up
-        # to 16 row blocks a thread (64 rows), then fused
+        # [W_ih | W_hh] of 1 MB, over half the reference plan's L2 and within
+        # half its L3: units up to 8 row blocks a thread (32 rows), then fused
         assert Recurrent("lstm", 8, 256).eval()._inference_plan(16, 10) == units
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(127, 10) == units
-        assert Recurrent("lstm", 8, 256).eval()._inference_plan(128, 10) == "fused"   # split too
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(63, 10) == units
+        assert Recurrent("lstm", 8, 256).eval()._inference_plan(64, 10) == "fused"   # split too
+        # past half the L3 (4*512*(512+512)*4 bytes: 8 MB), which the fused
+        # kernel does not take: up to 16 row blocks (64 rows)
+        assert Recurrent("lstm", 512, 512).eval()._inference_plan(127, 10) == units
+        assert Recurrent("lstm", 512, 512).eval()._inference_plan(128, 10) is None    # a batch split
         # (a narrow layer's, 20 KB, within it: fused from two row blocks)
         assert Recurrent("lstm", 8, 64).eval()._inference_plan(16, 1000) == "fused"
         assert Recurrent("lstm", 8, 32).eval()._inference_plan(4, 10) == "fused"     # 20 KB: one block
@@ -385,7 +389,8 @@ def test_inference_plan_and_pipeline_threshold(monkeypatch):
         assert Recurrent("lstm", 255, 512).eval()._inference_plan(1, 15) == units
         # a GRU of 64 units a thread or more splits them for batches under two
         # row blocks a thread (B < 16), as the LSTM (under 16 row blocks where
-        # its weights pass half the L2, as GRU(8, 256)'s 811 KB); a narrower
+        # its weights pass half the L2, as GRU(8, 256)'s 811 KB, which no
+        # fused kernel takes); a narrower
         # one under half a row block (B < 4)
         assert Recurrent("gru", 8, 128).eval()._inference_plan(15, 64) == units
         assert Recurrent("gru", 8, 128).eval()._inference_plan(16, 64) == "one"
