@@ -84,7 +84,7 @@ def _tall_fits(cols, dt):
     the gates fill whole strips (the product's columns past its last strip
     take a plain loop: 3-4x BLAS's time for a GRU of 100 units, 300 gates,
     thirteenth session).  With the gates' strips packed a block at a time
-    (:func:`fastseq.kernels.matmul.tall_matmul`) it ran 1.4-1.9x BLAS's
+    (:func:`fastseq.kernels.matmul.tall_matmul`) it ran 1.2-2.0x BLAS's
     speed at every shape timed, 6 to 4,097 inputs, 64 to 49,152 rows
     (two threads, znver5, OpenBLAS's Haswell kernels; ``python -m
     bench.wgrad``, bench/RESULTS.md, "twenty-second session")."""
