@@ -268,8 +268,9 @@ class Plan:
         session" and "twenty-second session")."""
         wide = H >= 2 * self.unit_split_min_units * n_threads
         if wide and weight_bytes > self.l2_bytes // 2:
-            fusable = gates == 4 and weight_bytes <= self.l3_bytes // 2
-            return (UNITS_FUSED_BLOCKS if fusable else UNITS_WIDE_BLOCKS) * block_rows
+            rows = UNITS_FUSED_BLOCKS * block_rows
+            fusable = gates == 4 and self.fuse_projection(rows, block_rows, weight_bytes)
+            return rows if fusable else UNITS_WIDE_BLOCKS * block_rows
         if gates == 4 or wide:
             return 2 * block_rows
         return max(1, block_rows // 2)

@@ -885,9 +885,9 @@ class Recurrent:
             return 0
         # a projection that project() would send to BLAS: only where the
         # one-thread form computes it ahead (packed, as the parts do)
-        N = B * T
-        if any(G * H * f * isz >= PROJECT_BLAS_MIN_BYTES.get() and not pipelines(N * f * G * H)
-               for f in map(self._layer_input_size, range(self.num_layers))):
+        modes = self._layer_modes(B, T, units=True)
+        if any(G * H * self._layer_input_size(k) * isz >= PROJECT_BLAS_MIN_BYTES.get() and modes[k] != "ahead"
+               for k in range(self.num_layers)):
             return 0
         plan, work = _plan.current(), B * T * G * H * (H + F)
         rows = plan.units_max_rows(n, H, G, FUSED_MIN_ROWS, G * H * (H + F) * isz)
