@@ -17,7 +17,7 @@ def _sweep32():
     bits = np.arange(0, 2 ** 32, 97, dtype=np.uint64).astype(np.uint32)
     x = bits.view(np.float32)
     extra = np.array([0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, -1.1754942e-38, 1e-4, 4e-4,
-                      8.9, 9.0, 9.1, -9.1, 88.7, -88.7, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan],
+                      8.9, 9.0, 9.1, -9.1, 10.49, 10.5, -10.5, 10.51, 21.0, -21.0, 88.7, -88.7, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan],
                      dtype=np.float32)
     return np.concatenate([x, extra])
 
@@ -40,8 +40,8 @@ def test_tanh_float32_accuracy_full_range():
     assert np.all(np.sign(out[fin]) == np.sign(x[fin]))        # odd, sign kept (incl. -0)
     assert np.isnan(out[np.isnan(x)]).all()
     assert out[x == np.inf].tolist() == [1.0] and out[x == -np.inf].tolist() == [-1.0]
-    big = fin & (np.abs(x) > 9.0)
-    assert np.all(np.abs(out[big]) == 1.0)                     # exact saturation
+    big = fin & (np.abs(x) >= 10.5)                             # the documented clamp
+    assert big.sum() > 1000 and np.all(np.abs(out[big]) == 1.0)  # exact saturation
 
 
 def test_sigmoid_float32_accuracy_full_range():
@@ -54,7 +54,9 @@ def test_sigmoid_float32_accuracy_full_range():
     assert np.all((out[fin] >= 0.0) & (out[fin] <= 1.0))
     assert np.isnan(out[np.isnan(x)]).all()
     assert out[x == np.inf].tolist() == [1.0] and out[x == -np.inf].tolist() == [0.0]
-    # saturated gates are exact 0/1, never denormal
+    # saturated gates are exact 0/1 (beyond 2 x tanh's clamp), never denormal
+    big = fin & (np.abs(x) >= 21.0)
+    assert big.sum() > 1000 and np.all(out[big] == (x[big] > 0))
     tiny = (out != 0) & (np.abs(out) < np.finfo(np.float32).tiny)
     assert not tiny.any()
 

@@ -5,27 +5,39 @@
 - float64: ``np.tanh`` and ``1 / (1 + exp(-x))`` (libm accuracy, what the
   float64 gradient checks need).  ``sigmoid`` never overflows into NaN: for
   very negative ``x``, ``exp(-x)`` is ``inf`` and ``1 / (1 + inf)`` is exactly 0.
-- float32: a branch-free rational approximation of tanh (Eigen's
-  ``generic_fast_tanh_float``: odd degree-13 numerator over even degree-6
-  denominator on ``[-7.9053, 7.9053]``, clamped outside), and
-  ``sigmoid(x) = 0.5 + 0.5 tanh(x / 2)``.  Only multiplies, adds, one division
-  and compares: LLVM vectorises the gate loops with them (pip's llvmlite has
-  no SVML, so ``np.tanh``/``np.exp`` in a loop stay scalar calls).  Maximum
-  error about 4 ulp (2.6e-7 absolute) for tanh and 1.2e-7 absolute for sigmoid; saturated
-  gates come out as exact 0 or 1 (no denormals); NaN propagates and
-  ``+-inf`` give ``+-1`` (tanh), ``1``/``0`` (sigmoid).
+- float32: a branch-free rational approximation of tanh (the coefficients of
+  Eigen's ``generic_fast_tanh_float``: odd degree-13 numerator over even
+  degree-6 denominator), and ``sigmoid(x) = 0.5 + 0.5 tanh(x / 2)``.  Only
+  multiplies, adds, one division, minimum/maximum and one compare: LLVM
+  vectorises the gate loops with them (pip's llvmlite has no SVML, so
+  ``np.tanh``/``np.exp`` in a loop stay scalar calls).  Maximum error about
+  4 ulp (2.6e-7 absolute) for tanh and 1.2e-7 absolute for sigmoid; NaN
+  propagates and ``+-inf`` give ``+-1`` (tanh), ``1``/``0`` (sigmoid).
+  Saturation is exact (gates of exactly 0 or 1, never denormal) beyond
+  ``|x| >= 10.5`` for tanh, 21 for sigmoid: the input is clamped to
+  ``+-10.5``, where the rational is at its largest, 1 + 5 or 6 ulp (with
+  fused multiply-adds or without), and the result to ``[-1, 1]``.  Eigen
+  clamps the input at 7.9053 and saturates at 0.99999976; the two selects
+  that made that exact cost a quarter of the LSTM cell's time, the
+  minimum and maximum that replace them one instruction each
+  (bench/RESULTS.md, "twenty-third session").
 
 The plain-Python definitions are what runs under ``NUMBA_DISABLE_JIT=1``.
 """
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .._config import JIT
 
 # Eigen's float tanh coefficients (float32 constants, frozen by numba)
-_CLAMP = np.float32(7.90531110763549805)
+#: the input's clamp: the rational's largest value on [9, 12] is at 10.53,
+#: about 1 + 6.4 ulp (5 with every operation rounded in float32), and it
+#: tracks tanh within 1e-7 up to 9.3 (float64 arithmetic)
+_CLAMP = np.float32(10.5)
 _TINY = np.float32(0.0004)
 _A1 = np.float32(4.89352455891786e-03)
 _A3 = np.float32(6.37261928875436e-04)
@@ -40,13 +52,54 @@ _B4 = np.float32(1.18534705686654e-04)
 _B6 = np.float32(1.19825839466702e-06)
 _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
-_SAT = np.float32(9.0)
+
+
+def _minnum(a, b):
+    """The smaller of ``a`` and ``b``, the other one where either is NaN
+    (``np.fmin``; compiled: one instruction, a NaN argument gives an
+    undefined result, which only :func:`_tanh32_impl`'s last select may
+    receive and never passes on)."""
+    return np.fmin(a, b)
+
+
+def _maxnum(a, b):
+    """The larger of ``a`` and ``b`` (see :func:`_minnum`)."""
+    return np.fmax(a, b)
+
+
+def _min_max_intrinsic(name):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if not (isinstance(a, types.Float) and a == b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            fty = context.get_value_type(signature.args[0])
+            callee = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(fty, [fty, fty]),
+                "llvm.%s.%s" % (name, "f32" if fty == ir.FloatType() else "f64"))
+            # ``nnan``: no NaN handling, so x86 gives one vminps/vmaxps
+            # (without it, a compare and a blend more) and arm64 one fminnm
+            return builder.call(callee, args, fastmath=("nnan",))
+        return a(a, b), codegen
+    return fn
+
+
+_minnum_ir, _maxnum_ir = _min_max_intrinsic("minnum"), _min_max_intrinsic("maxnum")
+
+
+@overload(_minnum, jit_options={"inline": "always"})
+def _ov_minnum(a, b):
+    return lambda a, b: _minnum_ir(a, b)
+
+
+@overload(_maxnum, jit_options={"inline": "always"})
+def _ov_maxnum(a, b):
+    return lambda a, b: _maxnum_ir(a, b)
 
 
 def _tanh32_impl(x):
-    # written so that NaN propagates: the comparisons are false for NaN
-    y = _CLAMP if x > _CLAMP else x
-    y = -_CLAMP if y < -_CLAMP else y
+    y = _maxnum(_minnum(x, _CLAMP), -_CLAMP)
     y2 = y * y
     p = y2 * _A13 + _A11
     p = p * y2 + _A9
@@ -58,11 +111,10 @@ def _tanh32_impl(x):
     q = y2 * _B6 + _B4
     q = q * y2 + _B2
     q = q * y2 + _B0
-    r = p / q
-    # beyond +-9 float32 tanh rounds to +-1: make saturation exact
-    r = _ONE if x > _SAT else r
-    r = -_ONE if x < -_SAT else r
-    return x if abs(x) < _TINY else r
+    r = _maxnum(_minnum(p / q, _ONE), -_ONE)
+    # tanh(x) = x to float32 precision near 0; the compare is false for NaN,
+    # which so propagates (the clamps do not)
+    return r if abs(x) >= _TINY else x
 
 
 def _sigmoid32_impl(x):
