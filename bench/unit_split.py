@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.unit_split [--cells lstm,gru,rnn] [--threads 2] [--T 64] [--H ...] [--B ...]
+    python -m bench.unit_split [--cells lstm,gru,rnn] [--threads 2] [--T 64] [--H ...] [--B ...] [--I ...]
     python -m bench.unit_split --contention [--H 128,256] [--T 256]
 
 ``--contention`` times what a unit split of batch-1 LSTM inference can gain
@@ -12,7 +12,7 @@ halves of two independent layers at once on two threads (no barrier
 between them).  If the two threads' halves stayed in their own L2 caches,
 each would keep its speed; the per-step times show what the cores share.
 
-Times ``Recurrent.forward(X, need_grad=False)`` (input size = H) under
+Times ``Recurrent.forward(X, need_grad=False)`` (input size ``--I``, H where not given) under
 ``fastseq._threads.limit(threads)`` with each plan forced: ``one`` (each layer
 in one compiled call, the input projection computed a few steps ahead on a
 second thread: the plan's ``pipeline_min_work`` set to 0), ``one-seq`` (the same, the
@@ -85,6 +85,7 @@ def main(argv=None):
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--H", default="32,64,128,256,512")
     ap.add_argument("--B", default="1,4,16,32,64")
+    ap.add_argument("--I", type=int, default=None, help="input size (default: H)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--contention", action="store_true")
     args = ap.parse_args(argv)
@@ -102,19 +103,20 @@ def main(argv=None):
         return rows
     from bench.compare import cpu_header, machine_info, time_alternating
 
-    print(cpu_header(machine_info(args.threads)), f"T {args.T}, input size = H, median ms")
+    print(cpu_header(machine_info(args.threads)), f"T {args.T}, input size {args.I or 'H'}, median ms")
     the_plan = _plan.current()
     default_pipe = the_plan.pipeline_min_work
     rows = []
     for cell in args.cells.split(","):
         for H in (int(v) for v in args.H.split(",")):
             for B in (int(v) for v in args.B.split(",")):
-                net = Recurrent(cell, H, H, random_state=0).eval()
-                X = np.random.default_rng(0).standard_normal((B, args.T, H), dtype=np.float32)
+                I = args.I or H
+                net = Recurrent(cell, I, H, random_state=0).eval()
+                X = np.random.default_rng(0).standard_normal((B, args.T, I), dtype=np.float32)
                 with _threads.limit(args.threads):
                     chosen = net._inference_plan(B, args.T)
                     if chosen == "one":
-                        work = B * args.T * H * GATES[cell] * H
+                        work = B * args.T * I * GATES[cell] * H
                         chosen = "one" if the_plan.pipeline(args.threads, work) else "one-seq"
                     plans = [("one", 0), ("one-seq", 10 ** 18)]
                     if B >= 8:
