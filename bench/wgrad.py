@@ -15,7 +15,11 @@ strip product
 from the inputs transposed first (``transposed=True``; the time of the
 transposing copy, :func:`fastseq._threads.parallel_transpose`, included:
 the layer writes its fused inputs that way instead of copying them
-plainly, so the copy's own time is what it costs there), under
+plainly, so the copy's own time is what it costs there), the inputs
+read in place as the layer's fused ``[inputs | h_prev | 1]`` are
+(:func:`fastseq._threads.parallel_tall_cat` over ``F - 1`` columns and a
+row of ones: "cat"; the layer's own splits its columns in two sources,
+at the same cost), under
 ``fastseq._threads.limit(threads)`` entered once (entering threadpoolctl's
 limits at every call costs milliseconds, more than some products take),
 alternated call by call (:func:`bench.compare.time_alternating`, median
@@ -23,7 +27,9 @@ ms), and prints each with its GFLOP/s and which the layer's rule takes:
 the tall product where the gates fill whole strips
 (``network.recurrent._tall_fits``; ``M`` not a multiple of a strip's 16
 gates: BLAS), from the inputs transposed first where a k block of them
-passes half the L2 (``_strided_x_spills``).
+passes half the L2 (``_strided_x_spills``), and which the fused inputs
+take (``_in_place_fits``: "cat" read in place, else the transposed
+buffer of ``_gate_grads`` or BLAS).
 
 The default shapes are the layers' own: the weather GRU's input side
 (49152 rows: 1024 sequences of 48 steps; 5 inputs and a column of ones;
@@ -45,8 +51,8 @@ SHAPES = ((49152, 6, 192), (49152, 64, 192), (49152, 70, 64), (49152, 70, 256), 
 
 
 def run(shapes, threads, repeats):
-    from fastseq._threads import limit, parallel_matmul, parallel_tall_matmul, parallel_transpose
-    from fastseq.network.recurrent import _backward_product, _strided_x_spills, _tall_fits
+    from fastseq._threads import limit, parallel_matmul, parallel_tall_cat, parallel_tall_matmul, parallel_transpose
+    from fastseq.network.recurrent import _backward_product, _in_place_fits, _strided_x_spills, _tall_fits
 
     rows = []
     rng = np.random.default_rng(0)
@@ -56,6 +62,7 @@ def run(shapes, threads, repeats):
         out = np.empty((M, F), dtype=np.float32)
         out_t = np.empty((F, M), dtype=np.float32)
         xt = np.empty((F, N), dtype=np.float32)
+        x_cat, no_h, no_h0 = np.ascontiguousarray(x[:, :F - 1]), np.empty((N, 0), np.float32), np.empty((0, 0), np.float32)
 
         def transposed():
             parallel_transpose(x, xt)
@@ -67,22 +74,30 @@ def run(shapes, threads, repeats):
             np.testing.assert_allclose(out_t.T, ref, rtol=1e-3, atol=1e-2 * np.sqrt(N))
             np.testing.assert_allclose(_backward_product(dg.T, x, out=out), ref, rtol=1e-3,
                                        atol=1e-2 * np.sqrt(N))
-            ts = time_alternating({"blas": lambda: parallel_matmul(dg.T, x, out=out),
-                                   "tiles": lambda: _backward_product(dg.T, x, out=out),
-                                   "tall": lambda: parallel_tall_matmul(x, dg, out=out_t),
-                                   "transposed": transposed},
-                                  repeats, pause=0.002)
+            fns = {"blas": lambda: parallel_matmul(dg.T, x, out=out),
+                   "tiles": lambda: _backward_product(dg.T, x, out=out),
+                   "tall": lambda: parallel_tall_matmul(x, dg, out=out_t),
+                   "transposed": transposed}
+            if _tall_fits(M, np.dtype(np.float32)):   # (whole strips only)
+                fns["cat"] = lambda: parallel_tall_cat(x_cat, no_h, no_h0, dg, out_t)
+                fns["cat"]()
+                ones = np.concatenate([x_cat, np.ones((N, 1), np.float32)], 1)
+                np.testing.assert_allclose(out_t.T, parallel_matmul(dg.T, ones), rtol=1e-3, atol=1e-2 * np.sqrt(N))
+            ts = time_alternating(fns, repeats, pause=0.002)
             rule = _tall_fits(M, np.dtype(np.float32))
             rule_t = rule and _strided_x_spills(F, np.dtype(np.float32))
+            rule_cat = _in_place_fits(M, F - 1, np.dtype(np.float32))
         flop = 2.0 * N * F * M
-        row = {"N": N, "F": F, "M": M, "rule_tall": rule, "rule_transposed": rule_t}
+        row = {"N": N, "F": F, "M": M, "rule_tall": rule, "rule_transposed": rule_t, "rule_fused_cat": rule_cat}
         for k in ts:
             row[f"{k}_ms"], row[f"{k}_gflops"] = ts[k] * 1e3, flop / ts[k] / 1e9
         print(f"N {N:6d} F {F:5d} M {M:5d}  BLAS {row['blas_ms']:8.3f} ms ({row['blas_gflops']:5.0f} GFLOP/s)"
               f"  tiles {row['tiles_ms']:8.3f} ms ({row['tiles_gflops']:5.0f})"
               f"  tall {row['tall_ms']:8.3f} ms ({row['tall_gflops']:5.0f})"
               f"  transposed {row['transposed_ms']:8.3f} ms ({row['transposed_gflops']:5.0f})"
-              f"  rule: {'transposed' if rule_t else 'tall' if rule else 'BLAS'}",
+              + (f"  cat {row['cat_ms']:8.3f} ms ({row['cat_gflops']:5.0f})" if "cat" in ts else "")
+              + f"  rule: {'transposed' if rule_t else 'tall' if rule else 'BLAS'}"
+              f", fused: {'cat' if rule_cat else 'transposed' if rule else 'BLAS'}",
               flush=True)
         rows.append(row)
     return rows

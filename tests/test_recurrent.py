@@ -415,6 +415,7 @@ def test_training_weight_gradients_one_signature_per_dtype():
         "            out, _ = layer.forward(X, lengths=np.arange(6, 6 - B, -1).clip(1))\n"
         "            layer.backward(np.ones_like(out), need_input_grad=False)\n"
         "assert len(matmul.tall_matmul.signatures) == 2, matmul.tall_matmul.signatures\n"
+        "assert len(matmul.tall_matmul_cat.signatures) == 2, matmul.tall_matmul_cat.signatures\n"
         "assert len(gru.reset_scaled.signatures) == 2, gru.reset_scaled.signatures\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -473,6 +474,51 @@ def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(mo
     for key in grads:
         for name, v in grads[key].items():
             np.testing.assert_array_equal(v, grads[1 << 30, 1][name], err_msg=f"{key} {name}")
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_gradients_read_in_place_give_the_transposed_copys_bits(monkeypatch, cell):
+    """Weight gradients over the inputs and the previous states read in
+    place (``_cat_grads``: the RNN's and the LSTM's both weights and bias,
+    the GRU's input side) give the bits of the inputs transposed into one
+    buffer first (``_gate_grads``, taken here by making
+    ``_in_place_fits`` refuse), with zero and given initial states, with
+    and without bias, at one and two threads; a ragged batch and a
+    recurrent dropout mask keep the copy."""
+    from fastseq import _plan, _threads
+    from fastseq.network import recurrent as R
+
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((6, 9, 5)).astype(np.float32)
+    h0 = rng.standard_normal((1, 6, 16)).astype(np.float32)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 0)
+    calls = []
+    real_cat = R.parallel_tall_cat
+    monkeypatch.setattr(R, "parallel_tall_cat", lambda *a: calls.append(1) or real_cat(*a))
+    real_fits = R._in_place_fits
+    for bias in (True, False):
+        for state in (None, h0):
+            grads = {}
+            for in_place in (True, False):
+                monkeypatch.setattr(R, "_in_place_fits", real_fits if in_place else (lambda *a: False))
+                for n in (1, 2):
+                    del calls[:]
+                    layer = Recurrent(cell, 5, 16, bias=bias, random_state=0)
+                    with _threads.limit(n):
+                        init = None if state is None else ((state, state) if cell == "lstm" else state)
+                        out, _ = layer.forward(X, h0=init)
+                        _, grads[in_place, n] = layer.backward(np.ones_like(out), need_input_grad=False)
+                    assert bool(calls) == in_place, (bias, state is None, in_place, n)
+            for key, g in grads.items():
+                for name in g:
+                    np.testing.assert_array_equal(g[name], grads[False, 1][name], err_msg=f"{key} {name}")
+    monkeypatch.setattr(R, "_in_place_fits", real_fits)
+    for kw, lengths in (({}, [9, 4, 9, 2, 5, 9]), ({"recurrent_dropout": 0.3}, None)):
+        del calls[:]
+        layer = Recurrent(cell, 5, 16, random_state=0, **kw)
+        out, _ = layer.forward(X, lengths)
+        layer.backward(np.ones_like(out), need_input_grad=False)
+        assert len(calls) == (1 if cell == "gru" else 0), kw    # (the GRU's input side has no h_prev)
 
 
 def test_gru_reset_scaled_gradients_split_by_columns_give_the_same_bits(monkeypatch):

@@ -543,6 +543,97 @@ tall_matmul = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES))
 tall_matmul_t = njit(**JIT)(_tall_matmul_for(VECTOR_BYTES, True))
 
 
+def _tall_cat_for(vector_bytes):
+    """:func:`tall_matmul_cat` for micro-kernels of ``vector_bytes`` vectors
+    (as :func:`_tall_matmul_for`)."""
+    VB = vector_bytes
+    R, S = BLOCKING[VB][:2]
+
+    def tall_matmul_cat(x, h, h0, g, out, f0, f1, s0, s1):
+        """``out[f0:f1, cols] = [x | h_prev | 1].T[f0:f1] @ g[:, cols]`` for
+        the columns of strips ``s0 <= s < s1`` of ``g`` (N, M) (whole
+        strips only): both weight gradients of a layer and its bias
+        gradient in one pass over ``g``, each input read in place.  ``x``
+        (N, F) the layer's inputs; ``h_prev`` its recurrent inputs: row
+        ``n`` is ``h0[n]`` for ``n < B``, ``h[n - B]`` for the others, B =
+        N - ``h.shape[0]`` (``h`` (N - B, H) the outputs of every step but
+        the last, ``h0`` (B, H) the initial states, or (0, H) for zero
+        states, whose rows add nothing and are skipped); ``out`` (F + H +
+        1, M).
+
+        :func:`tall_matmul` over the three sources at once: each k block
+        of ``g``'s strips is packed into L1 once (k blocks end at B) and
+        every source's rows run over it.  Without it, the sources were
+        first transposed into one (F + H + 1, N) buffer: at MNIST rows
+        (3,584 x 285 into 1,024 gates) 5.9 ms against 5.3 read in place
+        (two threads, znver5; ``python -m bench.wgrad``).  Each output sums
+        over its rows in order (a skipped zero state adds exactly 0), so
+        the bits are those of :func:`tall_matmul_t` over the buffer, and
+        threads may take disjoint ranges (of strips or rows) side by side."""
+        N, F = x.shape
+        H = h.shape[1]
+        B = N - h.shape[0]
+        with_h0 = h0.shape[0] > 0
+        SW = STRIP_BYTES // g.itemsize
+        KB = max(1, KBLOCK_BYTES // (SW * x.itemsize))
+        # each source's share of the rows [f0, f1): x, h_prev, the ones
+        xa, xb = min(f0, F), min(f1, F)
+        ha, hb = min(max(f0, F), F + H) - F, min(max(f1, F), F + H) - F
+        ones_row = f0 <= F + H < f1
+        if hb > ha and not with_h0 and B == N:   # (no step but the first: h_prev is all zero)
+            out[F + ha:F + hb, s0 * SW:s1 * SW] = 0
+        if N == 0:   # an empty sum (no k block writes anything)
+            out[f0:f1, s0 * SW:s1 * SW] = 0
+        block = aligned_strips(g, S, KB)
+        ones = np.ones((KB, 1), dtype=x.dtype)
+        xt, ht, h0t, onest = x.T, h.T, h0.T, ones.T
+        k0 = 0
+        while k0 < N:
+            k1 = min(k0 + KB, B) if k0 < B else min(k0 + KB, N)
+            acc = 1 if k0 > 0 else 0
+            # h_prev's rows start at B where the zero states are skipped
+            acc_h = acc if with_h0 or k0 < B else (1 if k0 > B else 0)
+            s = s0
+            while s < s1:
+                gs = S if s + S <= s1 else 1
+                if g.itemsize == 4:
+                    _copy_strips(g, block, k0, k1, s, gs, 16)
+                else:
+                    _copy_strips(g, block, k0, k1, s, gs, 8)
+                col = s * SW
+                if gs == S:
+                    if xb > xa:
+                        _tile_rows(xt[xa:xb, k0:k1], block, out[xa:xb], xb - xa, 0, col, 0, k1 - k0, acc, R, S, VB)
+                    if hb > ha and k0 >= B:
+                        _tile_rows(ht[ha:hb, k0 - B:k1 - B], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
+                                   acc_h, R, S, VB)
+                    elif hb > ha and with_h0:
+                        _tile_rows(h0t[ha:hb, k0:k1], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
+                                   acc_h, R, S, VB)
+                    if ones_row:
+                        _tile_rows(onest[:, :k1 - k0], block, out[F + H:], 1, 0, col, 0, k1 - k0, acc, R, S, VB)
+                else:
+                    if xb > xa:
+                        _tile_rows(xt[xa:xb, k0:k1], block, out[xa:xb], xb - xa, 0, col, 0, k1 - k0, acc, R, 1, VB)
+                    if hb > ha and k0 >= B:
+                        _tile_rows(ht[ha:hb, k0 - B:k1 - B], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
+                                   acc_h, R, 1, VB)
+                    elif hb > ha and with_h0:
+                        _tile_rows(h0t[ha:hb, k0:k1], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
+                                   acc_h, R, 1, VB)
+                    if ones_row:
+                        _tile_rows(onest[:, :k1 - k0], block, out[F + H:], 1, 0, col, 0, k1 - k0, acc, R, 1, VB)
+                s += gs
+            k0 = k1
+
+    return tall_matmul_cat
+
+
+#: ``out[f0:f1, cols] = [x | h_prev | 1].T[f0:f1] @ g[:, cols]`` (see
+#: :func:`_tall_cat_for`), with this machine's vector width
+tall_matmul_cat = njit(**JIT)(_tall_cat_for(VECTOR_BYTES))
+
+
 @njit(**JIT)
 def transpose_into(src, dst, row0, col0, n0, n1):
     """``dst[row0 + k, col0 + n] = src[n, k]`` for ``n0 <= n < n1`` and

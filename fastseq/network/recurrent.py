@@ -17,7 +17,8 @@ from .. import _plan
 from .. import kernels as K
 from .._threads import (
     _matmul_threads, _on_pool, blas_single_thread, call_threads, cpu_busy, get_num_threads, limit, matmul_splits,
-    packed_for_slices, parallel_copy, parallel_matmul, parallel_project, parallel_tall_matmul, parallel_transpose,
+    packed_for_slices, parallel_copy, parallel_matmul, parallel_project, parallel_tall_cat, parallel_tall_matmul,
+    parallel_transpose,
     SplitWatch, pipelines, run_native, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds,
     unit_split_slot,
 )
@@ -213,10 +214,40 @@ def _gate_grads(dg, K, fill, db, name, dests):
         parallel_transpose(out[k0:k1], dW)
 
 
+def _cat_grads(dg, x, h, h0, db, dests):
+    """:func:`_gate_grads` over ``[x | h_prev | 1]`` (h_prev: ``h0`` (B, H)
+    for the first B rows, ``h`` (N - B, H) for the others) read in place
+    (:func:`fastseq._threads.parallel_tall_cat`) where :func:`_in_place_fits`,
+    without the transposed copy; else False (nothing done).  ``h0`` may be
+    None (zero states)."""
+    (N, M), dt = dg.shape, dg.dtype
+    F, H = x.shape[1], h.shape[1]
+    if not _in_place_fits(M, F + H, dt):
+        return False
+    h0 = np.empty((0, H), dtype=dt) if h0 is None or not h0.any() else np.ascontiguousarray(h0)
+    out = parallel_tall_cat(np.ascontiguousarray(x), h, h0, dg, scratch("wgrad_cat", (F + H + 1, M), dt))
+    if db is not None:
+        db[...] = out[F + H]
+    for dW, k0, k1 in dests:
+        parallel_transpose(out[k0:k1], dW)
+    return True
+
+
+def _in_place_fits(cols, K, dt):
+    """Whether the weight gradients into ``cols`` gates over ``K`` inputs
+    read them in place (:func:`_cat_grads`): where :func:`_tall_fits` the
+    gates and a k block of the inputs does not spill
+    (:func:`_strided_x_spills`)."""
+    return _tall_fits(cols, dt) and not _strided_x_spills(K, dt)
+
+
 def _input_grads(dg, inp, dW, db):
     """``dW[...] = dg.T @ inp`` and, unless ``db`` is None, ``db[...] =
-    dg.sum(axis=0)``: :func:`_gate_grads` of the inputs."""
-    F = inp.shape[1]
+    dg.sum(axis=0)``: :func:`_cat_grads` of the inputs alone where it
+    takes them, else :func:`_gate_grads`."""
+    N, F = inp.shape
+    if _cat_grads(dg, inp, np.empty((N, 0), dtype=dg.dtype), None, db, ((dW, 0, F),)):
+        return
     _gate_grads(dg, F, lambda xt: parallel_transpose(np.ascontiguousarray(inp), xt), db, "wgrad_in", ((dW, 0, F),))
 
 
@@ -1458,11 +1489,16 @@ class Recurrent:
         # MNIST rows; python -m bench.handover, part 3)
         fused = dgh is not None
         if fused:
-            def fill(xt):   # [inputs | h_prev], transposed
-                parallel_transpose(np.ascontiguousarray(inp), xt)
-                self._h_prev_transposed(pk, st, mask, xt, F)
-            _gate_grads(dgx, F + H, fill, grads["bias_ih" + s] if self.bias else None, "wgrad",
-                        ((grads["weight_ih" + s], 0, F), (grads["weight_hh" + s], F, F + H)))
+            db_ih = grads["bias_ih" + s] if self.bias else None
+            dests = ((grads["weight_ih" + s], 0, F), (grads["weight_hh" + s], F, F + H))
+            # (h_prev in place: the outputs of every step but the last, for a
+            # batch of full lengths without a recurrent dropout mask)
+            in_place = mask.shape[0] == 0 and getattr(pk, "uniform", False)
+            if not (in_place and _cat_grads(dgx, inp, st["out_h"][:N - B], st["h0"], db_ih, dests)):
+                def fill(xt):   # [inputs | h_prev], transposed
+                    parallel_transpose(np.ascontiguousarray(inp), xt)
+                    self._h_prev_transposed(pk, st, mask, xt, F)
+                _gate_grads(dgx, F + H, fill, db_ih, "wgrad", dests)
         else:
             _input_grads(dgx, inp, grads["weight_ih" + s], grads["bias_ih" + s] if self.bias else None)
         d_inp = _backward_product(dgx, W_ih, name="dx") if want_dx else None
