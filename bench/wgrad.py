@@ -63,6 +63,7 @@ def run(shapes, threads, repeats):
         out_t = np.empty((F, M), dtype=np.float32)
         xt = np.empty((F, N), dtype=np.float32)
         x_cat, no_h, no_h0 = np.ascontiguousarray(x[:, :F - 1]), np.empty((N, 0), np.float32), np.empty((0, 0), np.float32)
+        steps = np.zeros(1, dtype=np.int64)   # (not read without state columns)
 
         def transposed():
             parallel_transpose(x, xt)
@@ -79,7 +80,7 @@ def run(shapes, threads, repeats):
                    "tall": lambda: parallel_tall_matmul(x, dg, out=out_t),
                    "transposed": transposed}
             if _tall_fits(M, np.dtype(np.float32)):   # (whole strips only)
-                fns["cat"] = lambda: parallel_tall_cat(x_cat, no_h, no_h0, dg, out_t)
+                fns["cat"] = lambda: parallel_tall_cat(x_cat, no_h, no_h0, steps, dg, out_t)
                 fns["cat"]()
                 ones = np.concatenate([x_cat, np.ones((N, 1), np.float32)], 1)
                 np.testing.assert_allclose(out_t.T, parallel_matmul(dg.T, ones), rtol=1e-3, atol=1e-2 * np.sqrt(N))

@@ -1236,10 +1236,11 @@ def parallel_tall_matmul(x, g, out=None, transposed=False):
     return out
 
 
-def parallel_tall_cat(x, h, h0, g, out):
+def parallel_tall_cat(x, h, h0, batch_sizes, g, out):
     """``[x | h_prev | 1].T @ g`` into ``out`` (F + H + 1, M) by
     :func:`fastseq.kernels.matmul.tall_matmul_cat` (each source read in
-    place; ``g``'s columns in whole strips), split across threads as
+    place, ``h_prev`` from ``h0``, ``h`` and ``batch_sizes`` as it says;
+    ``g``'s columns in whole strips), split across threads as
     :func:`parallel_tall_matmul` splits (the same bits at any thread
     count); returns ``out``."""
     from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES, tall_matmul_cat
@@ -1250,12 +1251,12 @@ def parallel_tall_cat(x, h, h0, g, out):
     n = _matmul_threads(M, N, K)
     R, S = BLOCKING[VECTOR_BYTES][:2]
     if n > 1 and NS >= n * S:
-        _in_chunks(NS, n, lambda i, j: tall_matmul_cat(x, h, h0, g, out, 0, K, i, j))
+        _in_chunks(NS, n, lambda i, j: tall_matmul_cat(x, h, h0, batch_sizes, g, out, 0, K, i, j))
     elif n > 1 and K >= n * R:
-        _in_chunks(K, n, lambda i, j: tall_matmul_cat(x, h, h0, g, out, i, j, 0, NS))
+        _in_chunks(K, n, lambda i, j: tall_matmul_cat(x, h, h0, batch_sizes, g, out, i, j, 0, NS))
     else:
         with _FLUSH:
-            tall_matmul_cat(x, h, h0, g, out, 0, K, 0, NS)
+            tall_matmul_cat(x, h, h0, batch_sizes, g, out, 0, K, 0, NS)
     return out
 
 

@@ -184,12 +184,14 @@ def test_tall_matmul_every_width(dtype, vector_bytes, transposed):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tall_matmul_cat_gives_the_transposed_buffers_bits(dtype, vector_bytes):
     """The weight gradients over ``[x | h_prev | 1]`` read in place
-    (``tall_matmul_cat``: h_prev is ``h0`` for the first B rows, ``h`` for
-    the rest, a zero ``h0`` skipped) give the bits of ``tall_matmul_t``
-    over those inputs transposed into one buffer, for every vector width:
-    k blocks that end at B and past it, row ranges that cut a source (as
-    threads take them), strip ranges in parts, no state input (H = 0),
-    one step (B = N), no rows; equal to the float64 product."""
+    (``tall_matmul_cat``: h_prev is ``h0`` for the first step's rows, a
+    zero ``h0`` skipped, and for the others the packed outputs ``h`` of
+    the same sequence's previous step, by the batch sizes: full and
+    ragged) give the bits of ``tall_matmul_t`` over those inputs
+    transposed into one buffer, for every vector width: k blocks that end
+    at a step and past it, row ranges that cut a source (as threads take
+    them), strip ranges in parts, no state input (H = 0), one step, no
+    rows; equal to the float64 product."""
     from numba import njit
 
     from fastseq._config import JIT, VECTOR_BYTES
@@ -205,25 +207,31 @@ def test_tall_matmul_cat_gives_the_transposed_buffers_bits(dtype, vector_bytes):
     sw = STRIP_BYTES // np.dtype(dtype).itemsize
     kb = KBLOCK_BYTES // STRIP_BYTES
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    for N, B, F, H, M in [(2 * kb + 9, 5, 3, 7, 9 * sw), (3 * kb, kb + 2, 6, 5, 2 * sw), (40, 8, 1, 0, 5 * sw),
-                          (7, 7, 2, 3, sw), (0, 0, 3, 4, sw), (kb + 1, 1, 9, 4, 4 * sw)]:
+    cases = [([5] * (2 * kb // 5 + 3), 3, 7, 9 * sw), ([kb + 2] * 3, 6, 5, 2 * sw), ([8] * 5, 1, 0, 5 * sw),
+             ([7], 2, 3, sw), ([], 3, 4, sw), ([1] * (kb + 1), 9, 4, 4 * sw),
+             ([6, 6, 5, 5, 5, 3, 1, 1], 4, 6, 3 * sw), ([kb + 9] * 2 + [kb // 2] * 3 + [2], 2, 3, 2 * sw)]
+    for sizes, F, H, M in cases:
+        bs = np.array(sizes or [0], dtype=np.int64)
+        N, B = int(bs.sum()), int(bs[0])
+        off = np.concatenate([[0], np.cumsum(bs)])
         x = rng.standard_normal((N, F)).astype(dtype)
-        h = rng.standard_normal((N - B, H)).astype(dtype)
+        h = rng.standard_normal((N, H)).astype(dtype)
         g = rng.standard_normal((N, M)).astype(dtype)
         K, NS = F + H + 1, M // sw
         for h0 in (np.zeros((B, H), dtype), rng.standard_normal((B, H)).astype(dtype)):
             given = h0 if h0.any() else np.empty((0, H), dtype)
-            xt = np.ascontiguousarray(np.concatenate([x, np.concatenate([h0, h]), np.ones((N, 1), dtype)], 1).T)
+            h_prev = np.concatenate([h0] + [h[off[t - 1]:off[t - 1] + bs[t]] for t in range(1, len(sizes))])
+            xt = np.ascontiguousarray(np.concatenate([x, h_prev.reshape(N, H), np.ones((N, 1), dtype)], 1).T)
             want = _nan((K, M), dtype)
             ref_t(xt, g, want, 0, K, 0, NS, False)
             np.testing.assert_allclose(want, xt.astype(np.float64) @ g, rtol=rtol, atol=rtol * np.sqrt(N + 1) * 4)
             out = _nan((K, M), dtype)
-            cat(x, h, given, g, out, 0, K, 0, NS)
-            np.testing.assert_array_equal(out, want, err_msg=f"N={N} B={B} F={F} H={H} h0={h0.any()}")
+            cat(x, h, given, bs, g, out, 0, K, 0, NS)
+            np.testing.assert_array_equal(out, want, err_msg=f"sizes={sizes} F={F} H={H} h0={h0.any()}")
             parts = _nan((K, M), dtype)
             for f0, f1 in ((0, F + 1), (F + 1, K)):              # (a cut inside h_prev's rows)
-                cat(x, h, given, g, parts, f0, f1, NS // 2, NS)
-                cat(x, h, given, g, parts, f0, f1, 0, NS // 2)
+                cat(x, h, given, bs, g, parts, f0, f1, NS // 2, NS)
+                cat(x, h, given, bs, g, parts, f0, f1, 0, NS // 2)
             np.testing.assert_array_equal(parts, want)
 
 

@@ -549,30 +549,33 @@ def _tall_cat_for(vector_bytes):
     VB = vector_bytes
     R, S = BLOCKING[VB][:2]
 
-    def tall_matmul_cat(x, h, h0, g, out, f0, f1, s0, s1):
+    def tall_matmul_cat(x, h, h0, batch_sizes, g, out, f0, f1, s0, s1):
         """``out[f0:f1, cols] = [x | h_prev | 1].T[f0:f1] @ g[:, cols]`` for
         the columns of strips ``s0 <= s < s1`` of ``g`` (N, M) (whole
         strips only): both weight gradients of a layer and its bias
         gradient in one pass over ``g``, each input read in place.  ``x``
-        (N, F) the layer's inputs; ``h_prev`` its recurrent inputs: row
-        ``n`` is ``h0[n]`` for ``n < B``, ``h[n - B]`` for the others, B =
-        N - ``h.shape[0]`` (``h`` (N - B, H) the outputs of every step but
-        the last, ``h0`` (B, H) the initial states, or (0, H) for zero
-        states, whose rows add nothing and are skipped); ``out`` (F + H +
-        1, M).
+        (N, F) the layer's inputs (packed rows); ``h_prev`` its recurrent
+        inputs: ``h0[n]`` for the first step's rows (``n < batch_sizes[0]``;
+        ``h0`` (0, H) for zero states, whose rows add nothing and are
+        skipped), and for a row of step ``t > 0`` the row of ``h`` (N, H,
+        the layer's packed outputs) ``batch_sizes[t - 1]`` before it: the
+        same sequence's previous step; ``out`` (F + H + 1, M).  With no
+        state columns (H = 0) ``batch_sizes`` is not read.
 
         :func:`tall_matmul` over the three sources at once: each k block
-        of ``g``'s strips is packed into L1 once (k blocks end at B) and
-        every source's rows run over it.  Without it, the sources were
-        first transposed into one (F + H + 1, N) buffer: at MNIST rows
-        (3,584 x 285 into 1,024 gates) 5.9 ms against 5.3 read in place
-        (two threads, znver5; ``python -m bench.wgrad``).  Each output sums
-        over its rows in order (a skipped zero state adds exactly 0), so
-        the bits are those of :func:`tall_matmul_t` over the buffer, and
-        threads may take disjoint ranges (of strips or rows) side by side."""
+        of ``g``'s strips is packed into L1 once (blocks end where the
+        first step's rows end and where the batch size changes) and every
+        source's rows run over it.  Without it the sources were first
+        transposed into one (F + H + 1, N) buffer (a ragged batch's
+        previous states gathered before): at MNIST rows (3,584 x 285 into
+        1,024 gates) 6.4 ms against 5.5 in place (two threads, znver5;
+        ``python -m bench.wgrad``).  Each output sums over its rows in
+        order (a skipped zero state adds exactly 0), so the bits are those
+        of :func:`tall_matmul_t` over the buffer, and threads may take
+        disjoint ranges (of strips or rows) side by side."""
         N, F = x.shape
         H = h.shape[1]
-        B = N - h.shape[0]
+        B = batch_sizes[0] if H > 0 and N > 0 else 0
         with_h0 = h0.shape[0] > 0
         SW = STRIP_BYTES // g.itemsize
         KB = max(1, KBLOCK_BYTES // (SW * x.itemsize))
@@ -580,51 +583,63 @@ def _tall_cat_for(vector_bytes):
         xa, xb = min(f0, F), min(f1, F)
         ha, hb = min(max(f0, F), F + H) - F, min(max(f1, F), F + H) - F
         ones_row = f0 <= F + H < f1
-        if hb > ha and not with_h0 and B == N:   # (no step but the first: h_prev is all zero)
+        if hb > ha and not with_h0 and B == N:   # (one step: h_prev is all zero)
             out[F + ha:F + hb, s0 * SW:s1 * SW] = 0
         if N == 0:   # an empty sum (no k block writes anything)
             out[f0:f1, s0 * SW:s1 * SW] = 0
         block = aligned_strips(g, S, KB)
         ones = np.ones((KB, 1), dtype=x.dtype)
         xt, ht, h0t, onest = x.T, h.T, h0.T, ones.T
+        # runs of rows whose h_prev lies ``shift`` rows back in ``h``: the
+        # first step's (h0's, shift -1), then steps after a step of one size
         k0 = 0
+        t = 1
         while k0 < N:
-            k1 = min(k0 + KB, B) if k0 < B else min(k0 + KB, N)
-            acc = 1 if k0 > 0 else 0
-            # h_prev's rows start at B where the zero states are skipped
-            acc_h = acc if with_h0 or k0 < B else (1 if k0 > B else 0)
-            s = s0
-            while s < s1:
-                gs = S if s + S <= s1 else 1
-                if g.itemsize == 4:
-                    _copy_strips(g, block, k0, k1, s, gs, 16)
-                else:
-                    _copy_strips(g, block, k0, k1, s, gs, 8)
-                col = s * SW
-                if gs == S:
-                    if xb > xa:
-                        _tile_rows(xt[xa:xb, k0:k1], block, out[xa:xb], xb - xa, 0, col, 0, k1 - k0, acc, R, S, VB)
-                    if hb > ha and k0 >= B:
-                        _tile_rows(ht[ha:hb, k0 - B:k1 - B], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
-                                   acc_h, R, S, VB)
-                    elif hb > ha and with_h0:
-                        _tile_rows(h0t[ha:hb, k0:k1], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
-                                   acc_h, R, S, VB)
-                    if ones_row:
-                        _tile_rows(onest[:, :k1 - k0], block, out[F + H:], 1, 0, col, 0, k1 - k0, acc, R, S, VB)
-                else:
-                    if xb > xa:
-                        _tile_rows(xt[xa:xb, k0:k1], block, out[xa:xb], xb - xa, 0, col, 0, k1 - k0, acc, R, 1, VB)
-                    if hb > ha and k0 >= B:
-                        _tile_rows(ht[ha:hb, k0 - B:k1 - B], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
-                                   acc_h, R, 1, VB)
-                    elif hb > ha and with_h0:
-                        _tile_rows(h0t[ha:hb, k0:k1], block, out[F + ha:F + hb], hb - ha, 0, col, 0, k1 - k0,
-                                   acc_h, R, 1, VB)
-                    if ones_row:
-                        _tile_rows(onest[:, :k1 - k0], block, out[F + H:], 1, 0, col, 0, k1 - k0, acc, R, 1, VB)
-                s += gs
-            k0 = k1
+            if k0 < B:
+                end, shift = B, -1
+            elif H == 0:
+                end, shift = N, 0
+            else:
+                shift = batch_sizes[t - 1]
+                end = k0
+                while t < batch_sizes.shape[0] and batch_sizes[t - 1] == shift:
+                    end += batch_sizes[t]
+                    t += 1
+                if end <= k0:   # (batch sizes that sum to fewer rows: never from a layer)
+                    break
+            while k0 < end:
+                k1 = min(k0 + KB, end)
+                acc = 1 if k0 > 0 else 0
+                # (h_prev's sums start at B where the zero states are skipped)
+                acc_h = acc if with_h0 or k0 < B else (1 if k0 > B else 0)
+                s = s0
+                while s < s1:
+                    gs = S if s + S <= s1 else 1
+                    if g.itemsize == 4:
+                        _copy_strips(g, block, k0, k1, s, gs, 16)
+                    else:
+                        _copy_strips(g, block, k0, k1, s, gs, 8)
+                    col = s * SW
+                    n = k1 - k0
+                    has_h = hb > ha and (shift >= 0 or with_h0)
+                    if gs == S:
+                        if xb > xa:
+                            _tile_rows(xt[xa:xb, k0:k1], block, out[xa:xb], xb - xa, 0, col, 0, n, acc, R, S, VB)
+                        if has_h:
+                            a = ht[ha:hb, k0 - shift:k1 - shift] if shift >= 0 else h0t[ha:hb, k0:k1]
+                            _tile_rows(a, block, out[F + ha:F + hb], hb - ha, 0, col, 0, n, acc_h, R, S, VB)
+                        if ones_row:
+                            _tile_rows(onest[:, :n], block, out[F + H:], 1, 0, col, 0, n, acc, R, S, VB)
+                    else:
+                        if xb > xa:
+                            _tile_rows(xt[xa:xb, k0:k1], block, out[xa:xb], xb - xa, 0, col, 0, n, acc, R, 1, VB)
+                        if has_h:
+                            a = ht[ha:hb, k0 - shift:k1 - shift] if shift >= 0 else h0t[ha:hb, k0:k1]
+                            _tile_rows(a, block, out[F + ha:F + hb], hb - ha, 0, col, 0, n, acc_h, R, 1, VB)
+                        if ones_row:
+                            _tile_rows(onest[:, :n], block, out[F + H:], 1, 0, col, 0, n, acc, R, 1, VB)
+                    s += gs
+                k0 = k1
 
     return tall_matmul_cat
 

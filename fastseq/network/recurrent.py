@@ -214,18 +214,20 @@ def _gate_grads(dg, K, fill, db, name, dests):
         parallel_transpose(out[k0:k1], dW)
 
 
-def _cat_grads(dg, x, h, h0, db, dests):
-    """:func:`_gate_grads` over ``[x | h_prev | 1]`` (h_prev: ``h0`` (B, H)
-    for the first B rows, ``h`` (N - B, H) for the others) read in place
-    (:func:`fastseq._threads.parallel_tall_cat`) where :func:`_in_place_fits`,
-    without the transposed copy; else False (nothing done).  ``h0`` may be
-    None (zero states)."""
+def _cat_grads(dg, x, h, h0, batch_sizes, db, dests):
+    """:func:`_gate_grads` over ``[x | h_prev | 1]`` read in place
+    (:func:`fastseq._threads.parallel_tall_cat`; h_prev: ``h0`` (B, H)
+    for the first step's rows, the packed outputs ``h`` (N, H) of each
+    sequence's previous step for the others, by ``batch_sizes``) where
+    :func:`_in_place_fits`, without the transposed copy; else False
+    (nothing done).  ``h0`` may be None (zero states)."""
     (N, M), dt = dg.shape, dg.dtype
     F, H = x.shape[1], h.shape[1]
     if not _in_place_fits(M, F + H, dt):
         return False
     h0 = np.empty((0, H), dtype=dt) if h0 is None or not h0.any() else np.ascontiguousarray(h0)
-    out = parallel_tall_cat(np.ascontiguousarray(x), h, h0, dg, scratch("wgrad_cat", (F + H + 1, M), dt))
+    out = parallel_tall_cat(np.ascontiguousarray(x), h, h0, batch_sizes, dg,
+                            scratch("wgrad_cat", (F + H + 1, M), dt))
     if db is not None:
         db[...] = out[F + H]
     for dW, k0, k1 in dests:
@@ -241,12 +243,17 @@ def _in_place_fits(cols, K, dt):
     return _tall_fits(cols, dt) and not _strided_x_spills(K, dt)
 
 
+#: the batch sizes :func:`_cat_grads` takes for inputs alone (not read;
+#: writeable, as every layer's: a read-only array is another signature)
+_NO_STEPS = np.zeros(1, dtype=INDEX_DTYPE)
+
+
 def _input_grads(dg, inp, dW, db):
     """``dW[...] = dg.T @ inp`` and, unless ``db`` is None, ``db[...] =
     dg.sum(axis=0)``: :func:`_cat_grads` of the inputs alone where it
     takes them, else :func:`_gate_grads`."""
     N, F = inp.shape
-    if _cat_grads(dg, inp, np.empty((N, 0), dtype=dg.dtype), None, db, ((dW, 0, F),)):
+    if _cat_grads(dg, inp, np.empty((N, 0), dtype=dg.dtype), None, _NO_STEPS, db, ((dW, 0, F),)):
         return
     _gate_grads(dg, F, lambda xt: parallel_transpose(np.ascontiguousarray(inp), xt), db, "wgrad_in", ((dW, 0, F),))
 
@@ -1491,10 +1498,10 @@ class Recurrent:
         if fused:
             db_ih = grads["bias_ih" + s] if self.bias else None
             dests = ((grads["weight_ih" + s], 0, F), (grads["weight_hh" + s], F, F + H))
-            # (h_prev in place: the outputs of every step but the last, for a
-            # batch of full lengths without a recurrent dropout mask)
-            in_place = mask.shape[0] == 0 and getattr(pk, "uniform", False)
-            if not (in_place and _cat_grads(dgx, inp, st["out_h"][:N - B], st["h0"], db_ih, dests)):
+            # (h_prev in place, the layer's outputs, without a recurrent
+            # dropout mask)
+            if not (mask.shape[0] == 0
+                    and _cat_grads(dgx, inp, st["out_h"], st["h0"], pk.batch_sizes, db_ih, dests)):
                 def fill(xt):   # [inputs | h_prev], transposed
                     parallel_transpose(np.ascontiguousarray(inp), xt)
                     self._h_prev_transposed(pk, st, mask, xt, F)
