@@ -414,7 +414,7 @@ def test_training_weight_gradients_one_signature_per_dtype():
         "            X = rng.standard_normal((B, 6, F))\n"
         "            out, _ = layer.forward(X, lengths=np.arange(6, 6 - B, -1).clip(1))\n"
         "            layer.backward(np.ones_like(out), need_input_grad=False)\n"
-        "assert len(matmul.tall_matmul.signatures) == 2, matmul.tall_matmul.signatures\n"
+        "assert len(matmul.tall_matmul.signatures) in (0, 2), matmul.tall_matmul.signatures\n"
         "assert len(matmul.tall_matmul_cat.signatures) == 2, matmul.tall_matmul_cat.signatures\n"
         "assert len(gru.reset_scaled.signatures) == 2, gru.reset_scaled.signatures\n")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -480,9 +480,10 @@ def test_recurrent_weight_gradient_from_transposed_states_gives_the_same_bits(mo
 def test_weight_gradients_read_in_place_give_the_transposed_copys_bits(monkeypatch, cell):
     """Weight gradients over the inputs and the previous states read in
     place (``_cat_grads``: the RNN's and the LSTM's both weights and bias,
-    the GRU's input side) give the bits of the inputs transposed into one
-    buffer first (``_gate_grads``, taken here by making
-    ``_in_place_fits`` refuse), full and ragged batches, with zero and
+    the GRU's input side and its recurrent side) give the bits of the
+    inputs transposed into one buffer first (``_gate_grads``; the GRU's
+    recurrent side from the previous states gathered: ``_product_grads``;
+    taken here by making ``_in_place_fits`` refuse), full and ragged batches, with zero and
     given initial states, with and without bias, at one and two threads;
     a recurrent dropout mask keeps the copy."""
     from fastseq import _plan, _threads
@@ -509,7 +510,9 @@ def test_weight_gradients_read_in_place_give_the_transposed_copys_bits(monkeypat
                             init = None if state is None else ((state, state) if cell == "lstm" else state)
                             out, _ = layer.forward(X, lengths, h0=init)
                             _, grads[in_place, n] = layer.backward(np.ones_like(out), need_input_grad=False)
-                        assert bool(calls) == in_place, (lengths, bias, state is None, in_place, n)
+                        # (the GRU: its input side, then its recurrent side)
+                        want = (2 if cell == "gru" else 1) if in_place else 0
+                        assert len(calls) == want, (lengths, bias, state is None, in_place, n)
                 for key, g in grads.items():
                     for name in g:
                         np.testing.assert_array_equal(g[name], grads[False, 1][name],

@@ -1517,11 +1517,13 @@ class Recurrent:
         if dgh is None:  # GRU: dgh = dgx with its n-third times r (dgx is done with), b_hn's sums
             _reset_scaled(dgx, st["gates"], H, db[2 * H:] if self.bias else np.empty(0, dtype=dt))
             dgh = dgx
-        if mask.shape[0] == 0 and getattr(pk, "uniform", False):
-            # h_prev of rows B..N-1 is out_h[:N-B]: no gathered copy (N x H less memory)
+        if mask.shape[0] == 0 and _cat_grads(dgh, np.empty((N, 0), dtype=dt), st["out_h"], st["h0"], pk.batch_sizes,
+                                             None, ((dW, 0, H),)):
+            pass    # (h_prev read in place, full or ragged batch: no gathered copy, N x H less memory)
+        elif mask.shape[0] == 0 and getattr(pk, "uniform", False) and not st["h0"].any():
+            # h_prev of rows B..N-1 is out_h[:N-B] (the first step's add
+            # nothing from a zero state): no gathered copy
             _product_grads(st["out_h"][:N - B], dgh[B:], dW)
-            if st["h0"].any():  # the first step's rows add nothing from a zero state
-                dW += dgh[:B].T @ st["h0"]
         else:
             _product_grads(self._h_prev(pk, st, mask, np.empty((N, H), dtype=dt)), dgh, dW)
         return d_inp
