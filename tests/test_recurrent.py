@@ -484,8 +484,8 @@ def test_weight_gradients_read_in_place_give_the_transposed_copys_bits(monkeypat
     inputs transposed into one buffer first (``_gate_grads``; the GRU's
     recurrent side from the previous states gathered: ``_product_grads``;
     taken here by making ``_in_place_fits`` refuse), full and ragged batches, with zero and
-    given initial states, with and without bias, at one and two threads;
-    a recurrent dropout mask keeps the copy."""
+    given initial states, with and without bias, at one and two threads,
+    two bidirectional layers; a recurrent dropout mask keeps the copy."""
     from fastseq import _plan, _threads
     from fastseq.network import recurrent as R
 
@@ -517,6 +517,19 @@ def test_weight_gradients_read_in_place_give_the_transposed_copys_bits(monkeypat
                     for name in g:
                         np.testing.assert_array_equal(g[name], grads[False, 1][name],
                                                       err_msg=f"{lengths} {key} {name}")
+    # two bidirectional layers (the reversed direction's own packed order;
+    # the second layer's inputs, the first one's outputs), ragged
+    grads = {}
+    for in_place in (True, False):
+        monkeypatch.setattr(R, "_in_place_fits", real_fits if in_place else (lambda *a: False))
+        del calls[:]
+        layer = Recurrent(cell, 5, 16, num_layers=2, bidirectional=True, random_state=0)
+        with _threads.limit(2):
+            out, _ = layer.forward(X, [9, 4, 9, 2, 5, 8])
+            grads[in_place] = layer.backward(np.ones_like(out))[1]
+        assert len(calls) == ((2 if cell == "gru" else 1) * 4 if in_place else 0)
+    for name in grads[True]:
+        np.testing.assert_array_equal(grads[True][name], grads[False][name], err_msg=f"bidirectional {name}")
     monkeypatch.setattr(R, "_in_place_fits", real_fits)
     del calls[:]
     layer = Recurrent(cell, 5, 16, random_state=0, recurrent_dropout=0.3)
