@@ -36,6 +36,10 @@ same thread count; ``--matmul-size``: where a BLAS does not know the CPU,
 OpenBLAS 0.3.30's Haswell kernels on a znver5, fastseq's 512-bit product
 is the machine's fastest, and a peak read from the BLAS alone would put the
 matrix-bound cases above 100% of it).
+How much the threads add is measured at the start and the end of the run
+(:func:`thread_speedup`: a compute-bound kernel on every thread against
+one; close to the thread count on free cores, less where the host shares
+them) and reported with the summary.
 Peak memory is measured in a fresh subprocess per case and engine (peak RSS
 of one training step above the RSS before it, after a warm-up on a smaller
 batch), for the training cases.
@@ -335,6 +339,50 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=T
                 fn()
             samples[k].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def thread_speedup(threads, seconds=0.3):
+    """How much faster ``threads`` threads run a compute-bound kernel than
+    one: fastseq's packed step product (64 x 256 rows into 1,024 outputs,
+    within each core's L2), each thread on its own arrays, the same number
+    of calls per thread; ``threads`` for cores of their own, less where
+    the host gives the vCPUs less (another guest on the same cores, or
+    two vCPUs on one core's hardware threads). Measured at the start and
+    the end of a run, it says the state that run's two-thread figures
+    were taken in."""
+    import threading
+
+    from fastseq.kernels.matmul import pack_weight, packed_matmul
+
+    rng = np.random.default_rng(0)
+    data = []
+    for _ in range(threads):
+        a = rng.standard_normal((64, 256), dtype=np.float32)
+        w = rng.standard_normal((1024, 256), dtype=np.float32)
+        data.append((a, w, pack_weight(w), np.empty((64, 1024), np.float32)))
+    a, w, wp, out = data[0]
+    packed_matmul(a, w, wp, out)
+    t0 = time.perf_counter()
+    packed_matmul(a, w, wp, out)
+    calls = max(10, int(seconds / max(time.perf_counter() - t0, 1e-7)))
+
+    def run(k):
+        a, w, wp, out = data[k]
+        for _ in range(calls):
+            packed_matmul(a, w, wp, out)
+    best_one = best_all = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        run(0)
+        best_one = min(best_one, time.perf_counter() - t0)
+        ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+        t0 = time.perf_counter()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        best_all = min(best_all, time.perf_counter() - t0)
+    return threads * best_one / best_all
 
 
 def matmul_peak(threads, sizes=(2048, 4096), repeats=5):
@@ -954,6 +1002,11 @@ def summary_lines(s):
     for t in s["targets"]:
         mark = {True: "met", False: "**short**", None: "not measured"}[t["met"]]
         lines.append(f"- {t['target']}: {f(t['value'], '.3g')} ({mark})")
+    sp = s.get("thread_speedup")
+    if sp:
+        lines += ["", f"{sp['threads']} threads ran a compute-bound kernel {sp['start']:.2f}x one thread's "
+                      f"speed at the start of the run and {sp['end']:.2f}x at the end "
+                      f"({sp['threads']} on free cores; `bench.compare.thread_speedup`)"]
     if s.get("busy_cpu_findings"):
         lines += ["", f"fastseq found a busy CPU {s['busy_cpu_findings']} time(s) in this run "
                       "(`fastseq._threads.cpu_busy`): some of its calls ran on one thread for a while, "
@@ -1175,6 +1228,7 @@ def main(argv=None):
     peak = matmul_peak(args.threads, sizes=sizes, repeats=3 if args.quick else 5)
     print(f"float32 matmul peak ({args.threads} threads): "
           + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
+    speedup_start = thread_speedup(args.threads) if args.threads > 1 else None
     results = []
     from fastseq import _threads
 
@@ -1215,6 +1269,10 @@ def main(argv=None):
     # (each finding ran some fastseq calls on one thread for a while: a
     # loaded machine; 0 expected on idle CPUs)
     summary["busy_cpu_findings"] = _threads.busy_findings - findings_before
+    if speedup_start is not None:
+        # (the two-thread figures' conditions: see thread_speedup)
+        summary["thread_speedup"] = {"threads": args.threads, "start": speedup_start,
+                                     "end": thread_speedup(args.threads)}
     if not args.no_cold:
         summary["cold_start"] = measure_cold_start()
     summary["bench_wall_s"] = time.perf_counter() - t_start

