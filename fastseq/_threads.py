@@ -1212,7 +1212,7 @@ def parallel_tall_matmul(x, g, out=None, transposed=False):
     With ``transposed``, ``x`` is the inputs already transposed, (F, N)
     (:func:`fastseq.kernels.matmul.tall_matmul_t`: the same sums, in the
     same order)."""
-    from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES, tall_matmul, tall_matmul_t
+    from .kernels.matmul import STRIP_BYTES, tall_matmul, tall_matmul_t
 
     x, g = np.ascontiguousarray(x), np.ascontiguousarray(g)   # (one signature)
     if transposed:
@@ -1224,39 +1224,45 @@ def parallel_tall_matmul(x, g, out=None, transposed=False):
     if out is None:
         out = np.empty((F, M), dtype=g.dtype)
     NS = M // (STRIP_BYTES // g.itemsize)
+    # (the columns past the last strip with the last strips)
+    _tall_parts(N, F, g, lambda f0, f1, s0, s1: tall_matmul(x, g, out, f0, f1, s0, s1, s1 == NS))
+    return out
+
+
+def _tall_parts(N, F, g, part):
+    """Run ``part(f0, f1, s0, s1)`` over the ``F`` output rows and the
+    whole strips of ``g``'s columns of a tall product over ``N`` rows:
+    the strips in :func:`get_num_threads` blocks in threads, or the rows
+    where there are too few strips for each thread to fill the
+    micro-kernel's register tile with them, or all on this thread (a
+    result does not depend on the split)."""
+    from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES
+
+    M = g.shape[1]
+    NS = M // (STRIP_BYTES // g.itemsize)
     n = _matmul_threads(M, N, F)
     R, S = BLOCKING[VECTOR_BYTES][:2]
     if n > 1 and NS >= n * S:
-        _in_chunks(NS, n, lambda i, j: tall_matmul(x, g, out, 0, F, i, j, j == NS))
+        _in_chunks(NS, n, lambda i, j: part(0, F, i, j))
     elif n > 1 and F >= n * R:
-        _in_chunks(F, n, lambda i, j: tall_matmul(x, g, out, i, j, 0, NS, True))
+        _in_chunks(F, n, lambda i, j: part(i, j, 0, NS))
     else:
         with _FLUSH:
-            tall_matmul(x, g, out, 0, F, 0, NS, True)
-    return out
+            part(0, F, 0, NS)
 
 
 def parallel_tall_cat(x, h, h0, batch_sizes, g, out):
     """``[x | h_prev | 1].T @ g`` into ``out`` (F + H + 1, M) by
     :func:`fastseq.kernels.matmul.tall_matmul_cat` (each source read in
     place, ``h_prev`` from ``h0``, ``h`` and ``batch_sizes`` as it says;
-    ``g``'s columns in whole strips), split across threads as
-    :func:`parallel_tall_matmul` splits (the same bits at any thread
-    count); returns ``out``."""
-    from .kernels.matmul import BLOCKING, STRIP_BYTES, VECTOR_BYTES, tall_matmul_cat
+    ``g``'s columns in whole strips), split across threads by
+    :func:`_tall_parts` (the same bits at any thread count); returns
+    ``out``."""
+    from .kernels.matmul import tall_matmul_cat
 
-    (N, F), H, M = x.shape, h.shape[1], g.shape[1]
-    K = F + H + 1
-    NS = M // (STRIP_BYTES // g.itemsize)
-    n = _matmul_threads(M, N, K)
-    R, S = BLOCKING[VECTOR_BYTES][:2]
-    if n > 1 and NS >= n * S:
-        _in_chunks(NS, n, lambda i, j: tall_matmul_cat(x, h, h0, batch_sizes, g, out, 0, K, i, j))
-    elif n > 1 and K >= n * R:
-        _in_chunks(K, n, lambda i, j: tall_matmul_cat(x, h, h0, batch_sizes, g, out, i, j, 0, NS))
-    else:
-        with _FLUSH:
-            tall_matmul_cat(x, h, h0, batch_sizes, g, out, 0, K, 0, NS)
+    (N, F), H = x.shape, h.shape[1]
+    _tall_parts(N, F + H + 1, g,
+                lambda f0, f1, s0, s1: tall_matmul_cat(x, h, h0, batch_sizes, g, out, f0, f1, s0, s1))
     return out
 
 

@@ -451,6 +451,20 @@ def _copy_strips(g, block, k0, k1, s, gs, SW):
                 block[j, k, c] = gr[c0 + c]
 
 
+@njit(inline="always", **JIT)
+def _copy_strip_group(g, block, k0, k1, s, s1, S):
+    """:func:`_copy_strips` of the next group of strips from ``s`` (``S``
+    of them, or a single one where fewer than ``S`` are left before
+    ``s1``), with this dtype's strip width as the constant it needs;
+    returns the group's size."""
+    gs = S if s + S <= s1 else 1
+    if g.itemsize == 4:
+        _copy_strips(g, block, k0, k1, s, gs, 16)
+    else:
+        _copy_strips(g, block, k0, k1, s, gs, 8)
+    return gs
+
+
 def _tall_matmul_for(vector_bytes, transposed=False):
     """:func:`tall_matmul` for micro-kernels of ``vector_bytes`` vectors (as
     :func:`_packed_matmul_for`: the package compiles this machine's width,
@@ -494,11 +508,7 @@ def _tall_matmul_for(vector_bytes, transposed=False):
             a = xt[:, k0:k1]
             s = s0
             while s < s1:
-                gs = S if s + S <= s1 else 1
-                if g.itemsize == 4:
-                    _copy_strips(g, block, k0, k1, s, gs, 16)
-                else:
-                    _copy_strips(g, block, k0, k1, s, gs, 8)
+                gs = _copy_strip_group(g, block, k0, k1, s, s1, S)
                 if gs == S:
                     _tile_rows(a, block, out, F, 0, s * SW, 0, k1 - k0, acc, R, S, VB)
                 else:
@@ -614,11 +624,7 @@ def _tall_cat_for(vector_bytes):
                 acc_h = acc if with_h0 or k0 < B else (1 if k0 > B else 0)
                 s = s0
                 while s < s1:
-                    gs = S if s + S <= s1 else 1
-                    if g.itemsize == 4:
-                        _copy_strips(g, block, k0, k1, s, gs, 16)
-                    else:
-                        _copy_strips(g, block, k0, k1, s, gs, 8)
+                    gs = _copy_strip_group(g, block, k0, k1, s, s1, S)
                     col = s * SW
                     n = k1 - k0
                     has_h = hb > ha and (shift >= 0 or with_h0)

@@ -1519,8 +1519,8 @@ class Recurrent:
             dgh = dgx
         if mask.shape[0] == 0 and _cat_grads(dgh, np.empty((N, 0), dtype=dt), st["out_h"], st["h0"], pk.batch_sizes,
                                              None, ((dW, 0, H),)):
-            pass    # (h_prev read in place, full or ragged batch: no gathered copy, N x H less memory)
-        elif mask.shape[0] == 0 and getattr(pk, "uniform", False) and not st["h0"].any():
+            return d_inp    # (h_prev read in place, full or ragged batch: no gathered copy, N x H less memory)
+        if mask.shape[0] == 0 and getattr(pk, "uniform", False) and not st["h0"].any():
             # h_prev of rows B..N-1 is out_h[:N-B] (the first step's add
             # nothing from a zero state): no gathered copy
             _product_grads(st["out_h"][:N - B], dgh[B:], dW)
