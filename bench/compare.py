@@ -296,10 +296,29 @@ def ort_session(model_bytes, threads):
 
 # ----------------------------------------------------------------- timing
 def _calibrate(fn, min_time):
-    t0 = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t0
-    return max(1, int(min_time / max(dt, 1e-7)))
+    """How many calls of ``fn`` take about ``min_time`` seconds (1 for 0),
+    from the speed of consecutive calls: batches of 1, 4, 16, ... calls until
+    one takes an eighth of ``min_time`` (and at least two batches), at the
+    fastest batch's rate.  The first calls after :func:`time_alternating`'s
+    pause are slow for every engine (the vCPUs wake: 300-470 us for calls of
+    20-50 us, the next ones 1.5-2x), so one call alone, as this used to
+    time, made a small call's samples a few dozen calls of the ramp back
+    from idle (26-107 calls where 20 ms holds 600-1,000; ``bench/RESULTS.md``,
+    "twenty-fourth session")."""
+    if min_time <= 0:
+        return 1
+    n, batches, per = 1, 0, float("inf")
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        batches += 1
+        per = min(per, dt / n)
+        if (dt >= min_time / 8 and batches >= 2) or n >= 1 << 16:
+            return max(1, round(min_time / max(per, 1e-7)))
+        if dt < min_time / 8:
+            n *= 4
 
 
 def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=True):

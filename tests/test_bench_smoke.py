@@ -251,3 +251,29 @@ def test_pingpong_times_the_round_trip_and_both_forms(capsys):
     for bad in (["--seconds", "0"], ["--T", "1"]):
         with pytest.raises(SystemExit):
             pingpong.main(bad)
+
+
+def test_calibration_counts_warm_calls_not_the_cold_one(monkeypatch):
+    """A call slow once after a pause (the vCPUs waking) and fast after that
+    gets samples of about ``min_time`` of fast calls (one call alone gave 4
+    here); a steadily slow call gets as many as fill ``min_time``."""
+    from bench import compare
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(compare.time, "perf_counter", lambda: clock["t"])
+
+    def call(first, then):
+        calls = []
+
+        def fn():
+            clock["t"] += first if not calls else then
+            calls.append(1)
+        return fn, calls
+    fn, calls = call(5e-3, 20e-6)
+    n = compare._calibrate(fn, 0.02)
+    assert 900 <= n <= 1000
+    assert len(calls) < 2000     # (the calibration itself stays near min_time / 8 of fast calls)
+    fn, _ = call(10e-3, 10e-3)
+    assert compare._calibrate(fn, 0.02) == 2
+    fn, calls = call(1.0, 1.0)
+    assert compare._calibrate(fn, 0.0) == 1 and not calls
