@@ -970,52 +970,73 @@ class _UnitSlot:
         return False
 
 
-#: calls of a route between two calls of its other form
+#: calls of a route between two calls of another form
 #: (:class:`SplitWatch`)
 WATCH_EVERY = 64
-#: timed calls of each form that a :class:`SplitWatch` keeps (their median
+#: timed calls of each form that a :class:`SplitWatch` keeps (their fastest
 #: decides)
 WATCH_KEEP = 3
 
 
+#: the forms of a small unit-split call that a :class:`SplitWatch` picks
+#: from: split by hidden units (a barrier a step), on one thread, split by
+#: sequences (the unit split's arithmetic on each thread's sequences, no
+#: barrier: :func:`fastseq.kernels.infer.lstm_units_slice`); the same bits
+SPLIT, ONE, SLICES = 0, 1, 2
+
+
 class SplitWatch:
     """Which form the next call of one route takes: split across the
-    threads, or its one-thread form (the same bits).  A call split by
-    hidden units waits for the other thread at every step, so its speed
-    depends on how far apart the two CPUs are: on a virtual machine whose
-    host moves its vCPUs, a cache line's round trip went from 110 to 510
-    ns (cores far apart) or 43 ns (one core's two hardware threads), and
-    the split from faster than one thread to slower (LSTM B1/H64/T128:
-    67 -> 122 or 107 us, one thread 86-90; ``python -m bench.pingpong``,
-    bench/RESULTS.md, "twenty-first session").  The busy-CPU check cannot
-    see this (no thread is held off its CPU), so the route times both:
-    every :data:`WATCH_EVERY` calls one takes the other form, and once
-    each form has :data:`WATCH_KEEP` timings the faster median is the
-    form the route takes until the next comparison says otherwise."""
+    threads by hidden units, its one-thread form, or (a route of more than
+    one sequence) split by sequences (:data:`SPLIT`, :data:`ONE`,
+    :data:`SLICES`: the same bits).  A call split by hidden units waits
+    for the other thread at every step, so its speed depends on how far
+    apart the two CPUs are: on a virtual machine whose host moves its
+    vCPUs, a cache line's round trip went from 110 to 510 ns (cores far
+    apart) or 43 ns (one core's two hardware threads), and the split from
+    faster than one thread to slower (LSTM B1/H64/T128: 67 -> 122 or 107
+    us, one thread 86-90; ``python -m bench.pingpong``, bench/RESULTS.md,
+    "twenty-first session").  A split by sequences meets the other thread
+    only at the start and the end, but gives each thread fewer rows a
+    step (LSTM B4/H64/T32, us: by units 46, by sequences 47-52, one
+    thread 64-66; B4/H128 114, 162 and 184; "twenty-fourth session").
+    The busy-CPU check cannot see this (no thread is held off its CPU), so
+    the route times the forms: every :data:`WATCH_EVERY` calls one takes
+    another form (each in turn), and once each form has
+    :data:`WATCH_KEEP` timings the form with the fastest of them is the
+    one the route takes until the next comparison says otherwise.  The
+    fastest, not the median: the calls that follow an idle moment are slow
+    for every form (the vCPUs wake: 466, 94, 58, 54 us for a 50 us call
+    after 20 ms; bench/RESULTS.md, "twenty-fourth session"), and the form
+    in use is timed at every call, so after a pause its last timings were
+    all such calls, and medians swapped a GRU B4/H256/T32 route from its
+    split (278 us) to a slower form for hundreds of calls."""
 
-    __slots__ = ("calls", "split", "one", "slow")
+    __slots__ = ("calls", "times", "best", "turn")
 
-    def __init__(self):
+    def __init__(self, forms=2):
         self.calls = 0
-        self.split = []
-        self.one = []
-        self.slow = False
+        self.times = [[] for _ in range(forms)]
+        self.best = SPLIT
+        self.turn = 0
 
-    def split_now(self):
-        """Whether this call should run split (counts the call)."""
+    def form_now(self):
+        """The form of this call (counts the call)."""
         self.calls += 1
-        return self.slow == (self.calls % WATCH_EVERY == 0)
+        if self.calls % WATCH_EVERY:
+            return self.best
+        n = len(self.times)
+        self.turn = self.turn % (n - 1) + 1
+        return (self.best + self.turn) % n
 
-    def record(self, split, seconds):
-        """A call of the ``split`` form (or the one-thread form) took
-        ``seconds``."""
-        times = self.split if split else self.one
+    def record(self, form, seconds):
+        """A call of ``form`` took ``seconds``."""
+        times = self.times[form]
         times.append(seconds)
         if len(times) > WATCH_KEEP:
             del times[0]
-        if len(self.split) == WATCH_KEEP and len(self.one) == WATCH_KEEP:
-            mid = WATCH_KEEP // 2
-            self.slow = sorted(self.split)[mid] > sorted(self.one)[mid]
+        if all(len(t) == WATCH_KEEP for t in self.times):
+            self.best = min(range(len(self.times)), key=lambda f: (min(self.times[f]), f))
 
 
 def unit_split_slot():

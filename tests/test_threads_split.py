@@ -872,26 +872,58 @@ def test_small_unit_split_call_gives_the_general_paths_bits(monkeypatch, lingeri
 def test_split_watch_takes_the_faster_form_and_keeps_timing_the_other():
     """A route's SplitWatch splits every call but one in WATCH_EVERY (its
     one-thread form); once each form has WATCH_KEEP timings it takes the
-    form with the faster median, and keeps timing the other one call in
-    WATCH_EVERY, so it turns back when that form is faster again."""
-    from fastseq._threads import WATCH_EVERY, WATCH_KEEP, SplitWatch
+    form with the fastest of them, and keeps timing the other one call in
+    WATCH_EVERY, so it turns back when that form is faster again; slow
+    calls among fast ones (after an idle moment) do not turn it."""
+    from fastseq._threads import ONE, SPLIT, WATCH_EVERY, WATCH_KEEP, SplitWatch
 
     w = SplitWatch()
     forms = []
     for _ in range(WATCH_EVERY * WATCH_KEEP):
-        split = w.split_now()
-        forms.append(split)
-        w.record(split, 2.0 if split else 1.0)       # the split slower
-    assert forms.count(False) == WATCH_KEEP and forms[WATCH_EVERY - 1] is False
-    assert w.slow
+        form = w.form_now()
+        forms.append(form)
+        w.record(form, 2.0 if form == SPLIT else 1.0)       # the split slower
+    assert forms.count(ONE) == WATCH_KEEP and forms[WATCH_EVERY - 1] == ONE
+    assert w.best == ONE
     forms = []
-    while w.slow:
-        split = w.split_now()
-        forms.append(split)
-        w.record(split, 0.5 if split else 1.0)       # the split faster again
-    # (the median turns once most of the kept split timings are new)
-    assert len(forms) == WATCH_EVERY * (WATCH_KEEP // 2 + 1) and forms.count(True) == WATCH_KEEP // 2 + 1
-    assert [w.split_now() for _ in range(WATCH_EVERY - 1)] == [True] * (WATCH_EVERY - 1)
+    while w.best == ONE:
+        form = w.form_now()
+        forms.append(form)
+        w.record(form, 0.5 if form == SPLIT else 1.0)       # the split faster again
+    # (it turns at the first fast split)
+    assert len(forms) == WATCH_EVERY and forms.count(SPLIT) == 1
+    assert [w.form_now() for _ in range(WATCH_EVERY - 1)] == [SPLIT] * (WATCH_EVERY - 1)
+    for t in (5.0, 4.0):                              # two slow splits after a pause
+        w.record(SPLIT, t)
+    assert w.best == SPLIT
+
+
+def test_split_watch_of_three_forms_times_each_other_form_in_turn():
+    """With the split by sequences as a third form, each call in
+    WATCH_EVERY takes one of the two forms not in use, in turn; the watch
+    takes the fastest median once all three have WATCH_KEEP timings, ties
+    going to the earlier form (split, one thread, sequences)."""
+    from fastseq._threads import ONE, SLICES, SPLIT, WATCH_EVERY, WATCH_KEEP, SplitWatch
+
+    w = SplitWatch(3)
+    cost = {SPLIT: 3.0, ONE: 2.0, SLICES: 1.0}
+    forms = []
+    for _ in range(2 * WATCH_EVERY * WATCH_KEEP):
+        form = w.form_now()
+        forms.append(form)
+        w.record(form, cost[form])
+    others = forms[WATCH_EVERY - 1::WATCH_EVERY]
+    assert others == [ONE, SLICES] * WATCH_KEEP
+    assert forms.count(SPLIT) == len(forms) - 2 * WATCH_KEEP
+    assert w.best == SLICES
+    assert [w.form_now() for _ in range(WATCH_EVERY - 1)] == [SLICES] * (WATCH_EVERY - 1)
+    # (from the sequences, the next comparison calls take the other two in turn)
+    w.calls = 0
+    assert [w.form_now() for _ in range(2 * WATCH_EVERY)][WATCH_EVERY - 1::WATCH_EVERY] in ([SPLIT, ONE], [ONE, SPLIT])
+    tie = SplitWatch(3)
+    tie.times = [[1.0] * WATCH_KEEP, [1.0] * WATCH_KEEP, [1.0] * (WATCH_KEEP - 1)]
+    tie.record(SLICES, 1.0)
+    assert tie.best == SPLIT
 
 
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
@@ -901,6 +933,7 @@ def test_small_unit_split_call_runs_one_thread_while_its_watch_says_so(monkeypat
     form (not split, the same bits) while the route's SplitWatch finds the
     split slower, timing that form; and split again once it does not."""
     import fastseq.network.recurrent as R
+    from fastseq._threads import ONE, SPLIT
     layer = Recurrent(cell, 24, 96, random_state=1).eval()
     X = np.random.default_rng(2).standard_normal((1, 20, 24)).astype(np.float32)
     with _threads.limit(1):
@@ -914,17 +947,102 @@ def test_small_unit_split_call_runs_one_thread_while_its_watch_says_so(monkeypat
         assert layer._inference_route(1, 20)[0] == "units"
         layer.forward(X, need_grad=False)
         watch = layer._inference_route(1, 20)[4]
-        watch.calls, watch.slow, watch.one = 0, True, []
+        assert len(watch.times) == 2     # (batch 1: no split by sequences)
+        watch.calls, watch.best, watch.times[ONE] = 0, ONE, []
         answers.clear()
         for _ in range(3):
             for a, b in zip(layer_arrays(layer.forward(X, need_grad=False)), ref):
                 np.testing.assert_array_equal(a, b)
-        assert answers == [] and len(watch.one) == 3
-        watch.slow = False
+        assert answers == [] and len(watch.times[ONE]) == 3
+        watch.best = SPLIT
         for a, b in zip(layer_arrays(layer.forward(X, need_grad=False)), ref):
             np.testing.assert_array_equal(a, b)
         assert answers == [True]
     assert "_plans" not in layer.__getstate__()    # (nor the watch: it is the route's)
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_small_call_split_by_sequences_gives_the_one_thread_bits(monkeypatch, lingering, cell, dtype):
+    """A small call whose kept route is a unit split, while its SplitWatch
+    takes the split by sequences (more than one sequence), runs each
+    thread's sequences as a compiled task (``kernels.infer.lstm_units_slice``,
+    ``gru_units_slice``) and gives the bits of the route's one-thread form
+    and of its split by units, the output, ``h_n`` and ``c_n``; at 2 and 3
+    threads, batches of 2, 3 and 5 (two sequences on three threads: two
+    parts)."""
+    import fastseq.network.recurrent as R
+    from fastseq._threads import ONE, SLICES, SPLIT
+    monkeypatch.setattr(_plan.current(), "unit_split_min_units", 8)
+    monkeypatch.setattr(_plan.current(), "matmul_split_min_work", 1 << 62)
+    monkeypatch.setattr(_plan.current(), "pipeline_min_work", 0)
+    layer = Recurrent(cell, 24, 96, dtype=dtype, random_state=1).eval()
+    rng = np.random.default_rng(3)
+    native = answers_of(monkeypatch, R, f"{cell}_units_native")
+    for B in (2, 3, 5):
+        X = rng.standard_normal((B, 20, 24)).astype(dtype)
+        for n in (2, 3):
+            with _threads.limit(n):
+                layer.forward(X, need_grad=False)
+                route = layer._inference_route(B, 20)
+                assert route[0] == "units" and len(route[4].times) == 3
+                watch = route[4]
+                got = {}
+                for form in (ONE, SPLIT, SLICES):
+                    watch.calls, watch.best = 0, form
+                    native.clear()
+                    for _ in range(3):
+                        got[form] = layer_arrays(layer.forward(X, need_grad=False))
+                    assert (native == []) if form == ONE else (native[-2:] == [True, True]), (form, native)
+                assert len(watch.times[SLICES]) == 3 and len(watch.times[ONE]) == 3
+                for form in (SPLIT, SLICES):
+                    for a, b in zip(got[form], got[ONE]):
+                        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sequence_slices_give_the_unit_parts_bits(cell, reverse):
+    """The split by sequences' parts (``lstm_units_slice``,
+    ``gru_units_slice``: batch-major rows, every unit) over any slicing of
+    the batch, one after the other on this thread, give the bits of one
+    part over the whole batch (``lstm_units_part``), from given states,
+    in either direction; every output is written, and an empty slice
+    writes nothing."""
+    from fastseq.kernels.infer import gru_units_part, gru_units_slice, lstm_units_part, lstm_units_slice
+    F, H, B, T = 20, 96, 5, 13
+    layer = Recurrent(cell, F, H, random_state=4).eval()
+    w_ih, w_hh, b_ih, b_hh = layer._bound_weights()[0]
+    bias, b_hn = layer._input_bias(b_ih, b_hh), layer._candidate_bias(b_hh)
+    rng = np.random.default_rng(6)
+    inp = rng.standard_normal((B * T, F)).astype(np.float32)
+    h0 = rng.standard_normal((B, H)).astype(np.float32)
+    c0 = 0.5 * h0
+
+    def fresh():
+        return [np.full((B * T, H), np.nan, np.float32), np.full((B, H), np.nan, np.float32),
+                np.full((B, H), np.nan, np.float32)]
+    ref = fresh()
+    flags = np.zeros(_sync.STRIDE, np.int64)
+    if cell == "lstm":
+        lstm_units_part(inp, w_ih, bias, w_hh, h0, c0, reverse, 0, H, 0, flags, *ref, True)
+    else:
+        gru_units_part(inp, w_ih, bias, b_hn, w_hh, h0, reverse, 0, H, 0, flags, *ref[:2], True)
+        ref[2][...] = 0
+    for cuts in ([0, 5], [0, 2, 5], [0, 1, 3, 5], [0, 0, 4, 5]):
+        got = fresh()
+        if cell == "gru":
+            got[2][...] = 0
+        for b0, b1 in zip(cuts[:-1], cuts[1:]):
+            flags = np.zeros(_sync.STRIDE, np.int64)
+            if cell == "lstm":
+                lstm_units_slice(inp, w_ih, bias, w_hh, h0, c0, reverse, b0, b1, 0, flags, *got)
+            else:
+                gru_units_slice(inp, w_ih, bias, b_hn, w_hh, h0, reverse, b0, b1, 0, flags, *got[:2])
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.skipif(not _sync.AVAILABLE, reason="no unit split without the barrier")

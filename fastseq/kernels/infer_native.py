@@ -22,7 +22,8 @@ from numba import carray, cfunc, njit, types
 from .._config import JIT
 from ._native import pointer_like
 from ._sync import DESC_J0, DESC_J1, DESC_LEN, DESC_TID, hand_native, part_failed, split_native, wait_done
-from .infer import gru_run, gru_units_part, lstm_fused_slice, lstm_run, lstm_units_part, rnn_run
+from .infer import (gru_run, gru_units_part, gru_units_slice, lstm_fused_slice, lstm_run, lstm_units_part,
+                    lstm_units_slice, rnn_run)
 from .matmul import pack_weight, project_ahead_packed
 
 #: slot of the description: whether the part runs the reverse direction
@@ -171,6 +172,32 @@ def _gru_part(addr, z):
 
 
 @njit(inline="always", **JIT)
+def _lstm_slices_part(addr, z):
+    """:func:`_lstm_part`'s description, the part's range its sequences
+    (:func:`fastseq.kernels.infer.lstm_units_slice`, batch-major rows)."""
+    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    flags = _vector(d, 6, np.int64(0))
+    try:
+        lstm_units_slice(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
+                         _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
+                         d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z))
+    except Exception:  # noqa: BLE001
+        part_failed(flags, d[DESC_TID])
+
+
+@njit(inline="always", **JIT)
+def _gru_slices_part(addr, z):
+    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    flags = _vector(d, 6, np.int64(0))
+    try:
+        gru_units_slice(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
+                        _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
+                        d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z))
+    except Exception:  # noqa: BLE001
+        part_failed(flags, d[DESC_TID])
+
+
+@njit(inline="always", **JIT)
 def _fused_part(addr, z):
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
     k = DESC_ARRAYS + 3 * 2
@@ -209,6 +236,22 @@ def _gru_f64(addr):
     _gru_part(addr, np.float64(0))
 
 
+def _lstm_slices_f32(addr):
+    _lstm_slices_part(addr, np.float32(0))
+
+
+def _lstm_slices_f64(addr):
+    _lstm_slices_part(addr, np.float64(0))
+
+
+def _gru_slices_f32(addr):
+    _gru_slices_part(addr, np.float32(0))
+
+
+def _gru_slices_f64(addr):
+    _gru_slices_part(addr, np.float64(0))
+
+
 def _fused_f32(addr):
     _fused_part(addr, np.float32(0))
 
@@ -231,6 +274,9 @@ def _noop(addr):
 
 _BODIES = {("lstm", np.dtype(np.float32)): _lstm_f32, ("lstm", np.dtype(np.float64)): _lstm_f64,
            ("gru", np.dtype(np.float32)): _gru_f32, ("gru", np.dtype(np.float64)): _gru_f64,
+           ("lstm-slices", np.dtype(np.float32)): _lstm_slices_f32,
+           ("lstm-slices", np.dtype(np.float64)): _lstm_slices_f64,
+           ("gru-slices", np.dtype(np.float32)): _gru_slices_f32, ("gru-slices", np.dtype(np.float64)): _gru_slices_f64,
            ("fused", np.dtype(np.float32)): _fused_f32, ("fused", np.dtype(np.float64)): _fused_f64,
            ("project", np.dtype(np.float32)): _project_f32, ("project", np.dtype(np.float64)): _project_f64,
            ("noop", None): _noop}
@@ -239,7 +285,9 @@ _addresses = {}
 
 def part_address(cell, dtype):
     """Address of the compiled part of ``cell`` (``"lstm"`` or ``"gru"``:
-    a unit split's part; ``"fused"``: an LSTM fused slice; ``"project"``:
+    a unit split's part; ``"lstm-slices"`` or ``"gru-slices"``: its call's
+    sequences ``J0..J1`` with every unit (a split by sequences);
+    ``"fused"``: an LSTM fused slice; ``"project"``:
     an input projection published step by step)
     for ``dtype``: a ``numba.cfunc`` ``void(int64)`` taking its
     description's address, compiled at the first call (``"noop"``, dtype

@@ -19,8 +19,8 @@ from .._threads import (
     _matmul_threads, _on_pool, blas_single_thread, call_threads, cpu_busy, get_num_threads, limit, matmul_splits,
     packed_for_slices, parallel_copy, parallel_matmul, parallel_project, parallel_tall_cat, parallel_tall_matmul,
     parallel_transpose,
-    SplitWatch, pipelines, run_native, run_pipelined, run_sliced, run_units, split_bounds, splits, unit_bounds,
-    unit_split_slot,
+    ONE, SPLIT, SplitWatch, pipelines, run_native, run_pipelined, run_sliced, run_units, split_bounds, splits,
+    unit_bounds, unit_split_slot,
 )
 from ..kernels.gru import gru_backward_slice, gru_forward_slice
 from ..kernels.gru import reset_scaled as gru_reset_scaled
@@ -256,6 +256,16 @@ def _input_grads(dg, inp, dW, db):
     if _cat_grads(dg, inp, np.empty((N, 0), dtype=dg.dtype), None, _NO_STEPS, db, ((dW, 0, F),)):
         return
     _gate_grads(dg, F, lambda xt: parallel_transpose(np.ascontiguousarray(inp), xt), db, "wgrad_in", ((dW, 0, F),))
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_bounds(B, n):
+    """The (n, 2) int64 sequence ranges ``[k*B//n, (k+1)*B//n)`` of
+    :meth:`Recurrent._slices_direction` (read only, as the unit split's
+    bounds: one compiled signature)."""
+    a = np.array([(k * B // n, (k + 1) * B // n) for k in range(n)], dtype=np.int64).reshape(n, 2)
+    a.flags.writeable = False
+    return a
 
 
 def _transposed(w):
@@ -677,7 +687,7 @@ class Recurrent:
         if got is None:
             if len(plans) >= 64:
                 plans.clear()
-            got = plans[key] = self._decide_inference(B, T) + (SplitWatch(),)
+            got = plans[key] = self._decide_inference(B, T) + (SplitWatch(3 if B > 1 else 2),)
         return got
 
     def _route_key(self, B, T, n):
@@ -692,7 +702,10 @@ class Recurrent:
         on this thread at batch 1 (what every small batch-1 call takes),
         the fused LSTM's batch slices, or a unit split (its input
         projection in its parts, or ahead on a pool thread when the split
-        finds its slot taken): the arithmetic of :meth:`_forward_infer` or
+        finds its slot taken; by hidden units, on one thread or by
+        sequences, :meth:`_slices_direction`, as the route's
+        :class:`fastseq._threads.SplitWatch` finds fastest, each with the
+        same bits): the arithmetic of :meth:`_forward_infer` or
         :meth:`_forward_fused`, with none of their generality (a third of
         a 14 us call's Python, 8 us of a 53 us LSTM call at batch 4).
         Rows stay batch-major from ``X`` to the output (the unit split's
@@ -739,12 +752,14 @@ class Recurrent:
                 self._fused_direction(inp, weights, zeros, zeros, False, out, 0, h_n[0], c_n0, got[3],
                                       plan == "fused-lingering")
         else:
-            watch = got[4]    # (the route's SplitWatch: which form runs, both timed now and then)
-            split = watch.split_now()
+            watch = got[4]    # (the route's SplitWatch: which form runs, each timed now and then)
+            form = watch.form_now()
             t0 = time.perf_counter()
             with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
-                ran = free and split and self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0],
-                                                               c_n0, _UNIT_TIERS[plan] == 2, B > 1)
+                ran = free and form != ONE and (
+                    self._units_direction(inp, weights, zeros, zeros, False, out, h_n[0], c_n0,
+                                          _UNIT_TIERS[plan] == 2, B > 1) if form == SPLIT
+                    else self._slices_direction(inp, weights, zeros, zeros, out, h_n[0], c_n0))
                 if not ran:
                     # (the unsplit kernels' rows are step-major: transposed in and out)
                     inp_s, out_s = inp, out
@@ -752,11 +767,11 @@ class Recurrent:
                         inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
                         out_s = np.empty((B * T, H), dtype=dt)
                     self._direction_unsplit(got[3][0], inp_s, weights, zeros, zeros, False, out_s, h_n[0], c_n0,
-                                            free and split)
+                                            free and form != ONE)
                     if B > 1:
                         out.reshape(B, T, H)[...] = out_s.reshape(T, B, H).swapaxes(0, 1)
-            if ran or (free and not split):
-                watch.record(ran, time.perf_counter() - t0)
+            if ran or (free and form == ONE):
+                watch.record(form, time.perf_counter() - t0)
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
 
     def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
@@ -1048,6 +1063,30 @@ class Recurrent:
             lambda states, descs, own, bounds, flags: gru_units_native(
                 states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, reverse,
                 out_h, h_n, batch_major), lingering_only)
+
+    def _slices_direction(self, inp, weights, h0, c0, out_h, h_n, c_n):
+        """:meth:`_units_direction`'s call (one layer, one direction, rows
+        batch-major) split by sequences instead of hidden units
+        (:func:`fastseq.kernels.infer.lstm_units_slice`,
+        :func:`fastseq.kernels.infer.gru_units_slice`: the unit split's
+        bits), as compiled tasks on pool threads that linger; True when it
+        ran, else False (nothing ran: the threads are roused for the next
+        call).  ``c0``/``c_n`` None for a GRU."""
+        w_ih, w_hh, b_ih, b_hh = weights
+        B, dt = h0.shape[0], self.dtype
+        n = min(get_num_threads(), B)
+        bias = self._input_bias(b_ih, b_hh)
+        flags = np.zeros(n * STRIDE, dtype=np.int64)
+        if self.cell == "lstm":
+            fn = part_address("lstm-slices", dt)
+            return run_native(_slice_bounds(B, n), flags, lambda states, descs, own, bounds, flags: lstm_units_native(
+                states, descs, own, bounds, flags, fn, inp, w_ih, bias, w_hh, h0, c0, False, out_h, h_n, c_n, True),
+                rouse=True)
+        b_hn = self._candidate_bias(b_hh)
+        fn = part_address("gru-slices", dt)
+        return run_native(_slice_bounds(B, n), flags, lambda states, descs, own, bounds, flags: gru_units_native(
+            states, descs, own, bounds, flags, fn, inp, w_ih, bias, b_hn, w_hh, h0, False, out_h, h_n, True),
+            rouse=True)
 
     def _forward_fused(self, X, h0, c0, bounds, blas=True, lingering=False):
         """LSTM inference of a full-length batch with each step's input
