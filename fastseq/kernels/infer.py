@@ -305,20 +305,17 @@ def lstm_units_slice(inp, w_ih, bias, w_hh, h0, c0, reverse, b0, b1, tid, flags,
     """Sequences ``b0 <= b < b1`` of :func:`lstm_units_part`'s call with
     batch-major rows (``b*T + t``), every unit on this thread: one part of
     a batch split of the unit split's call (no barrier: a row needs no
-    other row).  The arithmetic of :func:`lstm_units_part` on the slice's
-    rows, and a row's result does not depend on the other rows (nor on the
-    units a part takes), so the parts give the unit split's bits and its
-    one-thread form's.  ``tid`` and ``flags`` are the split's (its start
-    mark, and a pool thread's part returns once the caller waits for it)."""
+    other row).  :func:`lstm_units_part` on the slice's rows, all units,
+    as the only part of its own split; a row's result does not depend on
+    the other rows (nor on the units a part takes), so the parts give the
+    unit split's bits and its one-thread form's.  ``tid`` and ``flags``
+    are the split's (its start mark, and a pool thread's part returns once
+    the caller waits for it)."""
     signal_started(flags, tid)
-    B = h0.shape[0]
-    T = inp.shape[0] // B
-    H = w_hh.shape[1]
+    T = inp.shape[0] // h0.shape[0]
     if b1 > b0:
-        r0, r1 = b0 * T, b1 * T
-        xp = units_projection(inp[r0:r1], w_ih, bias, 4, 0, H)
-        lstm_units_loop(xp, w_hh, h0[b0:b1], c0[b0:b1], reverse, 0, H, 0, np.zeros(STRIDE, dtype=np.int64),
-                        out_h[r0:r1], h_n[b0:b1], c_n[b0:b1], True)
+        lstm_units_part(inp[b0 * T:b1 * T], w_ih, bias, w_hh, h0[b0:b1], c0[b0:b1], reverse, 0, w_hh.shape[1], 0,
+                        np.zeros(STRIDE, dtype=np.int64), out_h[b0 * T:b1 * T], h_n[b0:b1], c_n[b0:b1], True)
     if tid > 0:
         wait_joined(flags)
 
@@ -328,14 +325,10 @@ def gru_units_slice(inp, w_ih, bias, b_hn, w_hh, h0, reverse, b0, b1, tid, flags
     """:func:`lstm_units_slice` for the reset-after GRU
     (:func:`gru_units_part`'s arguments)."""
     signal_started(flags, tid)
-    B = h0.shape[0]
-    T = inp.shape[0] // B
-    H = w_hh.shape[1]
+    T = inp.shape[0] // h0.shape[0]
     if b1 > b0:
-        r0, r1 = b0 * T, b1 * T
-        xp = units_projection(inp[r0:r1], w_ih, bias, 3, 0, H)
-        gru_units_loop(xp, w_hh, b_hn.copy(), h0[b0:b1], reverse, 0, H, 0, np.zeros(STRIDE, dtype=np.int64),
-                       out_h[r0:r1], h_n[b0:b1], True)
+        gru_units_part(inp[b0 * T:b1 * T], w_ih, bias, b_hn, w_hh, h0[b0:b1], reverse, 0, w_hh.shape[1], 0,
+                       np.zeros(STRIDE, dtype=np.int64), out_h[b0 * T:b1 * T], h_n[b0:b1], True)
     if tid > 0:
         wait_joined(flags)
 

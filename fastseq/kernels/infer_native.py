@@ -141,6 +141,24 @@ def _vector(d, i, z):
     return carray(pointer_like(d[k], z), (d[k + 1],))
 
 
+@njit(inline="always", **JIT)
+def _lstm_args(d, z):
+    """The arguments of :func:`fastseq.kernels.infer.lstm_units_part` (all
+    but ``batch_major``) and of ``lstm_units_slice`` that description ``d``
+    (:func:`lstm_units_desc`) holds, its floats of ``z``'s type."""
+    return (_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z), _matrix(d, 4, z),
+            _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1], d[DESC_TID], _vector(d, 6, np.int64(0)),
+            _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z))
+
+
+@njit(inline="always", **JIT)
+def _gru_args(d, z):
+    """:func:`_lstm_args` for the GRU's (:func:`gru_units_desc`)."""
+    return (_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z), _matrix(d, 4, z),
+            _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1], d[DESC_TID], _vector(d, 6, np.int64(0)),
+            _matrix(d, 7, z), _matrix(d, 8, z))
+
+
 # A part's body catches what it raises (a failed allocation: nothing else
 # raises in these kernels) and marks it in the split's flags
 # (:func:`fastseq.kernels._sync.part_failed`): a cfunc cannot pass an
@@ -149,26 +167,21 @@ def _vector(d, i, z):
 def _lstm_part(addr, z):
     """The LSTM part described at ``addr``, its floats of ``z``'s type."""
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    flags = _vector(d, 6, np.int64(0))
+    args = _lstm_args(d, z) + (d[DESC_MAJOR] != 0,)
     try:
-        lstm_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
-                        _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                        d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z),
-                        d[DESC_MAJOR] != 0)
+        lstm_units_part(*args)
     except Exception:  # noqa: BLE001 - numba catches no narrower class
-        part_failed(flags, d[DESC_TID])
+        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _gru_part(addr, z):
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    flags = _vector(d, 6, np.int64(0))
+    args = _gru_args(d, z) + (d[DESC_MAJOR] != 0,)
     try:
-        gru_units_part(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
-                       _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                       d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), d[DESC_MAJOR] != 0)
+        gru_units_part(*args)
     except Exception:  # noqa: BLE001
-        part_failed(flags, d[DESC_TID])
+        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
@@ -176,25 +189,21 @@ def _lstm_slices_part(addr, z):
     """:func:`_lstm_part`'s description, the part's range its sequences
     (:func:`fastseq.kernels.infer.lstm_units_slice`, batch-major rows)."""
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    flags = _vector(d, 6, np.int64(0))
+    args = _lstm_args(d, z)
     try:
-        lstm_units_slice(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _matrix(d, 3, z),
-                         _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                         d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z), _matrix(d, 9, z))
+        lstm_units_slice(*args)
     except Exception:  # noqa: BLE001
-        part_failed(flags, d[DESC_TID])
+        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _gru_slices_part(addr, z):
     d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    flags = _vector(d, 6, np.int64(0))
+    args = _gru_args(d, z)
     try:
-        gru_units_slice(_matrix(d, 0, z), _matrix(d, 1, z), _vector(d, 2, z), _vector(d, 3, z),
-                        _matrix(d, 4, z), _matrix(d, 5, z), d[DESC_REV] != 0, d[DESC_J0], d[DESC_J1],
-                        d[DESC_TID], flags, _matrix(d, 7, z), _matrix(d, 8, z))
+        gru_units_slice(*args)
     except Exception:  # noqa: BLE001
-        part_failed(flags, d[DESC_TID])
+        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
