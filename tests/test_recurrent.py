@@ -293,9 +293,10 @@ def test_small_call_gives_the_one_call_bits_and_is_taken_only_where_it_applies(r
     """A batch-1 inference call of a one-layer, one-way layer, once its
     route (one compiled call, no BLAS) is kept, runs through
     ``Recurrent._small_call`` (not ``_forward_infer``) and gives the bits
-    of the general path; it leaves to the general path a first call, any
-    other batch, states, lengths, training, a read-only or another dtype's
-    input, and checks its input as that path does."""
+    of the general path; it leaves to the general path a first call (of
+    another batch too: its route is not kept yet), states, lengths,
+    training, a read-only or another dtype's input, and checks its input
+    as that path does."""
     kw = {"nonlinearity": nl} if cell == "rnn" else {}
     layer = Recurrent(cell, 4, 5, bias=bias, dtype=dtype, random_state=2, **kw).eval()
     X = rng.standard_normal((1, 7, 4)).astype(dtype)
@@ -329,6 +330,46 @@ def test_small_call_gives_the_one_call_bits_and_is_taken_only_where_it_applies(r
     layer.train()
     layer.forward(X, need_grad=False)                      # another route key (training)
     assert len(general) == 2 + expected
+
+
+@pytest.mark.parametrize("cell,nl", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ahead", [False, True])
+def test_small_call_of_a_batch_gives_the_general_paths_bits(rng, monkeypatch, cell, nl, dtype, ahead):
+    """A batch above 1 through a one-layer, one-way layer whose kept route
+    is one compiled call (its rows transposed inside it, ``batch_major``)
+    or that call with the projection ahead on a pool thread (``ahead``:
+    rows transposed by numpy) runs through ``Recurrent._small_call``, not
+    ``_forward_infer``, and gives that path's bits (its rows transposed
+    before and after the step-major kernels), as does each sequence."""
+    from fastseq import _threads
+    from fastseq.kernels._sync import AVAILABLE
+    from fastseq.network import recurrent
+    if ahead and not AVAILABLE:
+        pytest.skip("no pool threads to compute a projection ahead on this platform")
+    kw = {"nonlinearity": nl} if cell == "rnn" else {}
+    layer = Recurrent(cell, 4, 5, dtype=dtype, random_state=2, **kw).eval()
+    X = rng.standard_normal((3, 7, 4)).astype(dtype)    # (B != T != F: a wrong transpose mixes them up)
+    general = []
+    real = Recurrent._forward_infer
+    monkeypatch.setattr(Recurrent, "_forward_infer", lambda self, *a: general.append(1) or real(self, *a))
+    if ahead:
+        monkeypatch.setattr(recurrent, "pipelines", lambda work, step_work=None: _threads.get_num_threads() > 1)
+    with _threads.limit(2):
+        first = layer_arrays(layer.forward(X, need_grad=False))   # no route kept yet: the general path
+        route = layer._inference_route(3, 7)
+        assert route[0] == "one" and route[3] == (("ahead",) if ahead else ("one",)) and not route[2]
+        small = layer_arrays(layer.forward(X, need_grad=False))
+        assert len(general) == 1
+        alone = [layer_arrays(layer.forward(X[b:b + 1], need_grad=False)) for b in range(3)]
+    for a, b in zip(small, first):
+        assert a.dtype == np.dtype(dtype) and a.shape == b.shape and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    for b in range(3):
+        np.testing.assert_allclose(alone[b][0][0], small[0][b], rtol=tol, atol=tol)
+        for a, e in zip(alone[b][1:], small[1:]):         # the states, (1, B, H)
+            np.testing.assert_allclose(a[:, 0], e[:, b], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -59,6 +59,18 @@ def reverse_steps(src, B, out):
 
 
 @njit(inline="always", **JIT)
+def swap_major(src, B, T, out):
+    """``out[t*B + b] = src[b*T + t]``: the rows of B sequences of T steps,
+    batch-major, step-major (``swap_major(src, T, B, out)`` the way back)."""
+    F = src.shape[1]
+    for b in range(B):
+        for t in range(T):
+            r, q = b * T + t, t * B + b
+            for j in range(F):
+                out[q, j] = src[r, j]
+
+
+@njit(inline="always", **JIT)
 def add_bias(out, bias, r0, r1):
     """``out[r] += bias`` for the rows ``r0 <= r < r1`` (nothing when ``bias``
     is empty)."""

@@ -699,8 +699,11 @@ class Recurrent:
     def _small_call(self, X):
         """The inference of a one-layer, one-way layer whose kept route
         (:meth:`_inference_route`) needs no BLAS and is one compiled call
-        on this thread at batch 1 (what every small batch-1 call takes),
-        the fused LSTM's batch slices, or a unit split (its input
+        on this thread (what every small batch-1 call takes; rows
+        transposed inside it at a larger batch: an Elman RNN of 32 units,
+        4 sequences of 32 steps, 20-24 -> 15-17 us, bench/RESULTS.md,
+        "twenty-fifth session"), that call with its projection ahead on
+        a pool thread, the fused LSTM's batch slices, or a unit split (its input
         projection in its parts, or ahead on a pool thread when the split
         finds its slot taken; by hidden units, on one thread or by
         sequences, :meth:`_slices_direction`, as the route's
@@ -728,7 +731,7 @@ class Recurrent:
             return None
         plan = got[0]
         if plan == "one":
-            if B != 1 or got[3] != ("one",):
+            if got[3][0] not in ("one", "ahead"):
                 return None
         elif plan != "fused" and plan != "fused-lingering" and (plan not in _UNIT_TIERS or got[3][0] == "split"):
             return None
@@ -744,9 +747,20 @@ class Recurrent:
         c_n0 = None if c_n is None else c_n[0]
         weights = self._bound_weights()[0]
         self._cache = None
-        if plan == "one":
+        if plan == "one" and got[3][0] == "one":
             with flush_denormals():
-                self._one_call(inp, None, weights, zeros, zeros, False, out, h_n[0], c_n0)
+                self._one_call(inp, None, weights, zeros, zeros, False, out, h_n[0], c_n0, B > 1)
+        elif plan == "one":
+            # (the projection ahead on a pool thread: its kernels' rows
+            # are step-major, transposed in and out but at batch 1)
+            inp_s, out_s = inp, out
+            if B > 1:
+                inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
+                out_s = np.empty((B * T, H), dtype=dt)
+            with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
+                self._direction_unsplit("ahead", inp_s, weights, zeros, zeros, False, out_s, h_n[0], c_n0, free)
+            if B > 1:
+                out.reshape(B, T, H)[...] = out_s.reshape(T, B, H).swapaxes(0, 1)
         elif plan[0] == "f":
             with flush_denormals():
                 self._fused_direction(inp, weights, zeros, zeros, False, out, 0, h_n[0], c_n0, got[3],
@@ -774,27 +788,28 @@ class Recurrent:
                 watch.record(form, time.perf_counter() - t0)
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
 
-    def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n):
+    def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n, batch_major=False):
         """One direction of one layer in one compiled call on this thread
         (:mod:`fastseq.kernels.infer`): from the input projection ``xp``
-        when given, else from ``inp`` with the projection in the call;
+        when given, else from ``inp`` with the projection in the call (and
+        with ``batch_major``, rows ``b*T + t`` in ``inp`` and ``out_h``);
         ``weights`` as :meth:`_bound_weights` gives them, ``c0``/``c_n``
         an LSTM's (None otherwise)."""
         w_ih, w_hh, b_ih, b_hh = weights
         if self.cell == "lstm":
             if xp is None:
-                lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
+                lstm_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, c0, reverse, batch_major, out_h, h_n, c_n)
             else:
                 lstm_infer(xp, b_ih, b_hh, w_hh, h0, c0, reverse, out_h, h_n, c_n)
         elif self.cell == "gru":
             if xp is None:
-                gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
+                gru_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, reverse, batch_major, out_h, h_n)
             else:
                 gru_infer(xp, b_ih, b_hh, w_hh, h0, reverse, out_h, h_n)
         else:
             relu = 1 if self.nonlinearity == "relu" else 0
             if xp is None:
-                rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
+                rnn_infer_x(inp, w_ih, b_ih, b_hh, w_hh, h0, relu, reverse, batch_major, out_h, h_n)
             else:
                 rnn_infer(xp, b_ih, b_hh, w_hh, h0, relu, reverse, out_h, h_n)
 
