@@ -55,19 +55,27 @@ def reverse_steps(src, B, out):
     reverse order."""
     T = src.shape[0] // B
     for t in range(T):
-        out[t * B:(t + 1) * B] = src[(T - 1 - t) * B:(T - t) * B]
+        for b in range(B):
+            copy_row(src[(T - 1 - t) * B + b], out[t * B + b])
+
+
+@njit(inline="always", **JIT)
+def copy_row(src, dst):
+    """``dst[:] = src`` for 1-D arrays (views of rows), as a plain loop:
+    numba's slice assignment costs about 20 ns more a row and 4-5x the
+    time an element (8 rows of 64 floats: 27 against 5 ns a row, znver5;
+    bench/RESULTS.md, "twenty-fifth session")."""
+    for k in range(src.shape[0]):
+        dst[k] = src[k]
 
 
 @njit(inline="always", **JIT)
 def swap_major(src, B, T, out):
     """``out[t*B + b] = src[b*T + t]``: the rows of B sequences of T steps,
     batch-major, step-major (``swap_major(src, T, B, out)`` the way back)."""
-    F = src.shape[1]
     for b in range(B):
         for t in range(T):
-            r, q = b * T + t, t * B + b
-            for j in range(F):
-                out[q, j] = src[r, j]
+            copy_row(src[b * T + t], out[t * B + b])
 
 
 @njit(inline="always", **JIT)

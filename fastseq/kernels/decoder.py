@@ -49,6 +49,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
+from ._packed import copy_row
 from .attention import BAHDANAU, NONE, attention_backward, attention_forward
 from .gru import gru_cell, gru_cell_backward
 from .lstm import cell_backward, cell_forward
@@ -298,7 +299,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
             for b in range(B):
                 cell_backward(gates[t, b], dxt[b], c[t + 1, b], ds[b], c[t, b], no_dh, dc[b],
                               Q, 0, Q, one)
-            dht[:, :] = dxt
+            for b in range(B):
+                copy_row(dxt[b], dht[b])
         elif cell == GRU:
             for b in range(B):
                 gru_cell_backward(gates[t, b], s[t, b], ds[b], no_dh, dxt[b], dht[b], carry[b],
@@ -315,7 +317,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
                     for j in range(Q):
                         h = hr[j]
                         dg[j] = dor[j] * (one - h * h)
-            dht[:, :] = dxt
+            for b in range(B):
+                copy_row(dxt[b], dht[b])
         packed_matmul(dht, w_hh_t, wp_hh, ds)
         if cell == GRU:
             for b in range(B):
@@ -336,7 +339,8 @@ def decoder_backward(cell, kind, w_b, att, mem, keys, src_len, cache, io_d_o, gr
             attention_backward(kind, d_ctx, s[t], keys, mem, src_len, att, weights[t],
                                (ds, d_keys, d_mem, d_qp[t], d_v, d_g))
         else:
-            d_ctx_next[...] = d_ctx_in
+            for b in range(B):
+                copy_row(d_ctx_in[b], d_ctx_next[b])
     if not own_vectors:
         # no feed gradient flows back into the loop: one product for all steps
         np.dot(d_x.reshape(T * B, d_x.shape[2]), w_e_t.T, d_feed.reshape(T * B, d_feed.shape[2]))

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .._config import JIT
-from ._packed import add_bias, own_rows, reverse_steps, swap_major
+from ._packed import add_bias, copy_row, own_rows, reverse_steps, swap_major
 from ._sync import STRIDE, barrier, signal_started, wait_joined
 from .gru import gru_cell, gru_forward_slice
 from .lstm import cell_forward, lstm_forward_slice
@@ -276,14 +276,16 @@ def lstm_fused_slice(inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n,
         c[b] = c0[b0 + b]
     for s in range(T):
         t = T - 1 - s if reverse else s
+        # (rows copied by loops, not slice assignments: an LSTM of 32
+        # units, 8 sequences of 128 steps on one thread, 230-250 -> 175-210 us)
         for b in range(n):
-            a[b, :F] = inp[(b0 + b) * T + t]
+            copy_row(inp[(b0 + b) * T + t], a[b, :F])
         packed_matmul(a, w_cat, wp, hp)
         for b in range(n):
             ab = a[b, F:]
             cr = c[b]
             cell_forward(bias, hp[b], cr, cr, ab, hp[b], False, H, 0, H)
-            out[(b0 + b) * T + t, col0:col0 + H] = ab
+            copy_row(ab, out[(b0 + b) * T + t, col0:col0 + H])
     for b in range(n):
         h_n[b0 + b] = a[b, F:]
         c_n[b0 + b] = c[b]
@@ -308,7 +310,7 @@ def previous_states(out_h, r0, B, bs, hg):
     if bs == 1:
         return out_h[r0:r0 + B]
     for b in range(B):
-        hg[b] = out_h[r0 + b * bs]
+        copy_row(out_h[r0 + b * bs], hg[b])
     return hg
 
 
