@@ -277,7 +277,7 @@ def lstm_fused_slice(inp, w_cat, wp, bias, h0, c0, reverse, out, col0, h_n, c_n,
     for s in range(T):
         t = T - 1 - s if reverse else s
         # (rows copied by loops, not slice assignments: an LSTM of 32
-        # units, 8 sequences of 128 steps on one thread, 230-250 -> 175-210 us)
+        # units, 8 sequences of 128 steps on one thread, 224-250 -> 174-208 us)
         for b in range(n):
             copy_row(inp[(b0 + b) * T + t], a[b, :F])
         packed_matmul(a, w_cat, wp, hp)
