@@ -159,69 +159,66 @@ def _gru_args(d, z):
             _matrix(d, 7, z), _matrix(d, 8, z))
 
 
+@njit(inline="always", **JIT)
+def _description(addr):
+    """The description (int64, :data:`DESC_LEN`) at ``addr``."""
+    return carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+
+
 # A part's body catches what it raises (a failed allocation: nothing else
 # raises in these kernels) and marks it in the split's flags
 # (:func:`fastseq.kernels._sync.part_failed`): a cfunc cannot pass an
 # exception to its caller, and the others would wait for it at a barrier.
 @njit(inline="always", **JIT)
+def _guarded(kernel, args, flags, tid):
+    """``kernel(*args)``, what it raises marked for part ``tid`` in ``flags``."""
+    try:
+        kernel(*args)
+    except Exception:  # noqa: BLE001 - numba catches no narrower class
+        part_failed(flags, tid)
+
+
+@njit(inline="always", **JIT)
 def _lstm_part(addr, z):
     """The LSTM part described at ``addr``, its floats of ``z``'s type."""
-    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    args = _lstm_args(d, z) + (d[DESC_MAJOR] != 0,)
-    try:
-        lstm_units_part(*args)
-    except Exception:  # noqa: BLE001 - numba catches no narrower class
-        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
+    d = _description(addr)
+    _guarded(lstm_units_part, _lstm_args(d, z) + (d[DESC_MAJOR] != 0,), _vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _gru_part(addr, z):
-    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    args = _gru_args(d, z) + (d[DESC_MAJOR] != 0,)
-    try:
-        gru_units_part(*args)
-    except Exception:  # noqa: BLE001
-        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
+    d = _description(addr)
+    _guarded(gru_units_part, _gru_args(d, z) + (d[DESC_MAJOR] != 0,), _vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _lstm_slices_part(addr, z):
     """:func:`_lstm_part`'s description, the part's range its sequences
     (:func:`fastseq.kernels.infer.lstm_units_slice`, batch-major rows)."""
-    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    args = _lstm_args(d, z)
-    try:
-        lstm_units_slice(*args)
-    except Exception:  # noqa: BLE001
-        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
+    d = _description(addr)
+    _guarded(lstm_units_slice, _lstm_args(d, z), _vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _gru_slices_part(addr, z):
-    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
-    args = _gru_args(d, z)
-    try:
-        gru_units_slice(*args)
-    except Exception:  # noqa: BLE001
-        part_failed(_vector(d, 6, np.int64(0)), d[DESC_TID])
+    d = _description(addr)
+    _guarded(gru_units_slice, _gru_args(d, z), _vector(d, 6, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _fused_part(addr, z):
-    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    d = _description(addr)
     k = DESC_ARRAYS + 3 * 2
     wp = carray(pointer_like(d[k], z), (d[k + 1], d[k + 2], d[DESC_DEPTH]))
-    try:
-        lstm_fused_slice(_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z), _matrix(d, 4, z),
-                         _matrix(d, 5, z), d[DESC_REV] != 0, _matrix(d, 6, z), d[DESC_COL], _matrix(d, 7, z),
-                         _matrix(d, 8, z), d[DESC_J0], d[DESC_J1])
-    except Exception:  # noqa: BLE001
-        part_failed(_vector(d, 9, np.int64(0)), d[DESC_TID])
+    _guarded(lstm_fused_slice, (_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z), _matrix(d, 4, z),
+                                _matrix(d, 5, z), d[DESC_REV] != 0, _matrix(d, 6, z), d[DESC_COL],
+                                _matrix(d, 7, z), _matrix(d, 8, z), d[DESC_J0], d[DESC_J1]),
+             _vector(d, 9, np.int64(0)), d[DESC_TID])
 
 
 @njit(inline="always", **JIT)
 def _project_part(addr, z):
-    d = carray(pointer_like(addr, np.int64(0)), (DESC_LEN,))
+    d = _description(addr)
     k = DESC_ARRAYS + 3 * 2
     wp = carray(pointer_like(d[k], z), (d[k + 1], d[k + 2], d[DESC_DEPTH]))
     project_ahead_packed(_matrix(d, 0, z), _matrix(d, 1, z), wp, _vector(d, 3, z),
