@@ -749,18 +749,10 @@ class Recurrent:
         self._cache = None
         if plan == "one" and got[3][0] == "one":
             with flush_denormals():
-                self._one_call(inp, None, weights, zeros, zeros, False, out, h_n[0], c_n0, B > 1)
+                self._unsplit_batch_major(X, "one", weights, zeros, out, h_n[0], c_n0, False)
         elif plan == "one":
-            # (the projection ahead on a pool thread: its kernels' rows
-            # are step-major, transposed in and out but at batch 1)
-            inp_s, out_s = inp, out
-            if B > 1:
-                inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
-                out_s = np.empty((B * T, H), dtype=dt)
             with limit(n, blas=False), flush_denormals(), unit_split_slot() as free:
-                self._direction_unsplit("ahead", inp_s, weights, zeros, zeros, False, out_s, h_n[0], c_n0, free)
-            if B > 1:
-                out.reshape(B, T, H)[...] = out_s.reshape(T, B, H).swapaxes(0, 1)
+                self._unsplit_batch_major(X, "ahead", weights, zeros, out, h_n[0], c_n0, free)
         elif plan[0] == "f":
             with flush_denormals():
                 self._fused_direction(inp, weights, zeros, zeros, False, out, 0, h_n[0], c_n0, got[3],
@@ -775,18 +767,28 @@ class Recurrent:
                                           _UNIT_TIERS[plan] == 2, B > 1) if form == SPLIT
                     else self._slices_direction(inp, weights, zeros, zeros, out, h_n[0], c_n0))
                 if not ran:
-                    # (the unsplit kernels' rows are step-major: transposed in and out)
-                    inp_s, out_s = inp, out
-                    if B > 1:
-                        inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
-                        out_s = np.empty((B * T, H), dtype=dt)
-                    self._direction_unsplit(got[3][0], inp_s, weights, zeros, zeros, False, out_s, h_n[0], c_n0,
-                                            free and form != ONE)
-                    if B > 1:
-                        out.reshape(B, T, H)[...] = out_s.reshape(T, B, H).swapaxes(0, 1)
+                    self._unsplit_batch_major(X, got[3][0], weights, zeros, out, h_n[0], c_n0, free and form != ONE)
             if ran or (free and form == ONE):
                 watch.record(form, time.perf_counter() - t0)
         return out.reshape(B, T, H), (h_n if c_n is None else (h_n, c_n))
+
+    def _unsplit_batch_major(self, X, mode, weights, zeros, out, h_n, c_n, parallel):
+        """:meth:`_direction_unsplit` of the forward direction from zero
+        states over the rows of ``X`` (B, T, F) into ``out`` (B*T, H), both
+        batch-major: the one-call kernel (``mode`` ``"one"``) transposes
+        them inside the call; the others' rows are step-major, transposed
+        by numpy in and out (but at batch 1)."""
+        B, T, F = X.shape
+        if mode == "one":
+            self._one_call(X.reshape(B * T, F), None, weights, zeros, zeros, False, out, h_n, c_n, B > 1)
+            return
+        inp_s, out_s = X.reshape(B * T, F), out
+        if B > 1:
+            inp_s = np.ascontiguousarray(X.swapaxes(0, 1)).reshape(B * T, F)
+            out_s = np.empty_like(out)
+        self._direction_unsplit(mode, inp_s, weights, zeros, zeros, False, out_s, h_n, c_n, parallel)
+        if B > 1:
+            out.reshape(B, T, -1)[...] = out_s.reshape(T, B, -1).swapaxes(0, 1)
 
     def _one_call(self, inp, xp, weights, h0, c0, reverse, out_h, h_n, c_n, batch_major=False):
         """One direction of one layer in one compiled call on this thread
