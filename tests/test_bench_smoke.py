@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -45,6 +46,52 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
         assert len(c["acc_fastseq_seeds"]) == len(c["acc_torch_seeds"]) == 2
         assert c["acc_diff"] == pytest.approx(np.mean(c["acc_fastseq_seeds"]) - np.mean(c["acc_torch_seeds"]))
         assert c["acc_diff_se"] >= 0 and c["epoch_fastseq_gflops"] > 0
+        # (each engine ran in a process of its own, at its default threads)
+        assert c["threads_fastseq"] >= 1 and c["threads_torch"] >= 1
+        assert c["faults_per_epoch_torch"] is None or c["faults_per_epoch_torch"] >= 0
+        from bench.course import kept_heap_env
+        if kept_heap_env() is not None:
+            assert c["epoch_torch_kept_s"] > 0
+            assert c["epoch_speedup_torch_kept"] == pytest.approx(
+                c["epoch_torch_kept_s"] / c["epoch_fastseq_s"])
+            assert "course/mnist/rnn" in res["summary"]["course_vs_torch_kept_heap"]
+
+
+_FREE_AND_FAULT = """
+import ctypes, json, resource
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+faults = []
+for _ in range(3):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    p = libc.malloc(58 << 20)          # torch's LSTM workspace a batch (bench.course)
+    ctypes.memset(p, 1, 58 << 20)
+    libc.free(p)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(json.dumps(faults))
+"""
+
+
+def test_kept_heap_environment_stops_the_page_faults_of_a_large_block():
+    """bench.course's premise: glibc hands a freed 58 MB block back to the
+    kernel, so the next one faults its pages in again; the kept-heap
+    environment keeps it (the later blocks fault nothing).  Counted against
+    the first block's faults, not pages: with transparent huge pages always
+    on, a fault brings in 2 MB."""
+    from bench.course import kept_heap_env
+
+    env = kept_heap_env()
+    if env is None:
+        pytest.skip("the kept-heap tunables are glibc's")
+    def faults(env):
+        out = subprocess.run([sys.executable, "-c", _FREE_AND_FAULT], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out)
+    default = faults(None)
+    assert default[0] > 0 and min(default[1:]) >= default[0] // 2   # every block faulted in anew
+    kept = faults(env)
+    assert kept[0] > 0 and max(kept[1:]) <= kept[0] // 10
 
 
 def test_course_epoch_flops_count_every_product():
