@@ -14,10 +14,11 @@ plus :func:`fastseq._threads.limit` for fastseq and the BLAS it calls, and
 module with :func:`fastseq.interop.from_torch`.  fastseq and torch are timed
 alternately (fastseq, torch, fastseq, ...) after a warm-up and the median of
 the repeats is reported, so that a load change hits both alike and the
-*ratios* stay meaningful on a shared machine.  ONNX Runtime is timed the same
-way but on its own, in a session that is closed before anything else runs: its
-spin-waiting worker threads (ORT's default) otherwise slow down whatever runs
-next in the process.
+*ratios* stay meaningful on a shared machine.  ONNX Runtime is timed in turn
+with fastseq again (a second fastseq timing, ``fastseq ms (vs ORT)``, the
+one its ORT ratio uses), each ORT sample in a fresh session closed before
+fastseq's sample: its spin-waiting worker threads (ORT's default) otherwise
+slow down whatever runs next in the process (:func:`time_against_ort`).
 
 Modes per case
 --------------
@@ -53,8 +54,9 @@ Groups of cases
 ``course``   the course's systems: ``small-train``, ``mnist-rows`` and
              ``weather`` (layer calls at their sizes), and the MNIST-rows
              system end to end (``course/mnist/*``: estimator ``fit`` against
-             a torch training loop, seconds per epoch and test accuracy, both
-             engines at their default threads; see :mod:`bench.course`).
+             a torch training loop, seconds per epoch and test accuracy, each
+             engine in a fresh process at its default threads, torch also
+             with glibc keeping its freed memory; see :mod:`bench.course`).
 ``matrix``   large B, I and H: bound by the matrix products.
 ``long``     T = 1500 (B = 8, F = 6, H = 64), a classifier-like training step
              (the loss on the last step only: ``d_out`` is zero before it) and
@@ -360,6 +362,54 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=T
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def time_against_ort(fs_fn, open_session, feeds, repeats, warmup=2, min_time=0.02, pause=0.02):
+    """Median seconds per call of fastseq (``fs_fn``) and of ONNX Runtime,
+    timed in turn as :func:`time_alternating` does, each ORT sample in a
+    session of its own (``open_session()``, warmed by ``warmup`` untimed
+    runs, closed before fastseq's sample): ORT's worker threads spin-wait
+    (its default, kept: it is ORT's fastest setting) and, as long as a
+    session lives, took a core from whichever engine ran next (fastseq LSTM
+    B16/H256/T128 inference 19.6 ms alone, 27-41 ms timed in turn with a
+    live session, even with 0.5 s pauses).  Timing ORT after fastseq instead
+    (as this benchmark did until the twenty-sixth session) put a load
+    change between the two: fastseq's LSTM B16/H128/T32 took 0.734 ms in a
+    full run against ORT's 0.465 timed seconds later, and 0.40-0.43 against
+    0.43-0.44 in two runs of that case alone."""
+    def ort_sample(n):
+        sess = open_session()
+        for _ in range(warmup):
+            sess.run(None, feeds)
+        time.sleep(pause)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sess.run(None, feeds)
+        dt = (time.perf_counter() - t0) / n
+        del sess
+        return dt
+
+    sess = open_session()
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    time.sleep(pause)
+    n_ort = _calibrate(lambda: sess.run(None, feeds), min_time)
+    del sess
+    for _ in range(warmup):
+        time.sleep(pause)
+        fs_fn()
+    time.sleep(pause)
+    n_fs = _calibrate(fs_fn, min_time)
+    samples = {"fastseq": [], "ort": []}
+    for _ in range(repeats):
+        samples["ort"].append(ort_sample(n_ort))
+        time.sleep(pause)
+        fs_fn()
+        t0 = time.perf_counter()
+        for _ in range(n_fs):
+            fs_fn()
+        samples["fastseq"].append((time.perf_counter() - t0) / n_fs)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def thread_speedup(threads, seconds=0.3):
     """How much faster ``threads`` threads run a compute-bound kernel than
     one: fastseq's packed step product (64 x 256 rows into 1,024 outputs,
@@ -477,17 +527,14 @@ def run_case(case, threads, repeats, use_ort=True):
             fns["torch_ftz"] = flushing_denormals(torch_infer)
         ts = time_alternating(fns, repeats)
         if use_ort:
-            # timed on its own, its session closed before anything else runs:
-            # ORT's worker threads spin-wait (its default, kept: it is ORT's
-            # fastest setting) for a while after each run and, as long as the
-            # session lives, took a core from whichever engine ran next
-            # (fastseq LSTM B16/H256/T128 inference 19.6 ms alone, 27-41 ms
-            # timed in turn with a live session, even with 0.5 s pauses)
+            # in turn with fastseq again, each ORT sample in a fresh session
+            # (time_against_ort: a live session's spinning threads slow the
+            # other engine)
             try:
-                sess = make_ort(case, module, threads)
-                feeds = {"x": X}
-                ts.update(time_alternating({"ort": lambda: sess.run(None, feeds)}, repeats))
-                del sess
+                make_ort(case, module, threads)  # (exported once, here)
+                vs = time_against_ort(fns["fastseq"], lambda: make_ort(case, module, threads),
+                                      {"x": X}, repeats)
+                ts["ort"], ts["fastseq_vs_ort"] = vs["ort"], vs["fastseq"]
             except Exception as exc:  # pragma: no cover - depends on the install
                 res["ort_error"] = repr(exc)
         for k, v in ts.items():
@@ -497,7 +544,7 @@ def run_case(case, threads, repeats, use_ort=True):
         if ftz:
             res["infer_speedup_torch_ftz"] = ts["torch_ftz"] / ts["fastseq"]
         if "ort" in ts:
-            res["infer_speedup_ort"] = ts["ort"] / ts["fastseq"]
+            res["infer_speedup_ort"] = ts["ort"] / ts["fastseq_vs_ort"]
 
     if "train" in case.modes:
         layer.train()
@@ -1045,7 +1092,7 @@ def print_table(results):
     results = [r for r in results if not r["case"].startswith("course/")]  # course_table's
     if not results:
         return
-    hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'ort':>8s} {'x torch':>7s} "
+    hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'fs2 ms':>8s} {'ort':>8s} {'x torch':>7s} "
            f"{'x ort':>6s} {'trn fs ms':>9s} {'torch':>8s} {'x torch':>7s} {'GF/s fs':>8s} "
            f"{'mem fs':>7s} {'torch':>6s}")
     print(hdr)
@@ -1060,8 +1107,8 @@ def print_table(results):
             continue
         gf = r.get("train_fastseq_gflops", r.get("infer_fastseq_gflops"))
         print(f"{r['case']:40s} {r['torch_path']:7s} {f(r, 'infer_fastseq_ms', '9.3f')} "
-              f"{f(r, 'infer_torch_ms', '8.3f')} {f(r, 'infer_ort_ms', '8.3f')} "
-              f"{f(r, 'infer_speedup_torch', '7.2f')} {f(r, 'infer_speedup_ort', '6.2f')} "
+              f"{f(r, 'infer_torch_ms', '8.3f')} {f(r, 'infer_fastseq_vs_ort_ms', '8.3f')} "
+              f"{f(r, 'infer_ort_ms', '8.3f')} {f(r, 'infer_speedup_torch', '7.2f')} {f(r, 'infer_speedup_ort', '6.2f')} "
               f"{f(r, 'train_fastseq_ms', '9.3f')} {f(r, 'train_torch_ms', '8.3f')} "
               f"{f(r, 'train_speedup_torch', '7.2f')} {format(gf, '8.1f') if gf else '-':>8s} "
               f"{f(r, 'train_mem_fastseq_mb', '7.1f')} {f(r, 'train_mem_torch_mb', '6.1f')}")
@@ -1118,17 +1165,18 @@ def markdown(out):
         lines += md_table(long_table(out["results"])) + [""]
     rows = [r for r in out["results"] if not r["case"].startswith("course/")]
     if rows:
-        lines += ["| case | torch path | infer fastseq ms | torch ms | ORT ms | x torch | x ORT "
-                  "| train fastseq ms | torch ms | x torch | fastseq GFLOP/s (train) "
-                  "| mem fastseq MB | mem torch MB |",
-                  "|" + "---|" * 13]
+        lines += ["| case | torch path | infer fastseq ms | torch ms | fastseq ms (vs ORT) | ORT ms "
+                  "| x torch | x ORT | train fastseq ms | torch ms | x torch "
+                  "| fastseq GFLOP/s (train) | mem fastseq MB | mem torch MB |",
+                  "|" + "---|" * 14]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['case']} | skipped: {r['skipped']} |" + " |" * 11)
+            lines.append(f"| {r['case']} | skipped: {r['skipped']} |" + " |" * 12)
             continue
         lines.append("| " + " | ".join([
             r["case"], r.get("torch_path", "-"), f(r.get("infer_fastseq_ms"), ".3f"),
-            f(r.get("infer_torch_ms"), ".3f"), f(r.get("infer_ort_ms"), ".3f"),
+            f(r.get("infer_torch_ms"), ".3f"), f(r.get("infer_fastseq_vs_ort_ms"), ".3f"),
+            f(r.get("infer_ort_ms"), ".3f"),
             f(r.get("infer_speedup_torch"), ".2f"), f(r.get("infer_speedup_ort"), ".2f"),
             f(r.get("train_fastseq_ms"), ".3f"), f(r.get("train_torch_ms"), ".3f"),
             f(r.get("train_speedup_torch"), ".2f"), f(r.get("train_fastseq_gflops"), ".1f"),

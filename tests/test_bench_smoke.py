@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -26,6 +27,8 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
     assert r["case"] == tiny.name
     assert r["max_abs_diff"] < 1e-4
     assert r["infer_fastseq_ms"] > 0 and r["train_torch_ms"] > 0
+    if "infer_ort_ms" in r:  # (the ratio from fastseq's timing in turn with ORT)
+        assert r["infer_speedup_ort"] == pytest.approx(r["infer_ort_ms"] / r["infer_fastseq_vs_ort_ms"])
     assert json.loads(out_json.read_text())["results"][0]["case"] == tiny.name
     # (no call is timed for a busy CPU in the suite: tests/conftest.py)
     assert res["summary"]["busy_cpu_findings"] == 0
@@ -55,6 +58,34 @@ def test_compare_runs_one_tiny_case(tmp_path, monkeypatch):
             assert c["epoch_speedup_torch_kept"] == pytest.approx(
                 c["epoch_torch_kept_s"] / c["epoch_fastseq_s"])
             assert "course/mnist/rnn" in res["summary"]["course_vs_torch_kept_heap"]
+
+
+def test_ort_samples_each_run_in_a_session_closed_before_fastseqs():
+    """time_against_ort: every ORT sample opens its own session, and none is
+    alive while fastseq runs (a live session's spinning threads slow it)."""
+    from bench import compare
+
+    alive, opened, fs_calls = [0], [0], [0]
+
+    class Session:
+        def __init__(self):
+            alive[0] += 1
+            opened[0] += 1
+
+        def run(self, outputs, feeds):
+            assert feeds == {"x": 1}
+            time.sleep(1e-4)
+
+        def __del__(self):
+            alive[0] -= 1
+
+    def fs():
+        assert alive[0] == 0
+        fs_calls[0] += 1
+        time.sleep(2e-4)
+    ts = compare.time_against_ort(fs, Session, {"x": 1}, repeats=3, min_time=0.002, pause=0)
+    assert opened[0] == 1 + 3 and alive[0] == 0 and fs_calls[0] > 3
+    assert ts["fastseq"] > ts["ort"] > 0
 
 
 _FREE_AND_FAULT = """
