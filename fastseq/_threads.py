@@ -11,6 +11,7 @@ default every core the process may run on, within the limits set around it,
 (threadpoolctl) while fastseq works.
 """
 
+import collections
 import ctypes
 import functools
 import queue
@@ -1003,22 +1004,30 @@ class SplitWatch:
     The busy-CPU check cannot see this (no thread is held off its CPU), so
     the route times the forms: every :data:`WATCH_EVERY` calls one takes
     another form (each in turn), and once each form has
-    :data:`WATCH_KEEP` timings the form with the fastest of them is the
-    one the route takes until the next comparison says otherwise.  The
-    fastest, not the median: the calls that follow an idle moment are slow
-    for every form (the vCPUs wake: 466, 94, 58, 54 us for a 50 us call
-    after 20 ms; bench/RESULTS.md, "twenty-fourth session"), and the form
-    in use is timed at every call, so after a pause its last timings were
-    all such calls, and medians swapped a GRU B4/H256/T32 route from its
-    split (278 us) to a slower form for hundreds of calls."""
+    :data:`WATCH_KEEP` timings the route takes the form with the fastest
+    of them until the next comparison says otherwise, the form in use
+    judged by the fastest of its last :data:`WATCH_EVERY` calls (as many
+    calls as lie between two timings of another form).  The fastest, not
+    the median, and over that many calls: the calls that follow an idle
+    moment are slow for every form (the vCPUs wake: 466, 94, 58, 54 us for
+    a 50 us call after 20 ms; bench/RESULTS.md, "twenty-fourth session"),
+    and the form in use is timed at every call, so after a pause its last
+    few timings were all such calls: medians of its last three swapped a
+    GRU B4/H256/T32 route from its split (278 us) to a slower form for
+    hundreds of calls, and the fastest of its last three swapped an LSTM
+    B1/H256/T32 route from its split (240 us) to its one-thread form (420
+    us) for up to about 60 calls after several pauses of a benchmark
+    ("twenty-sixth session")."""
 
-    __slots__ = ("calls", "times", "best", "turn")
+    __slots__ = ("calls", "times", "best", "turn", "recent", "recent_of")
 
     def __init__(self, forms=2):
         self.calls = 0
         self.times = [[] for _ in range(forms)]
         self.best = SPLIT
         self.turn = 0
+        self.recent = collections.deque(maxlen=WATCH_EVERY)  # the form in use's last calls
+        self.recent_of = SPLIT
 
     def form_now(self):
         """The form of this call (counts the call)."""
@@ -1035,8 +1044,20 @@ class SplitWatch:
         times.append(seconds)
         if len(times) > WATCH_KEEP:
             del times[0]
+        if form == self.best:
+            if self.recent_of != form:      # (the form in use changed)
+                self.recent.clear()
+                self.recent_of = form
+            self.recent.append(seconds)
         if all(len(t) == WATCH_KEEP for t in self.times):
-            self.best = min(range(len(self.times)), key=lambda f: (min(self.times[f]), f))
+            best = self.best
+
+            def fastest(f):
+                return min(self.recent) if f == best and self.recent_of == f and self.recent else min(self.times[f])
+            self.best = min(range(len(self.times)), key=lambda f: (fastest(f), f))
+            if self.best != best:           # (its last calls: its own few timings)
+                self.recent = collections.deque(self.times[self.best], maxlen=WATCH_EVERY)
+                self.recent_of = self.best
 
 
 def unit_split_slot():

@@ -898,6 +898,32 @@ def test_split_watch_takes_the_faster_form_and_keeps_timing_the_other():
     assert w.best == SPLIT
 
 
+def test_split_watch_judges_the_form_in_use_by_its_last_calls():
+    """The form in use is judged by the fastest of its last WATCH_EVERY
+    calls: a run of slow calls after an idle moment (longer than
+    WATCH_KEEP) does not turn the route to a form slower than the split's
+    usual speed, a slowdown that lasts WATCH_EVERY calls does."""
+    from fastseq._threads import ONE, SPLIT, WATCH_EVERY, WATCH_KEEP, SplitWatch
+
+    w = SplitWatch()
+
+    def run(calls, split_s, one_s=1.5):
+        forms = []
+        for _ in range(calls):
+            form = w.form_now()
+            forms.append(form)
+            w.record(form, split_s if form == SPLIT else one_s)
+        return forms
+    run(WATCH_EVERY * WATCH_KEEP, 1.0)
+    assert w.best == SPLIT
+    for _ in range(3):                      # slow calls after pauses, then fast again
+        assert ONE not in run(2 * WATCH_KEEP, 4.0)[:-1]
+        run(WATCH_EVERY - 2 * WATCH_KEEP, 1.0)
+        assert w.best == SPLIT
+    run(2 * WATCH_EVERY, 4.0)               # the split slower for good
+    assert w.best == ONE
+
+
 def test_split_watch_of_three_forms_times_each_other_form_in_turn():
     """With the split by sequences as a third form, each call in
     WATCH_EVERY takes one of the two forms not in use, in turn; the watch
