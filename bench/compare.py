@@ -1074,7 +1074,8 @@ def summary_lines(s):
     kept = s.get("course_vs_torch_kept_heap")
     if kept:
         lines.append("- (not a target) MNIST rows end to end against torch with its heap kept "
-                     "(glibc told to keep freed memory: no page faults a batch; `bench.course`): "
+                     "(glibc told to keep freed memory: torch's LSTM workspace is not faulted in again "
+                     "at every batch; `bench.course`): "
                      + ", ".join(f"{c.rsplit('/', 1)[-1]} {v:.2f}x" for c, v in kept.items()))
     sp = s.get("thread_speedup")
     if sp:

@@ -46,10 +46,10 @@ Why processes of their own: torch's training LSTM (oneDNN) asks for a
 58 MB workspace every batch and frees it.  glibc's malloc serves a block
 that large with ``mmap`` (above its 32 MB ceiling for the adaptive
 threshold) and hands it back with ``munmap`` on free, so every batch faults
-its pages in again (about 290,000 minor faults an epoch here) and torch
-runs the epoch at about 40% of its speed without them, unless the heap
-already holds a free block that large, which depends on whatever else the
-process allocated before.  Run after the other cases of ``bench.compare``
+its pages in again (283,000-287,000 minor faults an epoch on a znver5,
+whose epoch took 1.05-1.25 s against 0.68-0.84 without them; bench/RESULTS.md,
+twenty-sixth session), unless the heap already holds a free block that
+large, which depends on whatever else the process allocated before.  Run after the other cases of ``bench.compare``
 in one process, torch's LSTM epoch took 0.78 s in one run and 1.2-1.8 s in
 others.  A fresh process gives torch the state a user's script gives it.
 Torch is also timed once more (the first seed, for time only) in a process
