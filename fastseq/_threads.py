@@ -1004,10 +1004,12 @@ class SplitWatch:
     The busy-CPU check cannot see this (no thread is held off its CPU), so
     the route times the forms: every :data:`WATCH_EVERY` calls one takes
     another form (each in turn), and once each form has
-    :data:`WATCH_KEEP` timings the route takes the form with the fastest
-    of them until the next comparison says otherwise, the form in use
-    judged by the fastest of its last :data:`WATCH_EVERY` calls (as many
-    calls as lie between two timings of another form).  The fastest, not
+    :data:`WATCH_KEEP` timings, each timing of another form compares them:
+    the route takes the form with the fastest timing until the next
+    comparison says otherwise, the form in use judged by the fastest of
+    its last :data:`WATCH_EVERY` calls (as many calls as lie between two
+    timings of another form; its own calls compare nothing, which keeps a
+    minimum over them off every call).  The fastest, not
     the median, and over that many calls: the calls that follow an idle
     moment are slow for every form (the vCPUs wake: 466, 94, 58, 54 us for
     a 50 us call after 20 ms; bench/RESULTS.md, "twenty-fourth session"),
@@ -1044,17 +1046,18 @@ class SplitWatch:
         times.append(seconds)
         if len(times) > WATCH_KEEP:
             del times[0]
-        if form == self.best:
+        best = self.best
+        if form == best:
             if self.recent_of != form:      # (the form in use changed)
                 self.recent.clear()
                 self.recent_of = form
             self.recent.append(seconds)
+            return
         if all(len(t) == WATCH_KEEP for t in self.times):
-            best = self.best
-
-            def fastest(f):
-                return min(self.recent) if f == best and self.recent_of == f and self.recent else min(self.times[f])
-            self.best = min(range(len(self.times)), key=lambda f: (fastest(f), f))
+            fastest = [min(t) for t in self.times]
+            if self.recent_of == best and self.recent:
+                fastest[best] = min(self.recent)
+            self.best = min(range(len(fastest)), key=lambda f: (fastest[f], f))
             if self.best != best:           # (its last calls: its own few timings)
                 self.recent = collections.deque(self.times[self.best], maxlen=WATCH_EVERY)
                 self.recent_of = self.best
