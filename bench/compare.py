@@ -355,11 +355,16 @@ def time_alternating(fns, repeats, warmup=2, min_time=0.02, pause=0.02, refill=T
             time.sleep(pause)
             if refill:
                 fn()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[k].append((time.perf_counter() - t0) / n)
+            samples[k].append(_per_call(fn, n))
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _per_call(fn, n):
+    """Seconds per call of ``n`` calls of ``fn`` in a row."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
 
 
 def time_against_ort(fs_fn, open_session, feeds, repeats, warmup=2, min_time=0.02, pause=0.02):
@@ -375,24 +380,16 @@ def time_against_ort(fs_fn, open_session, feeds, repeats, warmup=2, min_time=0.0
     change between the two: fastseq's LSTM B16/H128/T32 took 0.734 ms in a
     full run against ORT's 0.465 timed seconds later, and 0.40-0.43 against
     0.43-0.44 in two runs of that case alone."""
-    def ort_sample(n):
+    def in_a_session(measure):
+        """``measure(run)`` in a fresh session, warmed, after the pause;
+        the session is closed when this returns."""
         sess = open_session()
         for _ in range(warmup):
             sess.run(None, feeds)
         time.sleep(pause)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            sess.run(None, feeds)
-        dt = (time.perf_counter() - t0) / n
-        del sess
-        return dt
+        return measure(lambda: sess.run(None, feeds))
 
-    sess = open_session()
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    time.sleep(pause)
-    n_ort = _calibrate(lambda: sess.run(None, feeds), min_time)
-    del sess
+    n_ort = in_a_session(lambda run: _calibrate(run, min_time))
     for _ in range(warmup):
         time.sleep(pause)
         fs_fn()
@@ -400,13 +397,10 @@ def time_against_ort(fs_fn, open_session, feeds, repeats, warmup=2, min_time=0.0
     n_fs = _calibrate(fs_fn, min_time)
     samples = {"fastseq": [], "ort": []}
     for _ in range(repeats):
-        samples["ort"].append(ort_sample(n_ort))
+        samples["ort"].append(in_a_session(lambda run: _per_call(run, n_ort)))
         time.sleep(pause)
         fs_fn()
-        t0 = time.perf_counter()
-        for _ in range(n_fs):
-            fs_fn()
-        samples["fastseq"].append((time.perf_counter() - t0) / n_fs)
+        samples["fastseq"].append(_per_call(fs_fn, n_fs))
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -1093,7 +1087,8 @@ def print_table(results):
     results = [r for r in results if not r["case"].startswith("course/")]  # course_table's
     if not results:
         return
-    hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'fs2 ms':>8s} {'ort':>8s} {'x torch':>7s} "
+    hdr = (f"{'case':40s} {'path':7s} {'inf fs ms':>9s} {'torch':>8s} {'fs2 ms':>8s} {'ort':>8s} "
+           f"{'x torch':>7s} "
            f"{'x ort':>6s} {'trn fs ms':>9s} {'torch':>8s} {'x torch':>7s} {'GF/s fs':>8s} "
            f"{'mem fs':>7s} {'torch':>6s}")
     print(hdr)
@@ -1109,7 +1104,8 @@ def print_table(results):
         gf = r.get("train_fastseq_gflops", r.get("infer_fastseq_gflops"))
         print(f"{r['case']:40s} {r['torch_path']:7s} {f(r, 'infer_fastseq_ms', '9.3f')} "
               f"{f(r, 'infer_torch_ms', '8.3f')} {f(r, 'infer_fastseq_vs_ort_ms', '8.3f')} "
-              f"{f(r, 'infer_ort_ms', '8.3f')} {f(r, 'infer_speedup_torch', '7.2f')} {f(r, 'infer_speedup_ort', '6.2f')} "
+              f"{f(r, 'infer_ort_ms', '8.3f')} {f(r, 'infer_speedup_torch', '7.2f')} "
+              f"{f(r, 'infer_speedup_ort', '6.2f')} "
               f"{f(r, 'train_fastseq_ms', '9.3f')} {f(r, 'train_torch_ms', '8.3f')} "
               f"{f(r, 'train_speedup_torch', '7.2f')} {format(gf, '8.1f') if gf else '-':>8s} "
               f"{f(r, 'train_mem_fastseq_mb', '7.1f')} {f(r, 'train_mem_torch_mb', '6.1f')}")

