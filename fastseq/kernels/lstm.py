@@ -32,7 +32,7 @@ from numba import njit
 
 from .._config import JIT
 from .activations import sigmoid, tanh
-from ._packed import masked_state, own_rows, packed_offsets
+from ._packed import copy_row, masked_state, own_rows, packed_offsets
 from ._sync import barrier, signal_started, store_release, wait_for, wait_joined
 from .matmul import no_packed_weight, pack_for_steps, packed_matmul, shared_or_packed
 
@@ -327,6 +327,6 @@ def lstm_backward_part(d_out, w_hh_t, c0, out_c, out_gates, batch_sizes, j0, j1,
         barrier(flags, tid, T - t)
         packed_matmul(out_dgates[off:off + nb], w, wp, tmp[:nb])
         for b in range(nb):
-            io_dh[b, j0:j1] = tmp[b]
+            copy_row(tmp[b], io_dh[b, j0:j1])
     if tid > 0:
         wait_joined(flags)
