@@ -916,9 +916,12 @@ def test_split_watch_judges_the_form_in_use_by_its_last_calls():
         return forms
     run(WATCH_EVERY * WATCH_KEEP, 1.0)
     assert w.best == SPLIT
-    for _ in range(3):                      # slow calls after pauses, then fast again
-        assert ONE not in run(2 * WATCH_KEEP, 4.0)[:-1]
-        run(WATCH_EVERY - 2 * WATCH_KEEP, 1.0)
+    for _ in range(3):
+        # slow calls after a pause, WATCH_KEEP of them just before a
+        # comparison (the one-thread form's call) and more after it
+        run((-WATCH_KEEP - 1 - w.calls) % WATCH_EVERY, 1.0)
+        burst = run(2 * WATCH_KEEP, 4.0)
+        assert burst[WATCH_KEEP] == ONE and ONE not in burst[WATCH_KEEP + 1:]
         assert w.best == SPLIT
     run(2 * WATCH_EVERY, 4.0)               # the split slower for good
     assert w.best == ONE
