@@ -1660,18 +1660,30 @@ def test_a_second_strike_comes_from_a_call_timed_a_strike_gap_later(monkeypatch,
     workers = _threads._pool(1).workers
     _threads._start(1, [int], _threads._pool(1))()
     _wait_for_state(workers[0], LINGER)
+    clock = [time.perf_counter() + 1000.0]
+
+    class Clock:
+        """The time module with a perf_counter the test moves (a loaded
+        machine's stalls then move nothing)."""
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def perf_counter():
+            return clock[0]
+    monkeypatch.setattr(_threads, "time", Clock())
 
     def timed_call():
         timing = _threads._start_timing(workers)
         if timing is not None:
-            time.sleep(0.001)
+            clock[0] += 0.001
             _threads._held_off(timing)
         return timing is not None
     assert timed_call() and _threads._strikes == 1 and not _threads.cpu_busy()
-    t = time.perf_counter()
-    assert _threads._next_check >= t + _threads.STRIKE_GAP_S - 0.005
+    assert _threads._next_check == clock[0] + _threads.STRIKE_GAP_S
+    clock[0] += 0.9 * _threads.STRIKE_GAP_S
     assert not timed_call() and _threads._strikes == 1      # within the gap: not timed
-    monkeypatch.setattr(_threads, "_next_check", time.perf_counter())   # (the gap over)
+    clock[0] = _threads._next_check                         # (the gap over)
     assert timed_call() and _threads.cpu_busy() and _threads._strikes == 0
     monkeypatch.setattr(_threads, "_busy_until", 0.0)
     assert timed_call() and _threads._strikes == 1           # probation: timed at once
