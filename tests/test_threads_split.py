@@ -1533,10 +1533,25 @@ def test_a_thread_held_off_its_cpu_is_told_from_an_interrupt():
 
 def _fake_cpu_times(monkeypatch, ran):
     """Threads whose CPU clocks advance by ``ran()`` times the wall time
-    between two readings (the split call's own clocks replaced)."""
+    between two readings (the split call's own clocks replaced): each
+    reading is ``ran()`` times the wall-clock reading ``_threads`` took
+    just before it, so a stall between the two (a loaded machine) moves
+    nothing."""
     import time
+    last = [time.perf_counter()]
+
+    class Recording:
+        """The time module, its perf_counter's last reading kept."""
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def perf_counter():
+            last[0] = time.perf_counter()
+            return last[0]
+    monkeypatch.setattr(_threads, "time", Recording())
     monkeypatch.setattr(_threads, "_cpu_clock", lambda ident: 0)
-    monkeypatch.setattr(_threads, "_cpu_times", lambda clocks: [ran() * time.perf_counter()] * (1 + len(clocks)))
+    monkeypatch.setattr(_threads, "_cpu_times", lambda clocks: [ran() * last[0]] * (1 + len(clocks)))
     for pool in _threads._pools.values():   # (each thread reads the fake clock id, undone after)
         for w in pool.workers:
             monkeypatch.setattr(w, "clock", None)
