@@ -1531,6 +1531,19 @@ def test_a_thread_held_off_its_cpu_is_told_from_an_interrupt():
     assert not _threads.busy_share(1e-3, 1e-3)
 
 
+def _threads_clock(monkeypatch, perf_counter):
+    """``_threads`` reads ``perf_counter()`` as its wall clock (the rest of
+    its ``time`` module unchanged)."""
+    import time
+
+    class Time:
+        def __getattr__(self, name):
+            return getattr(time, name)
+    clock = Time()
+    clock.perf_counter = perf_counter
+    monkeypatch.setattr(_threads, "time", clock)
+
+
 def _fake_cpu_times(monkeypatch, ran):
     """Threads whose CPU clocks advance by ``ran()`` times the wall time
     between two readings (the split call's own clocks replaced): each
@@ -1540,16 +1553,10 @@ def _fake_cpu_times(monkeypatch, ran):
     import time
     last = [time.perf_counter()]
 
-    class Recording:
-        """The time module, its perf_counter's last reading kept."""
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def perf_counter():
-            last[0] = time.perf_counter()
-            return last[0]
-    monkeypatch.setattr(_threads, "time", Recording())
+    def recorded():
+        last[0] = time.perf_counter()
+        return last[0]
+    _threads_clock(monkeypatch, recorded)
     monkeypatch.setattr(_threads, "_cpu_clock", lambda ident: 0)
     monkeypatch.setattr(_threads, "_cpu_times", lambda clocks: [ran() * last[0]] * (1 + len(clocks)))
     for pool in _threads._pools.values():   # (each thread reads the fake clock id, undone after)
@@ -1676,17 +1683,7 @@ def test_a_second_strike_comes_from_a_call_timed_a_strike_gap_later(monkeypatch,
     _threads._start(1, [int], _threads._pool(1))()
     _wait_for_state(workers[0], LINGER)
     clock = [time.perf_counter() + 1000.0]
-
-    class Clock:
-        """The time module with a perf_counter the test moves (a loaded
-        machine's stalls then move nothing)."""
-        def __getattr__(self, name):
-            return getattr(time, name)
-
-        @staticmethod
-        def perf_counter():
-            return clock[0]
-    monkeypatch.setattr(_threads, "time", Clock())
+    _threads_clock(monkeypatch, lambda: clock[0])   # (moved by the test: a loaded machine's stalls move nothing)
 
     def timed_call():
         timing = _threads._start_timing(workers)
